@@ -1,0 +1,3 @@
+from ormb.cli.main import run
+
+run()

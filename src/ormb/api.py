@@ -1,0 +1,227 @@
+"""The Python API: one plain function per command.  The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ormb import __version__
+from ormb.cache import (
+    LoadedModel,
+    blob_size,
+    cache_key,
+    iter_references,
+    load_model,
+    open_cache,
+    reachable_blobs,
+)
+from ormb.config import Settings, load_settings
+from ormb.content.target import fetch_bytes
+from ormb.errors import InvalidReferenceError, ModelFormatError
+from ormb.model import ormbformat
+from ormb.model.files import list_model_files
+from ormb.model.formats import guess_format, validate_format
+from ormb.model.ormbfile import FILENAME, Metadata, load_metadata
+from ormb.model.unpack import unpack_layer
+from ormb.oci import mediatypes
+from ormb.oci.reference import Reference, parse_reference
+from ormb.progress import ProgressListener
+
+
+def _ref(reference: str | Reference, settings: Settings, *, need_tag: bool = False) -> Reference:
+    ref = reference if isinstance(reference, Reference) else parse_reference(reference, settings.default_registry)
+    if need_tag and not ref.tag:
+        raise InvalidReferenceError(f"{ref} has no tag", "give a tag, e.g. repository:v1")
+    return ref
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    reference: Reference
+    digest: str
+    size: int  # bytes of the model layer(s)
+    format: str
+    format_guessed: bool
+    files: int
+    skipped: tuple[str, ...] = ()
+
+
+def save(
+    path: str | Path,
+    reference: str | Reference,
+    *,
+    compression: str = "stored",
+    settings: Settings | None = None,
+    progress: ProgressListener | None = None,
+) -> SaveResult:
+    """Pack ``path`` (ormbfile.yaml + model/) into the local cache under ``reference``.
+
+    Without an ormbfile.yaml the format is guessed from the file names, and the files are
+    taken from ``path/model`` if it exists, else from ``path`` itself.  Nothing is written
+    into ``path``.
+    """
+    settings = settings or load_settings()
+    ref = _ref(reference, settings, need_tag=True)
+    root = Path(path)
+    if not root.is_dir():
+        raise ModelFormatError(f"{root} is not a directory", "give the directory that holds ormbfile.yaml and model/")
+    ormbfile = root / FILENAME
+    if ormbfile.is_file():
+        metadata = load_metadata(ormbfile)
+        model_dir = root / "model"
+        if not model_dir.is_dir():
+            raise ModelFormatError(f"{root} has an {FILENAME} but no model/ directory", "put the model files in model/")
+    else:
+        metadata = Metadata()
+        model_dir = root / "model" if (root / "model").is_dir() else root
+    listing = list_model_files(model_dir)
+    if not listing.files:
+        raise ModelFormatError(f"{model_dir} holds no files")
+    guessed = metadata.format is None
+    format_name = metadata.format or guess_format([f.relative for f in listing.files])
+    validate_format(format_name, model_dir, [f.relative for f in listing.files])
+    metadata = metadata.model_copy(update={"format": format_name})
+    cache = open_cache(settings)
+    with cache.writing():
+        packed = ormbformat.pack(listing, metadata, cache, compression=compression, progress=progress)
+        cache.tag(packed.manifest, cache_key(ref))
+    return SaveResult(
+        ref, packed.manifest.digest, sum(d.size for d in packed.layers), format_name, guessed,
+        len(listing.files), listing.skipped,
+    )
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    reference: Reference
+    digest: str
+    directory: Path
+    files: tuple[str, ...]
+
+
+def export(
+    reference: str | Reference,
+    directory: str | Path = ".",
+    *,
+    metadata: bool = True,
+    settings: Settings | None = None,
+    progress: ProgressListener | None = None,
+) -> ExportResult:
+    """Unpack a cached model into ``directory`` (``model/`` plus ``ormbfile.yaml``)."""
+    settings = settings or load_settings()
+    ref = _ref(reference, settings)
+    cache = open_cache(settings)
+    model = load_model(cache, cache.resolve(cache_key(ref)))
+    layer = ormbformat.model_layer(model.manifest)
+    dest = Path(directory)
+    with cache.fetch(layer) as blob:
+        unpacked = unpack_layer(blob, layer, dest, prefix="model/", progress=progress)
+    if metadata:
+        _write_atomic(dest / FILENAME, model.metadata.to_yaml())
+    return ExportResult(ref, model.manifest_desc.digest, dest, unpacked.paths)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    reference: Reference
+    digest: str
+    format: str
+    created: datetime | None
+    size: int
+
+
+def _created(model: LoadedModel) -> datetime | None:
+    if model.metadata.created:
+        return model.metadata.created
+    stamp = model.manifest_desc.annotations.get(mediatypes.ANNOTATION_CREATED)
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+    except ValueError:
+        return None
+
+
+def models(*, settings: Settings | None = None) -> list[ModelSummary]:
+    """Every model in the local cache, sorted by repository then tag."""
+    settings = settings or load_settings()
+    cache = open_cache(settings)
+    out = []
+    for ref, desc in iter_references(cache, settings):
+        model = load_model(cache, desc)
+        out.append(ModelSummary(ref, desc.digest, model.format, _created(model), model.size))
+    return sorted(out, key=lambda m: (m.reference.name, m.reference.tag or "", m.reference.digest or ""))
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    reference: Reference
+    digest: str
+    media_type: str
+    size: int
+    created: datetime | None
+    metadata: Metadata
+    config: dict[str, object]
+    layers: tuple[dict[str, object], ...]
+    files: tuple[str, ...] = field(default=())
+
+
+def inspect(reference: str | Reference, *, settings: Settings | None = None) -> ModelDetails:
+    """Metadata, files and digests of a cached model."""
+    settings = settings or load_settings()
+    ref = _ref(reference, settings)
+    cache = open_cache(settings)
+    model = load_model(cache, cache.resolve(cache_key(ref)))
+    return ModelDetails(
+        ref, model.manifest_desc.digest, model.manifest.media_type, model.size, _created(model), model.metadata,
+        model.manifest.config.to_dict(), tuple(layer.to_dict() for layer in model.manifest.layers),
+        tuple(model.metadata.directory_structure or ()),
+    )
+
+
+def tag(source: str | Reference, target: str | Reference, *, settings: Settings | None = None) -> Reference:
+    """Give a cached model a second reference; no bytes are copied."""
+    settings = settings or load_settings()
+    src, dst = _ref(source, settings), _ref(target, settings, need_tag=True)
+    cache = open_cache(settings)
+    desc = cache.resolve(cache_key(src))
+    fetch_bytes(cache, desc)  # the manifest must be there to be tagged
+    cache.tag(desc, cache_key(dst))
+    return dst
+
+
+def remove(reference: str | Reference, *, settings: Settings | None = None) -> str:
+    """Forget a reference; its blobs stay until :func:`prune`.  Returns the manifest digest."""
+    settings = settings or load_settings()
+    return open_cache(settings).untag(cache_key(_ref(reference, settings))).digest
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    blobs: int
+    bytes: int
+
+
+def prune(*, settings: Settings | None = None) -> PruneResult:
+    """Delete every blob no reference reaches, and leftovers of interrupted writes."""
+    settings = settings or load_settings()
+    cache = open_cache(settings)
+    removed = freed = 0
+    with cache.collecting():
+        keep = reachable_blobs(cache)
+        for digest in list(cache.blob_digests()):
+            if digest not in keep:
+                freed += blob_size(cache, digest)
+                cache.delete_blob(digest)
+                removed += 1
+        cache.clear_ingest()
+    return PruneResult(removed, freed)
+
+
+def version() -> str:
+    return __version__

@@ -1,0 +1,1 @@
+"""The ``ormb`` command line: thin commands over :mod:`ormb.api`."""

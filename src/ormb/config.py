@@ -1,0 +1,48 @@
+"""Where ormb keeps its state and which registry a bare reference means."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ormb.errors import StorageError
+
+DEFAULT_REGISTRY = "localhost:5000"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; build one with :func:`load_settings`."""
+
+    home: Path
+    default_registry: str
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+
+def ormb_home() -> Path:
+    return Path(os.environ.get("ORMB_HOME") or Path.home() / ".ormb").expanduser()
+
+
+def load_settings(home: Path | None = None) -> Settings:
+    """``ORMB_REGISTRY``, else ``registry`` in ``$ORMB_HOME/config.yaml``, else ``localhost:5000``."""
+    home = home or ormb_home()
+    registry = os.environ.get("ORMB_REGISTRY")
+    config_file = home / "config.yaml"
+    if not registry and config_file.is_file():
+        try:
+            data = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise StorageError(f"cannot read {config_file}: {exc}", "fix or remove the file") from None
+        if not isinstance(data, dict):
+            raise StorageError(f"{config_file} is not a YAML mapping", "write e.g. 'registry: localhost:5000'")
+        value = data.get("registry")
+        if value is not None and not isinstance(value, str):
+            raise StorageError(f"'registry' in {config_file} is not a string", "write e.g. 'registry: localhost:5000'")
+        registry = value
+    return Settings(home=home, default_registry=registry or DEFAULT_REGISTRY)

@@ -1,0 +1,1 @@
+"""Places that hold OCI content (Targets): the local cache, an OCI layout directory, memory."""

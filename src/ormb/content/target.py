@@ -1,0 +1,98 @@
+"""Target protocols: small one-job interfaces composed into a Target, as in oras-go.
+
+A *Target* fetches, pushes and checks blobs by descriptor, resolves a reference to a
+descriptor and sets a reference.  Optional abilities are separate protocols checked
+where they are used (``isinstance(target, Ingester)``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from ormb.errors import IntegrityError
+from ormb.oci.descriptor import Descriptor
+from ormb.oci.digest import digest_bytes
+
+# Blobs we read fully into memory (manifests, configs) may not be larger than this.
+MAX_METADATA_BLOB = 16 << 20
+
+
+@runtime_checkable
+class Fetcher(Protocol):
+    def fetch(self, desc: Descriptor) -> AbstractContextManager[BinaryIO]:
+        """Open the blob for reading; raise NotFoundError when it is missing."""
+
+
+@runtime_checkable
+class Pusher(Protocol):
+    def push(self, desc: Descriptor, content: BinaryIO) -> None:
+        """Store ``content``, verifying it against ``desc``; nothing is visible unless it matches."""
+
+
+@runtime_checkable
+class ExistenceChecker(Protocol):
+    def exists(self, desc: Descriptor) -> bool: ...
+
+
+@runtime_checkable
+class Resolver(Protocol):
+    def resolve(self, reference: str) -> Descriptor:
+        """The manifest descriptor a reference names; raise NotFoundError when unknown."""
+
+
+@runtime_checkable
+class Tagger(Protocol):
+    def tag(self, desc: Descriptor, reference: str) -> None: ...
+
+
+@runtime_checkable
+class Target(Fetcher, Pusher, ExistenceChecker, Resolver, Tagger, Protocol):
+    """Everything a copy needs from either side."""
+
+
+@runtime_checkable
+class Untagger(Protocol):
+    def untag(self, reference: str) -> Descriptor:
+        """Remove a reference and return what it pointed at."""
+
+
+@runtime_checkable
+class TagLister(Protocol):
+    def references(self) -> Iterator[tuple[str, Descriptor]]:
+        """Every (reference, manifest descriptor) pair the target holds."""
+
+
+class BlobWriter(Protocol):
+    """A blob being written whose digest is known only at the end."""
+
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
+        """Make the written bytes a blob and return its descriptor."""
+
+
+@runtime_checkable
+class Ingester(Protocol):
+    def ingest(self) -> AbstractContextManager[BlobWriter]:
+        """A writer for a blob of unknown digest; discarded unless committed."""
+
+
+def fetch_bytes(target: Fetcher, desc: Descriptor, limit: int = MAX_METADATA_BLOB) -> bytes:
+    """Read a small blob fully and verify it against its descriptor."""
+    if desc.size > limit:
+        raise IntegrityError(f"blob {desc.digest} is {desc.size} bytes; at most {limit} are allowed for metadata")
+    with target.fetch(desc) as stream:
+        data = stream.read(desc.size + 1)
+    if len(data) != desc.size or digest_bytes(data, desc.digest.partition(":")[0]) != desc.digest:
+        raise IntegrityError(f"blob {desc.digest} does not match its digest or size")
+    return data
+
+
+def push_bytes(target: Pusher | ExistenceChecker, desc: Descriptor, data: bytes) -> None:
+    if isinstance(target, ExistenceChecker) and target.exists(desc):
+        return
+    assert isinstance(target, Pusher)
+    target.push(desc, io.BytesIO(data))

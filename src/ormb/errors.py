@@ -1,0 +1,73 @@
+"""One error tree for ormb.  Every error says what went wrong and what to do.
+
+::
+
+    OrmbError                       base; ``str(err)`` is "<what> (<what to do>)"
+    ├── InvalidReferenceError       (ValueError)   a reference that does not parse
+    ├── MetadataError               (ValueError)   ormbfile.yaml is malformed or invalid
+    ├── ModelFormatError            (ValueError)   model/ does not hold what its format needs
+    ├── NotFoundError               (LookupError)  a reference, tag or blob that is not there
+    ├── InvalidArtifactError        (ValueError)   a manifest or config that is not a model ormb can read
+    ├── IntegrityError              (ValueError)   content whose digest or size is not what was promised
+    ├── UnsafeArchiveError          (ValueError)   a layer that would write outside the export directory
+    └── StorageError                (OSError)      the local cache or a target directory cannot be used
+
+Each class carries an ``exit_code`` so the CLI can return something a script can act on.
+"""
+
+from __future__ import annotations
+
+
+class OrmbError(Exception):
+    """Base of every error ormb raises on purpose."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InvalidReferenceError(OrmbError, ValueError):
+    exit_code = 2
+    default_hint = "use the form [host[:port]/]repository[:tag][@sha256:digest], e.g. localhost:5000/team/model:v1"
+
+
+class MetadataError(OrmbError, ValueError):
+    exit_code = 2
+    default_hint = "fix ormbfile.yaml; see the README section 'ormbfile.yaml'"
+
+
+class ModelFormatError(OrmbError, ValueError):
+    exit_code = 2
+    default_hint = "put the model files under model/ or set the right 'format' in ormbfile.yaml"
+
+
+class NotFoundError(OrmbError, LookupError):
+    exit_code = 3
+    default_hint = "run 'ormb models' to see what the local cache holds"
+
+
+class InvalidArtifactError(OrmbError, ValueError):
+    exit_code = 4
+    default_hint = "the artifact was not made by ormb or a compatible tool"
+
+
+class IntegrityError(OrmbError, ValueError):
+    exit_code = 4
+    default_hint = "the content is corrupt; fetch it again"
+
+
+class UnsafeArchiveError(OrmbError, ValueError):
+    exit_code = 4
+    default_hint = "the model layer is malicious or corrupt; nothing was written"
+
+
+class StorageError(OrmbError, OSError):
+    exit_code = 1
+    default_hint = "check the path, its permissions and free disk space"

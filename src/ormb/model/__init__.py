@@ -1,0 +1,1 @@
+"""Models: the ormbfile.yaml schema, format validation, packing and unpacking."""

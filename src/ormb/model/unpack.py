@@ -1,0 +1,228 @@
+"""Unpack a tar(+gzip) layer into a directory, safely and all-or-nothing.
+
+Entries are extracted into a staging directory inside the destination while the layer's
+bytes are hashed.  Only when every entry passed the checks and the digest matched are the
+files moved into place (``os.replace``: an existing file is replaced whole, never left with
+stale bytes).  On any failure the staging directory is removed and the destination is as
+it was before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, BinaryIO
+
+from isal import igzip, isal_zlib
+
+from ormb.errors import IntegrityError, StorageError, UnsafeArchiveError
+from ormb.oci.descriptor import Descriptor
+from ormb.progress import NoProgress, ProgressListener
+
+CHUNK = 1 << 20
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class _HashingReader:
+    """Reads from ``raw``, hashing and counting every byte, reporting progress."""
+
+    def __init__(self, raw: BinaryIO, desc: Descriptor, progress: ProgressListener, task: str) -> None:
+        self._raw = raw
+        self._hasher = hashlib.new(desc.digest.partition(":")[0])
+        self.size = 0
+        self._progress = progress
+        self._task = task
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._hasher.update(data)
+        self.size += len(data)
+        self._progress.advance(self._task, len(data))
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    def digest(self) -> str:
+        return f"{self._hasher.name}:{self._hasher.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class UnpackedFiles:
+    paths: tuple[str, ...]  # entry paths as written below the destination
+
+
+def _safe_relative(name: str, prefix: str) -> PurePosixPath | None:
+    """The entry's path below the destination, ``None`` for the root entry; refuses escapes."""
+    if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
+        raise UnsafeArchiveError(f"layer entry {name!r} has an absolute path; refusing to export")
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError(f"layer entry {name!r} climbs out of the export directory with '..'; refusing to export")
+    if not parts:
+        return None
+    relative = PurePosixPath(*parts)
+    if prefix and not (str(relative) + "/").startswith(prefix):
+        raise UnsafeArchiveError(f"layer entry {name!r} is outside {prefix}; refusing to export")
+    return relative
+
+
+def _within(root: str, path: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def unpack_layer(
+    blob: BinaryIO,
+    desc: Descriptor,
+    dest: Path,
+    *,
+    prefix: str = "model/",
+    gzipped: bool = True,
+    progress: ProgressListener | None = None,
+) -> UnpackedFiles:
+    """Extract the layer ``blob`` (described by ``desc``) into ``dest``; see the module docstring."""
+    progress = progress or NoProgress()
+    created = not dest.exists()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest, prefix=".ormb-export-"))
+    except OSError as exc:
+        raise StorageError(f"cannot create {dest}: {exc.strerror}") from None
+    ok = False
+    try:
+        progress.start("export", "unpacking", desc.size)
+        reader = _HashingReader(blob, desc, progress, "export")
+        source: BinaryIO = (
+            igzip.IGzipFile(fileobj=reader, mode="rb") if gzipped else reader  # type: ignore[no-untyped-call,assignment]
+        )
+        try:
+            paths = _extract_all(source, staging, prefix)
+            reader.drain()
+        except StorageError:
+            raise
+        except (tarfile.TarError, EOFError, OSError, isal_zlib.error) as exc:  # type: ignore[misc]
+            reader.drain()
+            if reader.digest() != desc.digest:
+                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
+            raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: {exc}") from None
+        if reader.size != desc.size or reader.digest() != desc.digest:
+            raise IntegrityError(
+                f"layer {desc.digest} does not match: read {reader.size} bytes with digest {reader.digest()}"
+            )
+        _move_into_place(staging, dest)
+        progress.finish("export")
+        ok = True
+        return UnpackedFiles(tuple(paths))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not ok and created:
+            shutil.rmtree(dest, ignore_errors=True)
+
+
+def _extract_all(source: BinaryIO, staging: Path, prefix: str) -> list[str]:
+    root = os.path.realpath(staging)
+    regular: set[str] = set()
+    paths: list[str] = []
+    with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK) as tar:
+        for member in tar:
+            relative = _safe_relative(member.name, prefix)
+            if relative is None:
+                continue
+            target = staging / relative
+            parent = os.path.realpath(target.parent)
+            if not _within(root, parent):
+                raise UnsafeArchiveError(f"layer entry {member.name!r} would be written through a link outside; refusing")
+            try:
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.is_symlink() or target.is_file():
+                    target.unlink()
+            except OSError as exc:
+                raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+            if member.isreg():
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                try:
+                    out = open(target, "xb")
+                except OSError as exc:
+                    raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+                with out:
+                    _copy(extracted, out, target)
+                os.chmod(target, (member.mode & 0o755) | 0o600)
+                regular.add(str(relative))
+            elif member.issym():
+                _check_symlink(member, relative)
+                os.symlink(member.linkname, target)
+            elif member.islnk():
+                link = _safe_relative(member.linkname, prefix)
+                if link is None or str(link) not in regular:
+                    raise UnsafeArchiveError(
+                        f"layer entry {member.name!r} is a hard link to {member.linkname!r}, which is not a file "
+                        "extracted before it; refusing to export"
+                    )
+                os.link(staging / link, target)
+                regular.add(str(relative))
+            else:
+                raise UnsafeArchiveError(
+                    f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
+                )
+            paths.append(str(relative))
+    return paths
+
+
+def _copy(source: IO[bytes], out: IO[bytes], target: Path) -> None:
+    while chunk := source.read(CHUNK):  # read errors are the layer's fault: let them pass up
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+
+
+def _check_symlink(member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+    link = member.linkname
+    if link.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(link):
+        raise UnsafeArchiveError(f"layer entry {member.name!r} is a symlink to the absolute path {link!r}; refusing")
+    resolved = os.path.normpath(os.path.join(str(relative.parent), link))
+    if resolved == ".." or resolved.startswith("../"):
+        raise UnsafeArchiveError(
+            f"layer entry {member.name!r} is a symlink to {link!r}, outside the export directory; refusing"
+        )
+
+
+def _move_into_place(staging: Path, dest: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(staging):
+        relative = Path(dirpath).relative_to(staging)
+        for name in dirnames:
+            src, dst = Path(dirpath) / name, dest / relative / name
+            if src.is_symlink():
+                _replace(src, dst)
+                continue
+            if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+                dst.unlink()
+            dst.mkdir(exist_ok=True)
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+        for name in filenames:
+            _replace(Path(dirpath) / name, dest / relative / name)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    if dst.is_dir() and not dst.is_symlink():
+        raise StorageError(f"cannot export {dst}: a directory of that name is in the way", "move it away first")
+    os.replace(src, dst)

@@ -1,0 +1,1 @@
+"""Pure OCI data: media types, digests, descriptors, manifests and references."""

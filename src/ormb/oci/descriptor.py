@@ -1,0 +1,109 @@
+"""OCI descriptors and manifests as small immutable values with canonical JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ormb.errors import InvalidArtifactError
+from ormb.oci import mediatypes
+from ormb.oci.digest import digest_bytes, is_digest
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    artifact_type: str | None = field(default=None, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.annotations:
+            out["annotations"] = dict(sorted(self.annotations.items()))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "descriptor") -> Descriptor:
+        if not isinstance(data, dict):
+            raise InvalidArtifactError(f"{where} is not a JSON object")
+        media_type, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
+        if not isinstance(media_type, str) or not isinstance(digest, str) or not is_digest(digest):
+            raise InvalidArtifactError(f"{where} has no valid mediaType and digest")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidArtifactError(f"{where} has no valid size")
+        annotations = data.get("annotations") or {}
+        if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            raise InvalidArtifactError(f"{where} has annotations that are not strings")
+        artifact_type = data.get("artifactType")
+        return cls(media_type, digest, size, dict(annotations), artifact_type if isinstance(artifact_type, str) else None)
+
+    @classmethod
+    def of_bytes(cls, media_type: str, data: bytes, annotations: dict[str, str] | None = None) -> Descriptor:
+        return cls(media_type, digest_bytes(data), len(data), annotations or {})
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Compact JSON with the key order given: the same value always gives the same bytes."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An OCI image manifest (or the Docker v2 schema 2 manifest of the same shape)."""
+
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    media_type: str = mediatypes.OCI_MANIFEST
+    artifact_type: str | None = None
+    subject: Descriptor | None = None
+    annotations: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_bytes(self) -> bytes:
+        out: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        out["config"] = self.config.to_dict()
+        out["layers"] = [layer.to_dict() for layer in self.layers]
+        if self.subject:
+            out["subject"] = self.subject.to_dict()
+        if self.annotations:
+            out["annotations"] = dict(sorted(self.annotations.items()))
+        return canonical_json(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArtifactError(f"manifest is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise InvalidArtifactError("manifest is not a JSON object")
+        media_type = raw.get("mediaType") or mediatypes.OCI_MANIFEST
+        if media_type in mediatypes.INDEX_TYPES:
+            raise InvalidArtifactError("the reference points to an index of several manifests, not one model")
+        if media_type not in mediatypes.MANIFEST_TYPES or raw.get("schemaVersion") != 2:
+            raise InvalidArtifactError(f"unsupported manifest type {media_type!r}")
+        layers_raw = raw.get("layers")
+        if not isinstance(layers_raw, list):
+            raise InvalidArtifactError("manifest has no layers list")
+        subject = raw.get("subject")
+        annotations = raw.get("annotations") or {}
+        return cls(
+            config=Descriptor.from_dict(raw.get("config"), "manifest config"),
+            layers=tuple(Descriptor.from_dict(item, f"layer {i}") for i, item in enumerate(layers_raw)),
+            media_type=media_type,
+            artifact_type=raw.get("artifactType") if isinstance(raw.get("artifactType"), str) else None,
+            subject=Descriptor.from_dict(subject, "manifest subject") if subject is not None else None,
+            annotations=dict(annotations) if isinstance(annotations, dict) else {},
+        )
+
+    def descriptor(self, annotations: dict[str, str] | None = None) -> Descriptor:
+        data = self.to_bytes()
+        return Descriptor(self.media_type, digest_bytes(data), len(data), annotations or {}, self.artifact_type)

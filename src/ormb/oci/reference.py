@@ -1,0 +1,92 @@
+"""Model references, parsed like Docker's: ``[host[:port]/]repository[:tag][@sha256:digest]``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ormb.errors import InvalidReferenceError
+from ormb.oci.digest import is_digest
+
+DEFAULT_TAG = "latest"
+
+_HOST_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST_RE = re.compile(rf"^(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$")
+_PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_MAX_NAME = 255
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed reference.  ``tag`` or ``digest`` (or both) is set after :func:`parse_reference`."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``registry/repository``, the part that names a repository."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def version(self) -> str:
+        """What the registry resolves: the digest when there is one, else the tag."""
+        return self.digest or self.tag or DEFAULT_TAG
+
+    def with_tag(self, tag: str) -> Reference:
+        return Reference(self.registry, self.repository, tag, None)
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+def parse_reference(text: str, default_registry: str, *, default_tag: bool = True) -> Reference:
+    """Parse ``text``; a reference without a host uses ``default_registry``.
+
+    With ``default_tag`` a reference with neither tag nor digest gets the tag ``latest``.
+    """
+    original = text
+    if not text or text != text.strip():
+        raise InvalidReferenceError(f"invalid reference {original!r}: empty or surrounded by spaces")
+    digest = None
+    if "@" in text:
+        text, _, digest = text.partition("@")
+        if not is_digest(digest):
+            raise InvalidReferenceError(f"invalid reference {original!r}: {digest!r} is not a sha256/sha512 digest")
+    tag = None
+    last_slash = text.rfind("/")
+    last_colon = text.rfind(":")
+    if last_colon > last_slash:
+        text, tag = text[:last_colon], text[last_colon + 1 :]
+        if not _TAG_RE.match(tag):
+            raise InvalidReferenceError(
+                f"invalid reference {original!r}: tag {tag!r} must be 1-128 letters, digits, '_', '.' or '-'"
+            )
+    first, sep, rest = text.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        registry, path = first, rest
+        if not _HOST_RE.match(registry):
+            raise InvalidReferenceError(f"invalid reference {original!r}: {registry!r} is not a valid registry host")
+    else:
+        registry, path = default_registry, text
+    if not path:
+        raise InvalidReferenceError(f"invalid reference {original!r}: no repository name")
+    for component in path.split("/"):
+        if not _PATH_COMPONENT_RE.match(component):
+            raise InvalidReferenceError(
+                f"invalid reference {original!r}: repository component {component!r} must be lowercase letters "
+                "and digits, separated by '.', '_', '__' or '-'"
+            )
+    if len(path) > _MAX_NAME:
+        raise InvalidReferenceError(f"invalid reference {original!r}: repository name longer than {_MAX_NAME}")
+    if tag is None and digest is None and default_tag:
+        tag = DEFAULT_TAG
+    return Reference(registry, path, tag, digest)

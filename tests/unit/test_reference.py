@@ -1,0 +1,59 @@
+import pytest
+
+from ormb.errors import InvalidReferenceError
+from ormb.oci.reference import parse_reference
+
+
+@pytest.mark.parametrize(
+    ("text", "registry", "repository", "tag", "digest"),
+    [
+        ("gaocegege/fashion_model:v1", "localhost:5000", "gaocegege/fashion_model", "v1", None),
+        ("fashion", "localhost:5000", "fashion", "latest", None),
+        ("localhost/fashion:v2", "localhost", "fashion", "v2", None),
+        ("localhost:5000/a/b/c:1.0-rc_1", "localhost:5000", "a/b/c", "1.0-rc_1", None),
+        ("registry.example.com/team/fashion", "registry.example.com", "team/fashion", "latest", None),
+        ("127.0.0.1:8080/m@sha256:" + "a" * 64, "127.0.0.1:8080", "m", None, "sha256:" + "a" * 64),
+        ("ghcr.io/o/m:v1@sha256:" + "b" * 64, "ghcr.io", "o/m", "v1", "sha256:" + "b" * 64),
+        ("[::1]:5000/m:v1", "[::1]:5000", "m", "v1", None),
+        ("Registry/m:v1", "Registry", "m", "v1", None),  # uppercase first component is a host, as in Docker
+    ],
+)
+def test_parses_like_docker(text: str, registry: str, repository: str, tag: str | None, digest: str | None) -> None:
+    ref = parse_reference(text, "localhost:5000")
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
+
+
+def test_str_round_trips() -> None:
+    text = "localhost:5000/team/m:v1@sha256:" + "c" * 64
+    assert str(parse_reference(text, "x")) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "empty"),
+        ("Team/Model:v1", "repository component 'Model'"),
+        ("m:bad tag", "tag 'bad tag'"),
+        ("m:" + "x" * 200, "tag"),
+        ("m@sha256:abc", "not a sha256/sha512 digest"),
+        ("localhost:5000/", "no repository"),
+        ("a//b", "repository component ''"),
+        ("bad_host!.com/m", "not a valid registry host"),
+    ],
+)
+def test_bad_references_show_the_accepted_form(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidReferenceError) as info:
+        parse_reference(text, "localhost:5000")
+    assert fragment in str(info.value)
+    assert "[host[:port]/]repository[:tag][@sha256:digest]" in str(info.value)
+
+
+def test_default_registry_comes_from_environment_then_config(tmp_path, monkeypatch) -> None:
+    from ormb.config import load_settings
+
+    monkeypatch.delenv("ORMB_REGISTRY", raising=False)
+    assert load_settings(tmp_path).default_registry == "localhost:5000"
+    (tmp_path / "config.yaml").write_text("registry: harbor.example.com\n")
+    assert load_settings(tmp_path).default_registry == "harbor.example.com"
+    monkeypatch.setenv("ORMB_REGISTRY", "zot.local:5050")
+    assert load_settings(tmp_path).default_registry == "zot.local:5050"
