@@ -1,10 +1,12 @@
-"""Fixtures shared by every layer of tests."""
+"""Fixtures shared by every layer of tests, including the real registries (CNCF distribution)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from registries import Distribution, TokenServer, htpasswd_file, self_signed
 
 from ormb.config import Settings
 
@@ -88,3 +90,50 @@ def place_model(cache_dir: Path, reference: str, layer: bytes, config: bytes = b
     push_bytes(layout, manifest, data)
     layout.tag(manifest, reference)
     return manifest.digest
+
+
+# -- real registries, started once per session on 127.0.0.1 ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
+    """No auth."""
+    reg = Distribution(tmp_path_factory.mktemp("registry-plain"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
+    """htpasswd (bcrypt) Basic auth; users in registries.USERS."""
+    directory = tmp_path_factory.mktemp("registry-basic")
+    reg = Distribution(directory, auth={"htpasswd": {"realm": "ormb-test", "path": str(htpasswd_file(directory))}})
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
+    server = TokenServer(tmp_path_factory.mktemp("token-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer) -> Iterator[Distribution]:
+    """Bearer token auth trusting ``token_server``."""
+    auth = {"token": {"realm": token_server.realm, "service": token_server.service,
+                      "issuer": token_server.issuer, "rootcertbundle": str(token_server.bundle)}}
+    reg = Distribution(tmp_path_factory.mktemp("registry-token"), auth=auth)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Distribution, Path]]:
+    """HTTPS with a self-signed certificate for the name 'localhost' only (not for 127.0.0.1)."""
+    directory = tmp_path_factory.mktemp("registry-tls")
+    cert, key = self_signed(directory, "localhost", ["localhost"], [])
+    reg = Distribution(directory, tls=(cert, key))
+    yield reg, cert
+    reg.stop()

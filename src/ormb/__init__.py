@@ -4,6 +4,8 @@ The public API, hand-picked::
 
     import ormb
     ormb.save("./model", "localhost:5000/team/fashion:v1")
+    ormb.push("localhost:5000/team/fashion:v1")
+    ormb.pull("localhost:5000/team/fashion:v1")
     ormb.export("localhost:5000/team/fashion:v1", "/models/fashion")
 """
 
@@ -11,39 +13,54 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ormb.api import (
+from ormb.api import (  # noqa: E402
     ExportResult,
     ModelDetails,
     ModelSummary,
     PruneResult,
     SaveResult,
+    TransferResult,
     export,
     inspect,
+    inspect_remote,
+    login,
+    logout,
     models,
     prune,
+    pull,
+    push,
     remove,
     save,
     tag,
+    tags,
     version,
 )
-from ormb.config import Settings, load_settings
-from ormb.errors import (
+from ormb.config import Settings, load_settings  # noqa: E402
+from ormb.errors import (  # noqa: E402
+    AuthenticationError,
     IntegrityError,
     InvalidArtifactError,
     InvalidReferenceError,
     MetadataError,
     ModelFormatError,
+    NetworkError,
     NotFoundError,
     OrmbError,
+    PermissionDeniedError,
+    RegistryError,
     StorageError,
     UnsafeArchiveError,
 )
-from ormb.model.ormbfile import Metadata
-from ormb.oci.reference import Reference, parse_reference
+from ormb.model.ormbfile import Metadata  # noqa: E402
+from ormb.oci.reference import Reference, parse_reference  # noqa: E402
+from ormb.registry.credentials import Credential  # noqa: E402
+from ormb.registry.transport import TransportOptions  # noqa: E402
 
 __all__ = [
-    "ExportResult", "IntegrityError", "InvalidArtifactError", "InvalidReferenceError", "Metadata", "MetadataError",
-    "ModelDetails", "ModelFormatError", "ModelSummary", "NotFoundError", "OrmbError", "PruneResult", "Reference",
-    "SaveResult", "Settings", "StorageError", "UnsafeArchiveError", "__version__", "export", "inspect",
-    "load_settings", "models", "parse_reference", "prune", "remove", "save", "tag", "version",
+    "AuthenticationError", "Credential", "ExportResult", "IntegrityError", "InvalidArtifactError",
+    "InvalidReferenceError", "Metadata", "MetadataError", "ModelDetails", "ModelFormatError", "ModelSummary",
+    "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError", "PruneResult", "Reference",
+    "RegistryError", "SaveResult", "Settings", "StorageError", "TransferResult", "TransportOptions",
+    "UnsafeArchiveError", "__version__", "export", "inspect", "inspect_remote", "load_settings", "login", "logout",
+    "models", "parse_reference", "prune", "pull", "push", "remove", "save", "tag", "tags", "version",
 ]

@@ -18,7 +18,7 @@ from ormb.cache import (
 )
 from ormb.config import Settings, load_settings
 from ormb.content.target import fetch_bytes
-from ormb.errors import InvalidReferenceError, ModelFormatError
+from ormb.errors import AuthenticationError, InvalidReferenceError, ModelFormatError, NotFoundError
 from ormb.model import ormbformat
 from ormb.model.files import list_model_files
 from ormb.model.formats import guess_format, validate_format
@@ -27,6 +27,11 @@ from ormb.model.unpack import unpack_layer
 from ormb.oci import mediatypes
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
+from ormb.registry.client import Registry
+from ormb.registry.credentials import Credential, CredentialStore
+from ormb.registry.remote import RemoteRepository
+from ormb.registry.transport import TransportOptions
+from ormb.transfer import CopyStats, copy
 
 
 def _ref(reference: str | Reference, settings: Settings, *, need_tag: bool = False) -> Reference:
@@ -176,7 +181,10 @@ def inspect(reference: str | Reference, *, settings: Settings | None = None) -> 
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     cache = open_cache(settings)
-    model = load_model(cache, cache.resolve(cache_key(ref)))
+    return _details(ref, load_model(cache, cache.resolve(cache_key(ref))))
+
+
+def _details(ref: Reference, model: LoadedModel) -> ModelDetails:
     return ModelDetails(
         ref, model.manifest_desc.digest, model.manifest.media_type, model.size, _created(model), model.metadata,
         model.manifest.config.to_dict(), tuple(layer.to_dict() for layer in model.manifest.layers),
@@ -225,3 +233,104 @@ def prune(*, settings: Settings | None = None) -> PruneResult:
 
 def version() -> str:
     return __version__
+
+
+# -- registries ------------------------------------------------------------------------------
+
+
+def _registry(host: str, settings: Settings, options: TransportOptions | None,
+              credential: Credential | None = None) -> Registry:
+    store = CredentialStore(settings.home / "config.json")
+    return Registry(host, options or TransportOptions(), credential if credential is not None else store)
+
+
+def _remote(ref: Reference, settings: Settings, options: TransportOptions | None) -> RemoteRepository:
+    return RemoteRepository(_registry(ref.registry, settings, options), ref.repository)
+
+
+def login(host: str, username: str, password: str, *, settings: Settings | None = None,
+          options: TransportOptions | None = None) -> None:
+    """Check the credentials against the registry, then store them in ``$ORMB_HOME/config.json``."""
+    settings = settings or load_settings()
+    if not username or not password:
+        raise AuthenticationError("a username and a password are needed to log in", "give -u USER and a password")
+    _registry(host, settings, options, Credential(username, password)).ping()
+    CredentialStore(settings.home / "config.json").store(host, Credential(username, password))
+
+
+def logout(host: str, *, settings: Settings | None = None) -> None:
+    """Forget the credentials ormb stored for ``host``."""
+    settings = settings or load_settings()
+    if not CredentialStore(settings.home / "config.json").remove(host):
+        raise NotFoundError(f"not logged in to {host}", "nothing to do; 'ormb login HOST' stores credentials")
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    reference: Reference
+    digest: str
+    layers: int
+    size: int  # bytes of all blobs of the model
+    transferred: tuple[str, ...]  # digests of the blobs that moved
+    transferred_bytes: int
+    existing: tuple[str, ...]  # digests the destination already had
+    updated: bool  # for pull: the cache's tag now points somewhere new
+
+
+def _result(ref: Reference, stats: CopyStats, updated: bool) -> TransferResult:
+    blobs = stats.copied + stats.skipped
+    return TransferResult(
+        ref, stats.root.digest, stats.layers, sum(d.size for d in blobs if d.media_type not in _MANIFESTS),
+        tuple(d.digest for d in stats.copied), stats.copied_bytes, tuple(d.digest for d in stats.skipped), updated,
+    )
+
+
+_MANIFESTS = mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES
+
+
+def push(reference: str | Reference, *, settings: Settings | None = None, options: TransportOptions | None = None,
+         progress: ProgressListener | None = None) -> TransferResult:
+    """Upload a cached model to its registry; blobs the registry has are not sent again."""
+    settings = settings or load_settings()
+    ref = _ref(reference, settings, need_tag=True)
+    cache = open_cache(settings)
+    remote = _remote(ref, settings, options)
+    concurrency = (options or TransportOptions()).concurrency
+    stats = copy(cache, cache_key(ref), remote, ref.tag or "", concurrency=concurrency, progress=progress)
+    return _result(ref, stats, True)
+
+
+def pull(reference: str | Reference, *, settings: Settings | None = None, options: TransportOptions | None = None,
+         progress: ProgressListener | None = None) -> TransferResult:
+    """Download a model into the local cache; every byte is verified before it becomes visible."""
+    settings = settings or load_settings()
+    ref = _ref(reference, settings)
+    cache = open_cache(settings)
+    remote = _remote(ref, settings, options)
+    try:
+        before: str | None = cache.resolve(cache_key(ref)).digest
+    except NotFoundError:
+        before = None
+    concurrency = (options or TransportOptions()).concurrency
+    with cache.writing():
+        stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress)
+    return _result(ref, stats, before != stats.root.digest or bool(stats.copied))
+
+
+def inspect_remote(reference: str | Reference, *, settings: Settings | None = None,
+                   options: TransportOptions | None = None) -> ModelDetails:
+    """Like :func:`inspect`, read from the registry without pulling the layers."""
+    settings = settings or load_settings()
+    ref = _ref(reference, settings)
+    remote = _remote(ref, settings, options)
+    model = load_model(remote, remote.resolve(ref.version))
+    return _details(ref, model)
+
+
+def tags(repository: str | Reference, *, settings: Settings | None = None,
+         options: TransportOptions | None = None) -> list[str]:
+    """The registry's tags of a repository, all pages."""
+    settings = settings or load_settings()
+    ref = repository if isinstance(repository, Reference) else parse_reference(
+        repository, settings.default_registry, default_tag=False)
+    return list(_remote(ref, settings, options).tags())

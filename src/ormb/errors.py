@@ -10,7 +10,11 @@
     ├── InvalidArtifactError        (ValueError)   a manifest or config that is not a model ormb can read
     ├── IntegrityError              (ValueError)   content whose digest or size is not what was promised
     ├── UnsafeArchiveError          (ValueError)   a layer that would write outside the export directory
-    └── StorageError                (OSError)      the local cache or a target directory cannot be used
+    ├── StorageError                (OSError)      the local cache or a target directory cannot be used
+    ├── AuthenticationError         (PermissionError)  the registry rejected the credentials (401)
+    ├── PermissionDeniedError       (PermissionError)  the credentials are valid but not allowed this (403)
+    ├── RegistryError               (RuntimeError) the registry answered with an error ormb cannot fix
+    └── NetworkError                (ConnectionError)  the registry cannot be reached, or TLS failed
 
 Each class carries an ``exit_code`` so the CLI can return something a script can act on.
 """
@@ -71,3 +75,22 @@ class UnsafeArchiveError(OrmbError, ValueError):
 class StorageError(OrmbError, OSError):
     exit_code = 1
     default_hint = "check the path, its permissions and free disk space"
+
+
+class AuthenticationError(OrmbError, PermissionError):
+    exit_code = 5
+
+
+class PermissionDeniedError(OrmbError, PermissionError):
+    exit_code = 5
+    default_hint = "ask the registry's administrator for access, or log in as a user who has it"
+
+
+class RegistryError(OrmbError, RuntimeError):
+    exit_code = 6
+    default_hint = "see the registry's message; retry later if it is a server error"
+
+
+class NetworkError(OrmbError, ConnectionError):
+    exit_code = 6
+    default_hint = "check the host name, that the registry is running, and your network or proxy settings"

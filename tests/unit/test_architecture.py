@@ -9,12 +9,13 @@ import ormb
 
 SRC = Path(ormb.__file__).parent
 
-# layer -> packages of ormb it may import (cli -> api -> {model, ...} -> content -> oci)
+# layer -> packages of ormb it may import (cli -> api -> {model, registry, transfer} -> content -> oci)
 ALLOWED = {
     "oci": {"oci", "errors"},
     "content": {"content", "oci", "errors"},
     "model": {"model", "content", "oci", "errors", "progress"},
-    "cli": {"cli", "api", "errors", "model", "oci", "progress"},
+    "registry": {"registry", "content", "oci", "errors"},
+    "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry"},
 }
 
 
@@ -46,9 +47,10 @@ def test_library_code_never_prints() -> None:
 
 def test_public_api_is_locked() -> None:
     assert sorted(ormb.__all__) == [
-        "ExportResult", "IntegrityError", "InvalidArtifactError", "InvalidReferenceError", "Metadata",
-        "MetadataError", "ModelDetails", "ModelFormatError", "ModelSummary", "NotFoundError", "OrmbError",
-        "PruneResult", "Reference", "SaveResult", "Settings", "StorageError", "UnsafeArchiveError", "__version__",
-        "export", "inspect", "load_settings", "models", "parse_reference", "prune", "remove", "save", "tag",
-        "version",
+        "AuthenticationError", "Credential", "ExportResult", "IntegrityError", "InvalidArtifactError",
+        "InvalidReferenceError", "Metadata", "MetadataError", "ModelDetails", "ModelFormatError", "ModelSummary",
+        "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError", "PruneResult", "Reference",
+        "RegistryError", "SaveResult", "Settings", "StorageError", "TransferResult", "TransportOptions",
+        "UnsafeArchiveError", "__version__", "export", "inspect", "inspect_remote", "load_settings", "login",
+        "logout", "models", "parse_reference", "prune", "pull", "push", "remove", "save", "tag", "tags", "version",
     ]

@@ -9,17 +9,55 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
+import yaml
 
 from ormb import api
 from ormb.cli.render import RichProgress, human_size, human_time, print_json, print_table, to_jsonable
+from ormb.config import load_settings
 from ormb.errors import OrmbError
 from ormb.model.gzipstream import COMPRESSIONS
+from ormb.oci.reference import parse_reference
 from ormb.progress import ProgressListener
+from ormb.registry.transport import TransportOptions
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size like 5242880, 5M or 1G") from None
+
+
+def remote_options(command: Any) -> Any:
+    """The options every command that talks to a registry takes."""
+    options = [
+        click.option("--plain-http/--tls", "plain_http", default=None,
+                     help="Force HTTP or HTTPS (default: HTTP for localhost, 127.0.0.1 and ::1, else HTTPS)."),
+        click.option("--insecure", is_flag=True, help="Use HTTPS without verifying the certificate."),
+        click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
+                     help="Trust this CA certificate (PEM) for the registry."),
+        click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+                     help="Blobs transferred at once."),
+        click.option("--retries", type=click.IntRange(0, 20), default=4, show_default=True,
+                     help="Retries on connection errors and 5xx/429 answers, with backoff."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _transport(kwargs: dict[str, Any], chunk_size: int | None = None) -> TransportOptions:
+    return TransportOptions(
+        plain_http=kwargs.pop("plain_http"), insecure=kwargs.pop("insecure"), ca_file=kwargs.pop("ca_file"),
+        concurrency=kwargs.pop("concurrency"), retries=kwargs.pop("retries"), chunk_size=chunk_size,
+    )
 
 
 @contextlib.contextmanager
@@ -133,10 +171,13 @@ def models(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("reference")
+@click.option("--remote", is_flag=True, help="Read the model from its registry without pulling the layers.")
+@remote_options
 @json_option
-def inspect(reference: str, as_json: bool) -> None:
-    """Show a cached model's metadata, files and digests."""
-    details = api.inspect(reference)
+def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
+    """Show a model's metadata, files and digests (from the cache, or --remote)."""
+    options = _transport(kwargs)
+    details = api.inspect_remote(reference, options=options) if remote else api.inspect(reference)
     if as_json:
         print_json(details)
         return
@@ -152,13 +193,112 @@ def inspect(reference: str, as_json: bool) -> None:
     metadata.pop("directoryStructure", None)
     metadata.pop("format", None)
     if metadata:
-        import yaml
-
         click.echo("metadata:")
         click.echo("  " + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip().replace("\n", "\n  "))
     click.echo(f"files:     {len(details.files)}")
     for name in details.files:
         click.echo(f"  {name}")
+
+
+@cli.command()
+@click.argument("host")
+@click.option("-u", "--username", help="The user name; asked for when not given.")
+@click.option("-p", "--password", help="The password (insecure: it stays in your shell history; "
+              "prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@remote_options
+def login(host: str, username: str | None, password: str | None, password_stdin: bool, **kwargs: Any) -> None:
+    """Log in to the registry HOST; credentials go to $ORMB_HOME/config.json (mode 0600)."""
+    options = _transport(kwargs)
+    if password and password_stdin:
+        raise click.UsageError("give --password or --password-stdin, not both")
+    if password:
+        click.echo("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", err=True)
+    if password_stdin:
+        if not username:
+            raise click.UsageError("--password-stdin needs --username")
+        password = sys.stdin.read().rstrip("\r\n")
+    if not username:
+        username = click.prompt("Username")
+    if not password:
+        password = click.prompt("Password", hide_input=True)
+    api.login(host, username or "", password or "", options=options)
+    click.echo("Login Succeeded")
+
+
+@cli.command()
+@click.argument("host")
+def logout(host: str) -> None:
+    """Forget the credentials stored for the registry HOST."""
+    api.logout(host)
+    click.echo(f"Removing login credentials for {host}")
+
+
+def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> None:
+    if as_json:
+        print_json(result)
+        return
+    for digest in result.existing:
+        click.echo(f"{digest.partition(':')[2][:12]}: Already exists")
+    for digest in result.transferred:
+        click.echo(f"{digest.partition(':')[2][:12]}: {verb}")
+
+
+@cli.command()
+@click.argument("reference")
+@click.option("--chunk-size", type=str, default=None,
+              help="Upload in PATCH chunks of this size (e.g. 5M) for registries with request-size limits; "
+                   "default: one request per blob.")
+@remote_options
+@json_option
+@click.pass_context
+def push(ctx: click.Context, /, reference: str, chunk_size: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Upload REFERENCE from the local cache to its registry."""
+    options = _transport(kwargs, _size(chunk_size) if chunk_size else None)
+    ref = parse_reference(reference, load_settings().default_registry)
+    if not as_json:
+        click.echo(f"The push refers to repository [{ref.name}]")
+    with _progress(ctx) as bar:
+        result = api.push(ref, options=options, progress=bar)
+    _render_transfer(result, "Pushed", as_json)
+    if not as_json:
+        layers = f"{result.layers} layer{'' if result.layers == 1 else 's'}"
+        click.echo(f"{result.reference.tag}: pushed to remote ({layers}, {human_size(result.size)} total)")
+        click.echo(f"digest: {result.digest}")
+
+
+@cli.command()
+@click.argument("reference")
+@remote_options
+@json_option
+@click.pass_context
+def pull(ctx: click.Context, /, reference: str, as_json: bool, **kwargs: Any) -> None:
+    """Download REFERENCE from its registry into the local cache, verifying every byte."""
+    options = _transport(kwargs)
+    ref = parse_reference(reference, load_settings().default_registry)
+    if not as_json:
+        click.echo(f"{ref.version}: Pulling from {ref.name}")
+    with _progress(ctx) as bar:
+        result = api.pull(ref, options=options, progress=bar)
+    _render_transfer(result, "Downloaded", as_json)
+    if not as_json:
+        click.echo(f"digest: {result.digest}")
+        status = "Downloaded newer model" if result.updated else "Model is up to date"
+        click.echo(f"Status: {status} for {result.reference}")
+
+
+@cli.command()
+@click.argument("repository")
+@remote_options
+@json_option
+def tags(repository: str, as_json: bool, **kwargs: Any) -> None:
+    """List the tags of REPOSITORY on its registry."""
+    found = api.tags(repository, options=_transport(kwargs))
+    if as_json:
+        print_json(found)
+        return
+    for tag_name in found:
+        click.echo(tag_name)
 
 
 @cli.command()

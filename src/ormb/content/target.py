@@ -54,6 +54,12 @@ class Target(Fetcher, Pusher, ExistenceChecker, Resolver, Tagger, Protocol):
 
 
 @runtime_checkable
+class ReferencePusher(Protocol):
+    def push_reference(self, desc: Descriptor, content: BinaryIO, reference: str) -> None:
+        """Push a manifest and name it in one step (a registry's ``PUT /manifests/<tag>``)."""
+
+
+@runtime_checkable
 class Untagger(Protocol):
     def untag(self, reference: str) -> Descriptor:
         """Remove a reference and return what it pointed at."""

@@ -1,0 +1,1 @@
+"""The remote repository Target: HTTP, auth challenges, credentials, registry errors."""

@@ -1,0 +1,220 @@
+"""One registry host: requests with auth challenges answered, and registry errors translated.
+
+Every outside error is translated here, at one boundary, into ormb's error tree; no
+credential, token or ``Authorization`` header ever appears in a message.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from typing import Any
+
+import urllib3
+
+from ormb.errors import (
+    AuthenticationError,
+    NetworkError,
+    NotFoundError,
+    OrmbError,
+    PermissionDeniedError,
+    RegistryError,
+)
+from ormb.registry.auth import Challenge, TokenCache, basic_header, parse_challenge
+from ormb.registry.credentials import ANONYMOUS, Credential, CredentialStore
+from ormb.registry.transport import BodyFactory, Transport, TransportOptions
+
+MAX_ERROR_BODY = 64 << 10
+
+
+def pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+class Registry:
+    """A registry host: auth state shared by all its repositories."""
+
+    def __init__(self, host: str, options: TransportOptions | None = None,
+                 credentials: CredentialStore | Credential | None = None) -> None:
+        self.host = host
+        self.options = options or TransportOptions()
+        self.transport = Transport(host, self.options)
+        self._credential_source = credentials
+        self._credential: Credential | None = credentials if isinstance(credentials, Credential) else None
+        self._tokens = TokenCache()
+        self._challenge: Challenge | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def credential(self) -> Credential:
+        if self._credential is None:
+            source = self._credential_source
+            self._credential = source.get(self.host) if isinstance(source, CredentialStore) else ANONYMOUS
+        return self._credential
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.transport.base_url + path
+
+    def _auth_header(self, scope: str) -> str | None:
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            return basic_header(self.credential) if not self.credential.empty else None
+        token = self._tokens.get(challenge.realm, challenge.params.get("service", ""), scope)
+        return f"Bearer {token}" if token else None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        scope: str,
+        headers: dict[str, str] | None = None,
+        body: BodyFactory | None = None,
+        expect: tuple[int, ...] = (200,),
+        what: str = "",
+        redirect: bool = True,
+    ) -> urllib3.BaseHTTPResponse:
+        """Send with auth; return a response whose status is in ``expect`` (body unread), else raise."""
+        url = self.url(path)
+        for attempt in range(2):
+            request_headers = dict(headers or {})
+            auth = self._auth_header(scope)
+            if auth:
+                request_headers["Authorization"] = auth
+            response = self.transport.request(method, url, request_headers, body, redirect=redirect)
+            if response.status in expect:
+                return response
+            if response.status == 401 and attempt == 0:
+                challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+                _discard(response)
+                if challenge is not None and self._answer(challenge, scope, had_auth=bool(auth)):
+                    continue
+                raise self._unauthorized(None)
+            raise self.error_for(response, what or f"{method} {urllib.parse.urlsplit(url).path}")
+        raise AssertionError("unreachable")
+
+    def _answer(self, challenge: Challenge, scope: str, had_auth: bool) -> bool:
+        """Get what the challenge asks for; False when there is nothing new to try."""
+        with self._lock:
+            self._challenge = challenge
+        if challenge.scheme == "basic":
+            if self.credential.empty:
+                raise self._unauthorized("authentication required")
+            return not had_auth
+        if challenge.scheme == "bearer":
+            service = challenge.params.get("service", "")
+            with self._lock:  # one fetch per scope, however many threads met the challenge
+                if not had_auth and self._tokens.get(challenge.realm, service, scope):
+                    return True
+                self._tokens.drop(challenge.realm, service, scope)
+                self._tokens.put(challenge.realm, service, scope, *self._fetch_token(challenge, scope))
+            return True
+        raise RegistryError(f"{self.host} asks for unsupported authentication {challenge.scheme!r}")
+
+    def _fetch_token(self, challenge: Challenge, scope: str) -> tuple[str, float | None]:
+        realm = challenge.realm
+        if not realm.startswith(("http://", "https://")):
+            raise RegistryError(f"{self.host} sent a Bearer challenge without a usable realm")
+        service = challenge.params.get("service")
+        credential = self.credential
+        headers: dict[str, str] = {}
+        if credential.username == "<token>":  # an identity token: OAuth2 refresh-token grant
+            form = {"grant_type": "refresh_token", "refresh_token": credential.password, "client_id": "ormb",
+                    "scope": scope, **({"service": service} if service else {})}
+            encoded = urllib.parse.urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            response = self.transport.request("POST", realm, headers, lambda: encoded)
+        else:
+            query = {k: v for k, v in (("service", service), ("scope", scope)) if v}
+            if not credential.empty:
+                headers["Authorization"] = basic_header(credential)
+                query["account"] = credential.username
+            sep = "&" if "?" in realm else "?"
+            response = self.transport.request("GET", realm + sep + urllib.parse.urlencode(query), headers)
+        try:
+            body = response.read(MAX_ERROR_BODY)
+        finally:
+            response.release_conn()
+        if response.status in (401, 403):
+            raise self._unauthorized(_error_text(body) or None)
+        if response.status != 200:
+            raise RegistryError(f"the token service of {self.host} answered {response.status}: {_error_text(body)}")
+        try:
+            data = json.loads(body)
+            token = data.get("token") or data.get("access_token")
+            lifetime = data.get("expires_in")
+        except (ValueError, AttributeError):
+            token, lifetime = None, None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"the token service of {self.host} answered without a token")
+        return token, float(lifetime) if isinstance(lifetime, (int, float)) else None
+
+    def _unauthorized(self, detail: str | None) -> AuthenticationError:
+        if self.credential.empty:
+            return AuthenticationError(
+                f"unauthorized: {detail or 'authentication required'} at {self.host} (no credentials given)",
+                f"log in with 'ormb login {self.host}'",
+            )
+        return AuthenticationError(
+            f"unauthorized: {detail or 'the registry rejected the credentials'} for user "
+            f"{self.credential.username!r} at {self.host}",
+            f"check the credentials given to 'ormb login {self.host}'",
+        )
+
+    def error_for(self, response: urllib3.BaseHTTPResponse, what: str) -> OrmbError:
+        body = _discard(response)
+        detail = _error_text(body)
+        status = response.status
+        if status == 401:
+            return self._unauthorized(detail or None)
+        if status == 403:
+            return PermissionDeniedError(f"denied: {what} at {self.host}: {detail or 'access denied'}")
+        if status == 404:
+            return NotFoundError(f"{what}: {detail or 'not found'} at {self.host}",
+                                 "check the repository name and tag; 'ormb tags REPOSITORY' lists the tags")
+        return RegistryError(f"{self.host} answered {status} to {what}: {detail or response.reason or 'no detail'}")
+
+    def ping(self, scope: str = "") -> None:
+        """``GET /v2/``: checks that a registry is there and that the credentials work."""
+        response = self.request("GET", "/v2/", scope=scope, what="the API check")
+        _discard(response)
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> bytes:
+    try:
+        return response.read(MAX_ERROR_BODY) or b""
+    except urllib3.exceptions.HTTPError:
+        return b""
+    finally:
+        response.release_conn()
+
+
+def _error_text(body: bytes) -> str:
+    """The registry's own words: the OCI error list when there is one, else the start of the body."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        text = body.decode("utf-8", "replace").strip()
+        return text[:200] if text and "<html" not in text.lower() else ""
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if isinstance(errors, list) and errors:
+        parts = []
+        for error in errors[:3]:
+            if isinstance(error, dict):
+                code = str(error.get("code", "")).lower().replace("_", " ")
+                message = str(error.get("message", ""))
+                parts.append(f"{code}: {message}" if code and message and code != message.lower() else code or message)
+        return "; ".join(p for p in parts if p)
+    if isinstance(data, dict) and isinstance(data.get("details") or data.get("message"), str):
+        return str(data.get("details") or data.get("message"))
+    return ""
+
+
+__all__ = ["NetworkError", "Registry", "pull_scope", "push_scope"]

@@ -1,0 +1,171 @@
+"""Options and the HTTP layer under the registry client (urllib3, built on http.client).
+
+Retries with exponential backoff on connection errors, 5xx and 429 (honouring
+``Retry-After``); TLS verified by default, with ``insecure`` and ``ca_file``; plain HTTP
+for loopback hosts as Docker does; ``HTTPS_PROXY``/``NO_PROXY`` honoured.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import SSLError
+
+from ormb import __version__
+from ormb.errors import NetworkError
+
+USER_AGENT = f"ormb/{__version__}"
+Body: TypeAlias = "bytes | Iterable[bytes] | None"
+BodyFactory: TypeAlias = "Callable[[], Body]"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """How to reach registries.  ``plain_http=None`` means: plain HTTP for loopback only."""
+
+    plain_http: bool | None = None
+    insecure: bool = False
+    ca_file: str | None = None
+    retries: int = 4
+    backoff: float = 0.5
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    chunk_size: int | None = None  # None: monolithic uploads
+    concurrency: int = 4
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def scheme_for(host: str, options: TransportOptions) -> str:
+    if options.plain_http is not None:
+        return "http" if options.plain_http else "https"
+    return "http" if is_loopback(host) else "https"
+
+
+def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=options.ca_file)
+    if options.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Transport:
+    """Sends requests for one registry host; owns its connection pool."""
+
+    def __init__(self, host: str, options: TransportOptions) -> None:
+        self.host = host
+        self.options = options
+        self.base_url = f"{scheme_for(host, options)}://{host}"
+        timeout = urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout)
+        pool_kw: dict[str, Any] = {"timeout": timeout, "retries": False, "maxsize": max(options.concurrency, 4),
+                   "blocksize": 1 << 20}
+        if self.base_url.startswith("https"):
+            pool_kw["ssl_context"] = _ssl_context(options)
+        proxy = self._proxy()
+        self.pool: urllib3.PoolManager = (
+            urllib3.ProxyManager(proxy, **pool_kw) if proxy else urllib3.PoolManager(**pool_kw)
+        )
+
+    def _proxy(self) -> str | None:
+        proxies = urllib.request.getproxies_environment()
+        scheme = self.base_url.split(":", 1)[0]
+        proxy = proxies.get(scheme)
+        if not proxy or urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
+            self.host.rsplit(":", 1)[0]):
+            return None
+        return proxy
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: BodyFactory | None = None,
+        *,
+        redirect: bool = True,
+    ) -> urllib3.BaseHTTPResponse:
+        """Send, retrying transient failures; the response body is not read (stream it, then release)."""
+        headers = {"User-Agent": USER_AGENT, **headers}
+        attempt = 0
+        while True:
+            try:
+                response = self.pool.request(
+                    method, url, headers=headers, body=body() if body else None, preload_content=False,
+                    redirect=redirect, retries=urllib3.Retry(total=None, connect=0, read=0, redirect=5, status=0)
+                    if redirect else False,
+                )
+            except SSLError as exc:
+                raise NetworkError(_tls_message(self.host, exc), _tls_hint(exc)) from None
+            except Urllib3Error as exc:
+                reason = getattr(exc, "reason", None)
+                if isinstance(reason, SSLError):
+                    raise NetworkError(_tls_message(self.host, reason), _tls_hint(reason)) from None
+                if attempt >= self.options.retries:
+                    raise NetworkError(f"cannot reach {self.host}: {_reason(exc)}") from None
+                self._sleep(attempt, None)
+                attempt += 1
+                continue
+            if response.status in RETRY_STATUSES and attempt < self.options.retries:
+                retry_after = response.headers.get("Retry-After")
+                response.drain_conn()
+                response.release_conn()
+                self._sleep(attempt, retry_after)
+                attempt += 1
+                continue
+            return response
+
+    def _sleep(self, attempt: int, retry_after: str | None) -> None:
+        delay = self.options.backoff * (2**attempt)
+        if retry_after and retry_after.isdigit():
+            delay = min(float(retry_after), 60.0)
+        time.sleep(delay)
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "nodename nor servname" in text or "Failed to resolve" in text:
+        return "unknown host name"
+    if "timed out" in text.lower():
+        return "timed out"
+    if "Connection aborted" in text or "RemoteDisconnected" in text or "reset by peer" in text:
+        return "the connection was closed by the registry"
+    return text.split(": ", 1)[-1][:200]
+
+
+def _tls_message(host: str, exc: BaseException) -> str:
+    text = str(exc)
+    if "doesn't match" in text or "Hostname mismatch" in text or "IP address mismatch" in text:
+        return f"TLS certificate of {host} is for another name"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"TLS certificate of {host} is not trusted"
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return f"{host} does not speak TLS"
+    return f"TLS handshake with {host} failed: {text[:200]}"
+
+
+def _tls_hint(exc: BaseException) -> str:
+    if "WRONG_VERSION_NUMBER" in str(exc) or "record layer failure" in str(exc):
+        return "use --plain-http for a registry without TLS"
+    return "pass the registry's CA with --ca-file FILE, or skip verification with --insecure"
