@@ -166,6 +166,7 @@ class Distribution:
     def __post_init__(self) -> None:
         if shutil.which(DISTRIBUTION) is None and not Path(DISTRIBUTION).exists():
             raise RuntimeError(f"{DISTRIBUTION} is not installed; run scripts/test, which installs docker-registry")
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.storage = self.directory / "storage"
         http_config: dict[str, Any] = {"addr": f"127.0.0.1:{self.port}", "secret": "ormb-tests"}
@@ -222,7 +223,7 @@ class FaultProxy:
     """An HTTP reverse proxy in front of a registry that can corrupt or cut responses, and counts uploads.
 
     ``corrupt_blobs``: flip a byte in every blob GET body.  ``cut_blob_once``: send half of the next
-    blob GET body, then close the connection.  ``on_upload_bytes``: called with the running total of
+    blob GET body over 1 MiB, then close the connection.  ``on_upload_bytes``: called with the running total of
     upload bytes (PUT/PATCH bodies) as they arrive, so a test can stop the registry mid-push.
     """
 
@@ -268,7 +269,7 @@ class FaultProxy:
                 upstream.close()
                 if is_blob and proxy.corrupt_blobs and data:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
-                cut = is_blob and proxy.cut_blob_once and len(data) > 1
+                cut = is_blob and proxy.cut_blob_once and len(data) > 1 << 20  # large blobs only
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("connection", "transfer-encoding", "content-length"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ormb.api import (  # noqa: E402
+from ormb.api import (
     ExportResult,
     ModelDetails,
     ModelSummary,
@@ -35,8 +35,8 @@ from ormb.api import (  # noqa: E402
     tags,
     version,
 )
-from ormb.config import Settings, load_settings  # noqa: E402
-from ormb.errors import (  # noqa: E402
+from ormb.config import Settings, load_settings
+from ormb.errors import (
     AuthenticationError,
     IntegrityError,
     InvalidArtifactError,
@@ -51,10 +51,10 @@ from ormb.errors import (  # noqa: E402
     StorageError,
     UnsafeArchiveError,
 )
-from ormb.model.ormbfile import Metadata  # noqa: E402
-from ormb.oci.reference import Reference, parse_reference  # noqa: E402
-from ormb.registry.credentials import Credential  # noqa: E402
-from ormb.registry.transport import TransportOptions  # noqa: E402
+from ormb.model.ormbfile import Metadata
+from ormb.oci.reference import Reference, parse_reference
+from ormb.registry.credentials import Credential
+from ormb.registry.transport import TransportOptions
 
 __all__ = [
     "AuthenticationError", "Credential", "ExportResult", "IntegrityError", "InvalidArtifactError",

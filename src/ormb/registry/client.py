@@ -91,12 +91,16 @@ class Registry:
             response = self.transport.request(method, url, request_headers, body, redirect=redirect)
             if response.status in expect:
                 return response
-            if response.status == 401 and attempt == 0:
+            if response.status == 401:
                 challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
-                _discard(response)
-                if challenge is not None and self._answer(challenge, scope, had_auth=bool(auth)):
+                detail = _error_text(_discard(response))
+                if attempt == 0 and challenge is not None and self._answer(challenge, scope, had_auth=bool(auth)):
                     continue
-                raise self._unauthorized(None)
+                if challenge is not None and challenge.scheme == "bearer" and scope:
+                    if not self.credential.empty:  # a fresh token for exactly this scope, and still no
+                        raise PermissionDeniedError(f"denied: requested access to {_describe(scope)} at {self.host}")
+                    detail = f"{_describe(scope)} requires logging in"
+                raise self._unauthorized(detail or None)
             raise self.error_for(response, what or f"{method} {urllib.parse.urlsplit(url).path}")
         raise AssertionError("unreachable")
 
@@ -157,6 +161,7 @@ class Registry:
         return token, float(lifetime) if isinstance(lifetime, (int, float)) else None
 
     def _unauthorized(self, detail: str | None) -> AuthenticationError:
+        detail = detail.removeprefix("unauthorized: ").removeprefix("unauthorized") or None if detail else None
         if self.credential.empty:
             return AuthenticationError(
                 f"unauthorized: {detail or 'authentication required'} at {self.host} (no credentials given)",
@@ -185,6 +190,14 @@ class Registry:
         """``GET /v2/``: checks that a registry is there and that the credentials work."""
         response = self.request("GET", "/v2/", scope=scope, what="the API check")
         _discard(response)
+
+
+def _describe(scope: str) -> str:
+    """``repository:team/m:pull,push`` -> ``push to repository team/m``."""
+    kind, _, rest = scope.partition(":")
+    name, _, actions = rest.rpartition(":")
+    verb = "push to" if "push" in actions else "pull from" if actions == "pull" else f"{actions} on"
+    return f"{verb} {kind} {name}"
 
 
 def _discard(response: urllib3.BaseHTTPResponse) -> bytes:

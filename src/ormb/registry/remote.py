@@ -96,6 +96,7 @@ class RemoteRepository:
         self.registry = registry
         self.name = name
         self.uploaded_bytes = 0  # what this object sent as blob bodies: tests and --json report it
+        self._resolved: dict[str, bytes] = {}  # manifests fetched by resolve(), so copy() does not ask twice
 
     def path(self, rest: str) -> str:
         return f"/v2/{self.name}/{rest}"
@@ -113,7 +114,8 @@ class RemoteRepository:
     @contextmanager
     def fetch(self, desc: Descriptor) -> Iterator[BinaryIO]:
         if _is_manifest(desc):
-            yield io.BytesIO(self._get_manifest(desc.digest)[0])
+            data = self._resolved.pop(desc.digest, None)
+            yield io.BytesIO(data if data is not None else self._get_manifest(desc.digest)[0])
             return
         reader = _BlobReader(self, desc)
         try:
@@ -147,7 +149,9 @@ class RemoteRepository:
 
     def resolve(self, reference: str) -> Descriptor:
         data, media_type = self._get_manifest(reference)
-        return Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+        desc = Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+        self._resolved = {desc.digest: data}
+        return desc
 
     def manifest_bytes(self, reference: str) -> bytes:
         return self._get_manifest(reference)[0]

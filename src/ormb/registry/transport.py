@@ -62,7 +62,8 @@ def scheme_for(host: str, options: TransportOptions) -> str:
 
 def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=options.ca_file)
-    if options.insecure:
+    if options.insecure:  # the user asked for it: no warning per request
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
@@ -110,7 +111,7 @@ class Transport:
             try:
                 response = self.pool.request(
                     method, url, headers=headers, body=body() if body else None, preload_content=False,
-                    redirect=redirect, retries=urllib3.Retry(total=None, connect=0, read=0, redirect=5, status=0)
+                    redirect=redirect, retries=urllib3.Retry(total=None, connect=0, read=0, other=0, redirect=5, status=0)
                     if redirect else False,
                 )
             except SSLError as exc:
