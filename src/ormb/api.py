@@ -270,7 +270,7 @@ class TransferResult:
     reference: Reference
     digest: str
     layers: int
-    size: int  # bytes of all blobs of the model
+    size: int  # bytes of the model's layers
     transferred: tuple[str, ...]  # digests of the blobs that moved
     transferred_bytes: int
     existing: tuple[str, ...]  # digests the destination already had
@@ -278,14 +278,10 @@ class TransferResult:
 
 
 def _result(ref: Reference, stats: CopyStats, updated: bool) -> TransferResult:
-    blobs = stats.copied + stats.skipped
     return TransferResult(
-        ref, stats.root.digest, stats.layers, sum(d.size for d in blobs if d.media_type not in _MANIFESTS),
+        ref, stats.root.digest, stats.layers, stats.layer_bytes,
         tuple(d.digest for d in stats.copied), stats.copied_bytes, tuple(d.digest for d in stats.skipped), updated,
     )
-
-
-_MANIFESTS = mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES
 
 
 def push(reference: str | Reference, *, settings: Settings | None = None, options: TransportOptions | None = None,

@@ -43,6 +43,10 @@ class CopyStats:
     def layers(self) -> int:
         return sum(1 for d in self.copied + self.skipped if d.media_type not in _METADATA_TYPES)
 
+    @property
+    def layer_bytes(self) -> int:
+        return sum(d.size for d in self.copied + self.skipped if d.media_type not in _METADATA_TYPES)
+
 
 _METADATA_TYPES = mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES | {mediatypes.ORMB_CONFIG, mediatypes.OCI_EMPTY}
 

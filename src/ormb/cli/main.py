@@ -123,8 +123,8 @@ def save(ctx: click.Context, directory: str, reference: str, compression: str, a
     for skipped in result.skipped:
         click.echo(f"warning: skipped {skipped}", err=True)
     if result.format_guessed:
-        click.echo(f"note: no format in {directory}/ormbfile.yaml; guessed {result.format} from the file names",
-                   err=True)
+        click.echo(f"note: no format given in an ormbfile.yaml; guessed {result.format} from the file names "
+                   f"in {directory}", err=True)
     click.echo(f"ref:       {result.reference}")
     click.echo(f"digest:    {result.digest}")
     click.echo(f"size:      {human_size(result.size)}")
