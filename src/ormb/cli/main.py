@@ -12,7 +12,15 @@ import click
 import yaml
 
 from ormb import api
-from ormb.cli.render import RichProgress, human_size, human_time, print_json, print_table, to_jsonable
+from ormb.cli.render import (
+    RichProgress,
+    human_size,
+    human_time,
+    plural,
+    print_json,
+    print_table,
+    to_jsonable,
+)
 from ormb.config import load_settings
 from ormb.errors import OrmbError
 from ormb.model.gzipstream import COMPRESSIONS
@@ -151,9 +159,8 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
         return
     click.echo(f"ref:       {result.reference}")
     click.echo(f"digest:    {result.digest}")
-    count = len(result.files)
     click.echo(f"{result.reference.tag or result.digest}: exported to {result.directory} "
-               f"({count} file{'' if count == 1 else 's'})")
+               f"({plural(len(result.files), 'file')})")
 
 
 @cli.command()
@@ -262,8 +269,8 @@ def push(ctx: click.Context, /, reference: str, chunk_size: str | None, as_json:
         result = api.push(ref, options=options, progress=bar)
     _render_transfer(result, "Pushed", as_json)
     if not as_json:
-        layers = f"{result.layers} layer{'' if result.layers == 1 else 's'}"
-        click.echo(f"{result.reference.tag}: pushed to remote ({layers}, {human_size(result.size)} total)")
+        click.echo(f"{result.reference.tag}: pushed to remote "
+                   f"({plural(result.layers, 'layer')}, {human_size(result.size)} total)")
         click.echo(f"digest: {result.digest}")
 
 

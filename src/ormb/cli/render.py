@@ -36,6 +36,10 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def human_time(when: datetime | None, now: datetime | None = None) -> str:
     if when is None:
         return "-"
