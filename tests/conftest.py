@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from registries import Distribution, TokenServer, htpasswd_file, self_signed
+from registries import (
+    Distribution,
+    EmbeddedRegistry,
+    TokenDistribution,
+    TokenServer,
+    htpasswd_file,
+    self_signed,
+    start_registry,
+)
 
 from ormb.config import Settings
 
@@ -95,45 +104,60 @@ def place_model(cache_dir: Path, reference: str, layer: bytes, config: bytes = b
 # -- real registries, started once per session on 127.0.0.1 ------------------------------------
 
 
+KINDS = ["distribution", "ormb"]
+
+
+@pytest.fixture(scope="session", params=KINDS)
+def registry_kind(request: pytest.FixtureRequest) -> str:
+    """Every test that uses a registry runs against CNCF distribution and ``ormb registry serve``."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
+def registry(tmp_path_factory: pytest.TempPathFactory, registry_kind: str) -> Iterator[Any]:
     """No auth."""
-    reg = Distribution(tmp_path_factory.mktemp("registry-plain"))
+    reg = start_registry(registry_kind, tmp_path_factory.mktemp(f"registry-plain-{registry_kind}"))
     yield reg
     reg.stop()
 
 
 @pytest.fixture(scope="session")
-def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
+def basic_registry(tmp_path_factory: pytest.TempPathFactory, registry_kind: str) -> Iterator[Any]:
     """htpasswd (bcrypt) Basic auth; users in registries.USERS."""
-    directory = tmp_path_factory.mktemp("registry-basic")
-    reg = Distribution(directory, auth={"htpasswd": {"realm": "ormb-test", "path": str(htpasswd_file(directory))}})
+    directory = tmp_path_factory.mktemp(f"registry-basic-{registry_kind}")
+    if registry_kind == "ormb":
+        reg: Any = EmbeddedRegistry(directory, auth="basic")
+    else:
+        reg = Distribution(directory, auth={"htpasswd": {"realm": "ormb-test", "path": str(htpasswd_file(directory))}})
     yield reg
     reg.stop()
 
 
 @pytest.fixture(scope="session")
-def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
+def token_registry(tmp_path_factory: pytest.TempPathFactory, registry_kind: str) -> Iterator[Any]:
+    """Bearer token auth: alice may push to alice/* and pull all; bob may pull; anonymous may pull public/*.
+
+    Exposes ``issued`` (the (user, scope) of every token) and a settable ``expires_in``."""
+    if registry_kind == "ormb":
+        embedded = EmbeddedRegistry(tmp_path_factory.mktemp("registry-token-ormb"), auth="bearer")
+        yield embedded
+        embedded.stop()
+        return
     server = TokenServer(tmp_path_factory.mktemp("token-server"))
-    yield server
+    auth = {"token": {"realm": server.realm, "service": server.service,
+                      "issuer": server.issuer, "rootcertbundle": str(server.bundle)}}
+    reg = Distribution(tmp_path_factory.mktemp("registry-token"), auth=auth)
+    yield TokenDistribution(reg, server)
+    reg.stop()
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def token_registry(tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer) -> Iterator[Distribution]:
-    """Bearer token auth trusting ``token_server``."""
-    auth = {"token": {"realm": token_server.realm, "service": token_server.service,
-                      "issuer": token_server.issuer, "rootcertbundle": str(token_server.bundle)}}
-    reg = Distribution(tmp_path_factory.mktemp("registry-token"), auth=auth)
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture(scope="session")
-def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Distribution, Path]]:
+def tls_registry(tmp_path_factory: pytest.TempPathFactory, registry_kind: str) -> Iterator[tuple[Any, Path]]:
     """HTTPS with a self-signed certificate for the name 'localhost' only (not for 127.0.0.1)."""
-    directory = tmp_path_factory.mktemp("registry-tls")
+    directory = tmp_path_factory.mktemp(f"registry-tls-{registry_kind}")
     cert, key = self_signed(directory, "localhost", ["localhost"], [])
-    reg = Distribution(directory, tls=(cert, key))
+    reg: Any = EmbeddedRegistry(directory, tls=(cert, key)) if registry_kind == "ormb" else \
+        Distribution(directory, tls=(cert, key))
     yield reg, cert
     reg.stop()

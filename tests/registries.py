@@ -302,3 +302,99 @@ class FaultProxy:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+POLICY = """\
+rules:
+  - users: [alice]
+    repositories: ["alice/*"]
+    actions: [pull, push, delete]
+  - users: ["*"]
+    repositories: ["*"]
+    actions: [pull]
+  - users: [anonymous]
+    repositories: ["public/*"]
+    actions: [pull]
+"""
+
+
+class EmbeddedRegistry:
+    """``ormb registry serve`` in this process (a thread), with the interface of :class:`Distribution`
+    and, for token auth, of :class:`TokenServer` (``issued``, ``expires_in``)."""
+
+    def __init__(self, directory: Path, *, auth: str | None = None, tls: tuple[Path, Path] | None = None,
+                 port: int = 0) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.auth, self.tls = auth, tls
+        self.port = port or free_port()
+        self.server: Any = None
+        self.start()
+
+    def start(self) -> None:
+        from ormb.server.app import RegistryServer
+
+        kwargs: dict[str, Any] = {}
+        if self.auth in ("basic", "bearer"):
+            kwargs["htpasswd"] = htpasswd_file(self.directory)
+            kwargs["auth_scheme"] = self.auth
+            if self.auth == "bearer":
+                policy = self.directory / "policy.yaml"
+                policy.write_text(POLICY)
+                kwargs["policy"] = policy
+        if self.tls:
+            kwargs["tls_cert"], kwargs["tls_key"] = self.tls
+        self.server = RegistryServer(self.directory / "root", f"127.0.0.1:{self.port}", **kwargs).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def issued(self) -> list[tuple[str | None, str]]:
+        return self.server.config.access.issued  # type: ignore[no-any-return]
+
+    @property
+    def expires_in(self) -> int:
+        return self.server.config.access.token_lifetime  # type: ignore[no-any-return]
+
+    @expires_in.setter
+    def expires_in(self, value: int) -> None:
+        self.server.config.access.token_lifetime = value
+
+
+class TokenDistribution:
+    """CNCF distribution with Bearer auth and its token server, seen as one registry."""
+
+    def __init__(self, registry: Distribution, token_server: TokenServer) -> None:
+        self.registry, self.token_server = registry, token_server
+
+    @property
+    def host(self) -> str:
+        return self.registry.host
+
+    @property
+    def port(self) -> int:
+        return self.registry.port
+
+    @property
+    def issued(self) -> list[tuple[str, str]]:
+        return self.token_server.issued
+
+    @property
+    def expires_in(self) -> int:
+        return self.token_server.expires_in
+
+    @expires_in.setter
+    def expires_in(self, value: int) -> None:
+        self.token_server.expires_in = value
+
+
+def start_registry(kind: str, directory: Path, port: int = 0) -> Distribution | EmbeddedRegistry:
+    """A registry without auth: CNCF distribution or the embedded one."""
+    return Distribution(directory, port=port) if kind == "distribution" else EmbeddedRegistry(directory, port=port)

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from registries import USERS, Distribution, TokenServer
+from registries import USERS, Distribution
 
 from conftest import make_model
 from ormb import api
@@ -94,7 +95,7 @@ def test_docker_config_and_credential_helpers_are_used(
 
 
 def test_bearer_tokens_per_scope_and_denied_push(
-    tmp_path: Path, home: Settings, token_registry: Distribution, token_server: TokenServer,
+    tmp_path: Path, home: Settings, token_registry: Any,
 ) -> None:
     ref = _saved(tmp_path, home, f"{token_registry.host}/alice/model:v1")
     api.login(token_registry.host, "alice", USERS["alice"], settings=home)
@@ -110,37 +111,37 @@ def test_bearer_tokens_per_scope_and_denied_push(
 
 
 def test_a_pull_token_is_never_reused_for_a_push(
-    tmp_path: Path, home: Settings, token_registry: Distribution, token_server: TokenServer,
+    tmp_path: Path, home: Settings, token_registry: Any,
 ) -> None:
     ref = _saved(tmp_path, home, f"{token_registry.host}/alice/scopes:v1")
     registry = Registry(token_registry.host, credentials=Credential("alice", USERS["alice"]))
     repo = RemoteRepository(registry, "alice/scopes")
     cache, key = open_cache(home), cache_key(parse_reference(ref, "localhost:5000"))
-    start = len(token_server.issued)
+    start = len(token_registry.issued)
     assert not repo.exists(cache.resolve(key))  # a read: pull scope
     copy(cache, key, repo, "v1")  # HEADs (pull) then uploads (pull,push) through the same Registry
-    scopes = [scope for _, scope in token_server.issued[start:]]
+    scopes = [scope for _, scope in token_registry.issued[start:]]
     assert "repository:alice/scopes:pull" in scopes
     assert "repository:alice/scopes:pull,push" in scopes
     assert scopes.count("repository:alice/scopes:pull") == 1  # one token per scope, reused while valid
 
 
 def test_tokens_are_fetched_again_when_they_expire(
-    tmp_path: Path, token_registry: Distribution, token_server: TokenServer,
+    tmp_path: Path, token_registry: Any,
 ) -> None:
     registry = Registry(token_registry.host, credentials=Credential("alice", USERS["alice"]))
     repo = RemoteRepository(registry, "alice/expiry")
-    token_server.expires_in = 11  # ormb renews 10 s before expiry: this token is stale after 1 s
+    token_registry.expires_in = 11  # ormb renews 10 s before expiry: this token is stale after 1 s
     try:
-        start = len(token_server.issued)
+        start = len(token_registry.issued)
         assert not repo.exists(_fake_blob())
         assert not repo.exists(_fake_blob())
-        assert len(token_server.issued) - start == 1
+        assert len(token_registry.issued) - start == 1
         time.sleep(1.5)
         assert not repo.exists(_fake_blob())
-        assert len(token_server.issued) - start == 2
+        assert len(token_registry.issued) - start == 2
     finally:
-        token_server.expires_in = 300
+        token_registry.expires_in = 300
 
 
 def _fake_blob() -> Descriptor:
@@ -148,7 +149,7 @@ def _fake_blob() -> Descriptor:
 
 
 def test_anonymous_pull_where_the_policy_allows_it(
-    tmp_path: Path, home: Settings, token_registry: Distribution,
+    tmp_path: Path, home: Settings, token_registry: Any,
 ) -> None:
     with pytest.raises(NotFoundError):  # anonymous got a token: the answer is 'unknown', not 'unauthorized'
         api.pull(f"{token_registry.host}/public/nothing:v1", settings=home)

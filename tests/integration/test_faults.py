@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from registries import Distribution, FaultProxy, free_port
+from registries import Distribution, FaultProxy, free_port, start_registry
 
 from conftest import make_model
 from ormb import api
@@ -102,8 +102,8 @@ def test_unreachable_host_is_one_clear_line(tmp_path: Path) -> None:
     assert "cannot reach" in str(info.value) and "connection refused" in str(info.value)
 
 
-def test_registry_dies_mid_push_then_the_same_push_completes(tmp_path: Path) -> None:
-    registry = Distribution(tmp_path / "registry")
+def test_registry_dies_mid_push_then_the_same_push_completes(tmp_path: Path, registry_kind: str) -> None:
+    registry = start_registry(registry_kind, tmp_path / "registry")
     proxy = FaultProxy(registry.port)
     try:
         settings = _home(tmp_path)

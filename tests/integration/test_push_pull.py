@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -131,8 +132,9 @@ def test_original_ormb_artifacts_pull_and_export(tmp_path: Path, registry: Distr
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         post = urllib.request.Request(f"http://{registry.host}/v2/caicloud/fashion/blobs/uploads/", method="POST")
         with urllib.request.urlopen(post) as response:
-            location = response.headers["Location"]
-        put = urllib.request.Request(f"{location}&digest={digest}", data=data, method="PUT",
+            location = urllib.parse.urljoin(f"http://{registry.host}/", response.headers["Location"])
+        separator = "&" if "?" in location else "?"
+        put = urllib.request.Request(f"{location}{separator}digest={digest}", data=data, method="PUT",
                                      headers={"Content-Type": "application/octet-stream"})
         urllib.request.urlopen(put).close()
         return {"digest": digest, "size": len(data)}

@@ -15,7 +15,8 @@ ALLOWED = {
     "content": {"content", "oci", "errors"},
     "model": {"model", "content", "oci", "errors", "progress"},
     "registry": {"registry", "content", "oci", "errors"},
-    "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry"},
+    "server": {"server", "oci", "errors", "model", "content"},
+    "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server"},
 }
 
 

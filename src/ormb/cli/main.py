@@ -347,6 +347,94 @@ def version(as_json: bool) -> None:
         click.echo(f"ormb {api.version()} (Python {sys.version.split()[0]})")
 
 
+@cli.group()
+def registry() -> None:
+    """The embedded OCI registry: one process, blobs as files, metadata in SQLite."""
+
+
+@registry.command()
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Where blobs and the database live (default: $ORMB_HOME/registry).")
+@click.option("--addr", default="127.0.0.1:5000", show_default=True,
+              help="HOST:PORT to listen on; loopback unless you choose otherwise.")
+@click.option("--htpasswd", type=click.Path(exists=True, dir_okay=False),
+              help="bcrypt htpasswd file: users must log in (create entries with 'htpasswd -B').")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False),
+              help="YAML rules: which users may pull/push/delete which repository patterns.")
+@click.option("--anonymous-pull", is_flag=True, help="Let users who are not logged in pull.")
+@click.option("--auth-scheme", type=click.Choice(["bearer", "basic"]), default="bearer", show_default=True,
+              help="How clients authenticate: tokens from this registry's /token endpoint, or Basic on each request.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key.")
+def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None, anonymous_pull: bool,
+          auth_scheme: str, tls_cert: str | None, tls_key: str | None) -> None:
+    """Run an OCI registry with a model catalog page at /.
+
+    \b
+    Policy file format:
+      rules:
+        - users: [alice]            # names, '*' = any logged-in user, 'anonymous'
+          repositories: ["alice/*"] # glob patterns
+          actions: [pull, push, delete]
+
+    Stops cleanly on Ctrl-C or SIGTERM.
+    """
+    import signal
+    import threading
+    from pathlib import Path
+
+    from ormb.oci.reference import is_loopback_host
+    from ormb.server.app import RegistryServer, parse_addr
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if policy and not htpasswd:
+        raise click.UsageError("--policy needs --htpasswd: a policy names users who log in")
+    host, _ = parse_addr(addr)
+    if not is_loopback_host(host) and not tls_cert:
+        click.echo(f"warning: listening on {addr} without TLS: passwords and models cross the network in clear",
+                   err=True)
+    root_dir = Path(root) if root else load_settings().home / "registry"
+    server = RegistryServer(root_dir, addr, htpasswd=Path(htpasswd) if htpasswd else None,
+                            policy=Path(policy) if policy else None, anonymous_pull=anonymous_pull,
+                            tls_cert=Path(tls_cert) if tls_cert else None, tls_key=Path(tls_key) if tls_key else None,
+                            auth_scheme=auth_scheme)
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=server.httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
+    click.echo(f"ormb registry listening on {server.url} (storage {root_dir}, {auth})", err=True)
+    click.echo(f"model catalog: {server.url}/", err=True)
+    server.serve_forever()
+    server.httpd.server_close()
+    click.echo("ormb registry stopped", err=True)
+
+
+@registry.command()
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="The registry's storage (default: $ORMB_HOME/registry).")
+@click.option("--grace", type=float, default=3600, show_default=True,
+              help="Keep unreferenced blobs younger than this many seconds (a push may be under way).")
+@json_option
+def gc(root: str | None, grace: float, as_json: bool) -> None:
+    """Free blobs that no manifest references."""
+    from pathlib import Path
+
+    from ormb.server.storage import Storage
+
+    root_dir = Path(root) if root else load_settings().home / "registry"
+    if not (root_dir / "registry.db").exists():
+        raise OrmbError(f"{root_dir} holds no registry", "give the --root that 'ormb registry serve' used")
+    blobs, freed = Storage(root_dir).gc(grace)
+    if as_json:
+        print_json({"blobs": blobs, "bytes": freed})
+    else:
+        click.echo(f"Deleted {blobs} blobs, reclaimed {human_size(freed)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one ``Error:`` line and a meaningful exit code, a traceback only with --debug."""
     args = sys.argv[1:] if argv is None else argv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -46,6 +47,22 @@ class Reference:
         if self.digest:
             out += f"@{self.digest}"
         return out
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, ``127.0.0.0/8`` or ``::1``, with or without a port (``[::1]:5000``)."""
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        name = host.split(":")[0]
+    else:
+        name = host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_reference(text: str, default_registry: str, *, default_tag: bool = True) -> Reference:

@@ -101,7 +101,7 @@ class Registry:
                         raise PermissionDeniedError(f"denied: requested access to {_describe(scope)} at {self.host}")
                     detail = f"{_describe(scope)} requires logging in"
                 raise self._unauthorized(detail or None)
-            raise self.error_for(response, what or f"{method} {urllib.parse.urlsplit(url).path}")
+            raise self.error_for(response, what or f"{method} {urllib.parse.urlsplit(url).path}", scope)
         raise AssertionError("unreachable")
 
     def _answer(self, challenge: Challenge, scope: str, had_auth: bool) -> bool:
@@ -173,13 +173,15 @@ class Registry:
             f"check the credentials given to 'ormb login {self.host}'",
         )
 
-    def error_for(self, response: urllib3.BaseHTTPResponse, what: str) -> OrmbError:
+    def error_for(self, response: urllib3.BaseHTTPResponse, what: str, scope: str = "") -> OrmbError:
         body = _discard(response)
         detail = _error_text(body)
         status = response.status
         if status == 401:
             return self._unauthorized(detail or None)
         if status == 403:
+            if scope.startswith("repository:"):
+                return PermissionDeniedError(f"denied: requested access to {_describe(scope)} at {self.host}")
             return PermissionDeniedError(f"denied: {what} at {self.host}: {detail or 'access denied'}")
         if status == 404:
             return NotFoundError(f"{what}: {detail or 'not found'} at {self.host}",

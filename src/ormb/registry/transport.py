@@ -7,7 +7,6 @@ for loopback hosts as Docker does; ``HTTPS_PROXY``/``NO_PROXY`` honoured.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from urllib3.exceptions import SSLError
 
 from ormb import __version__
 from ormb.errors import NetworkError
+from ormb.oci.reference import is_loopback_host
 
 USER_AGENT = f"ormb/{__version__}"
 Body: TypeAlias = "bytes | Iterable[bytes] | None"
@@ -43,21 +43,10 @@ class TransportOptions:
     concurrency: int = 4
 
 
-def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def scheme_for(host: str, options: TransportOptions) -> str:
     if options.plain_http is not None:
         return "http" if options.plain_http else "https"
-    return "http" if is_loopback(host) else "https"
+    return "http" if is_loopback_host(host) else "https"
 
 
 def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
