@@ -216,7 +216,7 @@ class Storage:
         with self._hashers_lock:
             known = self._hashers.get(upload_id)
         if known and known[0] == offset:
-            return known[1]
+            return known[1].copy()  # a copy: a request that breaks off must not touch the session's state
         hasher = hashlib.sha256()
         with open(self.upload_path(upload_id), "rb") as f:
             remaining = offset
