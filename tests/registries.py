@@ -340,7 +340,8 @@ class EmbeddedRegistry:
             kwargs["auth_scheme"] = self.auth
             if self.auth == "bearer":
                 policy = self.directory / "policy.yaml"
-                policy.write_text(POLICY)
+                if not policy.exists():  # a test may have written its own
+                    policy.write_text(POLICY)
                 kwargs["policy"] = policy
         if self.tls:
             kwargs["tls_cert"], kwargs["tls_key"] = self.tls
