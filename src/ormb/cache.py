@@ -30,7 +30,8 @@ class LoadedModel:
 
     @property
     def size(self) -> int:
-        return self.manifest.config.size + sum(layer.size for layer in self.manifest.layers)
+        """Bytes of the layers, as save and push report them."""
+        return sum(layer.size for layer in self.manifest.layers)
 
     @property
     def format(self) -> str:
