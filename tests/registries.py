@@ -323,10 +323,10 @@ class EmbeddedRegistry:
     and, for token auth, of :class:`TokenServer` (``issued``, ``expires_in``)."""
 
     def __init__(self, directory: Path, *, auth: str | None = None, tls: tuple[Path, Path] | None = None,
-                 port: int = 0) -> None:
+                 port: int = 0, anonymous_pull: bool = False) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.auth, self.tls = auth, tls
+        self.auth, self.tls, self.anonymous_pull = auth, tls, anonymous_pull
         self.port = port or free_port()
         self.server: Any = None
         self.start()
@@ -334,7 +334,7 @@ class EmbeddedRegistry:
     def start(self) -> None:
         from ormb.server.app import RegistryServer
 
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"anonymous_pull": self.anonymous_pull}
         if self.auth in ("basic", "bearer"):
             kwargs["htpasswd"] = htpasswd_file(self.directory)
             kwargs["auth_scheme"] = self.auth

@@ -369,3 +369,25 @@ def test_auth_challenges_denials_and_tokens(secured: EmbeddedRegistry) -> None:
     wrong = "Basic " + base64.b64encode(b"alice:wrong").decode()
     assert Client(secured.host)("GET", "/token?scope=repository:alice/m:pull", headers={"Authorization": wrong})[0] == 401
     assert Client(secured.host, "Bearer forged.token")("GET", "/v2/alice/m/manifests/v1")[0] == 401
+
+
+@pytest.mark.parametrize("scheme", ["basic", "bearer"])
+def test_anonymous_pull(tmp_path: Path, scheme: str) -> None:
+    import base64
+
+    registry = EmbeddedRegistry(tmp_path / scheme, auth=scheme, anonymous_pull=True)
+    try:
+        alice = Client(registry.host, "Basic " + base64.b64encode(f"alice:{USERS['alice']}".encode()).decode())
+        if scheme == "bearer":
+            alice = Client(registry.host, _token(registry.host, "alice", "repository:alice/open:pull,push"))
+        data = image(alice, "alice/open", b"for everyone")
+        assert alice.manifest("alice/open", "v1", data)[0] == 201
+        anonymous = Client(registry.host)
+        if scheme == "bearer":
+            anonymous = Client(registry.host, _token(registry.host, None, "repository:alice/open:pull,push"))
+        assert anonymous("GET", "/v2/alice/open/manifests/v1")[2] == data
+        status, _, body = anonymous("POST", "/v2/alice/open/blobs/uploads/")
+        assert (status, code(body)) == (401, "UNAUTHORIZED")
+        assert Client(registry.host)("GET", "/")[0] == 200  # the catalog page too
+    finally:
+        registry.stop()
