@@ -6,12 +6,14 @@ so they run against ``ormb registry serve`` only.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -334,8 +336,6 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRegist
 
 
 def _token(host: str, user: str | None, scope: str) -> str:
-    import base64
-
     auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{USERS[user]}".encode()).decode()} if user else {}
     status, _, body = Client(host)("GET", f"/token?service=ormb-registry&scope={scope}", headers=auth)
     assert status == 200
@@ -364,8 +364,6 @@ def test_auth_challenges_denials_and_tokens(secured: EmbeddedRegistry) -> None:
     status, _, body = stranger("GET", "/v2/alice/m/manifests/v1")
     assert (status, code(body)) == (401, "UNAUTHORIZED")
     assert b"alice's model" not in body
-    import base64
-
     wrong = "Basic " + base64.b64encode(b"alice:wrong").decode()
     assert Client(secured.host)("GET", "/token?scope=repository:alice/m:pull", headers={"Authorization": wrong})[0] == 401
     assert Client(secured.host, "Bearer forged.token")("GET", "/v2/alice/m/manifests/v1")[0] == 401
@@ -373,8 +371,6 @@ def test_auth_challenges_denials_and_tokens(secured: EmbeddedRegistry) -> None:
 
 @pytest.mark.parametrize("scheme", ["basic", "bearer"])
 def test_anonymous_pull(tmp_path: Path, scheme: str) -> None:
-    import base64
-
     registry = EmbeddedRegistry(tmp_path / scheme, auth=scheme, anonymous_pull=True)
     try:
         alice = Client(registry.host, "Basic " + base64.b64encode(f"alice:{USERS['alice']}".encode()).decode())
