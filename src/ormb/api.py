@@ -18,11 +18,18 @@ from ormb.cache import (
 )
 from ormb.config import Settings, load_settings
 from ormb.content.target import fetch_bytes
-from ormb.errors import AuthenticationError, InvalidReferenceError, ModelFormatError, NotFoundError
+from ormb.errors import (
+    AuthenticationError,
+    InvalidReferenceError,
+    ModelFormatError,
+    NotFoundError,
+    StorageError,
+)
 from ormb.model import ormbformat
-from ormb.model.files import list_model_files
+from ormb.model.files import FileListing, list_model_files
 from ormb.model.formats import guess_format, validate_format
-from ormb.model.ormbfile import FILENAME, Metadata, load_metadata
+from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict
+from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.model.unpack import unpack_layer
 from ormb.oci import mediatypes
 from ormb.oci.reference import Reference, parse_reference
@@ -50,51 +57,105 @@ class SaveResult:
     format_guessed: bool
     files: int
     skipped: tuple[str, ...] = ()
+    signature_filled: bool = False  # the signature was read from the model file
+    notes: tuple[str, ...] = ()  # things the user may want to know (e.g. why no signature was read)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    metadata: Metadata
+    model_dir: Path
+    listing: FileListing
+    format_guessed: bool
+    signature_filled: bool
+    notes: tuple[str, ...]
+
+
+def _prepare(root: Path, metadata: Metadata | dict[str, object] | None, *, read_model_signature: bool) -> _Prepared:
+    """Metadata and files of a model directory, validated; the signature read from the model if empty."""
+    if not root.is_dir():
+        raise ModelFormatError(f"{root} is not a directory", "give the directory that holds ormbfile.yaml and model/")
+    ormbfile = root / FILENAME
+    if metadata is not None:
+        meta = metadata if isinstance(metadata, Metadata) else parse_metadata_dict(metadata)
+        model_dir = root / "model" if (root / "model").is_dir() else root
+    elif ormbfile.is_file():
+        meta = load_metadata(ormbfile)
+        model_dir = root / "model"
+        if not model_dir.is_dir():
+            raise ModelFormatError(f"{root} has an {FILENAME} but no model/ directory", "put the model files in model/")
+    else:
+        meta = Metadata()
+        model_dir = root / "model" if (root / "model").is_dir() else root
+    listing = list_model_files(model_dir)
+    if not listing.files:
+        raise ModelFormatError(f"{model_dir} holds no files")
+    relative = [f.relative for f in listing.files]
+    guessed = meta.format is None
+    format_name = meta.format or guess_format(relative)
+    validate_format(format_name, model_dir, relative)
+    meta = meta.model_copy(update={"format": format_name})
+    notes: list[str] = []
+    filled = False
+    if read_model_signature and not (meta.signature and (meta.signature.inputs or meta.signature.outputs)):
+        found = read_signature(format_name, model_dir, relative)
+        if found.signature is not None:
+            meta = meta.model_copy(update={"signature": found.signature})
+            filled = True
+        elif found.note:
+            notes.append(f"no signature read from the model: {found.note}")
+    return _Prepared(meta, model_dir, listing, guessed, filled, tuple(notes))
 
 
 def save(
     path: str | Path,
     reference: str | Reference,
     *,
+    metadata: Metadata | dict[str, object] | None = None,
     compression: str = "stored",
+    read_model_signature: bool = True,
     settings: Settings | None = None,
     progress: ProgressListener | None = None,
 ) -> SaveResult:
     """Pack ``path`` (ormbfile.yaml + model/) into the local cache under ``reference``.
 
-    Without an ormbfile.yaml the format is guessed from the file names, and the files are
-    taken from ``path/model`` if it exists, else from ``path`` itself.  Nothing is written
-    into ``path``.
+    ``metadata`` (a :class:`Metadata` or a dict with ormbfile.yaml's keys) replaces the
+    ormbfile.yaml, so a training script needs no file.  Without either, the format is guessed
+    from the file names.  The files are taken from ``path/model`` if it exists, else from
+    ``path`` itself.  An empty signature is read from the model file where ormb can (ONNX,
+    SavedModel).  Nothing is written into ``path``.
     """
     settings = settings or load_settings()
     ref = _ref(reference, settings, need_tag=True)
-    root = Path(path)
-    if not root.is_dir():
-        raise ModelFormatError(f"{root} is not a directory", "give the directory that holds ormbfile.yaml and model/")
-    ormbfile = root / FILENAME
-    if ormbfile.is_file():
-        metadata = load_metadata(ormbfile)
-        model_dir = root / "model"
-        if not model_dir.is_dir():
-            raise ModelFormatError(f"{root} has an {FILENAME} but no model/ directory", "put the model files in model/")
-    else:
-        metadata = Metadata()
-        model_dir = root / "model" if (root / "model").is_dir() else root
-    listing = list_model_files(model_dir)
-    if not listing.files:
-        raise ModelFormatError(f"{model_dir} holds no files")
-    guessed = metadata.format is None
-    format_name = metadata.format or guess_format([f.relative for f in listing.files])
-    validate_format(format_name, model_dir, [f.relative for f in listing.files])
-    metadata = metadata.model_copy(update={"format": format_name})
+    prepared = _prepare(Path(path), metadata, read_model_signature=read_model_signature)
+    metadata_, listing, format_name = prepared.metadata, prepared.listing, prepared.metadata.format or "Others"
+    guessed = prepared.format_guessed
     cache = open_cache(settings)
     with cache.writing():
-        packed = ormbformat.pack(listing, metadata, cache, compression=compression, progress=progress)
+        packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
         ref, packed.manifest.digest, sum(d.size for d in packed.layers), format_name, guessed,
-        len(listing.files), listing.skipped,
+        len(listing.files), listing.skipped, prepared.signature_filled, prepared.notes,
     )
+
+
+def init(path: str | Path, *, force: bool = False) -> Metadata:
+    """Write a starting ``path/ormbfile.yaml``: format, framework and signature read from ``path/model``."""
+    root = Path(path)
+    target = root / FILENAME
+    if target.exists() and not force:
+        raise StorageError(f"{target} exists", "edit it, or pass --force to replace it")
+    prepared = _prepare(root, Metadata(), read_model_signature=True)
+    if prepared.model_dir == root:
+        raise ModelFormatError(f"{root} has no model/ directory", "put the model files in model/ first")
+    meta = prepared.metadata
+    framework = FRAMEWORK_HINTS.get(meta.format or "")
+    if framework:
+        meta = meta.model_copy(update={"framework": framework})
+    text = "# Written by 'ormb init': check it, fill in the rest, then 'ormb save'.\n" + meta.to_yaml()
+    target.write_text(text, encoding="utf-8")
+    return meta
 
 
 @dataclass(frozen=True)

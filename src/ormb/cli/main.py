@@ -347,6 +347,40 @@ def version(as_json: bool) -> None:
         click.echo(f"ormb {api.version()} (Python {sys.version.split()[0]})")
 
 
+@cli.command("pull-and-export")
+@click.argument("source")
+@click.argument("destination", type=click.Path(file_okay=False))
+@click.option("--layout", type=click.Choice(["triton", "mlflow", "none"]), default="triton", show_default=True,
+              help="triton: DEST/1/<files> (also TF Serving); mlflow: DEST/<files>; none: DEST/model/<files>.")
+@click.option("--no-metadata", is_flag=True, help="Do not write DEST/ormbfile.yaml.")
+@remote_options
+@json_option
+@click.pass_context
+def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout: str, no_metadata: bool,
+                    as_json: bool, **kwargs: Any) -> None:
+    """Fetch SOURCE (ormb://HOST/REPO:TAG or HOST/REPO:TAG) from its registry into DESTINATION for a model server.
+
+    This is the storage initializer of KServe and Seldon Core init containers (also installed
+    as 'ormb-storage-initializer SRC DEST'). Nothing goes through the local cache. Credentials:
+    ORMB_USERNAME and ORMB_PASSWORD, else 'ormb login' or a mounted Docker config.json
+    (DOCKER_CONFIG). TLS is verified unless --insecure.
+    """
+    from ormb.serving.initializer import pull_and_export as run_initializer
+
+    options = _transport(kwargs)
+    with _progress(ctx) as bar:
+        result = run_initializer(source, destination, layout=layout, metadata=not no_metadata, options=options,
+                                 progress=bar)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"ref:       {result.reference}")
+    click.echo(f"digest:    {result.digest}")
+    click.echo(f"format:    {result.format or '-'}")
+    click.echo(f"{result.reference.tag or result.digest}: {plural(len(result.files), 'file')} laid out for "
+               f"{layout} in {result.directory}")
+
+
 @cli.group()
 def registry() -> None:
     """The embedded OCI registry: one process, blobs as files, metadata in SQLite."""
@@ -472,3 +506,8 @@ if __name__ == "__main__":
 def run() -> None:
     """Console-script entry point."""
     sys.exit(main())
+
+
+def storage_initializer() -> None:
+    """``ormb-storage-initializer SRC DEST [options]``: ``ormb pull-and-export`` under the name init containers use."""
+    sys.exit(main(["pull-and-export", *sys.argv[1:]]))

@@ -135,6 +135,14 @@ def parse_metadata(text: str, source: str = FILENAME) -> Metadata:
         raise _metadata_error(exc, source, lines) from None
 
 
+def parse_metadata_dict(data: Mapping[str, Any], source: str = "metadata") -> Metadata:
+    """Validate metadata given as a dict with ormbfile.yaml's keys (the Python API's ``metadata=``)."""
+    try:
+        return Metadata.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _metadata_error(exc, source, {}) from None
+
+
 def load_metadata(path: Path) -> Metadata:
     try:
         text = path.read_text(encoding="utf-8")

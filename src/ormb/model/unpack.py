@@ -67,8 +67,11 @@ class UnpackedFiles:
     paths: tuple[str, ...]  # entry paths as written below the destination
 
 
-def _safe_relative(name: str, prefix: str) -> PurePosixPath | None:
-    """The entry's path below the destination, ``None`` for the root entry; refuses escapes."""
+def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath | None:
+    """The entry's path below the destination, ``None`` for the root entry; refuses escapes.
+
+    With ``strip`` the ``prefix`` itself is removed (``model/a.onnx`` -> ``a.onnx``).
+    """
     if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
         raise UnsafeArchiveError(f"layer entry {name!r} has an absolute path; refusing to export")
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -79,6 +82,9 @@ def _safe_relative(name: str, prefix: str) -> PurePosixPath | None:
     relative = PurePosixPath(*parts)
     if prefix and not (str(relative) + "/").startswith(prefix):
         raise UnsafeArchiveError(f"layer entry {name!r} is outside {prefix}; refusing to export")
+    if strip and prefix:
+        rest = str(relative)[len(prefix):]
+        return PurePosixPath(rest) if rest else None
     return relative
 
 
@@ -92,6 +98,7 @@ def unpack_layer(
     dest: Path,
     *,
     prefix: str = "model/",
+    strip_prefix: bool = False,
     gzipped: bool = True,
     progress: ProgressListener | None = None,
 ) -> UnpackedFiles:
@@ -111,7 +118,7 @@ def unpack_layer(
             igzip.IGzipFile(fileobj=reader, mode="rb") if gzipped else reader  # type: ignore[no-untyped-call,assignment]
         )
         try:
-            paths = _extract_all(source, staging, prefix)
+            paths = _extract_all(source, staging, prefix, strip_prefix)
             reader.drain()
         except StorageError:
             raise
@@ -134,13 +141,13 @@ def unpack_layer(
             shutil.rmtree(dest, ignore_errors=True)
 
 
-def _extract_all(source: BinaryIO, staging: Path, prefix: str) -> list[str]:
+def _extract_all(source: BinaryIO, staging: Path, prefix: str, strip: bool = False) -> list[str]:
     root = os.path.realpath(staging)
     regular: set[str] = set()
     paths: list[str] = []
     with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK) as tar:
         for member in tar:
-            relative = _safe_relative(member.name, prefix)
+            relative = _safe_relative(member.name, prefix, strip)
             if relative is None:
                 continue
             target = staging / relative
@@ -171,7 +178,7 @@ def _extract_all(source: BinaryIO, staging: Path, prefix: str) -> list[str]:
                 _check_symlink(member, relative)
                 os.symlink(member.linkname, target)
             elif member.islnk():
-                link = _safe_relative(member.linkname, prefix)
+                link = _safe_relative(member.linkname, prefix, strip)
                 if link is None or str(link) not in regular:
                     raise UnsafeArchiveError(
                         f"layer entry {member.name!r} is a hard link to {member.linkname!r}, which is not a file "

@@ -1,0 +1,1 @@
+"""From registry to model server: the storage initializer and layouts for model servers."""

@@ -1,0 +1,98 @@
+"""Fetch a model from a registry straight into a model server's directory.
+
+This is what a KServe or Seldon Core init container runs (``ormb-storage-initializer SRC DEST``).
+The layer streams from the registry into the destination without a cache copy, verified
+while it streams; the destination is written all-or-nothing (see :mod:`ormb.model.unpack`).
+
+Layouts:
+
+- ``triton`` (default): ``DEST/1/<files>``: a Triton model version directory, also what
+  TF Serving reads (``DEST/<version>/saved_model.pb``).
+- ``mlflow``: ``DEST/<files>``: the files at the top (MLflow, MLServer, KServe's sklearn server).
+- ``none``: ``DEST/model/<files>`` and ``DEST/ormbfile.yaml``, as ``ormb export`` writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ormb.cache import load_model
+from ormb.config import Settings, load_settings
+from ormb.errors import InvalidReferenceError
+from ormb.model import ormbformat
+from ormb.model.ormbfile import FILENAME
+from ormb.model.unpack import unpack_layer
+from ormb.oci.reference import Reference, parse_reference
+from ormb.progress import ProgressListener
+from ormb.registry.client import Registry
+from ormb.registry.credentials import Credential, CredentialStore
+from ormb.registry.remote import RemoteRepository
+from ormb.registry.transport import TransportOptions
+
+LAYOUTS = ("triton", "mlflow", "none")
+SCHEME = "ormb://"
+
+
+@dataclass(frozen=True)
+class InitializedModel:
+    reference: Reference
+    digest: str
+    directory: Path
+    files: tuple[str, ...]
+    format: str | None
+
+
+def parse_source(source: str, default_registry: str) -> Reference:
+    """``ormb://host/repo:tag`` or a bare reference, as the original initializer took."""
+    text = source[len(SCHEME):] if source.startswith(SCHEME) else source
+    if "://" in text:
+        raise InvalidReferenceError(f"unsupported source {source!r}", "use ormb://HOST/REPOSITORY:TAG or HOST/REPOSITORY:TAG")
+    return parse_reference(text, default_registry)
+
+
+def credentials_from_environment(settings: Settings) -> Credential | CredentialStore:
+    """``ORMB_USERNAME``/``ORMB_PASSWORD`` when set, else the config files (a mounted Docker config works)."""
+    username, password = os.environ.get("ORMB_USERNAME"), os.environ.get("ORMB_PASSWORD")
+    if username and password:
+        return Credential(username, password)
+    return CredentialStore(settings.home / "config.json")
+
+
+def pull_and_export(
+    source: str,
+    destination: str | Path,
+    *,
+    layout: str = "triton",
+    metadata: bool = True,
+    settings: Settings | None = None,
+    options: TransportOptions | None = None,
+    progress: ProgressListener | None = None,
+) -> InitializedModel:
+    """Download ``source`` and lay it out in ``destination`` for a model server."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    settings = settings or load_settings()
+    ref = parse_source(source, settings.default_registry)
+    registry = Registry(ref.registry, options or TransportOptions(), credentials_from_environment(settings))
+    remote = RemoteRepository(registry, ref.repository)
+    model = load_model(remote, remote.resolve(ref.version))
+    layer = ormbformat.model_layer(model.manifest)
+    dest = Path(destination)
+    created = not dest.exists()
+    target = dest / "1" if layout == "triton" else dest
+    try:
+        with remote.fetch(layer) as stream:
+            unpacked = unpack_layer(stream, layer, target, prefix="model/", strip_prefix=layout != "none",
+                                    progress=progress)
+        if metadata:
+            staged = dest / f".{FILENAME}.tmp"
+            staged.write_text(model.metadata.to_yaml(), encoding="utf-8")
+            staged.replace(dest / FILENAME)
+    except BaseException:
+        if created:  # nothing half-written: a destination we made goes again
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return InitializedModel(ref, model.manifest_desc.digest, dest, unpacked.paths, model.metadata.format)
