@@ -130,12 +130,13 @@ def measure(port: int, blobs: list[tuple[Path, str]], clients: int, runs: int, s
     results: dict[str, list[float]] = {"upload": [], "download": []}
     for run in range(runs):
         chosen = blobs[:clients]
+        repo = f"bench/run{run}"
         with ThreadPoolExecutor(clients) as pool:
             start = time.perf_counter()
-            list(pool.map(lambda b: upload(port, f"bench/run{run}", b[0], b[1]), chosen))
+            list(pool.map(lambda b: upload(port, repo, b[0], b[1]), chosen))  # noqa: B023 - used at once
             results["upload"].append(clients * size / MB / (time.perf_counter() - start))
             start = time.perf_counter()
-            list(pool.map(lambda b: download(port, f"bench/run{run}", b[1]), chosen))
+            list(pool.map(lambda b: download(port, repo, b[1]), chosen))  # noqa: B023 - used at once
             results["download"].append(clients * size / MB / (time.perf_counter() - start))
     return results
 

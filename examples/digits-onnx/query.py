@@ -27,7 +27,7 @@ def main() -> None:
     for i in range(12):
         mark = "" if predictions[i] == y_test[i] else "  <- wrong"
         print(f"{i:>5}  {y_test[i]:>4}  {predictions[i]:>9}{mark}")
-    correct = sum(int(p == t) for p, t in zip(predictions, y_test))
+    correct = sum(int(p == t) for p, t in zip(predictions, y_test, strict=True))
     print(f"accuracy from the model server: {correct}/{len(y_test)} = {correct / len(y_test):.4f}")
     if correct / len(y_test) < 0.9:
         sys.exit("the served model is far less accurate than the trained one")

@@ -21,6 +21,7 @@ from ormb.api import (
     SaveResult,
     TransferResult,
     export,
+    init,
     inspect,
     inspect_remote,
     login,
@@ -61,6 +62,6 @@ __all__ = [
     "InvalidReferenceError", "Metadata", "MetadataError", "ModelDetails", "ModelFormatError", "ModelSummary",
     "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError", "PruneResult", "Reference",
     "RegistryError", "SaveResult", "Settings", "StorageError", "TransferResult", "TransportOptions",
-    "UnsafeArchiveError", "__version__", "export", "inspect", "inspect_remote", "load_settings", "login", "logout",
+    "UnsafeArchiveError", "__version__", "export", "init", "inspect", "inspect_remote", "load_settings", "login", "logout",
     "models", "parse_reference", "prune", "pull", "push", "remove", "save", "tag", "tags", "version",
 ]

@@ -16,7 +16,8 @@ ALLOWED = {
     "model": {"model", "content", "oci", "errors", "progress"},
     "registry": {"registry", "content", "oci", "errors"},
     "server": {"server", "oci", "errors", "model", "content"},
-    "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server"},
+    "serving": {"serving", "cache", "config", "errors", "model", "oci", "progress", "registry"},
+    "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving"},
 }
 
 
@@ -52,6 +53,6 @@ def test_public_api_is_locked() -> None:
         "InvalidReferenceError", "Metadata", "MetadataError", "ModelDetails", "ModelFormatError", "ModelSummary",
         "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError", "PruneResult", "Reference",
         "RegistryError", "SaveResult", "Settings", "StorageError", "TransferResult", "TransportOptions",
-        "UnsafeArchiveError", "__version__", "export", "inspect", "inspect_remote", "load_settings", "login",
+        "UnsafeArchiveError", "__version__", "export", "init", "inspect", "inspect_remote", "load_settings", "login",
         "logout", "models", "parse_reference", "prune", "pull", "push", "remove", "save", "tag", "tags", "version",
     ]

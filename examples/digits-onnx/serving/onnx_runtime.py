@@ -23,10 +23,10 @@ class OnnxRuntime(MLModel):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         feeds = {}
-        for spec, request_input in zip(self._inputs, payload.inputs):
+        for spec, request_input in zip(self._inputs, payload.inputs, strict=True):
             array = NumpyCodec.decode_input(request_input)
             feeds[spec.name] = array.astype(np.float32) if "float" in spec.type else array
         results = self._session.run(None, feeds)
         outputs = [NumpyCodec.encode_output(name=spec.name, payload=np.asarray(value))
-                   for spec, value in zip(self._session.get_outputs(), results)]
+                   for spec, value in zip(self._session.get_outputs(), results, strict=True)]
         return InferenceResponse(model_name=self.name, outputs=outputs)

@@ -95,7 +95,10 @@ def cli(debug: bool, no_progress: bool) -> None:
 
     \b
     A model directory holds ormbfile.yaml (metadata) and model/ (the files):
+      ormb init ./fashion                                   write a starting ormbfile.yaml
       ormb save ./fashion localhost:5000/team/fashion:v1    pack it into the local cache
+      ormb push localhost:5000/team/fashion:v1              upload it to its registry
+      ormb pull localhost:5000/team/fashion:v1              download it on another machine
       ormb export localhost:5000/team/fashion:v1 -d out     unpack it again
       ormb models                                           list the cache
 
@@ -130,6 +133,10 @@ def save(ctx: click.Context, directory: str, reference: str, compression: str, a
         return
     for skipped in result.skipped:
         click.echo(f"warning: skipped {skipped}", err=True)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if result.signature_filled:
+        click.echo("note: signature read from the model file", err=True)
     if result.format_guessed:
         click.echo(f"note: no format given in an ormbfile.yaml; guessed {result.format} from the file names "
                    f"in {directory}", err=True)
@@ -138,6 +145,21 @@ def save(ctx: click.Context, directory: str, reference: str, compression: str, a
     click.echo(f"size:      {human_size(result.size)}")
     click.echo(f"format:    {result.format}")
     click.echo(f"{result.reference.tag}: saved")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--force", is_flag=True, help="Replace an existing ormbfile.yaml.")
+def init(directory: str, force: bool) -> None:
+    """Write a starting DIRECTORY/ormbfile.yaml from the files in DIRECTORY/model.
+
+    The format is guessed from the file names, the framework from the format, and the
+    signature read from the model where ormb can (ONNX; SavedModel with TensorFlow
+    installed). Edit the file, then 'ormb save'.
+    """
+    meta = api.init(directory, force=force)
+    click.echo(f"wrote {directory}/ormbfile.yaml (format {meta.format}"
+               f"{', signature from the model' if meta.signature else ''}); edit it, then 'ormb save'")
 
 
 @cli.command()

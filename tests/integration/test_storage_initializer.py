@@ -1,0 +1,127 @@
+"""ormb-storage-initializer / ormb pull-and-export against a real registry with auth."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from registries import USERS, free_port
+
+from conftest import make_model
+from ormb import api
+from ormb.config import Settings
+from ormb.errors import AuthenticationError, NotFoundError
+from ormb.serving.initializer import pull_and_export
+
+pytestmark = pytest.mark.integration
+INITIALIZER = str(Path(sys.executable).with_name("ormb-storage-initializer"))
+WEIGHTS = os.urandom(20_000)
+
+
+@pytest.fixture
+def pushed(tmp_path: Path, basic_registry: Any) -> str:
+    settings = Settings(home=tmp_path / "trainer", default_registry="localhost:5000")
+    ref = f"{basic_registry.host}/serving/model:v1"
+    src = make_model(tmp_path / "m", {"model.onnx": WEIGHTS, "sub/vocab.txt": b"a\nb\n"}, ormbfile="format: ONNX\n")
+    api.save(src, ref, settings=settings, read_model_signature=False)
+    api.login(basic_registry.host, "alice", USERS["alice"], settings=settings)
+    api.push(ref, settings=settings)
+    return ref
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORMB_")}
+    return {**env, "ORMB_HOME": str(tmp_path / "server-home"), "DOCKER_CONFIG": str(tmp_path / "no-docker"),
+            "ORMB_NO_PROGRESS": "1", **extra}
+
+
+@pytest.mark.parametrize(("layout", "expected"), [
+    ("triton", ["1/model.onnx", "1/sub/vocab.txt", "ormbfile.yaml"]),
+    ("mlflow", ["model.onnx", "ormbfile.yaml", "sub/vocab.txt"]),
+    ("none", ["model/model.onnx", "model/sub/vocab.txt", "ormbfile.yaml"]),
+])
+def test_layouts_with_credentials_from_the_environment(tmp_path: Path, pushed: str, layout: str,
+                                                       expected: list[str]) -> None:
+    dest = tmp_path / "mnt" / "models"
+    env = _env(tmp_path, ORMB_USERNAME="alice", ORMB_PASSWORD=USERS["alice"])
+    result = subprocess.run([INITIALIZER, f"ormb://{pushed}", str(dest), "--layout", layout],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == expected
+    onnx_path = dest / next(e for e in expected if e.endswith("model.onnx"))
+    assert onnx_path.read_bytes() == WEIGHTS
+    assert not (tmp_path / "server-home" / "cache").exists()  # nothing went through a cache
+    assert USERS["alice"] not in result.stdout + result.stderr
+
+
+def test_bare_reference_and_a_mounted_docker_config(tmp_path: Path, pushed: str) -> None:
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    auth = base64.b64encode(f"bob:{USERS['bob']}".encode()).decode()
+    host = pushed.split("/")[0]
+    (docker / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    env = {**_env(tmp_path), "DOCKER_CONFIG": str(docker)}
+    result = subprocess.run([INITIALIZER, pushed, str(tmp_path / "dest"), "--json"], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["format"] == "ONNX"
+    assert (tmp_path / "dest" / "1" / "model.onnx").read_bytes() == WEIGHTS
+
+
+def _one_line_failure(result: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.stderr
+
+
+def test_failures_are_one_line_and_leave_no_destination(tmp_path: Path, pushed: str) -> None:
+    host = pushed.split("/")[0]
+    dest = tmp_path / "dest"
+    good = _env(tmp_path, ORMB_USERNAME="alice", ORMB_PASSWORD=USERS["alice"])
+    _one_line_failure(subprocess.run([INITIALIZER, f"ormb://{host}/serving/unknown:v1", str(dest)],
+                                     capture_output=True, text=True, env=good), 3, "serving/unknown")
+    bad = _env(tmp_path, ORMB_USERNAME="alice", ORMB_PASSWORD="wrong")
+    result = subprocess.run([INITIALIZER, f"ormb://{pushed}", str(dest)], capture_output=True, text=True, env=bad)
+    _one_line_failure(result, 5, "unauthorized")
+    assert "wrong" not in result.stderr.replace("wrong password", "")
+    _one_line_failure(subprocess.run([INITIALIZER, f"ormb://127.0.0.1:{free_port()}/m:v1", str(dest), "--retries", "0"],
+                                     capture_output=True, text=True, env=good), 6, "cannot reach")
+    _one_line_failure(subprocess.run([INITIALIZER, "s3://bucket/model", str(dest)], capture_output=True, text=True,
+                                     env=good), 2, "unsupported source")
+    assert not dest.exists()
+
+
+def test_a_corrupt_layer_leaves_no_half_written_destination(tmp_path: Path, basic_registry: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from registries import FaultProxy
+
+    settings = Settings(home=tmp_path / "trainer", default_registry="localhost:5000")
+    proxy = FaultProxy(basic_registry.port)
+    try:
+        ref = f"{proxy.host}/serving/corrupt:v1"
+        api.save(make_model(tmp_path / "m", {"w.bin": os.urandom(2 << 20)}), ref, settings=settings)
+        api.login(proxy.host, "alice", USERS["alice"], settings=settings)
+        api.push(ref, settings=settings)
+        proxy.corrupt_blobs = True
+        monkeypatch.setenv("ORMB_USERNAME", "alice")
+        monkeypatch.setenv("ORMB_PASSWORD", USERS["alice"])
+        existing = tmp_path / "existing"
+        existing.mkdir()
+        (existing / "keep.txt").write_text("keep")
+        from ormb.errors import IntegrityError, UnsafeArchiveError
+
+        with pytest.raises((IntegrityError, UnsafeArchiveError)):
+            pull_and_export(ref, existing, settings=Settings(home=tmp_path / "s", default_registry="x"))
+        assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+        with pytest.raises((IntegrityError, UnsafeArchiveError)):
+            pull_and_export(ref, tmp_path / "fresh", settings=Settings(home=tmp_path / "s", default_registry="x"))
+        assert not (tmp_path / "fresh").exists()
+    finally:
+        proxy.stop()
+    assert AuthenticationError and NotFoundError  # imported for the API-level checks above
