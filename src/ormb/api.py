@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ormb import __version__
 from ormb.cache import (
@@ -17,21 +21,25 @@ from ormb.cache import (
     reachable_blobs,
 )
 from ormb.config import Settings, load_settings
+from ormb.content.layout import OCILayout
 from ormb.content.target import fetch_bytes
 from ormb.errors import (
     AuthenticationError,
+    InvalidArtifactError,
     InvalidReferenceError,
     ModelFormatError,
     NotFoundError,
+    OrmbError,
     StorageError,
 )
-from ormb.model import ormbformat
+from ormb.model import modelpack, ormbformat
 from ormb.model.files import FileListing, list_model_files
 from ormb.model.formats import guess_format, validate_format
 from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
-from ormb.model.unpack import unpack_layer
+from ormb.model.unpack import extract_tar, staged_directory, unpack_layer, write_raw
 from ormb.oci import mediatypes
+from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
@@ -112,6 +120,7 @@ def save(
     reference: str | Reference,
     *,
     metadata: Metadata | dict[str, object] | None = None,
+    artifact_format: str | None = None,
     compression: str = "stored",
     read_model_signature: bool = True,
     settings: Settings | None = None,
@@ -124,6 +133,10 @@ def save(
     from the file names.  The files are taken from ``path/model`` if it exists, else from
     ``path`` itself.  An empty signature is read from the model file where ormb can (ONNX,
     SavedModel).  Nothing is written into ``path``.
+
+    ``artifact_format``: ``ormb`` (the default: the original ormb's one-layer format, which
+    Harbor shows) or ``modelpack`` (CNCF ModelPack: a layer per file, deduplicated per file,
+    partial pulls); ``artifactFormat`` in ormbfile.yaml chooses too.
     """
     settings = settings or load_settings()
     ref = _ref(reference, settings, need_tag=True)
@@ -131,8 +144,15 @@ def save(
     metadata_, listing, format_name = prepared.metadata, prepared.listing, prepared.metadata.format or "Others"
     guessed = prepared.format_guessed
     cache = open_cache(settings)
+    chosen = artifact_format or metadata_.artifact_format or "ormb"
     with cache.writing():
-        packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
+        if chosen == "modelpack":
+            packed: ormbformat.PackedModel | modelpack.PackedModelPack = modelpack.pack(
+                listing, metadata_, cache, name=ref.repository.rsplit("/", 1)[-1], version=ref.tag, progress=progress)
+        elif chosen == "ormb":
+            packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
+        else:
+            raise InvalidReferenceError(f"unknown artifact format {chosen!r}", "use 'ormb' or 'modelpack'")
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
         ref, packed.manifest.digest, sum(d.size for d in packed.layers), format_name, guessed,
@@ -171,21 +191,60 @@ def export(
     directory: str | Path = ".",
     *,
     metadata: bool = True,
+    include: tuple[str, ...] = (),
     settings: Settings | None = None,
     progress: ProgressListener | None = None,
 ) -> ExportResult:
-    """Unpack a cached model into ``directory`` (``model/`` plus ``ormbfile.yaml``)."""
+    """Unpack a cached model into ``directory`` (``model/`` plus ``ormbfile.yaml`` for the ormb format;
+    the files at their paths for ModelPack, optionally only those matching ``include`` globs)."""
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     cache = open_cache(settings)
     model = load_model(cache, cache.resolve(cache_key(ref)))
-    layer = ormbformat.model_layer(model.manifest)
     dest = Path(directory)
-    with cache.fetch(layer) as blob:
-        unpacked = unpack_layer(blob, layer, dest, prefix="model/", progress=progress)
+    if model.is_modelpack:
+        paths = _export_files(cache, model, dest, include, progress)
+    else:
+        if include:
+            raise InvalidArtifactError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack artifact",
+                                       "save it with --format modelpack to export files selectively")
+        layer = ormbformat.model_layer(model.manifest)
+        with cache.fetch(layer) as blob:
+            paths = unpack_layer(blob, layer, dest, prefix="model/", progress=progress).paths
     if metadata:
         _write_atomic(dest / FILENAME, model.metadata.to_yaml())
-    return ExportResult(ref, model.manifest_desc.digest, dest, unpacked.paths)
+    return ExportResult(ref, model.manifest_desc.digest, dest, paths)
+
+
+def _matches(patterns: tuple[str, ...], path: str) -> bool:
+    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], p) for p in patterns)
+
+
+def _export_files(cache: OCILayout, model: LoadedModel, dest: Path, include: tuple[str, ...],
+                  progress: ProgressListener | None) -> tuple[str, ...]:
+    """Write the layers of a per-file artifact (ModelPack, KitOps) into ``dest``, all or nothing."""
+    files = modelpack.layer_files(model.manifest)
+    if include:
+        files = [f for f in files if f.path is not None and _matches(include, str(f.path))]
+        if not files:
+            raise NotFoundError(f"no file of {model.manifest_desc.digest[:19]} matches {', '.join(include)}",
+                                "'ormb inspect REF' lists the files")
+    missing = [f for f in files if not cache.exists(f.descriptor)]
+    if missing:
+        raise NotFoundError(f"{len(missing)} layer(s) of this model are not in the cache, e.g. {missing[0].path}",
+                            "it was pulled with --include: pull it again without, or export only what was pulled")
+    written: list[str] = []
+    with staged_directory(dest) as staging:
+        for item in files:
+            with cache.fetch(item.descriptor) as blob:
+                if item.packing == "raw" and item.path is not None:
+                    write_raw(blob, item.descriptor, staging, item.path,
+                              clone_from=cache.blob_path(item.descriptor.digest), progress=progress)
+                    written.append(str(item.path))
+                else:
+                    compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
+                    written += extract_tar(blob, item.descriptor, staging, compression=compression, progress=progress)
+    return tuple(written)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -235,6 +294,7 @@ class ModelDetails:
     config: dict[str, object]
     layers: tuple[dict[str, object], ...]
     files: tuple[str, ...] = field(default=())
+    artifact_format: str = "ormb"
 
 
 def inspect(reference: str | Reference, *, settings: Settings | None = None) -> ModelDetails:
@@ -249,7 +309,7 @@ def _details(ref: Reference, model: LoadedModel) -> ModelDetails:
     return ModelDetails(
         ref, model.manifest_desc.digest, model.manifest.media_type, model.size, _created(model), model.metadata,
         model.manifest.config.to_dict(), tuple(layer.to_dict() for layer in model.manifest.layers),
-        tuple(model.metadata.directory_structure or ()),
+        tuple(name for name, _ in model.files()), "modelpack" if model.is_modelpack else "ormb",
     )
 
 
@@ -336,12 +396,15 @@ class TransferResult:
     transferred_bytes: int
     existing: tuple[str, ...]  # digests the destination already had
     updated: bool  # for pull: the cache's tag now points somewhere new
+    mounted: tuple[str, ...] = ()  # digests mounted from another repository of the registry, not sent
+    left_out: tuple[str, ...] = ()  # digests a partial pull did not fetch
 
 
 def _result(ref: Reference, stats: CopyStats, updated: bool) -> TransferResult:
     return TransferResult(
         ref, stats.root.digest, stats.layers, stats.layer_bytes,
         tuple(d.digest for d in stats.copied), stats.copied_bytes, tuple(d.digest for d in stats.skipped), updated,
+        tuple(d.digest for d in stats.mounted), tuple(d.digest for d in stats.left_out),
     )
 
 
@@ -353,13 +416,46 @@ def push(reference: str | Reference, *, settings: Settings | None = None, option
     cache = open_cache(settings)
     remote = _remote(ref, settings, options)
     concurrency = (options or TransportOptions()).concurrency
-    stats = copy(cache, cache_key(ref), remote, ref.tag or "", concurrency=concurrency, progress=progress)
+    stats = copy(cache, cache_key(ref), remote, ref.tag or "", concurrency=concurrency, progress=progress,
+                 mount_from=_mount_sources(cache, ref, settings))
     return _result(ref, stats, True)
 
 
-def pull(reference: str | Reference, *, settings: Settings | None = None, options: TransportOptions | None = None,
-         progress: ProgressListener | None = None) -> TransferResult:
-    """Download a model into the local cache; every byte is verified before it becomes visible."""
+def _mount_sources(cache: OCILayout, ref: Reference, settings: Settings) -> Callable[[Descriptor], list[str]]:
+    """Other repositories on ``ref``'s registry that, as far as the cache knows, hold a blob."""
+    holders: dict[str, list[str]] | None = None
+    lock = threading.Lock()  # copy() asks from several threads: build the map once, whole
+
+    def sources(blob: Descriptor) -> list[str]:
+        with lock:
+            return _holders().get(blob.digest, [])
+
+    def _holders() -> dict[str, list[str]]:
+        nonlocal holders
+        if holders is None:
+            holders = {}
+            for other, desc in iter_references(cache, settings):
+                if other.registry != ref.registry or other.repository == ref.repository:
+                    continue
+                try:
+                    manifest = Manifest.from_bytes(fetch_bytes(cache, desc))
+                except (OrmbError, OSError):
+                    continue
+                for layer in (manifest.config, *manifest.layers):
+                    holders.setdefault(layer.digest, [])
+                    if other.repository not in holders[layer.digest]:
+                        holders[layer.digest].append(other.repository)
+        return holders
+
+    return sources
+
+
+def pull(reference: str | Reference, *, include: tuple[str, ...] = (), settings: Settings | None = None,
+         options: TransportOptions | None = None, progress: ProgressListener | None = None) -> TransferResult:
+    """Download a model into the local cache; every byte is verified before it becomes visible.
+
+    ``include`` (globs on file paths) fetches only the matching layers of a ModelPack artifact.
+    """
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     cache = open_cache(settings)
@@ -369,8 +465,18 @@ def pull(reference: str | Reference, *, settings: Settings | None = None, option
     except NotFoundError:
         before = None
     concurrency = (options or TransportOptions()).concurrency
+    wanted = None
+    if include:
+        def wanted(manifest: Manifest, layer: Descriptor) -> bool:
+            if not modelpack.is_modelpack(manifest):
+                raise InvalidArtifactError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack "
+                                           "artifact", "pull it without --include")
+            path = layer.annotations.get(modelpack.ANNOTATION_FILEPATH) or \
+                layer.annotations.get(modelpack.OLD_ANNOTATION_FILEPATH) or ""
+            return _matches(include, path)
     with cache.writing():
-        stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress)
+        stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress,
+                     include=wanted)
     return _result(ref, stats, before != stats.root.digest or bool(stats.copied))
 
 
@@ -391,3 +497,65 @@ def tags(repository: str | Reference, *, settings: Settings | None = None,
     ref = repository if isinstance(repository, Reference) else parse_reference(
         repository, settings.default_registry, default_tag=False)
     return list(_remote(ref, settings, options).tags())
+
+
+# -- copy between registries and layout directories --------------------------------------------
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    source: str
+    destination: str
+    digest: str
+    transferred: tuple[str, ...]
+    transferred_bytes: int
+    existing: tuple[str, ...]
+    mounted: tuple[str, ...]
+    referrers: tuple[str, ...]
+
+
+def _endpoint(text: str, settings: Settings, options: TransportOptions | None) -> tuple[Any, str, Reference | None]:
+    """(Target, reference in it, registry reference) for ``oci:PATH[:TAG]`` or a registry reference."""
+    if text.startswith("oci:"):
+        path, sep, tag = text[4:].rpartition(":")
+        if not sep or "/" in tag:
+            path, tag = text[4:], "latest"
+        return OCILayout(Path(path)), tag, None
+    ref = parse_reference(text, settings.default_registry)
+    return _remote(ref, settings, options), ref.version, ref
+
+
+def copy_model(source: str, destination: str, *, referrers: bool = False, settings: Settings | None = None,
+               options: TransportOptions | None = None, progress: ProgressListener | None = None) -> CopyResult:
+    """Copy a model between registries, or to/from an OCI layout directory (``oci:PATH:TAG``), streaming.
+
+    Nothing goes through the local cache. Within one registry, blobs are mounted, not sent.
+    ``referrers`` brings along what refers to the model (signatures, SBOMs) from a registry.
+    """
+    settings = settings or load_settings()
+    src, src_ref, src_registry = _endpoint(source, settings, options)
+    dst, dst_ref, dst_registry = _endpoint(destination, settings, options)
+    if dst_registry is not None and not dst_registry.tag:
+        raise InvalidReferenceError(f"{destination} has no tag", "give the destination a tag")
+    if dst_registry is not None:
+        dst_ref = dst_registry.tag or dst_ref
+    mount = None
+    if src_registry is not None and dst_registry is not None and src_registry.registry == dst_registry.registry:
+        repository = src_registry.repository
+
+        def mount(blob: Descriptor) -> list[str]:
+            return [repository]
+    concurrency = (options or TransportOptions()).concurrency
+    stats = copy(src, src_ref, dst, dst_ref, concurrency=concurrency, progress=progress, mount_from=mount)
+    copied_referrers: list[str] = []
+    if referrers:
+        if not isinstance(src, RemoteRepository):
+            raise InvalidArtifactError("--referrers needs a registry as the source")
+        for referrer in src.referrers(stats.root.digest):
+            extra = copy(src, referrer.digest, dst, referrer.digest, concurrency=concurrency, progress=progress,
+                         mount_from=mount)
+            stats.copied += extra.copied
+            copied_referrers.append(referrer.digest)
+    return CopyResult(source, destination, stats.root.digest, tuple(d.digest for d in stats.copied),
+                      stats.copied_bytes, tuple(d.digest for d in stats.skipped), tuple(d.digest for d in stats.mounted),
+                      tuple(copied_referrers))

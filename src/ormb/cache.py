@@ -10,6 +10,7 @@ from ormb.config import Settings
 from ormb.content.layout import OCILayout
 from ormb.content.target import Fetcher, fetch_bytes
 from ormb.errors import InvalidArtifactError
+from ormb.model import modelpack
 from ormb.model.ormbfile import Metadata, metadata_from_config
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
@@ -37,11 +38,27 @@ class LoadedModel:
     def format(self) -> str:
         return self.metadata.format or "-"
 
+    @property
+    def is_modelpack(self) -> bool:
+        return modelpack.is_modelpack(self.manifest)
+
+    def files(self) -> list[tuple[str, int | None]]:
+        """(path, size) of the model's files: per layer for ModelPack, from the metadata for ormb."""
+        if self.is_modelpack:
+            return [(str(f.path) if f.path else f"<{f.packing} layer {f.descriptor.digest[7:19]}>",
+                     f.descriptor.size) for f in modelpack.layer_files(self.manifest)]
+        return [(name, None) for name in self.metadata.directory_structure or ()]
+
 
 def load_model(target: Fetcher, manifest_desc: Descriptor) -> LoadedModel:
     manifest = Manifest.from_bytes(fetch_bytes(target, manifest_desc))
     config = fetch_bytes(target, manifest.config)
-    metadata = metadata_from_config(config) if manifest.config.media_type == mediatypes.ORMB_CONFIG else Metadata()
+    if manifest.config.media_type == mediatypes.ORMB_CONFIG:
+        metadata = metadata_from_config(config)
+    elif modelpack.is_modelpack(manifest):
+        metadata = modelpack.metadata_of(manifest, config)
+    else:
+        metadata = Metadata()
     return LoadedModel(manifest_desc, manifest, metadata)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -17,6 +18,7 @@ from typing import BinaryIO
 from ormb.content.target import (
     ExistenceChecker,
     Fetcher,
+    Mounter,
     Pusher,
     ReferencePusher,
     Tagger,
@@ -27,12 +29,17 @@ from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.progress import NoProgress, ProgressListener
 
+LayerFilter = Callable[[Manifest, Descriptor], bool]
+MountSources = Callable[[Descriptor], list[str]]
+
 
 @dataclass
 class CopyStats:
     root: Descriptor
     copied: list[Descriptor] = field(default_factory=list)
-    skipped: list[Descriptor] = field(default_factory=list)
+    skipped: list[Descriptor] = field(default_factory=list)  # the destination had them
+    mounted: list[Descriptor] = field(default_factory=list)  # mounted from another repository, not sent
+    left_out: list[Descriptor] = field(default_factory=list)  # not wanted (a partial pull)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -72,12 +79,16 @@ class _ProgressReader:
         return self._raw.tell() if self.seekable() else 0
 
 
-def _children(data: bytes, desc: Descriptor) -> list[Descriptor]:
+def _children(data: bytes, desc: Descriptor, include: LayerFilter | None, stats: CopyStats) -> list[Descriptor]:
     if desc.media_type in mediatypes.INDEX_TYPES:
         manifests = json.loads(data).get("manifests") or []
         return [Descriptor.from_dict(m, "index entry") for m in manifests]
     manifest = Manifest.from_bytes(data)
-    return [manifest.config, *manifest.layers]
+    layers = list(manifest.layers)
+    if include is not None:
+        stats.left_out += [layer for layer in layers if not include(manifest, layer)]
+        layers = [layer for layer in layers if include(manifest, layer)]
+    return [manifest.config, *layers]
 
 
 def copy(
@@ -88,13 +99,20 @@ def copy(
     *,
     concurrency: int = 4,
     progress: ProgressListener | None = None,
+    include: LayerFilter | None = None,
+    mount_from: MountSources | None = None,
 ) -> CopyStats:
-    """Copy what ``src_ref`` names in ``src`` to ``dst`` under ``dst_ref``; return what moved."""
+    """Copy what ``src_ref`` names in ``src`` to ``dst`` under ``dst_ref``; return what moved.
+
+    ``include`` leaves out the layers it refuses (a partial pull); ``mount_from`` names other
+    repositories on the destination's registry to mount a blob from before sending it.
+    """
     progress = progress or NoProgress()
     root = src.resolve(src_ref)
     root_bytes = fetch_bytes(src, root)
     stats = CopyStats(root)
-    _copy_children(src, dst, root, root_bytes, stats, concurrency, progress)
+    plan = _Plan(src, dst, stats, concurrency, progress, include, mount_from)
+    _copy_children(plan, root, root_bytes)
     if isinstance(dst, ReferencePusher):
         dst.push_reference(root, io.BytesIO(root_bytes), dst_ref)
     else:
@@ -105,9 +123,20 @@ def copy(
     return stats
 
 
-def _copy_children(src: Fetcher, dst: Pusher, desc: Descriptor, data: bytes, stats: CopyStats,
-                   concurrency: int, progress: ProgressListener) -> None:
-    children = _children(data, desc)
+@dataclass
+class _Plan:
+    src: Fetcher
+    dst: Pusher
+    stats: CopyStats
+    concurrency: int
+    progress: ProgressListener
+    include: LayerFilter | None
+    mount_from: MountSources | None
+
+
+def _copy_children(plan: _Plan, desc: Descriptor, data: bytes) -> None:
+    src, dst, stats = plan.src, plan.dst, plan.stats
+    children = _children(data, desc, plan.include, stats)
     manifests = [c for c in children if c.media_type in mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES]
     blobs = [c for c in children if c not in manifests]
     for child in manifests:  # an index: each child manifest's own graph first
@@ -115,14 +144,14 @@ def _copy_children(src: Fetcher, dst: Pusher, desc: Descriptor, data: bytes, sta
             stats.skipped.append(child)
             continue
         child_bytes = fetch_bytes(src, child)
-        _copy_children(src, dst, child, child_bytes, stats, concurrency, progress)
+        _copy_children(plan, child, child_bytes)
         dst.push(child, io.BytesIO(child_bytes))
         stats.copied.append(child)
     unique = list({b.digest: b for b in blobs}.values())
     if not unique:
         return
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(unique)))) as pool:
-        futures = [pool.submit(_copy_blob, src, dst, blob, stats, progress) for blob in unique]
+    with ThreadPoolExecutor(max_workers=max(1, min(plan.concurrency, len(unique)))) as pool:
+        futures = [pool.submit(_copy_blob, plan, blob) for blob in unique]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
             if future in done and future.exception() is not None:
@@ -133,20 +162,31 @@ def _copy_children(src: Fetcher, dst: Pusher, desc: Descriptor, data: bytes, sta
             future.result()
 
 
-def _copy_blob(src: Fetcher, dst: Pusher, blob: Descriptor, stats: CopyStats, progress: ProgressListener) -> None:
+def _copy_blob(plan: _Plan, blob: Descriptor) -> None:
+    src, dst, stats, progress = plan.src, plan.dst, plan.stats, plan.progress
     if isinstance(dst, ExistenceChecker) and dst.exists(blob):
-        with stats._lock:
-            stats.skipped.append(blob)
-        progress.start(blob.digest, _label(blob, "exists"), blob.size)
-        progress.advance(blob.digest, blob.size)
-        progress.finish(blob.digest)
+        _done(stats.skipped, stats, blob, progress, "exists")
         return
+    if plan.mount_from is not None and isinstance(dst, Mounter):
+        for repository in plan.mount_from(blob):
+            if dst.mount(blob, repository):
+                _done(stats.mounted, stats, blob, progress, f"mounted from {repository}")
+                return
     progress.start(blob.digest, _label(blob, ""), blob.size)
     with src.fetch(blob) as stream:
         dst.push(blob, _ProgressReader(stream, progress, blob.digest))  # type: ignore[arg-type]
     progress.finish(blob.digest)
     with stats._lock:
         stats.copied.append(blob)
+
+
+def _done(bucket: list[Descriptor], stats: CopyStats, blob: Descriptor, progress: ProgressListener,
+          note: str) -> None:
+    with stats._lock:
+        bucket.append(blob)
+    progress.start(blob.digest, _label(blob, note), blob.size)
+    progress.advance(blob.digest, blob.size)
+    progress.finish(blob.digest)
 
 
 def _label(blob: Descriptor, note: str) -> str:

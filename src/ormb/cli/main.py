@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import traceback
 from collections.abc import Iterator
@@ -118,16 +119,22 @@ def cli(debug: bool, no_progress: bool) -> None:
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="stored", show_default=True,
               help="stored: gzip without compression, byte-for-byte reproducible on any machine and fastest; "
                    "fast/best: smaller layers, reproducible only on the same machine type.")
+@click.option("--format", "artifact_format", type=click.Choice(["ormb", "modelpack"]), default=None,
+              help="ormb: the original ormb format, one tar+gzip layer (default; Harbor shows it as a MODEL); "
+                   "modelpack: CNCF ModelPack, one layer per file (dedup per file, partial pulls). "
+                   "'artifactFormat' in ormbfile.yaml chooses too.")
 @json_option
 @click.pass_context
-def save(ctx: click.Context, directory: str, reference: str, compression: str, as_json: bool) -> None:
+def save(ctx: click.Context, directory: str, reference: str, compression: str, artifact_format: str | None,
+         as_json: bool) -> None:
     """Pack DIRECTORY (ormbfile.yaml + model/) into the local cache as REFERENCE.
 
     Without an ormbfile.yaml the format is guessed from the file names; the directory is
     never written to.
     """
     with _progress(ctx) as bar:
-        result = api.save(directory, reference, compression=compression, progress=bar)
+        result = api.save(directory, reference, compression=compression, artifact_format=artifact_format,
+                          progress=bar)
     if as_json:
         print_json(result)
         return
@@ -167,15 +174,18 @@ def init(directory: str, force: bool) -> None:
 @click.option("-d", "--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Directory to export into; created if needed.")
 @click.option("--no-metadata", is_flag=True, help="Do not write ormbfile.yaml.")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
 @json_option
 @click.pass_context
-def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool, as_json: bool) -> None:
+def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool, include: tuple[str, ...],
+           as_json: bool) -> None:
     """Unpack REFERENCE from the local cache into a directory (model/ and ormbfile.yaml).
 
     Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe.
     """
     with _progress(ctx) as bar:
-        result = api.export(reference, directory, metadata=not no_metadata, progress=bar)
+        result = api.export(reference, directory, metadata=not no_metadata, include=include, progress=bar)
     if as_json:
         print_json(result)
         return
@@ -269,6 +279,10 @@ def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> No
         return
     for digest in result.existing:
         click.echo(f"{digest.partition(':')[2][:12]}: Already exists")
+    for digest in result.mounted:
+        click.echo(f"{digest.partition(':')[2][:12]}: Mounted from another repository")
+    if result.left_out:
+        click.echo(f"({plural(len(result.left_out), 'layer')} left out by --include)")
     for digest in result.transferred:
         click.echo(f"{digest.partition(':')[2][:12]}: {verb}")
 
@@ -276,14 +290,22 @@ def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> No
 @cli.command()
 @click.argument("reference")
 @click.option("--chunk-size", type=str, default=None,
-              help="Upload in PATCH chunks of this size (e.g. 5M) for registries with request-size limits; "
-                   "default: one request per blob.")
+              help="Upload every blob in PATCH chunks of this size (e.g. 5M) for registries with request-size "
+                   "limits; default: one request per blob.")
+@click.option("--chunked-above", type=str, default="4G", show_default=True,
+              help="Upload blobs larger than this in 64 MiB chunks ('never' to always send one request).")
 @remote_options
 @json_option
 @click.pass_context
-def push(ctx: click.Context, /, reference: str, chunk_size: str | None, as_json: bool, **kwargs: Any) -> None:
-    """Upload REFERENCE from the local cache to its registry."""
+def push(ctx: click.Context, /, reference: str, chunk_size: str | None, chunked_above: str, as_json: bool,
+         **kwargs: Any) -> None:
+    """Upload REFERENCE from the local cache to its registry.
+
+    Blobs the registry has are skipped; blobs another repository of the same registry has
+    (as far as the local cache knows) are mounted instead of sent.
+    """
     options = _transport(kwargs, _size(chunk_size) if chunk_size else None)
+    options = dataclasses.replace(options, chunked_above=None if chunked_above == "never" else _size(chunked_above))
     ref = parse_reference(reference, load_settings().default_registry)
     if not as_json:
         click.echo(f"The push refers to repository [{ref.name}]")
@@ -298,22 +320,49 @@ def push(ctx: click.Context, /, reference: str, chunk_size: str | None, as_json:
 
 @cli.command()
 @click.argument("reference")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
 @remote_options
 @json_option
 @click.pass_context
-def pull(ctx: click.Context, /, reference: str, as_json: bool, **kwargs: Any) -> None:
+def pull(ctx: click.Context, /, reference: str, include: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
     """Download REFERENCE from its registry into the local cache, verifying every byte."""
     options = _transport(kwargs)
     ref = parse_reference(reference, load_settings().default_registry)
     if not as_json:
         click.echo(f"{ref.version}: Pulling from {ref.name}")
     with _progress(ctx) as bar:
-        result = api.pull(ref, options=options, progress=bar)
+        result = api.pull(ref, include=include, options=options, progress=bar)
     _render_transfer(result, "Downloaded", as_json)
     if not as_json:
         click.echo(f"digest: {result.digest}")
         status = "Downloaded newer model" if result.updated else "Model is up to date"
         click.echo(f"Status: {status} for {result.reference}")
+
+
+@cli.command("copy")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--referrers", is_flag=True, help="Also copy what refers to the model (signatures, SBOMs).")
+@remote_options
+@json_option
+@click.pass_context
+def copy_command(ctx: click.Context, /, source: str, destination: str, referrers: bool, as_json: bool,
+                 **kwargs: Any) -> None:
+    """Copy a model from SOURCE to DESTINATION without the local cache.
+
+    Each side is a registry reference or an OCI layout directory, oci:PATH:TAG. Within one
+    registry, blobs are mounted instead of copied.
+    """
+    with _progress(ctx) as bar:
+        result = api.copy_model(source, destination, referrers=referrers, options=_transport(kwargs), progress=bar)
+    if as_json:
+        print_json(result)
+        return
+    extra = f", {plural(len(result.referrers), 'referrer')}" if referrers else ""
+    click.echo(f"Copied {source} to {destination}")
+    click.echo(f"digest: {result.digest} ({plural(len(result.transferred), 'blob')} sent, "
+               f"{len(result.existing)} already there, {len(result.mounted)} mounted{extra})")
 
 
 @cli.command()

@@ -60,6 +60,12 @@ class ReferencePusher(Protocol):
 
 
 @runtime_checkable
+class Mounter(Protocol):
+    def mount(self, desc: Descriptor, source_repository: str) -> bool:
+        """Make a blob of another repository on the same registry visible here without sending it."""
+
+
+@runtime_checkable
 class Untagger(Protocol):
     def untag(self, reference: str) -> Descriptor:
         """Remove a reference and return what it pointed at."""

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -80,6 +80,8 @@ class Metadata(_Strict):
     training: Training | None = None
     dataset: Dataset | None = None
     directory_structure: list[str] | None = Field(default=None, alias="directoryStructure")
+    # ormb's own: how 'ormb save' packs the model (ormb v1alpha1 or CNCF ModelPack); not part of the config
+    artifact_format: Literal["ormb", "modelpack"] | None = Field(default=None, alias="artifactFormat")
 
     @field_validator("format")
     @classmethod
@@ -88,7 +90,7 @@ class Metadata(_Strict):
 
     def to_json_dict(self) -> dict[str, Any]:
         """The config JSON: keys in the original's order, empty fields left out, maps sorted."""
-        data = self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        data = self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"artifact_format"})
         if self.created is not None:
             created = self.created if self.created.tzinfo else self.created.replace(tzinfo=timezone.utc)
             data["created"] = created.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

@@ -9,16 +9,20 @@ it was before.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
+import zstandard
 from isal import igzip, isal_zlib
 
 from ormb.errors import IntegrityError, StorageError, UnsafeArchiveError
@@ -92,6 +96,127 @@ def _within(root: str, path: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
+@contextmanager
+def staged_directory(dest: Path) -> Iterator[Path]:
+    """A staging directory inside ``dest``; its content moves into ``dest`` only if the block succeeds.
+
+    On failure the staging directory goes, and so does ``dest`` if this call created it.
+    """
+    created = not dest.exists()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest, prefix=".ormb-export-"))
+    except OSError as exc:
+        raise StorageError(f"cannot create {dest}: {exc.strerror}") from None
+    ok = False
+    try:
+        yield staging
+        _move_into_place(staging, dest)
+        ok = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not ok and created:
+            shutil.rmtree(dest, ignore_errors=True)
+
+
+def _decompressed(reader: Any, compression: str | None) -> Any:
+    if compression == "gzip":
+        return igzip.IGzipFile(fileobj=reader, mode="rb")  # type: ignore[no-untyped-call]
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
+    return reader
+
+
+def extract_tar(
+    blob: BinaryIO,
+    desc: Descriptor,
+    staging: Path,
+    *,
+    prefix: str = "",
+    strip_prefix: bool = False,
+    compression: str | None = "gzip",
+    progress: ProgressListener | None = None,
+) -> list[str]:
+    """Extract a tar layer into ``staging``, checking every entry and the layer's digest."""
+    progress = progress or NoProgress()
+    progress.start(desc.digest, desc.digest.partition(":")[2][:12], desc.size)
+    reader = _HashingReader(blob, desc, progress, desc.digest)
+    try:
+        paths = _extract_all(_decompressed(reader, compression), staging, prefix, strip_prefix)
+        reader.drain()
+    except StorageError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
+        reader.drain()
+        if reader.digest() != desc.digest:
+            raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
+        raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: {exc}") from None
+    if reader.size != desc.size or reader.digest() != desc.digest:
+        raise IntegrityError(
+            f"layer {desc.digest} does not match: read {reader.size} bytes with digest {reader.digest()}"
+        )
+    progress.finish(desc.digest)
+    return paths
+
+
+def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePosixPath, *,
+              clone_from: Path | None = None, progress: ProgressListener | None = None) -> None:
+    """Write a raw (untarred) layer to ``staging/relative``, verifying its digest while writing.
+
+    ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
+    (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
+    """
+    progress = progress or NoProgress()
+    target = staging / relative
+    root = os.path.realpath(staging)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+    if not _within(root, os.path.realpath(target.parent)):
+        raise UnsafeArchiveError(f"the file path {relative} would be written through a link outside; refusing")
+    if target.is_symlink() or target.exists():
+        raise UnsafeArchiveError(f"two layers write the file {relative}; refusing")
+    progress.start(desc.digest, str(relative), desc.size)
+    if clone_from is not None and reflink(clone_from, target):
+        progress.advance(desc.digest, desc.size)
+        progress.finish(desc.digest)
+        return
+    reader = _HashingReader(blob, desc, progress, desc.digest)
+    try:
+        out = open(target, "xb")
+    except OSError as exc:
+        raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+    with out:
+        remaining = desc.size
+        while remaining:
+            chunk = reader.read(min(CHUNK, remaining))
+            if not chunk:
+                break
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+            remaining -= len(chunk)
+    if reader.read(1) or reader.size != desc.size or reader.digest() != desc.digest:
+        raise IntegrityError(f"layer {desc.digest} ({relative}) does not match its digest or size")
+    progress.finish(desc.digest)
+
+
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def reflink(source: Path, target: Path) -> bool:
+    """Clone ``source`` to the new file ``target`` sharing its blocks; False where unsupported."""
+    try:
+        with open(source, "rb") as src, open(target, "xb") as dst:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+        return True
+    except OSError:
+        target.unlink(missing_ok=True)
+        return False
+
+
 def unpack_layer(
     blob: BinaryIO,
     desc: Descriptor,
@@ -102,43 +227,11 @@ def unpack_layer(
     gzipped: bool = True,
     progress: ProgressListener | None = None,
 ) -> UnpackedFiles:
-    """Extract the layer ``blob`` (described by ``desc``) into ``dest``; see the module docstring."""
-    progress = progress or NoProgress()
-    created = not dest.exists()
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=dest, prefix=".ormb-export-"))
-    except OSError as exc:
-        raise StorageError(f"cannot create {dest}: {exc.strerror}") from None
-    ok = False
-    try:
-        progress.start("export", "unpacking", desc.size)
-        reader = _HashingReader(blob, desc, progress, "export")
-        source: BinaryIO = (
-            igzip.IGzipFile(fileobj=reader, mode="rb") if gzipped else reader  # type: ignore[no-untyped-call,assignment]
-        )
-        try:
-            paths = _extract_all(source, staging, prefix, strip_prefix)
-            reader.drain()
-        except StorageError:
-            raise
-        except (tarfile.TarError, EOFError, OSError, isal_zlib.error) as exc:  # type: ignore[misc]
-            reader.drain()
-            if reader.digest() != desc.digest:
-                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
-            raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: {exc}") from None
-        if reader.size != desc.size or reader.digest() != desc.digest:
-            raise IntegrityError(
-                f"layer {desc.digest} does not match: read {reader.size} bytes with digest {reader.digest()}"
-            )
-        _move_into_place(staging, dest)
-        progress.finish("export")
-        ok = True
-        return UnpackedFiles(tuple(paths))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not ok and created:
-            shutil.rmtree(dest, ignore_errors=True)
+    """Extract the tar layer ``blob`` (described by ``desc``) into ``dest``; see the module docstring."""
+    with staged_directory(dest) as staging:
+        paths = extract_tar(blob, desc, staging, prefix=prefix, strip_prefix=strip_prefix,
+                            compression="gzip" if gzipped else None, progress=progress)
+    return UnpackedFiles(tuple(paths))
 
 
 def _extract_all(source: BinaryIO, staging: Path, prefix: str, strip: bool = False) -> list[str]:

@@ -131,15 +131,16 @@ class Registry:
         headers: dict[str, str] = {}
         if credential.username == "<token>":  # an identity token: OAuth2 refresh-token grant
             form = {"grant_type": "refresh_token", "refresh_token": credential.password, "client_id": "ormb",
-                    "scope": scope, **({"service": service} if service else {})}
+                    "scope": scope, **({"service": service} if service else {})}  # OAuth2: space-separated
             encoded = urllib.parse.urlencode(form).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             response = self.transport.request("POST", realm, headers, lambda: encoded)
         else:
-            query = {k: v for k, v in (("service", service), ("scope", scope)) if v}
+            query = [("service", service)] if service else []
+            query += [("scope", one) for one in scope.split()]  # one parameter per scope, as token servers expect
             if not credential.empty:
                 headers["Authorization"] = basic_header(credential)
-                query["account"] = credential.username
+                query.append(("account", credential.username))
             sep = "&" if "?" in realm else "?"
             response = self.transport.request("GET", realm + sep + urllib.parse.urlencode(query), headers)
         try:

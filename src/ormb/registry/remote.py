@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import urllib3
 
-from ormb.errors import IntegrityError, InvalidArtifactError, NetworkError, RegistryError
+from ormb.errors import IntegrityError, InvalidArtifactError, NetworkError, NotFoundError, RegistryError
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor
 from ormb.oci.digest import is_digest
@@ -24,6 +24,7 @@ MANIFEST_ACCEPT = ", ".join([
     mediatypes.OCI_MANIFEST, mediatypes.OCI_INDEX, mediatypes.DOCKER_MANIFEST, mediatypes.DOCKER_MANIFEST_LIST,
 ])
 CHUNK = 1 << 20
+AUTO_CHUNK = 64 << 20  # PATCH size when a layer is chunked because it is above chunked_above
 MAX_MANIFEST = 4 << 20
 _TRANSIENT = (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
               urllib3.exceptions.IncompleteRead, ConnectionError, TimeoutError)
@@ -172,14 +173,58 @@ class RemoteRepository:
             yield from tags
             path = _next_link(response.headers.get("Link", ""))
 
+    def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor]:
+        """Manifests whose subject is ``digest``: the referrers API, else the tag schema ``sha256-<hex>``."""
+        query = f"?artifactType={urllib.parse.quote(artifact_type)}" if artifact_type else ""
+        response = self.registry.request(
+            "GET", self.path(f"referrers/{digest}{query}"), scope=pull_scope(self.name), expect=(200, 404, 405),
+            headers={"Accept": mediatypes.OCI_INDEX}, what=f"the referrers of {digest}",
+        )
+        try:
+            body = response.read(MAX_MANIFEST + 1)
+        finally:
+            response.release_conn()
+        if response.status != 200:  # no referrers API (e.g. CNCF distribution 2.8): the fallback tag
+            tag = digest.replace(":", "-")
+            try:
+                body = self.manifest_bytes(tag)
+            except NotFoundError:
+                return []
+        try:
+            entries = json.loads(body).get("manifests") or []
+        except (ValueError, AttributeError):
+            raise InvalidArtifactError(f"the referrers index of {digest} is not JSON") from None
+        found = [Descriptor.from_dict(e, "referrer") for e in entries]
+        return [d for d in found if not artifact_type or d.artifact_type == artifact_type]
+
     # -- writing -----------------------------------------------------------------------------
+    def mount(self, desc: Descriptor, source_repository: str) -> bool:
+        """Cross-repository mount; False (and nothing left open) when the registry will not."""
+        if source_repository == self.name:
+            return False
+        response = self.registry.request(
+            "POST", self.path(f"blobs/uploads/?mount={desc.digest}&from={urllib.parse.quote(source_repository)}"),
+            scope=f"{push_scope(self.name)} {pull_scope(source_repository)}", expect=(201, 202),
+            headers={"Content-Length": "0"}, body=lambda: b"", what=f"mounting {desc.digest}",
+        )
+        _discard(response)
+        if response.status == 201:
+            return True
+        location = response.headers.get("Location")
+        if location:  # the registry opened an upload instead: close it, the caller uploads
+            cancel = self.registry.request("DELETE", self._location(response), scope=push_scope(self.name),
+                                           expect=(204, 202, 404, 405), what="cancelling an upload")
+            _discard(cancel)
+        return False
+
     def push(self, desc: Descriptor, content: BinaryIO) -> None:
         if _is_manifest(desc):
             self.push_reference(desc, content, desc.digest)
             return
         location = self._start_upload()
         body: BodyFactory
-        if self.registry.options.chunk_size:
+        options = self.registry.options
+        if options.chunk_size or (options.chunked_above is not None and desc.size > options.chunked_above):
             location = self._upload_chunks(location, desc, content)
             length = 0
 
@@ -227,7 +272,7 @@ class RemoteRepository:
         return urllib.parse.urljoin(self.registry.url(self.path("blobs/uploads/")), location)
 
     def _upload_chunks(self, location: str, desc: Descriptor, content: BinaryIO) -> str:
-        chunk_size = max(self.registry.options.chunk_size or CHUNK, self._min_chunk)
+        chunk_size = max(self.registry.options.chunk_size or AUTO_CHUNK, self._min_chunk)
         offset = 0
         while offset < desc.size:
             data = content.read(min(chunk_size, desc.size - offset))

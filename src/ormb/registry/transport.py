@@ -39,7 +39,8 @@ class TransportOptions:
     backoff: float = 0.5
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
-    chunk_size: int | None = None  # None: monolithic uploads
+    chunk_size: int | None = None  # chunked uploads of this size for every blob
+    chunked_above: int | None = 4 << 30  # blobs larger than this are uploaded in chunks (None: never)
     concurrency: int = 4
 
 
