@@ -268,3 +268,24 @@ def test_large_layers_are_uploaded_in_chunks_automatically(tmp_path: Path, regis
         api.pull(ref, settings=other)
     finally:
         proxy.stop()
+
+
+def test_the_catalog_page_shows_a_modelpack_model(tmp_path: Path) -> None:
+    from registries import EmbeddedRegistry
+
+    registry = EmbeddedRegistry(tmp_path / "registry")
+    try:
+        settings = _home(tmp_path, "home")
+        src = make_model(tmp_path / "m", {"llm.gguf": b"GGUF" + os.urandom(3000), "README.md": b"# llm"},
+                         ormbfile="format: GGUF\nauthor: Ada\ndescription: a tiny llm\n")
+        ref = f"{registry.host}/catalog/llm:v1"
+        api.save(src, ref, settings=settings, artifact_format="modelpack")
+        api.push(ref, settings=settings)
+        conn = http.client.HTTPConnection(registry.host)
+        conn.request("GET", "/model?name=catalog/llm&ref=v1")
+        page = conn.getresponse().read().decode()
+        for expected in ("llm.gguf", "2.9 KiB", "README.md", "Ada", "a tiny llm", "gguf",
+                         "application/vnd.cncf.model.config.v1+json", f"ormb pull {registry.host}/catalog/llm:v1"):
+            assert expected in page, expected
+    finally:
+        registry.stop()

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ormb.content.background import BackgroundWriter
 from ormb.content.locking import file_lock
 from ormb.errors import IntegrityError, InvalidArtifactError, NotFoundError, StorageError
 from ormb.oci import mediatypes
@@ -38,21 +39,23 @@ CHUNK = 1 << 20
 class _IngestWriter:
     """Writes a blob of not-yet-known digest into the layout (see :meth:`OCILayout.ingest`)."""
 
-    def __init__(self, layout: OCILayout, file: BinaryIO, path: Path) -> None:
+    def __init__(self, layout: OCILayout, file: BinaryIO, path: Path, writer: BackgroundWriter) -> None:
         self._layout = layout
         self._file = file
         self._path = path
+        self._writer = writer
         self._hasher = hashlib.sha256()
         self.size = 0
         self.committed: Descriptor | None = None
 
     def write(self, data: bytes | memoryview) -> int:
         self._hasher.update(data)
-        self._file.write(data)
+        self._writer.write(data)  # copies: the caller may reuse its buffer
         self.size += len(data)
         return len(data)
 
     def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
+        self._writer.close()
         desc = Descriptor(media_type, f"sha256:{self._hasher.hexdigest()}", self.size, annotations or {})
         self._layout._install(self._file, self._path, desc)
         self.committed = desc
@@ -110,12 +113,14 @@ class OCILayout:
         hasher = hashlib.new(algorithm)
         with self.ingest_file() as (file, path):
             size = 0
-            while chunk := content.read(CHUNK):
-                hasher.update(chunk)
-                file.write(chunk)
-                size += len(chunk)
-                if size > desc.size:
-                    break
+            with BackgroundWriter(file) as writer:  # the write of one chunk overlaps the hashing of the next
+                while chunk := content.read(CHUNK):
+                    hasher.update(chunk)
+                    writer.write(chunk)
+                    size += len(chunk)
+                    if size > desc.size:
+                        break
+                writer.close()
             actual = f"{algorithm}:{hasher.hexdigest()}"
             if size != desc.size or actual != desc.digest:
                 raise IntegrityError(
@@ -138,8 +143,8 @@ class OCILayout:
 
     @contextmanager
     def ingest(self) -> Iterator[_IngestWriter]:
-        with self.ingest_file() as (file, path):
-            yield _IngestWriter(self, file, path)
+        with self.ingest_file() as (file, path), BackgroundWriter(file) as writer:
+            yield _IngestWriter(self, file, path, writer)
 
     def _install(self, file: BinaryIO, path: Path, desc: Descriptor) -> None:
         target = self.blob_path(desc.digest)

@@ -25,6 +25,7 @@ from typing import IO, Any, BinaryIO
 import zstandard
 from isal import igzip, isal_zlib
 
+from ormb.content.background import BackgroundWriter
 from ormb.errors import IntegrityError, StorageError, UnsafeArchiveError
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import NoProgress, ProgressListener
@@ -188,19 +189,24 @@ def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePos
     except OSError as exc:
         raise StorageError(f"cannot write {target}: {exc.strerror}") from None
     with out:
-        remaining = desc.size
-        while remaining:
-            chunk = reader.read(min(CHUNK, remaining))
-            if not chunk:
-                break
-            try:
-                out.write(chunk)
-            except OSError as exc:
-                raise StorageError(f"cannot write {target}: {exc.strerror}") from None
-            remaining -= len(chunk)
+        _copy(_Limited(reader, desc.size), out, target)
     if reader.read(1) or reader.size != desc.size or reader.digest() != desc.digest:
         raise IntegrityError(f"layer {desc.digest} ({relative}) does not match its digest or size")
     progress.finish(desc.digest)
+
+
+class _Limited:
+    """At most ``limit`` bytes of ``raw``."""
+
+    def __init__(self, raw: _HashingReader, limit: int) -> None:
+        self._raw, self._left = raw, limit
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        data = self._raw.read(self._left if n < 0 else min(n, self._left))
+        self._left -= len(data)
+        return data
 
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -287,12 +293,16 @@ def _extract_all(source: BinaryIO, staging: Path, prefix: str, strip: bool = Fal
     return paths
 
 
-def _copy(source: IO[bytes], out: IO[bytes], target: Path) -> None:
-    while chunk := source.read(CHUNK):  # read errors are the layer's fault: let them pass up
-        try:
-            out.write(chunk)
-        except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+def _copy(source: IO[bytes] | _Limited, out: IO[bytes], target: Path) -> None:
+    try:
+        with BackgroundWriter(out) as writer:  # the write overlaps reading, unpacking and hashing the next chunk
+            while chunk := source.read(CHUNK):  # read errors are the layer's fault: let them pass up
+                writer.write(chunk)
+            writer.close()
+    except OSError as exc:
+        if isinstance(exc, (StorageError, UnsafeArchiveError)):
+            raise
+        raise StorageError(f"cannot write {target}: {exc.strerror}") from None
 
 
 def _check_symlink(member: tarfile.TarInfo, relative: PurePosixPath) -> None:

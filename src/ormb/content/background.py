@@ -1,0 +1,54 @@
+"""A file writer that writes in a thread while the caller reads and hashes the next chunk.
+
+Hashing (hashlib) and writing (the kernel copying into the page cache) both release the GIL,
+so on two cores they overlap instead of adding up.  At most ``depth`` chunks wait: memory
+stays bounded whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import IO
+
+_DONE = None
+
+
+class BackgroundWriter:
+    def __init__(self, file: IO[bytes], depth: int = 4) -> None:
+        self._file = file
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ormb-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is _DONE:
+                return
+            if self._error is None:
+                try:
+                    self._file.write(chunk)
+                except BaseException as exc:
+                    self._error = exc
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> int:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(bytes(chunk))
+        return len(chunk)
+
+    def close(self) -> None:
+        """Wait until everything is written; raise the write's error, if any."""
+        self._queue.put(_DONE)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(_DONE)  # on an error in the caller: stop, do not raise a second error
+        self._thread.join()
