@@ -36,6 +36,7 @@ from ormb.model import modelpack, ormbformat
 from ormb.model.files import FileListing, list_model_files
 from ormb.model.formats import guess_format, validate_format
 from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict
+from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.model.unpack import extract_tar, staged_directory, unpack_layer, write_raw
 from ormb.oci import mediatypes
@@ -147,7 +148,7 @@ def save(
     chosen = artifact_format or metadata_.artifact_format or "ormb"
     with cache.writing():
         if chosen == "modelpack":
-            packed: ormbformat.PackedModel | modelpack.PackedModelPack = modelpack.pack(
+            packed: PackedModel = modelpack.pack(
                 listing, metadata_, cache, name=ref.repository.rsplit("/", 1)[-1], version=ref.tag, progress=progress)
         elif chosen == "ormb":
             packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)

@@ -48,7 +48,7 @@ class _IngestWriter:
         self.size = 0
         self.committed: Descriptor | None = None
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self._hasher.update(data)
         self._writer.write(data)  # copies: the caller may reuse its buffer
         self.size += len(data)

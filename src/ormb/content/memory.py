@@ -17,7 +17,7 @@ class _MemoryWriter:
         self._store = store
         self._buffer = io.BytesIO()
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         return self._buffer.write(data)
 
     def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:

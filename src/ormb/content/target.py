@@ -80,7 +80,7 @@ class TagLister(Protocol):
 class BlobWriter(Protocol):
     """A blob being written whose digest is known only at the end."""
 
-    def write(self, data: bytes | memoryview) -> int: ...
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
 
     def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
         """Make the written bytes a blob and return its descriptor."""

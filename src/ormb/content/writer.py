@@ -23,7 +23,7 @@ class _SpoolWriter:
         self._hasher = hashlib.sha256()
         self._size = 0
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self._hasher.update(data)
         self._size += len(data)
         return self._file.write(data)

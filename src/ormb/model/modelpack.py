@@ -20,9 +20,10 @@ from typing import Any
 
 from ormb.content.target import Pusher, push_bytes
 from ormb.content.writer import open_blob_writer
-from ormb.errors import InvalidArtifactError, StorageError, UnsafeArchiveError
+from ormb.errors import InvalidArtifactError, UnsafeArchiveError
 from ormb.model.files import FileListing, ModelFile
 from ormb.model.ormbfile import Metadata
+from ormb.model.packing import PackedModel, stream_file
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest, canonical_json
 from ormb.progress import NoProgress, ProgressListener
@@ -112,14 +113,6 @@ def config_json(metadata: Metadata, name: str, version: str | None, diff_ids: li
                            "modelfs": {"type": "layers", "diffIds": diff_ids}})
 
 
-@dataclass(frozen=True)
-class PackedModelPack:
-    manifest: Descriptor
-    config: Descriptor
-    layers: tuple[Descriptor, ...]
-    metadata: Metadata
-
-
 def pack(
     listing: FileListing,
     metadata: Metadata,
@@ -128,7 +121,7 @@ def pack(
     name: str,
     version: str | None,
     progress: ProgressListener | None = None,
-) -> PackedModelPack:
+) -> PackedModel:
     """One raw layer per file, in path order; a blob the target has is not written again."""
     progress = progress or NoProgress()
     metadata = metadata.model_copy(update={"directory_structure": [str(f.relative) for f in listing.files]})
@@ -145,30 +138,14 @@ def pack(
     data = manifest.to_bytes()
     desc = Descriptor(mediatypes.OCI_MANIFEST, Descriptor.of_bytes("", data).digest, len(data), {}, ARTIFACT_TYPE)
     push_bytes(target, desc, data)
-    return PackedModelPack(desc, config, tuple(layers), metadata)
+    return PackedModel(desc, config, tuple(layers), metadata)
 
 
 def _pack_file(entry: ModelFile, target: Pusher, progress: ProgressListener) -> Descriptor:
     annotations = {ANNOTATION_FILEPATH: str(entry.relative), ANNOTATION_FILE_METADATA: file_metadata(entry)}
     media_type = layer_type(classify(entry.relative))
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
     with open_blob_writer(target) as writer:
-        try:
-            with open(entry.path, "rb", buffering=0) as f:
-                remaining = entry.size
-                while remaining:
-                    n = f.readinto(view[: min(len(buffer), remaining)])
-                    if not n:
-                        break
-                    writer.write(view[:n])
-                    remaining -= n
-                    progress.advance("pack", n)
-                if remaining or f.read(1):
-                    raise StorageError(f"{entry.path} changed size while it was being saved",
-                                       "save again once the file is complete")
-        except OSError as exc:
-            raise StorageError(f"cannot read {entry.path}: {exc.strerror}") from None
+        stream_file(entry, writer, progress, "pack")
         return writer.commit(media_type, annotations)
 
 

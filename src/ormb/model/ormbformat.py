@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ormb.content.target import Pusher, push_bytes
@@ -11,18 +10,11 @@ from ormb.errors import InvalidArtifactError
 from ormb.model.files import FileListing
 from ormb.model.gzipstream import gzip_writer
 from ormb.model.ormbfile import Metadata
+from ormb.model.packing import PackedModel
 from ormb.model.tarstream import write_tar
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.progress import NoProgress, ProgressListener
-
-
-@dataclass(frozen=True)
-class PackedModel:
-    manifest: Descriptor
-    config: Descriptor
-    layers: tuple[Descriptor, ...]
-    metadata: Metadata
 
 
 def pack(

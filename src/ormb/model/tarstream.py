@@ -6,13 +6,12 @@ import tarfile
 from collections.abc import Sequence
 from typing import Protocol
 
-from ormb.errors import StorageError
 from ormb.model.files import ModelFile
+from ormb.model.packing import stream_file
 from ormb.progress import NoProgress, ProgressListener
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
-READ_CHUNK = 1 << 20
 
 
 class Sink(Protocol):
@@ -36,29 +35,12 @@ def write_tar(
 ) -> int:
     """Write ``files`` as ``<prefix><relative path>`` entries; return the tar's length."""
     progress = progress or NoProgress()
-    buffer = bytearray(READ_CHUNK)
-    view = memoryview(buffer)
     written = 0
     for entry in files:
         header = tar_header(f"{prefix}{entry.relative}", entry.size, entry.mode)
         sink.write(header)
         written += len(header)
-        try:
-            with open(entry.path, "rb", buffering=0) as f:
-                remaining = entry.size
-                while remaining:
-                    n = f.readinto(view[: min(READ_CHUNK, remaining)])
-                    if not n:
-                        break
-                    sink.write(view[:n])
-                    remaining -= n
-                    progress.advance(task, n)
-                if remaining or f.read(1):
-                    raise StorageError(
-                        f"{entry.path} changed size while it was being saved", "save again once the file is complete"
-                    )
-        except OSError as exc:
-            raise StorageError(f"cannot read {entry.path}: {exc.strerror}") from None
+        stream_file(entry, sink, progress, task)
         padding = -entry.size % BLOCK
         sink.write(bytes(padding))
         written += entry.size + padding
