@@ -94,3 +94,26 @@ def test_no_metadata_leaves_out_the_ormbfile(tmp_path: Path, settings: Settings)
     api.save(src, "m:v1", settings=settings)
     api.export("m:v1", tmp_path / "out", metadata=False, settings=settings)
     assert not (tmp_path / "out" / "ormbfile.yaml").exists()
+
+
+def test_a_layer_corrupt_in_the_middle_of_a_file_is_a_layer_error_not_a_disk_error(
+    tmp_path: Path, settings: Settings,
+) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        data = os.urandom(3 << 20)
+        info = tarfile.TarInfo("model/w.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    layer = bytearray(gzip.compress(raw.getvalue(), compresslevel=1, mtime=0))
+    middle = len(layer) // 2
+    layer[middle : middle + 64] = b"\xff" * 64  # the deflate stream breaks inside the file's data
+    place_model(settings.cache_dir, REF, bytes(layer))
+    with pytest.raises((UnsafeArchiveError, IntegrityError)) as info:
+        api.export(REF, tmp_path / "out", settings=settings)
+    assert "cannot write" not in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -294,15 +294,18 @@ def _extract_all(source: BinaryIO, staging: Path, prefix: str, strip: bool = Fal
 
 
 def _copy(source: IO[bytes] | _Limited, out: IO[bytes], target: Path) -> None:
-    try:
-        with BackgroundWriter(out) as writer:  # the write overlaps reading, unpacking and hashing the next chunk
-            while chunk := source.read(CHUNK):  # read errors are the layer's fault: let them pass up
+    """Copy with the write in a background thread; read errors (the layer's fault) pass up unchanged,
+    write errors (the disk's) become StorageError."""
+    with BackgroundWriter(out) as writer:  # the write overlaps reading, unpacking and hashing the next chunk
+        while chunk := source.read(CHUNK):
+            try:
                 writer.write(chunk)
+            except OSError as exc:
+                raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+        try:
             writer.close()
-    except OSError as exc:
-        if isinstance(exc, (StorageError, UnsafeArchiveError)):
-            raise
-        raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror}") from None
 
 
 def _check_symlink(member: tarfile.TarInfo, relative: PurePosixPath) -> None:
