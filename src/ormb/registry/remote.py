@@ -273,26 +273,37 @@ class RemoteRepository:
 
     def _upload_chunks(self, location: str, desc: Descriptor, content: BinaryIO) -> str:
         chunk_size = max(self.registry.options.chunk_size or AUTO_CHUNK, self._min_chunk)
+        seekable = content.seekable()
+        base = content.tell() if seekable else 0
         offset = 0
         while offset < desc.size:
-            data = content.read(min(chunk_size, desc.size - offset))
-            if not data:
-                raise IntegrityError(f"the local content of {desc.digest} ended early")
-            end = offset + len(data) - 1
+            length = min(chunk_size, desc.size - offset)
+            end = offset + length - 1
+            body: BodyFactory
+            if seekable:  # stream the chunk from the file: memory stays flat whatever the chunk size
+
+                def body(start: int = offset, count: int = length) -> Iterator[bytes]:
+                    content.seek(base + start)
+                    return self._chunks(content, count)
+            else:  # a stream (registry to registry): hold one chunk, so a retry can send it again
+                data = content.read(length)
+                if len(data) != length:
+                    raise IntegrityError(f"the content of {desc.digest} ended early")
+                self.uploaded_bytes += length
+
+                def body(chunk: bytes = data) -> bytes:
+                    return chunk
             response = self.registry.request(
-                "PATCH", location, scope=push_scope(self.name), body=lambda d=data: d, expect=(202,),  # type: ignore[misc]
+                "PATCH", location, scope=push_scope(self.name), body=body, expect=(202,),
                 headers={"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{end}",
-                         "Content-Length": str(len(data))},
+                         "Content-Length": str(length)},
                 what=f"a chunk of {desc.digest}",
             )
             _discard(response)
-            self.uploaded_bytes += len(data)
             location = self._location(response)
             received = response.headers.get("Range", "")
-            if received.startswith("0-") and received[2:].isdigit() and int(received[2:]) != end:
-                # the registry kept less than we sent: continue from what it has
-                offset = int(received[2:]) + 1
-                content.seek(offset)
+            if received.startswith("0-") and received[2:].isdigit() and int(received[2:]) != end and seekable:
+                offset = int(received[2:]) + 1  # the registry kept less than we sent: continue from what it has
                 continue
             offset = end + 1
         return location

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from ormb.content.background import write_sliced
 from ormb.oci import mediatypes
 from ormb.server.access import AccessControl
 from ormb.server.storage import ManifestRecord, Storage
@@ -168,7 +169,7 @@ class RegistryHandler(http.server.BaseHTTPRequestHandler):
                 if hasher is not None:
                     hasher.update(view[:n])
                 if out is not None:
-                    out.write(view[:n])
+                    write_sliced(out, view[:n])
                 count -= n
                 total += n
                 if limit is not None and total > limit:
