@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import IO
+from typing import IO, Any
 
 _DONE = None
 
@@ -62,3 +62,39 @@ class BackgroundWriter:
     def __exit__(self, *exc: object) -> None:
         self._queue.put(_DONE)  # on an error in the caller: stop, do not raise a second error
         self._thread.join()
+
+
+class BackgroundHasher:
+    """hashlib's update() in a thread, so hashing overlaps reading and unpacking; same results.
+
+    Chunks must not change after they are handed over (bytes, not a reused buffer).
+    """
+
+    def __init__(self, hasher: Any, depth: int = 4) -> None:
+        self._hasher = hasher
+        self.name: str = hasher.name
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="ormb-hasher", daemon=True)
+        self._thread.start()
+        self._finished = False
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not _DONE:
+            self._hasher.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        if not self._finished:
+            self._queue.put(_DONE)
+            self._thread.join()
+            self._finished = True
+        return str(self._hasher.hexdigest())
+
+    def close(self) -> None:
+        """Hash what was handed over and stop the thread; hexdigest() stays available."""
+        if not self._finished:
+            self._queue.put(_DONE)
+            self._thread.join()
+            self._finished = True

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ormb.content.background import BackgroundWriter
+from ormb.content.background import BackgroundHasher, BackgroundWriter
 from ormb.content.locking import file_lock
 from ormb.errors import IntegrityError, InvalidArtifactError, NotFoundError, StorageError
 from ormb.oci import mediatypes
@@ -110,17 +110,20 @@ class OCILayout:
         if self.exists(desc):
             return
         algorithm, _ = split_digest(desc.digest)
-        hasher = hashlib.new(algorithm)
+        hasher = BackgroundHasher(hashlib.new(algorithm))  # reading, hashing and writing overlap
         with self.ingest_file() as (file, path):
             size = 0
-            with BackgroundWriter(file) as writer:  # the write of one chunk overlaps the hashing of the next
-                while chunk := content.read(CHUNK):
-                    hasher.update(chunk)
-                    writer.write(chunk)
-                    size += len(chunk)
-                    if size > desc.size:
-                        break
-                writer.close()
+            try:
+                with BackgroundWriter(file) as writer:
+                    while chunk := content.read(CHUNK):
+                        hasher.update(chunk)
+                        writer.write(chunk)
+                        size += len(chunk)
+                        if size > desc.size:
+                            break
+                    writer.close()
+            finally:
+                hasher.close()  # waits for every chunk handed over: the digest below is complete
             actual = f"{algorithm}:{hasher.hexdigest()}"
             if size != desc.size or actual != desc.digest:
                 raise IntegrityError(

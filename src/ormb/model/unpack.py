@@ -25,7 +25,7 @@ from typing import IO, Any, BinaryIO
 import zstandard
 from isal import igzip, isal_zlib
 
-from ormb.content.background import BackgroundWriter
+from ormb.content.background import BackgroundHasher, BackgroundWriter
 from ormb.errors import IntegrityError, StorageError, UnsafeArchiveError
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import NoProgress, ProgressListener
@@ -39,7 +39,7 @@ class _HashingReader:
 
     def __init__(self, raw: BinaryIO, desc: Descriptor, progress: ProgressListener, task: str) -> None:
         self._raw = raw
-        self._hasher = hashlib.new(desc.digest.partition(":")[0])
+        self._hasher = BackgroundHasher(hashlib.new(desc.digest.partition(":")[0]))
         self.size = 0
         self._progress = progress
         self._task = task
@@ -65,6 +65,9 @@ class _HashingReader:
 
     def digest(self) -> str:
         return f"{self._hasher.name}:{self._hasher.hexdigest()}"
+
+    def close(self) -> None:
+        self._hasher.close()
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,8 @@ def extract_tar(
         if reader.digest() != desc.digest:
             raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
         raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: {exc}") from None
+    finally:
+        reader.close()
     if reader.size != desc.size or reader.digest() != desc.digest:
         raise IntegrityError(
             f"layer {desc.digest} does not match: read {reader.size} bytes with digest {reader.digest()}"
@@ -185,12 +190,16 @@ def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePos
         return
     reader = _HashingReader(blob, desc, progress, desc.digest)
     try:
-        out = open(target, "xb")
-    except OSError as exc:
-        raise StorageError(f"cannot write {target}: {exc.strerror}") from None
-    with out:
-        _copy(_Limited(reader, desc.size), out, target)
-    if reader.read(1) or reader.size != desc.size or reader.digest() != desc.digest:
+        try:
+            out = open(target, "xb")
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+        with out:
+            _copy(_Limited(reader, desc.size), out, target)
+        extra = reader.read(1)
+    finally:
+        reader.close()
+    if extra or reader.size != desc.size or reader.digest() != desc.digest:
         raise IntegrityError(f"layer {desc.digest} ({relative}) does not match its digest or size")
     progress.finish(desc.digest)
 
