@@ -40,6 +40,7 @@ class CopyStats:
     skipped: list[Descriptor] = field(default_factory=list)  # the destination had them
     mounted: list[Descriptor] = field(default_factory=list)  # mounted from another repository, not sent
     left_out: list[Descriptor] = field(default_factory=list)  # not wanted (a partial pull)
+    layers_seen: dict[str, Descriptor] = field(default_factory=dict)  # the manifests' layers that were wanted
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -48,14 +49,11 @@ class CopyStats:
 
     @property
     def layers(self) -> int:
-        return sum(1 for d in self.copied + self.skipped if d.media_type not in _METADATA_TYPES)
+        return len(self.layers_seen)
 
     @property
     def layer_bytes(self) -> int:
-        return sum(d.size for d in self.copied + self.skipped if d.media_type not in _METADATA_TYPES)
-
-
-_METADATA_TYPES = mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES | {mediatypes.ORMB_CONFIG, mediatypes.OCI_EMPTY}
+        return sum(d.size for d in self.layers_seen.values())
 
 
 class _ProgressReader:
@@ -84,10 +82,13 @@ def _children(data: bytes, desc: Descriptor, include: LayerFilter | None, stats:
         manifests = json.loads(data).get("manifests") or []
         return [Descriptor.from_dict(m, "index entry") for m in manifests]
     manifest = Manifest.from_bytes(data)
-    layers = list(manifest.layers)
-    if include is not None:
-        stats.left_out += [layer for layer in layers if not include(manifest, layer)]
-        layers = [layer for layer in layers if include(manifest, layer)]
+    layers = []
+    for layer in manifest.layers:
+        if include is None or include(manifest, layer):
+            layers.append(layer)
+            stats.layers_seen[layer.digest] = layer
+        else:
+            stats.left_out.append(layer)
     return [manifest.config, *layers]
 
 

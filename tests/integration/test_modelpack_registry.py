@@ -150,6 +150,7 @@ def test_a_new_version_uploads_only_the_changed_file(tmp_path: Path, registry: A
         uploaded = sum(n for _, _, n in _uploads(proxy, start))
         assert uploaded == len(changed) + config_size  # the one changed file, and the (new) config
         assert len(result.existing) == 3 and result.digest == saved.digest
+        assert (result.layers, result.size) == (4, 3 * MiB + len(changed))  # the config is not a layer
     finally:
         proxy.stop()
 
@@ -165,6 +166,7 @@ def test_blobs_are_mounted_across_repositories(tmp_path: Path, registry: Any) ->
         start = len(proxy.requests)
         result = api.push(f"{proxy.host}/mount/b:v1", settings=settings)
         assert len(result.mounted) == 4 and result.transferred == ()  # three weights and the config
+        assert result.layers == 3  # mounted layers are the model's layers too
         assert sum(n for _, _, n in _uploads(proxy, start)) == 0
         other = _home(tmp_path, "other")
         api.pull(f"{proxy.host}/mount/b:v1", settings=other)

@@ -86,10 +86,7 @@ class BackgroundHasher:
         self._queue.put(chunk)
 
     def hexdigest(self) -> str:
-        if not self._finished:
-            self._queue.put(_DONE)
-            self._thread.join()
-            self._finished = True
+        self.close()
         return str(self._hasher.hexdigest())
 
     def close(self) -> None:
