@@ -38,7 +38,7 @@ from ormb.model.formats import guess_format, validate_format
 from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict
 from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
-from ormb.model.unpack import extract_tar, staged_directory, unpack_layer, write_raw
+from ormb.model.unpack import staged_directory, unpack_layer
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.reference import Reference, parse_reference
@@ -234,17 +234,9 @@ def _export_files(cache: OCILayout, model: LoadedModel, dest: Path, include: tup
     if missing:
         raise NotFoundError(f"{len(missing)} layer(s) of this model are not in the cache, e.g. {missing[0].path}",
                             "it was pulled with --include: pull it again without, or export only what was pulled")
-    written: list[str] = []
     with staged_directory(dest) as staging:
-        for item in files:
-            with cache.fetch(item.descriptor) as blob:
-                if item.packing == "raw" and item.path is not None:
-                    write_raw(blob, item.descriptor, staging, item.path,
-                              clone_from=cache.blob_path(item.descriptor.digest), progress=progress)
-                    written.append(str(item.path))
-                else:
-                    compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
-                    written += extract_tar(blob, item.descriptor, staging, compression=compression, progress=progress)
+        written = modelpack.write_files(cache, files, staging, local_copy=lambda d: cache.blob_path(d.digest),
+                                        progress=progress)
     return tuple(written)
 
 

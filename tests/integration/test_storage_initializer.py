@@ -125,3 +125,21 @@ def test_a_corrupt_layer_leaves_no_half_written_destination(tmp_path: Path, basi
     finally:
         proxy.stop()
     assert AuthenticationError and NotFoundError  # imported for the API-level checks above
+
+
+@pytest.mark.parametrize(("layout", "prefix"), [("triton", "1/"), ("mlflow", "")])
+def test_a_modelpack_model_is_laid_out_too(tmp_path: Path, basic_registry: Any, layout: str, prefix: str) -> None:
+    settings = Settings(home=tmp_path / "trainer", default_registry="localhost:5000")
+    ref = f"{basic_registry.host}/serving/modelpack:v1"
+    src = make_model(tmp_path / "m", {"model.onnx": WEIGHTS, "sub/vocab.txt": b"a\nb\n"}, ormbfile="format: ONNX\n")
+    api.save(src, ref, settings=settings, artifact_format="modelpack", read_model_signature=False)
+    api.login(basic_registry.host, "alice", USERS["alice"], settings=settings)
+    api.push(ref, settings=settings)
+    dest = tmp_path / "dest"
+    env = _env(tmp_path, ORMB_USERNAME="alice", ORMB_PASSWORD=USERS["alice"])
+    result = subprocess.run([INITIALIZER, f"ormb://{ref}", str(dest), "--layout", layout],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (dest / f"{prefix}model.onnx").read_bytes() == WEIGHTS
+    assert (dest / f"{prefix}sub" / "vocab.txt").read_bytes() == b"a\nb\n"
+    assert "format: ONNX" in (dest / "ormbfile.yaml").read_text()

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ormb.content.target import Pusher, push_bytes
+from ormb.content.target import Fetcher, Pusher, push_bytes
 from ormb.content.writer import open_blob_writer
 from ormb.errors import InvalidArtifactError, UnsafeArchiveError
 from ormb.model.files import FileListing, ModelFile
 from ormb.model.ormbfile import Metadata
 from ormb.model.packing import PackedModel, stream_file
+from ormb.model.unpack import extract_tar, write_raw
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest, canonical_json
 from ormb.progress import NoProgress, ProgressListener
@@ -241,3 +243,24 @@ def _known_format(value: object) -> str | None:
         return None
 
 
+def write_files(
+    source: Fetcher,
+    files: Sequence[LayerFile],
+    staging: Path,
+    *,
+    local_copy: Callable[[Descriptor], Path] | None = None,
+    progress: ProgressListener | None = None,
+) -> list[str]:
+    """Write the layers of a per-file artifact into ``staging`` (see :func:`unpack.staged_directory`),
+    verifying each; ``local_copy`` names a verified local file of a blob to clone instead of copying."""
+    written: list[str] = []
+    for item in files:
+        with source.fetch(item.descriptor) as blob:
+            if item.packing == "raw" and item.path is not None:
+                clone_from = local_copy(item.descriptor) if local_copy else None
+                write_raw(blob, item.descriptor, staging, item.path, clone_from=clone_from, progress=progress)
+                written.append(str(item.path))
+            else:
+                compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
+                written += extract_tar(blob, item.descriptor, staging, compression=compression, progress=progress)
+    return written

@@ -10,6 +10,8 @@ Layouts:
   TF Serving reads (``DEST/<version>/saved_model.pb``).
 - ``mlflow``: ``DEST/<files>``: the files at the top (MLflow, MLServer, KServe's sklearn server).
 - ``none``: ``DEST/model/<files>`` and ``DEST/ormbfile.yaml``, as ``ormb export`` writes it.
+
+ModelPack models have no ``model/`` directory: their files land at ``DEST/1/`` (triton) or ``DEST/``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from pathlib import Path
 from ormb.cache import load_model
 from ormb.config import Settings, load_settings
 from ormb.errors import InvalidReferenceError
-from ormb.model import ormbformat
+from ormb.model import modelpack, ormbformat
 from ormb.model.ormbfile import FILENAME
-from ormb.model.unpack import unpack_layer
+from ormb.model.unpack import staged_directory, unpack_layer
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
@@ -79,14 +81,19 @@ def pull_and_export(
     registry = Registry(ref.registry, options or TransportOptions(), credentials_from_environment(settings))
     remote = RemoteRepository(registry, ref.repository)
     model = load_model(remote, remote.resolve(ref.version))
-    layer = ormbformat.model_layer(model.manifest)
     dest = Path(destination)
     created = not dest.exists()
     target = dest / "1" if layout == "triton" else dest
     try:
-        with remote.fetch(layer) as stream:
-            unpacked = unpack_layer(stream, layer, target, prefix="model/", strip_prefix=layout != "none",
-                                    progress=progress)
+        if model.is_modelpack:  # per-file layers: the files have no model/ prefix to strip
+            with staged_directory(target) as staging:
+                paths = tuple(modelpack.write_files(remote, modelpack.layer_files(model.manifest), staging,
+                                                    progress=progress))
+        else:
+            layer = ormbformat.model_layer(model.manifest)
+            with remote.fetch(layer) as stream:
+                paths = unpack_layer(stream, layer, target, prefix="model/", strip_prefix=layout != "none",
+                                     progress=progress).paths
         if metadata:
             staged = dest / f".{FILENAME}.tmp"
             staged.write_text(model.metadata.to_yaml(), encoding="utf-8")
@@ -95,4 +102,4 @@ def pull_and_export(
         if created:  # nothing half-written: a destination we made goes again
             shutil.rmtree(dest, ignore_errors=True)
         raise
-    return InitializedModel(ref, model.manifest_desc.digest, dest, unpacked.paths, model.metadata.format)
+    return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format)
