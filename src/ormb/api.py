@@ -35,7 +35,7 @@ from ormb.errors import (
 from ormb.model import modelpack, ormbformat
 from ormb.model.files import FileListing, list_model_files
 from ormb.model.formats import guess_format, validate_format
-from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict
+from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict, write_metadata
 from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.model.unpack import staged_directory, unpack_layer
@@ -213,7 +213,7 @@ def export(
         with cache.fetch(layer) as blob:
             paths = unpack_layer(blob, layer, dest, prefix="model/", progress=progress).paths
     if metadata:
-        _write_atomic(dest / FILENAME, model.metadata.to_yaml())
+        write_metadata(dest, model.metadata)
     return ExportResult(ref, model.manifest_desc.digest, dest, paths)
 
 
@@ -238,12 +238,6 @@ def _export_files(cache: OCILayout, model: LoadedModel, dest: Path, include: tup
         written = modelpack.write_files(cache, files, staging, local_copy=lambda d: cache.blob_path(d.digest),
                                         progress=progress)
     return tuple(written)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ ALLOWED = {
     "content": {"content", "oci", "errors"},
     "model": {"model", "content", "oci", "errors", "progress"},
     "registry": {"registry", "content", "oci", "errors"},
-    "server": {"server", "oci", "errors", "model", "content"},
+    "server": {"server", "oci", "errors", "model", "content", "units"},
     "serving": {"serving", "cache", "config", "errors", "model", "oci", "progress", "registry"},
-    "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving"},
+    "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving", "units"},
 }
 
 

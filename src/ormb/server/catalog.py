@@ -17,6 +17,7 @@ from isal import igzip
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ormb.oci import mediatypes
+from ormb.units import human_size
 
 if TYPE_CHECKING:
     from ormb.server.routes import RegistryHandler
@@ -27,20 +28,11 @@ FILEPATH_ANNOTATIONS = ("org.cncf.model.filepath", "org.cnai.model.filepath", "o
 _env = Environment(loader=PackageLoader("ormb.server", "templates"), autoescape=select_autoescape(["html"]))
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-_env.filters["size"] = _size
+_env.filters["size"] = human_size
 _env.filters["when"] = _when
 
 

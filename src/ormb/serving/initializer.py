@@ -25,7 +25,7 @@ from ormb.cache import load_model
 from ormb.config import Settings, load_settings
 from ormb.errors import InvalidReferenceError
 from ormb.model import modelpack, ormbformat
-from ormb.model.ormbfile import FILENAME
+from ormb.model.ormbfile import write_metadata
 from ormb.model.unpack import staged_directory, unpack_layer
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
@@ -95,9 +95,7 @@ def pull_and_export(
                 paths = unpack_layer(stream, layer, target, prefix="model/", strip_prefix=layout != "none",
                                      progress=progress).paths
         if metadata:
-            staged = dest / f".{FILENAME}.tmp"
-            staged.write_text(model.metadata.to_yaml(), encoding="utf-8")
-            staged.replace(dest / FILENAME)
+            write_metadata(dest, model.metadata)
     except BaseException:
         if created:  # nothing half-written: a destination we made goes again
             shutil.rmtree(dest, ignore_errors=True)
