@@ -96,7 +96,6 @@ class RemoteRepository:
     def __init__(self, registry: Registry, name: str) -> None:
         self.registry = registry
         self.name = name
-        self.uploaded_bytes = 0  # what this object sent as blob bodies: tests and --json report it
         self._resolved: dict[str, bytes] = {}  # manifests fetched by resolve(), so copy() does not ask twice
 
     def path(self, rest: str) -> str:
@@ -253,7 +252,6 @@ class RemoteRepository:
             if not data:
                 raise IntegrityError(f"the local content ended {remaining} bytes early")
             remaining -= len(data)
-            self.uploaded_bytes += len(data)
             yield data
 
     def _start_upload(self) -> str:
@@ -289,7 +287,6 @@ class RemoteRepository:
                 data = content.read(length)
                 if len(data) != length:
                     raise IntegrityError(f"the content of {desc.digest} ended early")
-                self.uploaded_bytes += length
 
                 def body(chunk: bytes = data) -> bytes:
                     return chunk

@@ -375,7 +375,7 @@ class RegistryHandler(http.server.BaseHTTPRequestHandler):
         single = query.get("digest")
         if single is not None and mount is None:  # the whole blob in this one request
             upload_id = self.storage.new_upload(name)
-            self._finish_upload(name, upload_id, self._digest(single), with_body=True, start=0)
+            self._finish_upload(name, upload_id, self._digest(single), start=0)
             return
         upload_id = self.storage.new_upload(name)
         self._send(202, b"", {"Location": self._upload_location(name, upload_id), "Range": "0-0",
@@ -445,14 +445,13 @@ class RegistryHandler(http.server.BaseHTTPRequestHandler):
         if not digest:
             raise SpecError(400, "DIGEST_INVALID", "the final PUT needs ?digest=")
         self._digest(digest)
-        self._finish_upload(name, upload_id, digest, with_body=True, start=size)
+        self._finish_upload(name, upload_id, digest, start=size)
 
-    def _finish_upload(self, name: str, upload_id: str, digest: str, with_body: bool, start: int) -> None:
+    def _finish_upload(self, name: str, upload_id: str, digest: str, start: int) -> None:
+        """Append the final body at ``start``, then verify and commit the blob."""
         try:
-            size = self._append(upload_id, start) if with_body else start
-        except ClientGone:
-            raise
-        except SpecError:
+            size = self._append(upload_id, start)
+        except SpecError:  # a client that went away keeps its session; a refused body ends it
             self.storage.drop_upload(upload_id)
             raise
         algorithm = digest.partition(":")[0]

@@ -130,10 +130,6 @@ class Storage:
         algorithm, _, hexpart = digest.partition(":")
         return self.root / "blobs" / algorithm / hexpart
 
-    def blob_size(self, digest: str) -> int | None:
-        row = self.db.execute("SELECT size FROM blobs WHERE digest = ?", (digest,)).fetchone()
-        return int(row[0]) if row else None
-
     def linked(self, repository: str, digest: str) -> int | None:
         """The blob's size when ``repository`` may serve it, else None."""
         row = self.db.execute(
