@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from registries import (
     Distribution,
     EmbeddedRegistry,
@@ -18,6 +21,14 @@ from registries import (
 )
 
 from ormb.config import Settings
+
+# Generated tests: "ci" keeps the whole suite within its time budget; "deep" is for a run by hand
+# (HYPOTHESIS_PROFILE=deep scripts/test -k property).  Tests may ask for more with @settings.
+hypothesis_settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile("deep", max_examples=5000, deadline=None, print_blob=True,
+                                     suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

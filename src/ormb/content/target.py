@@ -15,9 +15,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from ormb.errors import IntegrityError
 from ormb.oci.descriptor import Descriptor
 from ormb.oci.digest import digest_bytes
-
-# Blobs we read fully into memory (manifests, configs) may not be larger than this.
-MAX_METADATA_BLOB = 16 << 20
+from ormb.oci.grammar import MAX_METADATA_BLOB
 
 
 @runtime_checkable

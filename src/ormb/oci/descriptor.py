@@ -9,6 +9,20 @@ from typing import Any
 from ormb.errors import InvalidArtifactError
 from ormb.oci import mediatypes
 from ormb.oci.digest import digest_bytes, is_digest
+from ormb.oci.grammar import MAX_MANIFEST
+
+
+def load_json(data: bytes, what: str = "manifest") -> Any:
+    """``json.loads`` that turns every way of failing (bad UTF-8, bad JSON, nesting too deep) into
+    :class:`InvalidArtifactError`."""
+    if len(data) > MAX_MANIFEST:
+        raise InvalidArtifactError(f"the {what} is {len(data)} bytes; at most {MAX_MANIFEST} are allowed")
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise InvalidArtifactError(f"the {what} is nested too deeply to be read") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArtifactError(f"the {what} is not valid JSON: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -79,10 +93,7 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        try:
-            raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArtifactError(f"manifest is not valid JSON: {exc}") from None
+        raw = load_json(data)
         if not isinstance(raw, dict):
             raise InvalidArtifactError("manifest is not a JSON object")
         media_type = raw.get("mediaType") or mediatypes.OCI_MANIFEST

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import BinaryIO
 
 from ormb.errors import IntegrityError
+from ormb.oci.grammar import is_digest
 
-_ALGORITHMS = {"sha256": 64, "sha512": 128}
-_DIGEST_RE = re.compile(r"^(sha256|sha512):([a-f0-9]+)$")
-
-
-def is_digest(value: str) -> bool:
-    match = _DIGEST_RE.match(value)
-    return bool(match) and len(match.group(2)) == _ALGORITHMS[match.group(1)]  # type: ignore[union-attr]
+__all__ = ["digest_bytes", "digest_file", "is_digest", "new_hasher", "split_digest", "validate_digest"]
 
 
 def validate_digest(value: str) -> str:

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 
 from ormb.errors import InvalidReferenceError
-from ormb.oci.digest import is_digest
+from ormb.oci.grammar import MAX_REPOSITORY, PATH_COMPONENT_RE, is_digest, is_host, is_tag
 
 DEFAULT_TAG = "latest"
-
-_HOST_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST_RE = re.compile(rf"^(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$")
-_PATH_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_MAX_NAME = 255
 
 
 @dataclass(frozen=True)
@@ -83,27 +76,27 @@ def parse_reference(text: str, default_registry: str, *, default_tag: bool = Tru
     last_colon = text.rfind(":")
     if last_colon > last_slash:
         text, tag = text[:last_colon], text[last_colon + 1 :]
-        if not _TAG_RE.match(tag):
+        if not is_tag(tag):
             raise InvalidReferenceError(
-                f"invalid reference {original!r}: tag {tag!r} must be 1-128 letters, digits, '_', '.' or '-'"
+                f"invalid reference {original!r}: tag {tag!r} must be 1-128 ASCII letters, digits, '_', '.' or '-', not starting with '.' or '-'"
             )
     first, sep, rest = text.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
         registry, path = first, rest
-        if not _HOST_RE.match(registry):
+        if not is_host(registry):
             raise InvalidReferenceError(f"invalid reference {original!r}: {registry!r} is not a valid registry host")
     else:
         registry, path = default_registry, text
     if not path:
         raise InvalidReferenceError(f"invalid reference {original!r}: no repository name")
     for component in path.split("/"):
-        if not _PATH_COMPONENT_RE.match(component):
+        if not PATH_COMPONENT_RE.match(component):
             raise InvalidReferenceError(
                 f"invalid reference {original!r}: repository component {component!r} must be lowercase letters "
                 "and digits, separated by '.', '_', '__' or '-'"
             )
-    if len(path) > _MAX_NAME:
-        raise InvalidReferenceError(f"invalid reference {original!r}: repository name longer than {_MAX_NAME}")
+    if len(path) > MAX_REPOSITORY:
+        raise InvalidReferenceError(f"invalid reference {original!r}: repository name longer than {MAX_REPOSITORY}")
     if tag is None and digest is None and default_tag:
         tag = DEFAULT_TAG
     return Reference(registry, path, tag, digest)

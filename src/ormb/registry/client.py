@@ -21,11 +21,10 @@ from ormb.errors import (
     PermissionDeniedError,
     RegistryError,
 )
+from ormb.oci.grammar import MAX_ERROR_BODY
 from ormb.registry.auth import Challenge, TokenCache, basic_header, parse_challenge
 from ormb.registry.credentials import ANONYMOUS, Credential, CredentialStore
 from ormb.registry.transport import BodyFactory, Transport, TransportOptions
-
-MAX_ERROR_BODY = 64 << 10
 
 
 def pull_scope(repository: str) -> str:

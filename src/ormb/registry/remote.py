@@ -16,16 +16,15 @@ import urllib3
 from ormb.errors import IntegrityError, InvalidArtifactError, NetworkError, NotFoundError, RegistryError
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor
-from ormb.oci.digest import is_digest
+from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, MAX_TAG_PAGE, UPLOAD_CHUNK, is_digest
 from ormb.registry.client import Registry, _discard, pull_scope, push_scope
 from ormb.registry.transport import BodyFactory
 
 MANIFEST_ACCEPT = ", ".join([
     mediatypes.OCI_MANIFEST, mediatypes.OCI_INDEX, mediatypes.DOCKER_MANIFEST, mediatypes.DOCKER_MANIFEST_LIST,
 ])
-CHUNK = 1 << 20
-AUTO_CHUNK = 64 << 20  # PATCH size when a layer is chunked because it is above chunked_above
-MAX_MANIFEST = 4 << 20
+CHUNK = IO_CHUNK
+AUTO_CHUNK = UPLOAD_CHUNK  # PATCH size when a layer is chunked because it is above chunked_above
 _TRANSIENT = (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
               urllib3.exceptions.IncompleteRead, ConnectionError, TimeoutError)
 
@@ -162,7 +161,7 @@ class RemoteRepository:
         while path:
             response = self.registry.request("GET", path, scope=pull_scope(self.name), what=f"the tags of {self.name}")
             try:
-                body = response.read(16 << 20)
+                body = response.read(MAX_TAG_PAGE)
             finally:
                 response.release_conn()
             try:

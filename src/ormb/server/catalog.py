@@ -17,6 +17,7 @@ from isal import igzip
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ormb.oci import mediatypes
+from ormb.oci.grammar import is_repository
 from ormb.units import human_size
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ _env.filters["when"] = _when
 
 def serve_ui(handler: RegistryHandler) -> bool:
     """Answer a non-API GET; False when the path is not the catalog's."""
-    from ormb.server.routes import NAME_RE, SpecError
+    from ormb.server.routes import SpecError
 
     parts = urllib.parse.urlsplit(handler.path)
     query = {k: v[-1] for k, v in urllib.parse.parse_qs(parts.query).items()}
@@ -59,7 +60,7 @@ def serve_ui(handler: RegistryHandler) -> bool:
         _html(handler, "index.html", repositories=repositories, search=search, user=user)
         return True
     name = query.get("name", "")
-    if not NAME_RE.match(name) or not storage.repository_exists(name) or not access.allowed(user or None, name, "pull"):
+    if not is_repository(name) or not storage.repository_exists(name) or not access.allowed(user or None, name, "pull"):
         _html(handler, "missing.html", status=404, what=f"repository {name}", user=user)
         return True
     if parts.path == "/repository":

@@ -21,15 +21,11 @@ from typing import Any, BinaryIO
 
 from ormb.content.background import write_sliced
 from ormb.oci import mediatypes
+from ormb.oci.grammar import DIGEST_RE, IO_CHUNK, MAX_MANIFEST, TAG_RE, is_repository
 from ormb.server.access import AccessControl
 from ormb.server.storage import ManifestRecord, Storage
 
-NAME_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
-DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
-MAX_NAME = 255
-MAX_MANIFEST = 4 << 20
-BUFFER = 1 << 20
+BUFFER = IO_CHUNK
 MANIFEST_TYPES = mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES
 
 ROUTES = [
@@ -110,7 +106,7 @@ class RegistryHandler(http.server.BaseHTTPRequestHandler):
             raise SpecError(404, "NAME_UNKNOWN", "no such API endpoint")
         kind, match = found
         name = match.group("name")
-        if len(name) > MAX_NAME or not NAME_RE.match(name):
+        if not is_repository(name):
             raise SpecError(400, "NAME_INVALID", f"invalid repository name {name[:300]!r}")
         method = self.command
         action = {"GET": "pull", "HEAD": "pull", "DELETE": "delete"}.get(method, "push")
@@ -366,7 +362,7 @@ class RegistryHandler(http.server.BaseHTTPRequestHandler):
         mount, source = query.get("mount"), query.get("from")
         if mount is not None:
             digest = self._digest(mount)
-            if source and NAME_RE.match(source) and self.storage.linked(source, digest) is not None and \
+            if source and is_repository(source) and self.storage.linked(source, digest) is not None and \
                     self.config.access.allowed(user, source, "pull"):
                 self.storage.link(name, digest)
                 self._send(201, b"", {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})

@@ -1,0 +1,68 @@
+"""The one grammar of names, tags and digests, and the size limits, shared by client and server.
+
+Everything here follows the OCI distribution spec v1.1 ("Pulling manifests": ``<name>``,
+``<reference>``) and image-spec ("Digests"), restricted to what ormb can verify (sha256 and
+sha512).  Patterns are ASCII-only (``re.ASCII``: no Unicode letters or digits sneak in
+through ``\\w``/``\\d``) and anchored with ``\\Z`` (``$`` would accept a trailing newline).
+
+The client (:mod:`ormb.oci.reference`) and the embedded registry (:mod:`ormb.server`)
+import these and nothing else, so a name one side accepts the other accepts too.
+"""
+
+from __future__ import annotations
+
+import re
+
+# -- names, tags, digests ------------------------------------------------------------------
+
+PATH_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+REPOSITORY = rf"{PATH_COMPONENT}(?:/{PATH_COMPONENT})*"
+TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+DIGEST = r"(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})"
+HOST_COMPONENT = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+HOST = rf"(?:{HOST_COMPONENT}(?:\.{HOST_COMPONENT})*|\[[A-Fa-f0-9:]+\])(?::[0-9]{{1,5}})?"
+
+PATH_COMPONENT_RE = re.compile(rf"{PATH_COMPONENT}\Z", re.ASCII)
+REPOSITORY_RE = re.compile(rf"{REPOSITORY}\Z", re.ASCII)
+TAG_RE = re.compile(rf"{TAG}\Z", re.ASCII)
+DIGEST_RE = re.compile(rf"{DIGEST}\Z", re.ASCII)
+HOST_RE = re.compile(rf"{HOST}\Z", re.ASCII)
+
+ALGORITHMS = {"sha256": 64, "sha512": 128}  # algorithm -> hex length
+
+MAX_REPOSITORY = 255  # characters of a repository name (the path, without the registry host)
+
+
+def is_repository(value: str) -> bool:
+    """A repository name (``team/model``), the distribution spec's ``<name>``."""
+    return len(value) <= MAX_REPOSITORY and REPOSITORY_RE.match(value) is not None
+
+
+def is_tag(value: str) -> bool:
+    return TAG_RE.match(value) is not None
+
+
+def is_digest(value: str) -> bool:
+    """A sha256 or sha512 digest in lower-case hex: the only digests ormb can verify."""
+    return DIGEST_RE.match(value) is not None
+
+
+def is_host(value: str) -> bool:
+    """A registry host, ``name[:port]`` or ``[ipv6][:port]``."""
+    return HOST_RE.match(value) is not None
+
+
+# -- size limits -----------------------------------------------------------------------------
+
+MAX_MANIFEST = 4 << 20  # a manifest or index, in bytes (what distribution accepts)
+MAX_METADATA_BLOB = 16 << 20  # a blob read whole into memory: a config, a signature bundle
+MAX_ERROR_BODY = 64 << 10  # of an error answer, the part read to show the registry's words
+MAX_TAG_PAGE = 16 << 20  # one page of a tag or catalog list
+MAX_TAG_PAGES = 10_000  # pages of a tag list followed before giving up
+MAX_GRAPH_DEPTH = 8  # indexes nested in indexes, followed at most this deep
+MAX_TAR_ENTRY_NAME = 4096  # bytes of a path in a layer
+
+# -- chunk sizes -----------------------------------------------------------------------------
+
+IO_CHUNK = 1 << 20  # reads and writes of blob content
+UPLOAD_CHUNK = 64 << 20  # PATCH size when a large blob is uploaded in chunks

@@ -1,0 +1,143 @@
+"""The manifest graph: what a manifest or an index points at, read one way for everyone.
+
+``successors(desc, data)`` is oras-go's ``content.Successors``: the children of a node are
+its ``subject`` (if any), then the config and layers of a manifest, or the manifests of an
+index.  ``copy``, ``prune``, model listing, the registry's manifest checks and its catalog
+all walk the graph through this module; a walk that differs from copy's is how data gets
+lost, so there is no second one.
+
+Which blobs are nodes is decided by :func:`may_be_node` from the descriptor's media type,
+and the kind of a node (manifest or index) by :func:`parse_node` from its bytes: a registry
+that sends no ``mediaType`` (a manifest recorded as ``application/json``) is still read as
+what its fields say it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ormb.errors import InvalidArtifactError
+from ormb.oci import mediatypes
+from ormb.oci.descriptor import Descriptor, load_json
+
+# Media types under which a node may be recorded: the four manifest/index types, and the
+# generic ones that registries and older tools use when they do not say.
+GENERIC_TYPES = frozenset({"application/json", "application/octet-stream", "text/plain", ""})
+NODE_TYPES = mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES
+
+_DIGEST_IN_TEXT = re.compile(rb"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})(?![a-f0-9])")
+
+
+@dataclass(frozen=True)
+class Node:
+    """A parsed manifest or index.  ``media_type`` is the effective one (never generic)."""
+
+    kind: Literal["manifest", "index"]
+    media_type: str
+    config: Descriptor | None = None  # manifests only
+    layers: tuple[Descriptor, ...] = ()  # manifests only
+    manifests: tuple[Descriptor, ...] = ()  # indexes only
+    subject: Descriptor | None = None
+    artifact_type: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def successors(self) -> tuple[Descriptor, ...]:
+        """Subject first, then config and layers (manifest) or manifests (index), as oras-go orders them."""
+        head = (self.subject,) if self.subject is not None else ()
+        if self.kind == "index":
+            return (*head, *self.manifests)
+        assert self.config is not None
+        return (*head, self.config, *self.layers)
+
+
+def may_be_node(media_type: str) -> bool:
+    """True when a blob with this media type may be a manifest or index (and must be read to know)."""
+    return media_type in NODE_TYPES or media_type in GENERIC_TYPES
+
+
+def is_index_type(media_type: str) -> bool:
+    return media_type in mediatypes.INDEX_TYPES
+
+
+def _node_type(raw: dict[str, Any], declared: str) -> str:
+    """The effective media type: the document's own ``mediaType``, else the descriptor's, else its shape."""
+    own = raw.get("mediaType")
+    if own is not None and not isinstance(own, str):
+        raise InvalidArtifactError("the manifest's mediaType is not a string")
+    if own:
+        if own not in NODE_TYPES:
+            raise InvalidArtifactError(f"unsupported manifest media type {own!r}")
+        return own
+    if declared in NODE_TYPES:
+        return declared
+    if "manifests" in raw and "layers" not in raw:
+        return mediatypes.OCI_INDEX
+    if "config" in raw or "layers" in raw:
+        return mediatypes.OCI_MANIFEST
+    raise InvalidArtifactError("the document is neither a manifest nor an index")
+
+
+def _descriptors(raw: Any, where: str) -> tuple[Descriptor, ...]:
+    if not isinstance(raw, list):
+        raise InvalidArtifactError(f"the {where} list is missing or not a list")
+    return tuple(Descriptor.from_dict(item, f"{where}[{i}]") for i, item in enumerate(raw))
+
+
+def _annotations(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise InvalidArtifactError("the annotations are not a map of strings")
+    return dict(raw)
+
+
+def parse_node(data: bytes, declared_type: str = "") -> Node:
+    """Parse a manifest or index strictly; raise :class:`InvalidArtifactError` on anything malformed.
+
+    ``declared_type`` is the media type its descriptor (or the registry's Content-Type) gave.
+    """
+    raw = load_json(data)
+    if not isinstance(raw, dict):
+        raise InvalidArtifactError("the manifest is not a JSON object")
+    if raw.get("schemaVersion") != 2 or isinstance(raw.get("schemaVersion"), bool):
+        raise InvalidArtifactError("the manifest's schemaVersion is not 2")
+    media_type = _node_type(raw, declared_type)
+    artifact_type = raw.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise InvalidArtifactError("the manifest's artifactType is not a string")
+    subject_raw = raw.get("subject")
+    subject = Descriptor.from_dict(subject_raw, "subject") if subject_raw is not None else None
+    annotations = _annotations(raw.get("annotations"))
+    if media_type in mediatypes.INDEX_TYPES:
+        return Node("index", media_type, manifests=_descriptors(raw.get("manifests"), "manifests"),
+                    subject=subject, artifact_type=artifact_type, annotations=annotations)
+    config = Descriptor.from_dict(raw.get("config"), "config")
+    return Node("manifest", media_type, config=config, layers=_descriptors(raw.get("layers"), "layers"),
+                subject=subject, artifact_type=artifact_type, annotations=annotations)
+
+
+def successors(desc: Descriptor, data: bytes) -> tuple[Descriptor, ...]:
+    """The children of the node ``desc`` whose bytes are ``data``; () for a blob that is not a node.
+
+    A blob recorded under a generic media type (``application/json``) that does not parse as a
+    manifest or index is a leaf; one recorded as a manifest or index that does not parse is an
+    error (:class:`InvalidArtifactError`): the caller decides what a broken node means.
+    """
+    if not may_be_node(desc.media_type):
+        return ()
+    if desc.media_type in NODE_TYPES:
+        return parse_node(data, desc.media_type).successors()
+    try:
+        return parse_node(data, desc.media_type).successors()
+    except InvalidArtifactError:
+        return ()
+
+
+def digests_mentioned(data: bytes) -> set[str]:
+    """Every digest written anywhere in ``data``: what a node that cannot be parsed may still reach.
+
+    Used by garbage collection to stay on the safe side: a blob a broken manifest names is kept.
+    """
+    return {m.decode("ascii") for m in _DIGEST_IN_TEXT.findall(data)}
