@@ -453,9 +453,9 @@ def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     server.stop()
 
 
-def _requests_on(server: Serve) -> list[tuple[str, str, bytes | None]]:
-    return [("GET", "/v2/", None), ("GET", "/v2/_catalog", None), ("GET", "/", None),
-            ("POST", "/v2/rebind/target/blobs/uploads/", b"")]
+# an API read, the repository list, the catalog page, and a write
+REBINDING_TARGETS = [("GET", "/v2/", None), ("GET", "/v2/_catalog", None), ("GET", "/", None),
+                     ("POST", "/v2/rebind/target/blobs/uploads/", b"")]
 
 
 @pytest.mark.parametrize("host", ["evil.example:{port}", "evil.example", "localhost.evil.example:{port}",
@@ -463,7 +463,7 @@ def _requests_on(server: Serve) -> list[tuple[str, str, bytes | None]]:
 def test_a_foreign_host_header_is_refused_by_the_open_registry(open_registry: Serve, host: str) -> None:
     """DNS rebinding: a page from evil.example re-pointed at 127.0.0.1 sends ``Host: evil.example``."""
     foreign = host.format(port=open_registry.port)
-    for method, path, body in _requests_on(open_registry):
+    for method, path, body in REBINDING_TARGETS:
         response = call(open_registry, method, path, body, {"Host": foreign})
         assert response.status in (400, 421), f"{method} {path} with Host {foreign} answered {response.status}"
 
@@ -473,7 +473,7 @@ def test_loopback_host_names_are_served(open_registry: Serve, host: str) -> None
     """The names a local client uses (and the ``--addr`` host, 127.0.0.1 here) keep working.
     (The current code answers every Host, so this passes already; it guards the fix.)"""
     name = host.format(port=open_registry.port)
-    for method, path, body in _requests_on(open_registry):
+    for method, path, body in REBINDING_TARGETS:
         response = call(open_registry, method, path, body, {"Host": name})
         assert response.status in (200, 202), f"{method} {path} with Host {name} answered {response.status}"
 
