@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ormb.content.atomic import install_file, staged_file
 from ormb.content.background import BackgroundHasher, BackgroundWriter
 from ormb.content.locking import file_lock
 from ormb.errors import IntegrityError, InvalidArtifactError, NotFoundError, StorageError
@@ -136,13 +135,8 @@ class OCILayout:
     def ingest_file(self) -> Iterator[tuple[BinaryIO, Path]]:
         """A temporary file inside the layout; removed on exit unless installed."""
         self._ensure()
-        fd, name = tempfile.mkstemp(dir=self._ingest_dir, prefix="blob-", suffix=".partial")
-        path = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                yield file, path
-        finally:
-            path.unlink(missing_ok=True)
+        with staged_file(self._ingest_dir, "blob-") as (file, path):
+            yield file, path
 
     @contextmanager
     def ingest(self) -> Iterator[_IngestWriter]:
@@ -153,11 +147,7 @@ class OCILayout:
         target = self.blob_path(desc.digest)
         if target.is_file():  # content-addressed: the blob there already holds these bytes
             return
-        file.flush()
-        os.fsync(file.fileno())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o644)
-        os.replace(path, target)
+        install_file(file, path, target)
 
     def delete_blob(self, digest: str) -> None:
         self.blob_path(digest).unlink(missing_ok=True)
@@ -190,16 +180,9 @@ class OCILayout:
         self._atomic_write(self.root / "index.json", json.dumps(index, indent=2).encode())
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.chmod(name, 0o644)
-            os.replace(name, path)
-        finally:
-            Path(name).unlink(missing_ok=True)
+        with staged_file(path.parent, f".{path.name}.") as (file, staged):
+            file.write(data)
+            install_file(file, staged, path)
 
     def references(self) -> Iterator[tuple[str, Descriptor]]:
         for i, entry in enumerate(self._read_index()):

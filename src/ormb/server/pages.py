@@ -1,30 +1,32 @@
-"""The model catalog web page: repositories, their tags, and a page per model.
+"""The model catalog web pages: repositories, their tags, and a page per model.
 
-It reads the registry's own storage and obeys the same access rules as the API: with
-authentication on, the browser is asked for Basic credentials, and a user sees only the
-repositories they may pull.
+They read the registry's storage through the same interface as the API and obey the same
+authorisation decision (:class:`ormb.server.authz.Authoriser`): with authentication on, the
+browser is asked for Basic credentials, a user sees only the repositories they may pull, and
+a model page reads only blobs linked to the repository shown.
 """
 
 from __future__ import annotations
 
 import json
 import tarfile
-import urllib.parse
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from isal import igzip
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ormb.oci import mediatypes
-from ormb.oci.grammar import is_repository
+from ormb.oci.grammar import is_digest, is_repository
+from ormb.server.context import Context
+from ormb.server.handlers.manifests import resolve
+from ormb.server.http import Request, Response, SpecError
+from ormb.server.storage_api import ManifestRecord
 from ormb.units import human_size
-
-if TYPE_CHECKING:
-    from ormb.server.routes import RegistryHandler
 
 MODELPACK_CONFIGS = {"application/vnd.cncf.model.config.v1+json", "application/vnd.cnai.model.config.v1+json"}
 FILEPATH_ANNOTATIONS = ("org.cncf.model.filepath", "org.cnai.model.filepath", "org.opencontainers.image.title")
+PATHS = ("/", "/repository", "/model")
 
 _env = Environment(loader=PackageLoader("ormb.server", "templates"), autoescape=select_autoescape(["html"]))
 
@@ -37,84 +39,85 @@ _env.filters["size"] = human_size
 _env.filters["when"] = _when
 
 
-def serve_ui(handler: RegistryHandler) -> bool:
-    """Answer a non-API GET; False when the path is not the catalog's."""
-    from ormb.server.routes import SpecError
-
-    parts = urllib.parse.urlsplit(handler.path)
-    query = {k: v[-1] for k, v in urllib.parse.parse_qs(parts.query).items()}
-    if handler.command not in ("GET", "HEAD") or parts.path not in ("/", "/repository", "/model"):
-        return False
-    user = _browser_user(handler)
-    if user is None:  # asked the browser for credentials
-        return True
-    storage, access = handler.storage, handler.config.access
-    if parts.path == "/":
+def page(ctx: Context, request: Request) -> Response | None:
+    """Answer a catalog page; None when the path is not one of them."""
+    if request.method not in ("GET", "HEAD") or request.path not in PATHS:
+        return None
+    user = _browser_user(ctx, request)
+    if user is None:
+        return Response(401, b"Log in to browse this registry.\n",
+                        {"WWW-Authenticate": 'Basic realm="ormb registry"', "Content-Type": "text/plain"})
+    storage, authz, query = ctx.storage, ctx.authz, request.query
+    if request.path == "/":
         search = query.get("q", "").strip().lower()
         repositories = []
         for name in storage.catalog():
-            if access.allowed(user or None, name, "pull") and search in name:
+            if authz.may(user or None, name, "pull") and search in name:
                 tags = storage.tag_records(name)
                 repositories.append({"name": name, "tags": len(tags),
                                      "updated": max((t.updated for t in tags), default=None)})
-        _html(handler, "index.html", repositories=repositories, search=search, user=user)
-        return True
+        return _html("index.html", repositories=repositories, search=search, user=user)
     name = query.get("name", "")
-    if not is_repository(name) or not storage.repository_exists(name) or not access.allowed(user or None, name, "pull"):
-        _html(handler, "missing.html", status=404, what=f"repository {name}", user=user)
-        return True
-    if parts.path == "/repository":
-        _html(handler, "repository.html", name=name, tags=storage.tag_records(name), user=user)
-        return True
+    if not is_repository(name) or not storage.repository_exists(name) or not authz.may(user or None, name, "pull"):
+        return _html("missing.html", status=404, what=f"repository {name}", user=user)
+    if request.path == "/repository":
+        return _html("repository.html", name=name, tags=storage.tag_records(name), user=user)
     reference = query.get("ref", "")
     try:
-        record = handler._resolve(name, reference)
+        record = resolve(ctx, name, reference)
     except SpecError:
-        _html(handler, "missing.html", status=404, what=f"{name}:{reference}", user=user)
-        return True
-    host = handler.headers.get("Host") or "localhost:5000"
-    model = describe_model(handler, name, record.digest)
-    pull_ref = f"{host}/{name}@{record.digest}" if reference.startswith("sha") else f"{host}/{name}:{reference}"
-    _html(handler, "model.html", name=name, reference=reference, record=record, model=model,
-          pull=f"ormb pull {pull_ref}", user=user)
-    return True
+        return _html("missing.html", status=404, what=f"{name}:{reference}", user=user)
+    model = describe_model(ctx, name, record)
+    pull_ref = f"{request.host}/{name}@{record.digest}" if is_digest(reference) else f"{request.host}/{name}:{reference}"
+    return _html("model.html", name=name, reference=reference, record=record, model=model,
+                 pull=f"ormb pull {pull_ref}", user=user)
 
 
-def _browser_user(handler: RegistryHandler) -> str | None:
-    """The user name ('' for anonymous) when the page may be shown; None after asking for credentials."""
-    access = handler.config.access
+def _browser_user(ctx: Context, request: Request) -> str | None:
+    """The user name ('' for anonymous) when the page may be shown; None to ask for credentials."""
+    access = ctx.authz.access
     if not access.enabled:
         return ""
-    user = access.basic_user(handler.headers.get("Authorization", ""))
+    user = access.basic_user(request.header("Authorization"))
     if isinstance(user, str):
+        request.user = user
         return user
     if user is None and access.anonymous_pull:
         return ""
-    handler._send(401, b"Log in to browse this registry.\n",
-                  {"WWW-Authenticate": 'Basic realm="ormb registry"', "Content-Type": "text/plain"})
     return None
 
 
-def _html(handler: RegistryHandler, template: str, status: int = 200, **context: Any) -> None:
+def _html(template: str, status: int = 200, **context: Any) -> Response:
     body = _env.get_template(template).render(**context).encode("utf-8")
-    handler._send(status, body, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
+    return Response(status, body, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
 
 
-def _read_json(handler: RegistryHandler, digest: str, limit: int = 4 << 20) -> Any:
-    path = handler.storage.blob_path(digest)
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read(limit))
-    except (OSError, ValueError):
+def _read_json(ctx: Context, name: str, digest: str, limit: int = 4 << 20) -> Any:
+    """A JSON blob of repository ``name`` (never of another), or {} when unreadable."""
+    if not isinstance(digest, str) or not is_digest(digest):
         return {}
+    blob = ctx.storage.open_blob(name, digest)
+    if blob is None:
+        return {}
+    with blob:
+        try:
+            data = json.loads(blob.read(limit))
+        except (OSError, ValueError, RecursionError):
+            return {}
+    return data if isinstance(data, dict) else {}
 
 
-def describe_model(handler: RegistryHandler, name: str, digest: str) -> dict[str, Any]:
+def describe_model(ctx: Context, name: str, record: ManifestRecord) -> dict[str, Any]:
     """What the model page shows, from the manifest and config of an ormb or ModelPack artifact."""
-    manifest = _read_json(handler, digest)
+    try:
+        manifest = json.loads(ctx.storage.manifest_bytes(record))
+    except (OSError, ValueError, RecursionError):
+        manifest = {}
+    if not isinstance(manifest, dict):
+        manifest = {}
     config_desc = manifest.get("config") or {}
     config_type = config_desc.get("mediaType", "")
-    config = _read_json(handler, config_desc["digest"]) if config_desc.get("digest") else {}
+    config = _read_json(ctx, name, config_desc.get("digest", "")) if isinstance(config_desc, dict) else {}
     layers = manifest.get("layers") or []
     model: dict[str, Any] = {"kind": "unknown", "config_type": config_type, "media_type": manifest.get("mediaType"),
                              "layers": layers, "files": [], "fields": [], "inputs": [], "outputs": [],
@@ -135,7 +138,7 @@ def describe_model(handler: RegistryHandler, name: str, digest: str) -> dict[str
                                      if isinstance(h, dict)]
         for layer in layers:
             if layer.get("mediaType") in (mediatypes.ORMB_LAYER, "application/vnd.oci.image.layer.v1.tar+gzip"):
-                model["files"] += _tar_files(handler, layer["digest"])
+                model["files"] += _tar_files(ctx, name, layer.get("digest", ""))
     elif config_type in MODELPACK_CONFIGS:
         model["kind"] = "modelpack"
         descriptor, settings = config.get("descriptor") or {}, config.get("config") or {}
@@ -156,17 +159,22 @@ def describe_model(handler: RegistryHandler, name: str, digest: str) -> dict[str
     return model
 
 
-def _tar_files(handler: RegistryHandler, digest: str) -> list[tuple[str, int]]:
-    cached = handler.storage.layer_files(digest)
-    if cached is not None:
+def _tar_files(ctx: Context, name: str, digest: str) -> list[tuple[str, int]]:
+    if not isinstance(digest, str) or not is_digest(digest):
+        return []
+    cached = ctx.storage.layer_files(digest)
+    if cached is not None and ctx.storage.linked(name, digest) is not None:
         return cached
+    blob = ctx.storage.open_blob(name, digest)
+    if blob is None:
+        return []
     files: list[tuple[str, int]] = []
     try:
-        with open(handler.storage.blob_path(digest), "rb") as raw:
-            stream = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]
+        with blob:
+            stream = igzip.IGzipFile(fileobj=blob, mode="rb")  # type: ignore[no-untyped-call]
             with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20) as tar:
                 files = [(m.name, m.size) for m in tar if m.isreg()]
     except (OSError, tarfile.TarError, EOFError):
         return files
-    handler.storage.remember_layer_files(digest, files)
+    ctx.storage.remember_layer_files(digest, files)
     return files

@@ -1,0 +1,225 @@
+"""Serving the application: gunicorn in the foreground (the CLI), or as a child process (Python).
+
+gunicorn (gthread worker) was chosen by measurement (bench/README.md, docs/architecture.md): it
+does the sockets, TLS handshakes in worker threads, strict HTTP/1.1 framing, ``Expect:
+100-continue``, keep-alive, graceful SIGTERM and ``sendfile`` for blob downloads.  Three settings
+are ours, each held by a test in tests/integration/test_registry_robustness.py:
+
+- read and write timeouts: ``SO_RCVTIMEO``/``SO_SNDTIMEO`` on the listening sockets, which
+  accepted sockets inherit (Linux): a client that stalls mid-request frees its thread;
+- gthread's wait for a new connection's first bytes is cut from 5 s to 20 ms, so idle
+  connections wait in the event loop, not in the thread pool;
+- a bound on connections (``worker_connections``) and threads; idle ones are closed after
+  the keep-alive timeout.
+
+>>> server = RegistryServer(Path("/tmp/registry"), "127.0.0.1:0").start()   # a child process
+>>> server.url                                                                # the real port
+>>> server.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ormb.errors import StorageError
+
+LISTENING = "ormb registry listening on "
+STOPPED = "ormb registry stopped"
+NEW_CONNECTION_WAIT = 0.02  # seconds a worker thread waits for a new connection's first bytes
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise StorageError(f"invalid address {addr!r}", "use HOST:PORT, e.g. 127.0.0.1:5000")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass
+class ServeOptions:
+    """Everything ``ormb registry serve`` takes."""
+
+    root: Path
+    addr: str = "127.0.0.1:5000"
+    htpasswd: Path | None = None
+    policy: Path | None = None
+    anonymous_pull: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_scheme: str = "bearer"
+    ui: bool = True
+    workers: int = 1
+    threads: int = 32
+    max_connections: int = 1000
+    client_timeout: float = 60.0  # a read or write that makes no progress for this long ends the request
+    keepalive: float = 15.0  # idle connections are closed after this long
+    token_lifetime: int = 300
+    log_level: str = "info"
+
+    def argv(self) -> list[str]:
+        """The ``ormb registry serve`` arguments for these options."""
+        args = ["registry", "serve", "--root", str(self.root), "--addr", self.addr, "--auth-scheme", self.auth_scheme,
+                "--workers", str(self.workers), "--threads", str(self.threads), "--max-connections",
+                str(self.max_connections), "--client-timeout", str(self.client_timeout), "--keepalive",
+                str(self.keepalive), "--token-lifetime", str(self.token_lifetime), "--log-level", self.log_level]
+        for flag, value in (("--htpasswd", self.htpasswd), ("--policy", self.policy), ("--tls-cert", self.tls_cert),
+                            ("--tls-key", self.tls_key)):
+            if value is not None:
+                args += [flag, str(value)]
+        if self.anonymous_pull:
+            args.append("--anonymous-pull")
+        if not self.ui:
+            args.append("--no-ui")
+        return args
+
+
+def build_app(options: ServeOptions) -> tuple[Any, Any]:
+    """(WSGI app, store) for ``options``."""
+    from ormb.server.access import AccessControl, load_htpasswd, load_policy
+    from ormb.server.app import create_app
+    from ormb.server.store import Store
+
+    store = Store(options.root)
+    access = AccessControl(
+        users=load_htpasswd(options.htpasswd) if options.htpasswd else None,
+        rules=load_policy(options.policy) if options.policy else None,
+        anonymous_pull=options.anonymous_pull, secret=store.secret, token_lifetime=options.token_lifetime,
+    )
+    return create_app(store, access, auth_scheme=options.auth_scheme, ui=options.ui), store
+
+
+def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Callable[[], None]) -> None:
+    """Run the registry in this process until SIGTERM/SIGINT (gunicorn's arbiter and its workers)."""
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.workers import gthread
+
+    gthread.DEFAULT_WORKER_DATA_TIMEOUT = NEW_CONNECTION_WAIT
+    host, port = parse_addr(options.addr)
+    app, store = build_app(options)
+    _configure_logging(options.log_level)
+    tls = options.tls_cert is not None
+    timeout = struct.pack("ll", int(options.client_timeout), int(options.client_timeout % 1 * 1_000_000))
+
+    def when_ready(arbiter: Any) -> None:
+        for listener in arbiter.LISTENERS:
+            listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+            listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+        bound = arbiter.LISTENERS[0].sock.getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        on_ready(f"{'https' if tls else 'http'}://{shown}:{bound[1]}")
+
+    def post_fork(arbiter: Any, worker: Any) -> None:
+        store.after_fork()
+
+    settings: dict[str, Any] = {
+        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        "worker_class": "gthread", "workers": options.workers, "threads": options.threads,
+        "worker_connections": options.max_connections, "keepalive": max(1, round(options.keepalive)),
+        "graceful_timeout": 30, "timeout": 120, "proc_name": "ormb-registry",
+        "accesslog": None, "errorlog": "-", "loglevel": "warning" if options.log_level != "debug" else "debug",
+        "control_socket_disable": True, "when_ready": when_ready, "post_fork": post_fork,
+        "on_exit": lambda arbiter: on_stop(),
+    }
+    if tls:
+        settings["certfile"], settings["keyfile"] = str(options.tls_cert), str(options.tls_key)
+
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    _Gunicorn().run()
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logger = logging.getLogger("ormb.registry")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+@dataclass
+class RegistryServer:
+    """``ormb registry serve`` as a child process, for tests and notebooks; ``addr`` may use port 0.
+
+    The process's log (the access log included) goes to ``log_path``.
+    """
+
+    root: Path
+    addr: str = "127.0.0.1:5000"
+    htpasswd: Path | None = None
+    policy: Path | None = None
+    anonymous_pull: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_scheme: str = "bearer"
+    ui: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # more ServeOptions fields
+    log_path: Path | None = None
+    url: str = ""
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def options(self) -> ServeOptions:
+        return ServeOptions(Path(self.root), self.addr, self.htpasswd, self.policy, self.anonymous_pull,
+                            self.tls_cert, self.tls_key, self.auth_scheme, self.ui, **self.extra)
+
+    @property
+    def host(self) -> str:
+        return self.url.partition("://")[2]
+
+    @property
+    def port(self) -> int:
+        return int(self.host.rpartition(":")[2])
+
+    def start(self, timeout: float = 30) -> RegistryServer:
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="ormb-registry-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        log = open(self.log_path, "ab")
+        start = self.log_path.stat().st_size
+        self.process = subprocess.Popen([sys.executable, "-m", "ormb", *self.options.argv()], stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path, "rb") as f:
+                f.seek(start)
+                text = f.read().decode("utf-8", "replace")
+            for line in text.splitlines():
+                if LISTENING in line:
+                    self.url = line.split(LISTENING, 1)[1].split()[0]
+                    return self
+            if self.process.poll() is not None:
+                raise StorageError(f"ormb registry serve exited: {text[-2000:]}")
+            time.sleep(0.05)
+        self.stop()
+        raise StorageError(f"ormb registry serve did not start within {timeout} s")
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
