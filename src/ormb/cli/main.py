@@ -488,7 +488,7 @@ def _existing_root(root: str | None) -> Path:
               help="Worker processes (each runs --threads requests at once).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Requests served at once per worker; more wait for a free thread.")
-@click.option("--max-connections", type=click.IntRange(1, 100000), default=1000, show_default=True,
+@click.option("--max-connections", type=click.IntRange(1, 100000), default=4000, show_default=True,
               help="Open connections per worker; beyond it new ones wait in the kernel's queue.")
 @click.option("--client-timeout", type=click.FloatRange(0.5, 3600), default=60, show_default=True,
               help="Seconds a client may stall mid-request (sending or receiving) before it is cut off.")

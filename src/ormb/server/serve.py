@@ -2,13 +2,14 @@
 
 gunicorn (gthread worker) was chosen by measurement (bench/README.md, docs/architecture.md): it
 does the sockets, TLS handshakes in worker threads, strict HTTP/1.1 framing, ``Expect:
-100-continue``, keep-alive, graceful SIGTERM and ``sendfile`` for blob downloads.  Three settings
+100-continue``, keep-alive, graceful SIGTERM and ``sendfile`` for blob downloads.  Four settings
 are ours, each held by a test in tests/integration/test_registry_robustness.py:
 
 - read and write timeouts: ``SO_RCVTIMEO``/``SO_SNDTIMEO`` on the listening sockets, which
   accepted sockets inherit (Linux): a client that stalls mid-request frees its thread;
 - gthread's wait for a new connection's first bytes is cut from 5 s to 20 ms, so idle
   connections wait in the event loop, not in the thread pool;
+- what gunicorn answers to a request it cannot parse carries the spec's JSON error body;
 - a bound on connections (``worker_connections``) and threads; idle ones are closed after
   the keep-alive timeout.
 
@@ -19,6 +20,7 @@ are ours, each held by a test in tests/integration/test_registry_robustness.py:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -62,7 +64,7 @@ class ServeOptions:
     ui: bool = True
     workers: int = 1
     threads: int = 32
-    max_connections: int = 1000
+    max_connections: int = 4000
     client_timeout: float = 60.0  # a read or write that makes no progress for this long ends the request
     keepalive: float = 15.0  # idle connections are closed after this long
     token_lifetime: int = 300
@@ -103,9 +105,9 @@ def build_app(options: ServeOptions) -> tuple[Any, Any]:
 def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Callable[[], None]) -> None:
     """Run the registry in this process until SIGTERM/SIGINT (gunicorn's arbiter and its workers)."""
     from gunicorn.app.base import BaseApplication
-    from gunicorn.workers import gthread
 
-    gthread.DEFAULT_WORKER_DATA_TIMEOUT = NEW_CONNECTION_WAIT
+    _tune_gunicorn()
+    _raise_open_files_limit(options.max_connections * options.workers + 256)
     host, port = parse_addr(options.addr)
     app, store = build_app(options)
     _configure_logging(options.log_level)
@@ -144,6 +146,35 @@ def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Calla
             return app
 
     _Gunicorn().run()
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit (often 1024) towards ``wanted``."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+
+
+def _tune_gunicorn() -> None:
+    """The two module-level settings gunicorn has no option for (see the module doc)."""
+    from gunicorn import util
+    from gunicorn.workers import gthread
+
+    gthread.DEFAULT_WORKER_DATA_TIMEOUT = NEW_CONNECTION_WAIT
+    util.write_error = _write_spec_error
+
+
+def _write_spec_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's answer to a request it could not parse (bad framing, headers): the spec's JSON error body."""
+    from gunicorn import util
+
+    code = "UNKNOWN" if status >= 500 else "UNSUPPORTED"
+    body = json.dumps({"errors": [{"code": code, "message": f"{reason}: {message}"[:500], "detail": None}]}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 def _configure_logging(level: str) -> None:
