@@ -211,7 +211,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ormb-servers-"))
     sys.path.insert(0, str(HERE.parent / "tests"))
-    from registries import self_signed  # noqa: PLC0415 - the tests' certificate helper
+    from registries import self_signed
 
     tls = self_signed(work, "localhost", ["localhost"], ["127.0.0.1"])
     blob = work / "blob"

@@ -24,7 +24,7 @@ def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
         start_response("201 Created", [("Content-Length", str(len(body)))])
         return [body]
     if path == "/blob":
-        f = open(BLOB, "rb")  # noqa: SIM115 - closed by the server through the file wrapper
+        f = open(BLOB, "rb")
         start_response("200 OK", [("Content-Length", str(os.fstat(f.fileno()).st_size)),
                                   ("Content-Type", "application/octet-stream")])
         wrapper = environ.get("wsgi.file_wrapper")

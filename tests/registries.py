@@ -12,10 +12,12 @@ import http.client
 import http.server
 import ipaddress
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -390,6 +392,57 @@ class EmbeddedRegistry:
         self.options["token_lifetime"] = value
         self.stop()
         self.start()
+
+
+OLD_SRC = os.environ.get("ORMB_TEST_SERVER_SRC")  # run `serve` (and `gc`) from another source tree
+CLIENT_TIMEOUT = 2
+
+
+def ormb_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for ``python -m ormb ARGS``, from ORMB_TEST_SERVER_SRC when set."""
+    return [sys.executable, "-m", "ormb", *args], {**os.environ, **({"PYTHONPATH": OLD_SRC} if OLD_SRC else {})}
+
+
+class Served:
+    """One ``ormb registry serve`` process on a free port."""
+
+    def __init__(self, root: Path, tls: tuple[Path, Path] | None = None) -> None:
+        self.root, self.tls, self.port = root, tls, free_port()
+        args, env = ormb_command("registry", "serve", "--root", str(root), "--addr", self.host)
+        if tls:
+            args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        if not OLD_SRC:
+            args += ["--client-timeout", str(CLIENT_TIMEOUT), "--threads", "16"]
+        self.log = open(root.parent / f"serve-{self.port}.log", "wb")
+        self.process = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.3)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                timeout: float = 10) -> tuple[int, http.client.HTTPMessage, bytes]:
+        conn = http.client.HTTPConnection(self.host, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
 
 
 class TokenDistribution:

@@ -18,62 +18,15 @@ import json
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registries import free_port, self_signed
+from registries import CLIENT_TIMEOUT, Served, self_signed
 
 pytestmark = pytest.mark.integration
-OLD_SRC = os.environ.get("ORMB_TEST_SERVER_SRC")
-CLIENT_TIMEOUT = 2
-
-
-class Served:
-    """One ``ormb registry serve`` process on a free port."""
-
-    def __init__(self, root: Path, tls: tuple[Path, Path] | None = None) -> None:
-        self.root, self.tls, self.port = root, tls, free_port()
-        args = [sys.executable, "-m", "ormb", "registry", "serve", "--root", str(root), "--addr", self.host]
-        if tls:
-            args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
-        if not OLD_SRC:
-            args += ["--client-timeout", str(CLIENT_TIMEOUT), "--threads", "16"]
-        env = {**os.environ, **({"PYTHONPATH": OLD_SRC} if OLD_SRC else {})}
-        self.log = open(root.parent / f"serve-{self.port}.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        time.sleep(0.3)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-                timeout: float = 10) -> tuple[int, http.client.HTTPMessage, bytes]:
-        conn = http.client.HTTPConnection(self.host, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

@@ -269,7 +269,9 @@ class Store:
             return None
         row = self.db.execute("SELECT size FROM uploads WHERE id = ? AND repository = ?",
                               (session, repository)).fetchone()
-        return int(row[0]) if row else None
+        if row is None or not self._session_path(session).exists():  # a cancel on a full disk leaves the row
+            return None
+        return int(row[0])
 
     @contextmanager
     def open_session(self, repository: str, session: str) -> Iterator[_Session]:
@@ -292,11 +294,17 @@ class Store:
             os.close(fd)
 
     def _end_session(self, session: str) -> None:
-        self._session_path(session).unlink(missing_ok=True)  # first: on a full disk this frees the space
-        with self.transaction() as db:
-            db.execute("DELETE FROM uploads WHERE id = ?", (session,))
+        """Remove the session's data, then its row (which a full disk may refuse: the session is gone
+        either way, and gc drops the row later)."""
+        self._session_path(session).unlink(missing_ok=True)
         with self._hashers_lock:
             self._hashers.pop(session, None)
+        try:
+            with self.transaction() as db:
+                db.execute("DELETE FROM uploads WHERE id = ?", (session,))
+        except sqlite3.OperationalError:
+            if not _disk_full(self.root):
+                raise
 
     def _running_hasher(self, session: str, fd: int, size: int) -> Any:
         """sha256 of the session's first ``size`` bytes: remembered from our own writes, else read from disk."""
@@ -433,6 +441,10 @@ class Store:
         stale = [r[0] for r in self.db.execute("SELECT id FROM uploads WHERE touched < ?", (cutoff,))]
         dropped = 0
         for session in stale:
+            if not self._session_path(session).exists():  # cancelled on a full disk: only the row was left
+                self._end_session(session)
+                dropped += 1
+                continue
             with _try_flock(self._session_path(session)) as held:
                 if held:  # no request is writing to it
                     self._end_session(session)
@@ -558,6 +570,14 @@ class _Session:
 
     def cancel(self) -> None:
         self._store._end_session(self.id)
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < (1 << 20)
 
 
 def _hash_fd(fd: int, algorithm: str, size: int) -> Any:
