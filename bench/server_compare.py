@@ -176,6 +176,7 @@ def commands(python: str, port: int, tls: tuple[Path, Path] | None) -> dict[str,
     bin_dir = Path(python).parent
     gunicorn = [str(bin_dir / "gunicorn"), "-k", "gthread", "-w", "1", "--threads", "16", "-b", bind,
                 "--chdir", str(HERE), "server_compare_app:wsgi"] + (["--certfile", cert, "--keyfile", key] if tls else [])
+    tuned = [*gunicorn, "-c", str(HERE / "server_compare_gunicorn.py")]
     granian = [str(bin_dir / "granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
                "--blocking-threads", "16", "--working-dir", str(HERE), "server_compare_app:wsgi"] + \
         (["--ssl-certificate", cert, "--ssl-keyfile", key] if tls else [])
@@ -186,7 +187,7 @@ def commands(python: str, port: int, tls: tuple[Path, Path] | None) -> dict[str,
         (["--certfile", cert, "--keyfile", key] if tls else [])
     cheroot = [python, str(HERE / "server_compare_app.py"), "cheroot", bind, cert, key]
     waitress = [python, str(HERE / "server_compare_app.py"), "waitress", bind, cert, key]
-    return {"gunicorn (gthread)": gunicorn, "granian (wsgi)": granian, "uvicorn (asgi)": uvicorn,
+    return {"gunicorn (gthread)": gunicorn, "gunicorn (gthread, ormb's settings)": tuned, "granian (wsgi)": granian, "uvicorn (asgi)": uvicorn,
             "hypercorn (asgi)": hypercorn, "cheroot": cheroot, "waitress": waitress}
 
 

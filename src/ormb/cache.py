@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ormb.config import Settings
 from ormb.content.layout import OCILayout
-from ormb.content.target import Fetcher, fetch_bytes
+from ormb.content.target import fetch_bytes
 from ormb.errors import InvalidArtifactError
-from ormb.model import modelpack
-from ormb.model.ormbfile import Metadata, metadata_from_config
+
+# LoadedModel and load_model live in ormb.model.loaded (the registry's catalog uses them too); re-exported here
+from ormb.model.loaded import LoadedModel as LoadedModel
+from ormb.model.loaded import load_model as load_model
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.reference import Reference, parse_reference
@@ -19,47 +20,6 @@ from ormb.oci.reference import Reference, parse_reference
 
 def open_cache(settings: Settings) -> OCILayout:
     return OCILayout(settings.cache_dir)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A manifest with its config read: enough to list, inspect or export a model."""
-
-    manifest_desc: Descriptor
-    manifest: Manifest
-    metadata: Metadata
-
-    @property
-    def size(self) -> int:
-        """Bytes of the layers, as save and push report them."""
-        return sum(layer.size for layer in self.manifest.layers)
-
-    @property
-    def format(self) -> str:
-        return self.metadata.format or "-"
-
-    @property
-    def is_modelpack(self) -> bool:
-        return modelpack.is_modelpack(self.manifest)
-
-    def files(self) -> list[tuple[str, int | None]]:
-        """(path, size) of the model's files: per layer for ModelPack, from the metadata for ormb."""
-        if self.is_modelpack:
-            return [(str(f.path) if f.path else f"<{f.packing} layer {f.descriptor.digest[7:19]}>",
-                     f.descriptor.size) for f in modelpack.layer_files(self.manifest)]
-        return [(name, None) for name in self.metadata.directory_structure or ()]
-
-
-def load_model(target: Fetcher, manifest_desc: Descriptor) -> LoadedModel:
-    manifest = Manifest.from_bytes(fetch_bytes(target, manifest_desc))
-    config = fetch_bytes(target, manifest.config)
-    if manifest.config.media_type == mediatypes.ORMB_CONFIG:
-        metadata = metadata_from_config(config)
-    elif modelpack.is_modelpack(manifest):
-        metadata = modelpack.metadata_of(manifest, config)
-    else:
-        metadata = Metadata()
-    return LoadedModel(manifest_desc, manifest, metadata)
 
 
 def cache_key(ref: Reference) -> str:

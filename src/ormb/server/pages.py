@@ -8,15 +8,20 @@ a model page reads only blobs linked to the repository shown.
 
 from __future__ import annotations
 
-import json
+import io
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, BinaryIO
 
 from isal import igzip
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from ormb.errors import NotFoundError, OrmbError
+from ormb.model.loaded import load_model
 from ormb.oci import mediatypes
+from ormb.oci.descriptor import Descriptor
 from ormb.oci.grammar import is_digest, is_repository
 from ormb.server.context import Context
 from ormb.server.handlers.manifests import resolve
@@ -24,8 +29,6 @@ from ormb.server.http import Request, Response, SpecError
 from ormb.server.storage_api import ManifestRecord
 from ormb.units import human_size
 
-MODELPACK_CONFIGS = {"application/vnd.cncf.model.config.v1+json", "application/vnd.cnai.model.config.v1+json"}
-FILEPATH_ANNOTATIONS = ("org.cncf.model.filepath", "org.cnai.model.filepath", "org.opencontainers.image.title")
 PATHS = ("/", "/repository", "/model")
 
 _env = Environment(loader=PackageLoader("ormb.server", "templates"), autoescape=select_autoescape(["html"]))
@@ -92,70 +95,58 @@ def _html(template: str, status: int = 200, **context: Any) -> Response:
     return Response(status, body, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
 
 
-def _read_json(ctx: Context, name: str, digest: str, limit: int = 4 << 20) -> Any:
-    """A JSON blob of repository ``name`` (never of another), or {} when unreadable."""
-    if not isinstance(digest, str) or not is_digest(digest):
-        return {}
-    blob = ctx.storage.open_blob(name, digest)
-    if blob is None:
-        return {}
-    with blob:
-        try:
-            data = json.loads(blob.read(limit))
-        except (OSError, ValueError, RecursionError):
-            return {}
-    return data if isinstance(data, dict) else {}
+class RepositoryContent:
+    """The blobs and manifests of one repository as a Target (:class:`~ormb.content.target.Fetcher`),
+    for :func:`ormb.model.loaded.load_model`: nothing linked to another repository is ever read."""
+
+    def __init__(self, ctx: Context, repository: str) -> None:
+        self._storage, self._repository = ctx.storage, repository
+
+    @contextmanager
+    def fetch(self, desc: Descriptor) -> Iterator[BinaryIO]:
+        record = self._storage.manifest(self._repository, desc.digest) if is_digest(desc.digest) else None
+        if record is not None:
+            yield io.BytesIO(self._storage.manifest_bytes(record))
+            return
+        blob = self._storage.open_blob(self._repository, desc.digest)
+        if blob is None:
+            raise NotFoundError(f"blob {desc.digest} is not in {self._repository}")
+        with blob:
+            yield blob
 
 
 def describe_model(ctx: Context, name: str, record: ManifestRecord) -> dict[str, Any]:
-    """What the model page shows, from the manifest and config of an ormb or ModelPack artifact."""
+    """What the model page shows: the model as ``ormb inspect`` reads it (:func:`load_model`), read
+    through the repository's own content, plus the sizes of an ormb layer's files."""
+    model: dict[str, Any] = {"kind": "unknown", "config_type": "", "media_type": record.media_type, "files": [],
+                             "fields": [], "inputs": [], "outputs": [], "metrics": [], "hyper_parameters": [],
+                             "size": 0}
+    if record.media_type not in mediatypes.MANIFEST_TYPES:
+        return model  # an index: its entries are models of their own
     try:
-        manifest = json.loads(ctx.storage.manifest_bytes(record))
-    except (OSError, ValueError, RecursionError):
-        manifest = {}
-    if not isinstance(manifest, dict):
-        manifest = {}
-    config_desc = manifest.get("config") or {}
-    config_type = config_desc.get("mediaType", "")
-    config = _read_json(ctx, name, config_desc.get("digest", "")) if isinstance(config_desc, dict) else {}
-    layers = manifest.get("layers") or []
-    model: dict[str, Any] = {"kind": "unknown", "config_type": config_type, "media_type": manifest.get("mediaType"),
-                             "layers": layers, "files": [], "fields": [], "inputs": [], "outputs": [],
-                             "metrics": [], "hyper_parameters": [], "size": sum(int(x.get("size", 0)) for x in layers)}
-    if config_type == mediatypes.ORMB_CONFIG:
-        model["kind"] = "ormb"
-        for key, label in (("format", "Format"), ("framework", "Framework"), ("author", "Author"),
-                           ("description", "Description"), ("created", "Created"), ("gpuType", "GPU type")):
-            if config.get(key):
-                model["fields"].append((label, config[key]))
-        if config.get("tags"):
-            model["fields"].append(("Tags", ", ".join(map(str, config["tags"]))))
-        signature = config.get("signature") or {}
-        model["inputs"], model["outputs"] = signature.get("inputs") or [], signature.get("outputs") or []
-        model["metrics"] = [(group, m.get("name"), m.get("value")) for group, items in (config.get("metrics") or {}).items()
-                            for m in items if isinstance(m, dict)]
-        model["hyper_parameters"] = [(h.get("name"), h.get("value")) for h in config.get("hyperParameters") or []
-                                     if isinstance(h, dict)]
-        for layer in layers:
-            if layer.get("mediaType") in (mediatypes.ORMB_LAYER, "application/vnd.oci.image.layer.v1.tar+gzip"):
-                model["files"] += _tar_files(ctx, name, layer.get("digest", ""))
-    elif config_type in MODELPACK_CONFIGS:
-        model["kind"] = "modelpack"
-        descriptor, settings = config.get("descriptor") or {}, config.get("config") or {}
-        for key, label in (("name", "Name"), ("version", "Version"), ("description", "Description"),
-                           ("createdAt", "Created")):
-            if descriptor.get(key):
-                model["fields"].append((label, descriptor[key]))
-        if descriptor.get("authors"):
-            model["fields"].append(("Authors", ", ".join(map(str, descriptor["authors"]))))
-        for key, label in (("format", "Format"), ("architecture", "Architecture"), ("paramSize", "Parameters"),
-                           ("precision", "Precision"), ("quantization", "Quantization")):
-            if settings.get(key):
-                model["fields"].append((label, settings[key]))
-        for layer in layers:
-            annotations = layer.get("annotations") or {}
-            path = next((annotations[k] for k in FILEPATH_ANNOTATIONS if k in annotations), layer.get("digest"))
-            model["files"].append((path, int(layer.get("size", 0))))
+        loaded = load_model(RepositoryContent(ctx, name), Descriptor(record.media_type, record.digest, record.size))
+    except OrmbError:
+        return model
+    meta = loaded.metadata
+    model.update(kind="modelpack" if loaded.is_modelpack else "ormb", size=loaded.size,
+                 config_type=loaded.manifest.config.media_type)
+    for label, value in (("Format", meta.format), ("Framework", meta.framework), ("Author", meta.author),
+                         ("Description", meta.description), ("Created", meta.created), ("GPU type", meta.gpu_type),
+                         ("Tags", ", ".join(meta.tags or []))):
+        if value:
+            model["fields"].append((label, str(value)))
+    if meta.signature:
+        model["inputs"] = [t.model_dump(by_alias=True) for t in meta.signature.inputs or []]
+        model["outputs"] = [t.model_dump(by_alias=True) for t in meta.signature.outputs or []]
+    model["metrics"] = [(stage, m.name, m.value) for stage, items in (meta.metrics or {}).items() for m in items]
+    model["hyper_parameters"] = [(h.name, h.value) for h in meta.hyper_parameters or []]
+    if loaded.is_modelpack:
+        model["files"] = loaded.files()
+    else:
+        for layer in loaded.manifest.layers:
+            if layer.media_type in (mediatypes.ORMB_LAYER, "application/vnd.oci.image.layer.v1.tar+gzip"):
+                model["files"] += _tar_files(ctx, name, layer.digest)
+        model["files"] = model["files"] or loaded.files()
     return model
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ormb.content.atomic import install_file, staged_file
-from ormb.content.background import write_sliced
+from ormb.content.background import BackgroundHasher, BackgroundWriter
 from ormb.oci.grammar import ALGORITHMS, IO_CHUNK, is_digest
 from ormb.server.storage_api import ManifestRecord, TagRecord, UploadConflict
 
@@ -539,9 +539,15 @@ class _Session:
         try:
             out.truncate(start)  # a killed earlier request may have left bytes past the acknowledged size
             out.seek(start)
-            for chunk in chunks:
-                hasher.update(chunk)
-                write_sliced(out, chunk)
+            background = BackgroundHasher(hasher)  # reading, hashing and writing overlap (as in the cache)
+            try:
+                with BackgroundWriter(out) as writer:
+                    for chunk in chunks:  # bytes: never changed after they are handed over
+                        background.update(chunk)
+                        writer.write(chunk)
+                    writer.close()
+            finally:
+                background.close()  # every chunk handed over is hashed: ``hasher`` is complete
             os.fsync(out.fileno())
             size = out.tell()
         except BaseException:
