@@ -215,6 +215,16 @@ def test_manifests_and_their_errors(c: WSGIClient) -> None:
     assert (status, code(body)) == (405, "UNSUPPORTED") and "GET" in headers["Allow"]
 
 
+def test_non_distributable_layers_with_urls_need_no_blob(c: WSGIClient) -> None:
+    manifest = json.loads(c.image("t/foreign", b"local layer"))
+    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                               "digest": sha(b"elsewhere"), "size": 9, "urls": ["https://example.com/layer"]})
+    assert c.manifest("t/foreign", "v1", json.dumps(manifest).encode())[0] == 201
+    del manifest["layers"][1]["urls"]
+    status, _, body = c.manifest("t/foreign", "v2", json.dumps(manifest).encode())
+    assert (status, code(body)) == (400, "MANIFEST_BLOB_UNKNOWN")
+
+
 @pytest.mark.parametrize("field,value", [("mediaType", 5), ("mediaType", ["x"]), ("artifactType", {"a": 1}),
                                          ("artifactType", 7), ("annotations", {"a": 1}), ("subject", "sha256:x"),
                                          ("layers", {"a": 1}), ("config", None), ("schemaVersion", True)])

@@ -576,7 +576,8 @@ def check(root: str | None, repair: bool, as_json: bool) -> None:
         click.echo(f"Checked {result.blobs} blobs: {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
                    f"{len(result.orphans)} files without a row" + (" (repaired)" if repair else ""))
     if (result.missing or result.corrupt) and not repair:
-        raise click.exceptions.Exit(IntegrityError.exit_code)
+        raise IntegrityError(f"{len(result.missing) + len(result.corrupt)} blobs are missing or corrupt",
+                             "run 'ormb registry check --repair'; the next push of each uploads it again")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,12 +52,20 @@ def validate_manifest(data: bytes, reference: str, content_type: str) -> Checked
         assert node.config is not None
         if artifact_type is None and node.config.media_type != mediatypes.OCI_EMPTY:
             artifact_type = node.config.media_type
-        blobs = [node.config.digest, *(layer.digest for layer in node.layers)]
+        external = _external_layers(data)
+        blobs = [node.config.digest, *(layer.digest for i, layer in enumerate(node.layers) if i not in external)]
         children: list[str] = []
     else:
         blobs, children = [], [entry.digest for entry in node.manifests]
     return CheckedManifest(digest, node.media_type, artifact_type, node.subject.digest if node.subject else None,
                            node.annotations, list(dict.fromkeys(blobs)), list(dict.fromkeys(children)))
+
+
+def _external_layers(data: bytes) -> set[int]:
+    """Indexes of layers with ``urls`` (non-distributable): the registry need not hold their blobs."""
+    layers = json.loads(data).get("layers")
+    return {i for i, layer in enumerate(layers) if isinstance(layer, dict) and isinstance(layer.get("urls"), list)
+            and layer["urls"] and all(isinstance(u, str) for u in layer["urls"])}
 
 
 def _own_media_type(data: bytes) -> str | None:
