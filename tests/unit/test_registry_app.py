@@ -403,3 +403,31 @@ def test_any_bytes_as_a_manifest_get_an_answer_never_an_exception(data: bytes) -
         c = WSGIClient(create_app(Store(Path(root)), AccessControl()))
         status, _, body = c.manifest("t/fuzz", "v1", data)
         assert status in (400, 413) and code(body) in ("MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN", "SIZE_INVALID")
+
+
+def test_the_model_page_reads_the_model_as_inspect_does_and_only_from_its_repository(c: WSGIClient, store: Store) -> None:
+    from conftest import craft_layer
+    from ormb.errors import NotFoundError
+    from ormb.oci.descriptor import Descriptor
+    from ormb.server.access import AccessControl as Access
+    from ormb.server.authz import Authoriser
+    from ormb.server.context import Context
+    from ormb.server.pages import RepositoryContent
+
+    config = json.dumps({"format": "ONNX", "author": "Ada Lovelace", "signature": {
+        "inputs": [{"name": "pixels", "dType": "float32", "size": [-1, 64]}]}}).encode()
+    layer = craft_layer([("model/weights.bin", "file", b"w" * 3000)])
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.caicloud.model.config.v1alpha1+json", "digest": c.upload("t/page", config),
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/tar+gzip", "digest": c.upload("t/page", layer), "size": len(layer)}],
+    }).encode()
+    assert c.manifest("t/page", "v1", manifest)[0] == 201
+    status, _, body = c("GET", "/model?name=t/page&ref=v1")
+    page = body.decode()
+    assert status == 200 and "Ada Lovelace" in page and "pixels" in page and "model/weights.bin" in page
+    assert "2.9 KiB" in page and "ormb pull 127.0.0.1:5000/t/page:v1" in page
+    other = RepositoryContent(Context(store, Authoriser(Access())), "t/other")
+    with pytest.raises(NotFoundError), other.fetch(Descriptor("application/json", sha(config), len(config))):
+        pass
