@@ -67,8 +67,9 @@ def start_distribution(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
 def start_ormb(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     ormb = shutil.which("ormb") or str(Path(sys.executable).with_name("ormb"))
+    extra = os.environ.get("ORMB_BENCH_SERVE_ARGS", "").split()  # e.g. "--workers 2", to compare settings
     process = subprocess.Popen([ormb, "registry", "serve", "--root", str(workdir / "ormb"), "--addr",
-                                f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                f"127.0.0.1:{port}", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # the access log (on by default) goes to /dev/null here: its cost is measured, its lines are not kept
     wait_for(port)
     return process, port

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -81,8 +82,14 @@ class Small:
 
     def seed(self, tag: str) -> None:
         config, layer = b"{}", os.urandom(1000)
-        for blob in (config, layer):
-            assert self.call("POST", f"/v2/{self.repo}/blobs/uploads/?digest={sha(blob)}", blob) == 201
+        for blob in (config, layer):  # POST, then PUT with the digest: what every registry supports
+            self.conn.request("POST", f"/v2/{self.repo}/blobs/uploads/", headers={"Content-Length": "0"})
+            response = self.conn.getresponse()
+            response.read()
+            assert response.status == 202, response.status
+            location = urllib.parse.urlsplit(response.headers["Location"])
+            target = location.path + "?" + (location.query + "&" if location.query else "") + f"digest={sha(blob)}"
+            assert self.call("PUT", target, blob) == 201
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": OCI_MANIFEST,
             "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(config), "size": 2},
@@ -152,6 +159,7 @@ def main() -> None:
     parser.add_argument("--blob-mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--only", choices=["ormb", "distribution"], default=None, help="measure one registry")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ormb-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +170,8 @@ def main() -> None:
     rounds: dict[str, list[dict[str, float]]] = {"ormb": [], "distribution": []}
     for r in range(args.rounds):
         for name in (["ormb", "distribution"] if r % 2 == 0 else ["distribution", "ormb"]):
+            if args.only and name != args.only:
+                continue
             process, port = starters[name](workdir)
             try:
                 subprocess.run(["sync"], check=False)
@@ -172,6 +182,8 @@ def main() -> None:
                 process.terminate()
                 process.wait(30)
                 shutil.rmtree(workdir / name, ignore_errors=True)
+    if args.only:
+        return
     keys = list(rounds["ormb"][0])
     print(f"\n{LARGE_CLIENTS} clients pushing+pulling {args.blob_mib} MiB blobs and {SMALL_CLIENTS} pushing/reading "
           f"manifests at once; medians of {args.rounds} interleaved rounds; {os.cpu_count()} shared cores\n")
