@@ -351,8 +351,8 @@ class EmbeddedRegistry:
                 kwargs["policy"] = policy
         if self.tls:
             kwargs["tls_cert"], kwargs["tls_key"] = self.tls
-        self.server = RegistryServer(self.directory / "root", f"127.0.0.1:{self.port}", extra=self.options,
-                                     log_path=self.log_path, **kwargs).start()
+        self.server = RegistryServer(self.directory / "root", f"127.0.0.1:{self.port}", log_path=self.log_path,
+                                     **self.options, **kwargs).start()
         self.port = self.server.port  # port 0 at first: keep the real one across restarts
 
     def stop(self) -> None:

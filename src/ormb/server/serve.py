@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,31 +186,19 @@ def _configure_logging(level: str) -> None:
     logger.propagate = False
 
 
-@dataclass
 class RegistryServer:
     """``ormb registry serve`` as a child process, for tests and notebooks; ``addr`` may use port 0.
 
-    The process's log (the access log included) goes to ``log_path``.
+    Takes the fields of :class:`ServeOptions` as keyword arguments.  The process's log (the access
+    log included) goes to ``log_path``.
     """
 
-    root: Path
-    addr: str = "127.0.0.1:5000"
-    htpasswd: Path | None = None
-    policy: Path | None = None
-    anonymous_pull: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    auth_scheme: str = "bearer"
-    ui: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # more ServeOptions fields
-    log_path: Path | None = None
-    url: str = ""
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def options(self) -> ServeOptions:
-        return ServeOptions(Path(self.root), self.addr, self.htpasswd, self.policy, self.anonymous_pull,
-                            self.tls_cert, self.tls_key, self.auth_scheme, self.ui, **self.extra)
+    def __init__(self, root: Path, addr: str = "127.0.0.1:5000", *, log_path: Path | None = None,
+                 **options: Any) -> None:
+        self.options = ServeOptions(Path(root), addr, **options)
+        self.log_path = log_path
+        self.url = ""
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def host(self) -> str:
