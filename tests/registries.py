@@ -413,7 +413,8 @@ class Served:
             args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         if not OLD_SRC:
             args += ["--client-timeout", str(CLIENT_TIMEOUT), "--threads", "16"]
-        self.log = open(root.parent / f"serve-{self.port}.log", "wb")
+        self.log_path = root.parent / f"serve-{self.port}.log"
+        self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

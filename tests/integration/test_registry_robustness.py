@@ -136,6 +136,20 @@ def test_a_stalled_body_is_timed_out_and_the_session_stays_consistent(served: Se
     assert served.request("GET", f"/v2/robust/stall/blobs/{sha(data)}")[2] == data
 
 
+def test_a_client_that_stalls_in_its_headers_is_cut_off_with_one_log_line(served: Served) -> None:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=CLIENT_TIMEOUT + 10) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        try:
+            assert sock.recv(65536) == b""  # closed by the server
+        except TimeoutError:
+            pytest.fail("the server never cut off a client that stalled in its headers")
+        except ConnectionResetError:
+            pass
+    time.sleep(0.5)
+    assert "Traceback" not in served.log_path.read_text(errors="replace")
+    assert served.request("GET", "/v2/")[0] == 200
+
+
 def _manifest_with(field: str, value: object) -> bytes:
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"), "size": 2},

@@ -125,13 +125,16 @@ def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Calla
     def post_fork(arbiter: Any, worker: Any) -> None:
         store.after_fork()
 
+    def post_worker_init(worker: Any) -> None:
+        logging.getLogger("gunicorn.error").addFilter(_quiet_client_timeouts)
+
     settings: dict[str, Any] = {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "worker_class": "gthread", "workers": options.workers, "threads": options.threads,
         "worker_connections": options.max_connections, "keepalive": max(1, round(options.keepalive)),
         "graceful_timeout": 30, "timeout": 120, "proc_name": "ormb-registry",
         "accesslog": None, "errorlog": "-", "loglevel": "warning" if options.log_level != "debug" else "debug",
-        "control_socket_disable": True, "when_ready": when_ready, "post_fork": post_fork,
+        "control_socket_disable": True, "when_ready": when_ready, "post_fork": post_fork, "post_worker_init": post_worker_init,
         "on_exit": lambda arbiter: on_stop(),
     }
     if tls:
@@ -175,6 +178,16 @@ def _write_spec_error(sock: Any, status: int, reason: str, message: str) -> None
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: {len(body)}\r\n\r\n")
     util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def _quiet_client_timeouts(record: logging.LogRecord) -> bool:
+    """A client that stalls before its request is complete is cut off by the socket timeout; gunicorn
+    logs that with a traceback: make it one line."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, (BlockingIOError, TimeoutError)):
+        record.msg, record.args, record.exc_info, record.exc_text = "a client stalled and was cut off", (), None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
 
 
 def _configure_logging(level: str) -> None:
