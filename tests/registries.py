@@ -406,13 +406,13 @@ def ormb_command(*args: str) -> tuple[list[str], dict[str, str]]:
 class Served:
     """One ``ormb registry serve`` process on a free port."""
 
-    def __init__(self, root: Path, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(self, root: Path, tls: tuple[Path, Path] | None = None, *extra: str) -> None:
         self.root, self.tls, self.port = root, tls, free_port()
         args, env = ormb_command("registry", "serve", "--root", str(root), "--addr", self.host)
         if tls:
             args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         if not OLD_SRC:
-            args += ["--client-timeout", str(CLIENT_TIMEOUT), "--threads", "16"]
+            args += ["--client-timeout", str(CLIENT_TIMEOUT), "--threads", "16", *extra]
         self.log_path = root.parent / f"serve-{self.port}.log"
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)

@@ -111,6 +111,40 @@ def test_hundreds_of_idle_connections_do_not_stop_a_new_client(served: Served) -
             sock.close()
 
 
+def test_a_saturated_registry_answers_503_at_once_and_recovers(tmp_path: Path) -> None:
+    """Two threads, both held by clients that stall mid-body; at most two requests may wait for them."""
+    server = Served(tmp_path / "root", None, "--threads", "2", "--max-waiting", "2", "--client-timeout", "6")
+    stalled = []
+    try:
+        for _ in range(2):  # each on its own session: one session serves one request at a time
+            _, headers, _ = server.request("POST", "/v2/robust/busy/blobs/uploads/")
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+            sock.sendall(f"PATCH {headers['Location']} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab".encode())
+            stalled.append(sock)
+        time.sleep(0.5)
+        answers: list[bytes] = []
+
+        def knock() -> None:
+            answers.append(raw(server.host, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", timeout=15, close_write=False))
+
+        started = time.monotonic()
+        knockers = [threading.Thread(target=knock) for _ in range(8)]
+        for t in knockers:
+            t.start()
+        time.sleep(1.5)
+        refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+        assert refused, "no clear 503 while every thread was busy and the queue full"
+        assert time.monotonic() - started < 6  # answered before the stalled clients were cut off
+        assert spec_error(refused[0]) == (503, "UNAVAILABLE")
+        for t in knockers:
+            t.join(20)
+        assert server.request("GET", "/v2/", timeout=10)[0] == 200  # and it recovers
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()
+
+
 def test_a_stalled_body_is_timed_out_and_the_session_stays_consistent(served: Served) -> None:
     status, headers, _ = served.request("POST", "/v2/robust/stall/blobs/uploads/")
     location = headers["Location"]

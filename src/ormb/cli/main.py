@@ -490,6 +490,8 @@ def _existing_root(root: str | None) -> Path:
               help="Requests served at once per worker; more wait for a free thread.")
 @click.option("--max-connections", type=click.IntRange(1, 100000), default=4000, show_default=True,
               help="Open connections per worker; beyond it new ones wait in the kernel's queue.")
+@click.option("--max-waiting", type=click.IntRange(1, 100000), default=256, show_default=True,
+              help="Requests waiting for a free thread per worker; beyond it new connections are answered 503.")
 @click.option("--client-timeout", type=click.FloatRange(0.5, 3600), default=60, show_default=True,
               help="Seconds a client may stall mid-request (sending or receiving) before it is cut off.")
 @click.option("--keepalive", type=click.FloatRange(0.5, 3600), default=15, show_default=True,
@@ -500,7 +502,7 @@ def _existing_root(root: str | None) -> Path:
               show_default=True, help="'info' logs one line per request (the access log); 'warning' only problems.")
 def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None, anonymous_pull: bool,
           auth_scheme: str, tls_cert: str | None, tls_key: str | None, no_ui: bool, workers: int, threads: int,
-          max_connections: int, client_timeout: float, keepalive: float, token_lifetime: int, log_level: str) -> None:
+          max_connections: int, max_waiting: int, client_timeout: float, keepalive: float, token_lifetime: int, log_level: str) -> None:
     """Run an OCI registry with a model catalog page at /.
 
     \b
@@ -527,7 +529,7 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
     root_dir = Path(root) if root else load_settings().home / "registry"
     options = ServeOptions(root_dir, addr, Path(htpasswd) if htpasswd else None, Path(policy) if policy else None,
                            anonymous_pull, Path(tls_cert) if tls_cert else None, Path(tls_key) if tls_key else None,
-                           auth_scheme, not no_ui, workers, threads, max_connections, client_timeout, keepalive,
+                           auth_scheme, not no_ui, workers, threads, max_connections, max_waiting, client_timeout, keepalive,
                            token_lifetime, log_level)
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
 

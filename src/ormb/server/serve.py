@@ -2,7 +2,7 @@
 
 gunicorn (gthread worker) was chosen by measurement (bench/README.md, docs/architecture.md): it
 does the sockets, TLS handshakes in worker threads, strict HTTP/1.1 framing, ``Expect:
-100-continue``, keep-alive, graceful SIGTERM and ``sendfile`` for blob downloads.  Four settings
+100-continue``, keep-alive, graceful SIGTERM and ``sendfile`` for blob downloads.  Five settings
 are ours, each held by a test in tests/integration/test_registry_robustness.py:
 
 - read and write timeouts: ``SO_RCVTIMEO``/``SO_SNDTIMEO`` on the listening sockets, which
@@ -11,7 +11,9 @@ are ours, each held by a test in tests/integration/test_registry_robustness.py:
   connections wait in the event loop, not in the thread pool;
 - what gunicorn answers to a request it cannot parse carries the spec's JSON error body;
 - a bound on connections (``worker_connections``) and threads; idle ones are closed after
-  the keep-alive timeout.
+  the keep-alive timeout;
+- a bound on requests waiting for a free thread (``--max-waiting``): beyond it a new plain-HTTP
+  connection is answered 503 at once (the worker class below), never left hanging.
 
 >>> server = RegistryServer(Path("/tmp/registry"), "127.0.0.1:0").start()   # a child process
 >>> server.url                                                                # the real port
@@ -65,6 +67,7 @@ class ServeOptions:
     workers: int = 1
     threads: int = 32
     max_connections: int = 4000
+    max_waiting: int = 256  # requests waiting for a thread; beyond, new connections get 503
     client_timeout: float = 60.0  # a read or write that makes no progress for this long ends the request
     keepalive: float = 15.0  # idle connections are closed after this long
     token_lifetime: int = 300
@@ -74,7 +77,7 @@ class ServeOptions:
         """The ``ormb registry serve`` arguments for these options."""
         args = ["registry", "serve", "--root", str(self.root), "--addr", self.addr, "--auth-scheme", self.auth_scheme,
                 "--workers", str(self.workers), "--threads", str(self.threads), "--max-connections",
-                str(self.max_connections), "--client-timeout", str(self.client_timeout), "--keepalive",
+                str(self.max_connections), "--max-waiting", str(self.max_waiting), "--client-timeout", str(self.client_timeout), "--keepalive",
                 str(self.keepalive), "--token-lifetime", str(self.token_lifetime), "--log-level", self.log_level]
         for flag, value in (("--htpasswd", self.htpasswd), ("--policy", self.policy), ("--tls-cert", self.tls_cert),
                             ("--tls-key", self.tls_key)):
@@ -130,7 +133,7 @@ def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Calla
 
     settings: dict[str, Any] = {
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
-        "worker_class": "gthread", "workers": options.workers, "threads": options.threads,
+        "worker_class": _worker_class(options.max_waiting), "workers": options.workers, "threads": options.threads,
         "worker_connections": options.max_connections, "keepalive": max(1, round(options.keepalive)),
         "graceful_timeout": 30, "timeout": 120, "proc_name": "ormb-registry",
         "accesslog": None, "errorlog": "-", "loglevel": "warning" if options.log_level != "debug" else "debug",
@@ -158,6 +161,53 @@ def _raise_open_files_limit(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+
+
+BUSY = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": "the registry is busy; try again shortly",
+                               "detail": None}]}).encode()
+BUSY_ANSWER = (f"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
+               f"Content-Type: application/json\r\nDocker-Distribution-API-Version: registry/2.0\r\n"
+               f"Content-Length: {len(BUSY)}\r\n\r\n").encode() + BUSY
+
+
+def _worker_class(max_waiting: int) -> type:
+    """gthread's worker, plus a bound on connections waiting for a thread: beyond ``max_waiting``, a new
+    plain-HTTP connection is answered 503 by the event loop and closed (a TLS one waits: no handshake yet)."""
+    import threading
+
+    from gunicorn.workers.gthread import ThreadWorker
+
+    class Worker(ThreadWorker):  # type: ignore[misc]
+        def init_process(self) -> None:
+            self._waiting = 0
+            self._waiting_lock = threading.Lock()
+            super().init_process()
+
+        def enqueue_req(self, conn: Any) -> None:
+            with self._waiting_lock:
+                busy = self._waiting >= max_waiting
+                if not busy:
+                    self._waiting += 1
+            if busy and not conn.initialized and not self.cfg.is_ssl:
+                try:
+                    conn.sock.setblocking(False)
+                    conn.sock.send(BUSY_ANSWER)
+                except OSError:
+                    pass
+                self.nr_conns -= 1
+                conn.close()
+                return
+            if busy:
+                with self._waiting_lock:
+                    self._waiting += 1
+            super().enqueue_req(conn)
+
+        def handle(self, conn: Any) -> Any:
+            with self._waiting_lock:
+                self._waiting -= 1
+            return super().handle(conn)
+
+    return Worker
 
 
 def _tune_gunicorn() -> None:
