@@ -198,14 +198,20 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
 @cli.command()
 @json_option
 def models(as_json: bool) -> None:
-    """List the models in the local cache (alias: list)."""
+    """List the models in the local cache (alias: list).
+
+    A reference that is not one usable model (an index, a missing blob, a container image)
+    is listed too, with a PROBLEM column saying what is wrong.
+    """
     found = api.models()
     if as_json:
         print_json(found)
         return
-    rows = [[m.reference.name, m.reference.tag or "<none>", m.digest.partition(":")[2][:12], m.format,
-             human_time(m.created), human_size(m.size)] for m in found]
-    print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE"], rows)
+    problems = any(m.problem for m in found)  # the column appears only when something is wrong
+    rows = [[m.reference.name if m.reference.registry else m.reference.repository, m.reference.tag or "<none>",
+             m.digest.partition(":")[2][:12] or "-", m.format, human_time(m.created),
+             human_size(m.size) if not m.problem else "-", *([m.problem] if problems else [])] for m in found]
+    print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE", *(["PROBLEM"] if problems else [])], rows)
 
 
 @cli.command()
