@@ -108,8 +108,10 @@ def cli(debug: bool, no_progress: bool) -> None:
     (default ~/.ormb).
 
     \b
-    Exit codes: 0 ok, 1 error, 2 bad input (reference, ormbfile.yaml, model files,
-    usage), 3 not found, 4 corrupt or unsafe content, 70 internal error, 130 interrupted.
+    Exit codes: 0 ok; 1 error (disk, permissions); 2 bad input or usage (reference,
+    ormbfile.yaml, model files, an option that does not apply); 3 not found; 4 corrupt
+    or unsafe content; 5 authentication failed or access denied; 6 the registry cannot
+    be reached or answered with an error; 70 internal error; 130 interrupted.
     """
 
 
