@@ -52,6 +52,11 @@ class Answer:
 Intercept = Callable[["Origin", str, str, dict[str, str]], "Answer | None"]
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up early (it read what it needed) is no news here
+
+
 class Origin:
     """One server (scheme, host, port) of the hostile registry."""
 
@@ -80,7 +85,7 @@ class Origin:
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _serve
 
-        self.httpd = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.httpd = _QuietServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self.scheme = "https" if tls else "http"
