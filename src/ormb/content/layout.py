@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -174,9 +174,16 @@ class OCILayout:
         with disk_errors("write into the cache", self._ingest_dir):
             fd, name = tempfile.mkstemp(dir=self._ingest_dir, prefix="blob-", suffix=".partial")
         path = Path(name)
+        file = os.fdopen(fd, "wb")
         try:
-            with os.fdopen(fd, "wb") as file:
-                yield file, path
+            yield file, path
+        except BaseException:
+            with suppress(OSError):  # the error on the way out is the one to report
+                file.close()
+            raise
+        else:
+            with disk_errors("write into the cache", path):  # close() flushes: a full disk may show only now
+                file.close()
         finally:
             path.unlink(missing_ok=True)
 
