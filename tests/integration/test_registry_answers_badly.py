@@ -74,6 +74,11 @@ CASES: dict[str, tuple[str, str, str, Answer, int]] = {
     "upload without Location": ("push", "POST", "/blobs/uploads/", Answer(202, {}), 6),
     "chunk minimum not a number": ("push", "POST", "/blobs/uploads/", Answer(
         202, {"Location": "/upload/x", "OCI-Chunk-Min-Length": "lots"}), 6),
+    "chunk minimum in Unicode digits": ("push", "POST", "/blobs/uploads/", Answer(
+        202, {"Location": "/upload/x", "OCI-Chunk-Min-Length": "\u00b2"}), 6),
+    "Retry-After in Unicode digits": ("pull-retry", "GET", MANIFEST, Answer(503, {"Retry-After": "\u00b2"}), 6),
+    "chunk Range in Unicode digits": ("push", "PATCH", "/upload/", Answer(  # the Range is ignored; the bent
+        202, {"Location": "/upload/x", "Range": "0-\u00b2"}), 3),       # Location then leads to an unknown upload
     "referrers is not a list": ("referrers", "GET", "/referrers/", _json(b'{"schemaVersion": 2, "manifests": 5}'), 4),
     "referrers nested too deeply": ("referrers", "GET", "/referrers/", _json(DEEP), 4),
 }
@@ -143,6 +148,7 @@ def test_a_malformed_answer_is_a_clear_error(case: str, tmp_path: Path, settings
              settings=settings)
     argv: dict[str, list[str]] = {
         "pull": ["pull", "--retries", "0", ref],
+        "pull-retry": ["pull", "--retries", "1", ref],
         "inspect": ["inspect", "--remote", ref],
         "tags": ["tags", f"{hostile.host}/team/m"],
         "push": ["push", "--retries", "0", "--chunk-size", "1K", f"{hostile.host}/team/new:v1"],

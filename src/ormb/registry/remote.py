@@ -16,7 +16,7 @@ from ormb.content.target import Readable, read_up_to, rewindable
 from ormb.errors import IntegrityError, InvalidArtifactError, NetworkError, NotFoundError, RegistryError
 from ormb.oci import grammar, mediatypes
 from ormb.oci.descriptor import Descriptor, load_json
-from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, MAX_TAG_PAGE, UPLOAD_CHUNK, is_digest, is_tag
+from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, MAX_TAG_PAGE, UPLOAD_CHUNK, is_decimal, is_digest, is_tag
 from ormb.oci.graph import parse_node
 from ormb.registry.client import Registry, _discard, pull_scope, push_scope
 from ormb.registry.transport import BodyFactory
@@ -295,7 +295,7 @@ class RemoteRepository:
         )
         _discard(response)
         minimum = response.headers.get("OCI-Chunk-Min-Length") or "0"
-        if not minimum.isdigit() or len(minimum) > 18:
+        if not is_decimal(minimum):
             raise self.registry.bad_answer("starting an upload", f"OCI-Chunk-Min-Length {minimum[:40]!r} is not a size")
         self._min_chunk = int(minimum)
         return self._location(response)
@@ -339,7 +339,7 @@ class RemoteRepository:
             _discard(response)
             location = self._location(response)
             received = response.headers.get("Range", "")
-            if received.startswith("0-") and received[2:].isdigit() and int(received[2:]) != end and seekable:
+            if received.startswith("0-") and is_decimal(received[2:]) and int(received[2:]) != end and seekable:
                 offset = int(received[2:]) + 1  # the registry kept less than we sent: continue from what it has
                 continue
             offset = end + 1

@@ -20,6 +20,7 @@ from urllib3.exceptions import SSLError
 
 from ormb._version import __version__
 from ormb.errors import NetworkError
+from ormb.oci.grammar import is_decimal
 from ormb.oci.reference import is_loopback_host
 
 USER_AGENT = f"ormb/{__version__}"
@@ -130,7 +131,7 @@ class Transport:
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
         delay = self.options.backoff * (2**attempt)
-        if retry_after and retry_after.isdigit():
+        if retry_after and is_decimal(retry_after):
             delay = min(float(retry_after), 60.0)
         time.sleep(delay)
 
