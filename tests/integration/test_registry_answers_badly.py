@@ -7,6 +7,7 @@ Each case bends one answer of the hostile registry (tests/hostile.py) byte for b
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hostile import PASSWORD, USER, Answer, HostileRegistry, Origin
+from hostile import PASSWORD, TOKEN, USER, Answer, HostileRegistry, Origin
 
 from conftest import make_model
 from ormb import api
@@ -131,8 +132,12 @@ def _exit_code(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int
     return code, err
 
 
+SECRETS = (PASSWORD, TOKEN, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+
+
 def _check(code: int, err: str, expected: int) -> None:
     assert code == expected, err
+    assert not any(secret in err for secret in SECRETS), "a secret in the error output"
     if expected:
         lines = err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: ") and "internal error" not in err, err
