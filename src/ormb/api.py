@@ -339,9 +339,20 @@ def tag(source: str | Reference, target: str | Reference, *, settings: Settings 
 
 
 def remove(reference: str | Reference, *, settings: Settings | None = None) -> str:
-    """Forget a reference; its blobs stay until :func:`prune`.  Returns the manifest digest."""
+    """Forget a reference; its blobs stay until :func:`prune`.  Returns the manifest digest.
+
+    A name in the cache that is not a reference (written by another tool; ``models`` lists it
+    with a problem) is removed by that exact name.
+    """
     settings = settings or load_settings()
-    return open_cache(settings).untag(cache_key(_ref(reference, settings))).digest
+    cache = open_cache(settings)
+    try:
+        key = cache_key(_ref(reference, settings))
+    except InvalidReferenceError:
+        if not isinstance(reference, str) or reference not in {e.name for e in cache_entries(cache, settings)}:
+            raise
+        key = reference
+    return cache.untag(key).digest
 
 
 @dataclass(frozen=True)

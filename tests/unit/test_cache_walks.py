@@ -177,6 +177,8 @@ def test_models_lists_a_name_that_is_not_a_reference_as_a_row(settings: Settings
     layout.tag(_model(layout, b"foreign"), "Not A Reference")
     (row,) = api.models(settings=settings)
     assert "not a valid reference" in row.problem
+    api.remove("Not A Reference", settings=settings)  # and it can be cleaned up by the name shown
+    assert api.models(settings=settings) == []
 
 
 def test_inspect_and_export_of_an_index_name_its_manifests(tmp_path: Path, settings: Settings) -> None:

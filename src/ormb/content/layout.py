@@ -44,17 +44,22 @@ from ormb.oci.graph import parse_node
 CHUNK = IO_CHUNK
 
 
+def storage_error(what: str, path: Path, exc: OSError) -> StorageError:
+    """A failure of the disk (full, read-only, permission denied, ...) as a :class:`StorageError` that says
+    what was being done and names the path."""
+    where = exc.filename if isinstance(exc.filename, str) else str(path)
+    return StorageError(f"cannot {what}: {where}: {exc.strerror or exc}")
+
+
 @contextmanager
 def disk_errors(what: str, path: Path) -> Iterator[None]:
-    """Turn a failure of the disk (full, read-only, permission denied, ...) into a :class:`StorageError`
-    that says what was being done and names the path."""
+    """:func:`storage_error` for a block (on hot paths, a plain ``try`` costs nothing per chunk)."""
     try:
         yield
     except OrmbError:
         raise
     except OSError as exc:
-        where = exc.filename if isinstance(exc.filename, str) else str(path)
-        raise StorageError(f"cannot {what}: {where}: {exc.strerror or exc}") from None
+        raise storage_error(what, path, exc) from None
 
 
 class _IngestWriter:
@@ -71,8 +76,10 @@ class _IngestWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._hasher.update(data)
-        with disk_errors("write into the cache", self._path):
+        try:
             self._writer.write(data)  # copies: the caller may reuse its buffer
+        except OSError as exc:
+            raise storage_error("write into the cache", self._path, exc) from None
         self.size += len(data)
         return len(data)
 
@@ -150,8 +157,10 @@ class OCILayout:
                 with BackgroundWriter(file) as writer:
                     while chunk := content.read(CHUNK):
                         hasher.update(chunk)
-                        with disk_errors(f"store {desc.digest} in the cache", path):
+                        try:
                             writer.write(chunk)
+                        except OSError as exc:
+                            raise storage_error(f"store {desc.digest} in the cache", path, exc) from None
                         size += len(chunk)
                         if size > desc.size:
                             break
