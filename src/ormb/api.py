@@ -8,21 +8,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from ormb import __version__
+from ormb._version import __version__
 from ormb.cache import (
     LoadedModel,
     blob_size,
+    cache_entries,
     cache_key,
     iter_references,
     load_model,
     open_cache,
+    reachable,
     reachable_blobs,
 )
 from ormb.config import Settings, load_settings
 from ormb.content.layout import OCILayout
-from ormb.content.target import fetch_bytes
+from ormb.content.target import Target, fetch_bytes
 from ormb.errors import (
     AuthenticationError,
     InvalidArtifactError,
@@ -31,6 +32,7 @@ from ormb.errors import (
     NotFoundError,
     OrmbError,
     StorageError,
+    UsageError,
 )
 from ormb.model import modelpack, ormbformat
 from ormb.model.files import FileListing, list_model_files
@@ -41,6 +43,7 @@ from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.model.unpack import staged_directory, unpack_layer
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
+from ormb.oci.grammar import is_tag
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
@@ -153,7 +156,7 @@ def save(
         elif chosen == "ormb":
             packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
         else:
-            raise InvalidReferenceError(f"unknown artifact format {chosen!r}", "use 'ormb' or 'modelpack'")
+            raise UsageError(f"unknown artifact format {chosen!r}", "use 'ormb' or 'modelpack'")
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
         ref, packed.manifest.digest, sum(d.size for d in packed.layers), format_name, guessed,
@@ -242,11 +245,12 @@ def _export_files(cache: OCILayout, model: LoadedModel, dest: Path, include: tup
 
 @dataclass(frozen=True)
 class ModelSummary:
-    reference: Reference
+    reference: Reference  # for a name that is not a reference: Reference("", name)
     digest: str
     format: str
     created: datetime | None
     size: int
+    problem: str = ""  # why this reference is not one usable model (an index, a missing blob, ...); "" if it is
 
 
 def _created(model: LoadedModel) -> datetime | None:
@@ -259,14 +263,37 @@ def _created(model: LoadedModel) -> datetime | None:
         return None
 
 
+def _stamped(desc: Descriptor | None) -> datetime | None:
+    stamp = desc.annotations.get(mediatypes.ANNOTATION_CREATED) if desc else None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+    except ValueError:
+        return None
+
+
 def models(*, settings: Settings | None = None) -> list[ModelSummary]:
-    """Every model in the local cache, sorted by repository then tag."""
+    """Every reference in the local cache, sorted by repository then tag.
+
+    A reference that is not one readable model (an index, a missing or oversized blob, a
+    container image, a name that does not parse) is listed too, with ``problem`` saying
+    what is wrong; it never hides the others.
+    """
     settings = settings or load_settings()
     cache = open_cache(settings)
     out = []
-    for ref, desc in iter_references(cache, settings):
-        model = load_model(cache, desc)
-        out.append(ModelSummary(ref, desc.digest, model.format, _created(model), model.size))
+    for entry in cache_entries(cache, settings):
+        ref = entry.reference or Reference("", entry.name)
+        desc = entry.descriptor
+        if desc is None or entry.problem:
+            out.append(ModelSummary(ref, desc.digest if desc else "", "-", _stamped(desc), 0, entry.problem))
+            continue
+        try:
+            model = load_model(cache, desc)
+        except OrmbError as exc:
+            out.append(ModelSummary(ref, desc.digest, "-", _stamped(desc), 0, exc.message))
+            continue
+        problem = "" if model.is_model else f"not a model: its config is {model.manifest.config.media_type}"
+        out.append(ModelSummary(ref, desc.digest, model.format, _created(model), model.size, problem))
     return sorted(out, key=lambda m: (m.reference.name, m.reference.tag or "", m.reference.digest or ""))
 
 
@@ -289,7 +316,7 @@ def inspect(reference: str | Reference, *, settings: Settings | None = None) -> 
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     cache = open_cache(settings)
-    return _details(ref, load_model(cache, cache.resolve(cache_key(ref))))
+    return _details(ref, load_model(cache, cache.resolve(cache_key(ref)), ref=ref))
 
 
 def _details(ref: Reference, model: LoadedModel) -> ModelDetails:
@@ -312,9 +339,20 @@ def tag(source: str | Reference, target: str | Reference, *, settings: Settings 
 
 
 def remove(reference: str | Reference, *, settings: Settings | None = None) -> str:
-    """Forget a reference; its blobs stay until :func:`prune`.  Returns the manifest digest."""
+    """Forget a reference; its blobs stay until :func:`prune`.  Returns the manifest digest.
+
+    A name in the cache that is not a reference (written by another tool; ``models`` lists it
+    with a problem) is removed by that exact name.
+    """
     settings = settings or load_settings()
-    return open_cache(settings).untag(cache_key(_ref(reference, settings))).digest
+    cache = open_cache(settings)
+    try:
+        key = cache_key(_ref(reference, settings))
+    except InvalidReferenceError:
+        if not isinstance(reference, str) or reference not in {e.name for e in cache_entries(cache, settings)}:
+            raise
+        key = reference
+    return cache.untag(key).digest
 
 
 @dataclass(frozen=True)
@@ -324,7 +362,12 @@ class PruneResult:
 
 
 def prune(*, settings: Settings | None = None) -> PruneResult:
-    """Delete every blob no reference reaches, and leftovers of interrupted writes."""
+    """Delete every blob no entry of the cache reaches, and leftovers of interrupted writes.
+
+    It walks the graph as ``copy`` does (indexes, subjects, manifests recorded as
+    ``application/json``), from every entry of index.json (named or not); what it cannot
+    parse it keeps, with every digest written in it.
+    """
     settings = settings or load_settings()
     cache = open_cache(settings)
     removed = freed = 0
@@ -335,7 +378,7 @@ def prune(*, settings: Settings | None = None) -> PruneResult:
                 freed += blob_size(cache, digest)
                 cache.delete_blob(digest)
                 removed += 1
-        cache.clear_ingest()
+        cache.clear_leftovers()
     return PruneResult(removed, freed)
 
 
@@ -409,7 +452,8 @@ def push(reference: str | Reference, *, settings: Settings | None = None, option
 
 
 def _mount_sources(cache: OCILayout, ref: Reference, settings: Settings) -> Callable[[Descriptor], list[str]]:
-    """Other repositories on ``ref``'s registry that, as far as the cache knows, hold a blob."""
+    """Other repositories on ``ref``'s registry that, as far as the cache knows, hold a blob
+    (anything their references reach, walked as prune walks: indexes and subjects too)."""
     holders: dict[str, list[str]] | None = None
     lock = threading.Lock()  # copy() asks from several threads: build the map once, whole
 
@@ -424,14 +468,10 @@ def _mount_sources(cache: OCILayout, ref: Reference, settings: Settings) -> Call
             for other, desc in iter_references(cache, settings):
                 if other.registry != ref.registry or other.repository == ref.repository:
                     continue
-                try:
-                    manifest = Manifest.from_bytes(fetch_bytes(cache, desc))
-                except (OrmbError, OSError):
-                    continue
-                for layer in (manifest.config, *manifest.layers):
-                    holders.setdefault(layer.digest, [])
-                    if other.repository not in holders[layer.digest]:
-                        holders[layer.digest].append(other.repository)
+                for digest in sorted(reachable(cache, [desc])):
+                    holders.setdefault(digest, [])
+                    if other.repository not in holders[digest]:
+                        holders[digest].append(other.repository)
         return holders
 
     return sources
@@ -456,14 +496,14 @@ def pull(reference: str | Reference, *, include: tuple[str, ...] = (), settings:
     if include:
         def wanted(manifest: Manifest, layer: Descriptor) -> bool:
             if not modelpack.is_modelpack(manifest):
-                raise InvalidArtifactError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack "
-                                           "artifact", "pull it without --include")
+                raise UsageError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack artifact",
+                                 "pull it without --include")
             path = layer.annotations.get(modelpack.ANNOTATION_FILEPATH) or \
                 layer.annotations.get(modelpack.OLD_ANNOTATION_FILEPATH) or ""
             return _matches(include, path)
-    with cache.writing():
+    with cache.writing():  # complete_existing: a manifest in the cache may be a partial pull's, its layers missing
         stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress,
-                     include=wanted)
+                     include=wanted, complete_existing=True)
     return _result(ref, stats, before != stats.root.digest or bool(stats.copied))
 
 
@@ -473,8 +513,8 @@ def inspect_remote(reference: str | Reference, *, settings: Settings | None = No
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     remote = _remote(ref, settings, options)
-    model = load_model(remote, remote.resolve(ref.version))
-    return _details(ref, model)
+    desc, data = remote.fetch_reference(ref.version)
+    return _details(ref, load_model(remote, desc, data, ref=ref))
 
 
 def tags(repository: str | Reference, *, settings: Settings | None = None,
@@ -501,12 +541,15 @@ class CopyResult:
     referrers: tuple[str, ...]
 
 
-def _endpoint(text: str, settings: Settings, options: TransportOptions | None) -> tuple[Any, str, Reference | None]:
+def _endpoint(text: str, settings: Settings, options: TransportOptions | None) -> tuple[Target, str, Reference | None]:
     """(Target, reference in it, registry reference) for ``oci:PATH[:TAG]`` or a registry reference."""
     if text.startswith("oci:"):
         path, sep, tag = text[4:].rpartition(":")
         if not sep or "/" in tag:
             path, tag = text[4:], "latest"
+        if not is_tag(tag):
+            raise InvalidReferenceError(f"invalid layout reference {text!r}: {tag!r} is not a valid tag",
+                                        "use oci:PATH or oci:PATH:TAG, the tag 1-128 ASCII letters, digits, '_.-'")
         return OCILayout(Path(path)), tag, None
     ref = parse_reference(text, settings.default_registry)
     return _remote(ref, settings, options), ref.version, ref
@@ -522,6 +565,9 @@ def copy_model(source: str, destination: str, *, referrers: bool = False, settin
     settings = settings or load_settings()
     src, src_ref, src_registry = _endpoint(source, settings, options)
     dst, dst_ref, dst_registry = _endpoint(destination, settings, options)
+    if referrers and not isinstance(src, RemoteRepository):
+        raise UsageError("--referrers needs a registry as the source: an OCI layout has no referrers API",
+                         "copy without --referrers, or from the registry the layout came from")
     if dst_registry is not None and not dst_registry.tag:
         raise InvalidReferenceError(f"{destination} has no tag", "give the destination a tag")
     if dst_registry is not None:
@@ -536,8 +582,7 @@ def copy_model(source: str, destination: str, *, referrers: bool = False, settin
     stats = copy(src, src_ref, dst, dst_ref, concurrency=concurrency, progress=progress, mount_from=mount)
     copied_referrers: list[str] = []
     if referrers:
-        if not isinstance(src, RemoteRepository):
-            raise InvalidArtifactError("--referrers needs a registry as the source")
+        assert isinstance(src, RemoteRepository)
         for referrer in src.referrers(stats.root.digest):
             extra = copy(src, referrer.digest, dst, referrer.digest, concurrency=concurrency, progress=progress,
                          mount_from=mount)

@@ -108,8 +108,10 @@ def cli(debug: bool, no_progress: bool) -> None:
     (default ~/.ormb).
 
     \b
-    Exit codes: 0 ok, 1 error, 2 bad input (reference, ormbfile.yaml, model files,
-    usage), 3 not found, 4 corrupt or unsafe content, 70 internal error, 130 interrupted.
+    Exit codes: 0 ok; 1 error (disk, permissions); 2 bad input or usage (reference,
+    ormbfile.yaml, model files, an option that does not apply); 3 not found; 4 corrupt
+    or unsafe content; 5 authentication failed or access denied; 6 the registry cannot
+    be reached or answered with an error; 70 internal error; 130 interrupted.
     """
 
 
@@ -198,14 +200,20 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
 @cli.command()
 @json_option
 def models(as_json: bool) -> None:
-    """List the models in the local cache (alias: list)."""
+    """List the models in the local cache (alias: list).
+
+    A reference that is not one usable model (an index, a missing blob, a container image)
+    is listed too, with a PROBLEM column saying what is wrong.
+    """
     found = api.models()
     if as_json:
         print_json(found)
         return
-    rows = [[m.reference.name, m.reference.tag or "<none>", m.digest.partition(":")[2][:12], m.format,
-             human_time(m.created), human_size(m.size)] for m in found]
-    print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE"], rows)
+    problems = any(m.problem for m in found)  # the column appears only when something is wrong
+    rows = [[m.reference.name if m.reference.registry else m.reference.repository, m.reference.tag or "<none>",
+             m.digest.partition(":")[2][:12] or "-", m.format, human_time(m.created),
+             human_size(m.size) if not m.problem else "-", *([m.problem] if problems else [])] for m in found]
+    print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE", *(["PROBLEM"] if problems else [])], rows)
 
 
 @cli.command()

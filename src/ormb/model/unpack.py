@@ -26,6 +26,7 @@ import zstandard
 from isal import igzip, isal_zlib
 
 from ormb.content.background import BackgroundHasher, BackgroundWriter
+from ormb.content.target import Readable
 from ormb.errors import IntegrityError, StorageError, UnsafeArchiveError
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import NoProgress, ProgressListener
@@ -37,7 +38,7 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 class _HashingReader:
     """Reads from ``raw``, hashing and counting every byte, reporting progress."""
 
-    def __init__(self, raw: BinaryIO, desc: Descriptor, progress: ProgressListener, task: str) -> None:
+    def __init__(self, raw: Readable, desc: Descriptor, progress: ProgressListener, task: str) -> None:
         self._raw = raw
         self._hasher = BackgroundHasher(hashlib.new(desc.digest.partition(":")[0]))
         self.size = 0
@@ -132,7 +133,7 @@ def _decompressed(reader: Any, compression: str | None) -> Any:
 
 
 def extract_tar(
-    blob: BinaryIO,
+    blob: Readable,
     desc: Descriptor,
     staging: Path,
     *,
@@ -165,7 +166,7 @@ def extract_tar(
     return paths
 
 
-def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePosixPath, *,
+def write_raw(blob: Readable, desc: Descriptor, staging: Path, relative: PurePosixPath, *,
               clone_from: Path | None = None, progress: ProgressListener | None = None) -> None:
     """Write a raw (untarred) layer to ``staging/relative``, verifying its digest while writing.
 
@@ -233,7 +234,7 @@ def reflink(source: Path, target: Path) -> bool:
 
 
 def unpack_layer(
-    blob: BinaryIO,
+    blob: Readable,
     desc: Descriptor,
     dest: Path,
     *,
