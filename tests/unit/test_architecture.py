@@ -13,7 +13,7 @@ SRC = Path(ormb.__file__).parent
 ALLOWED = {
     "oci": {"oci", "errors"},
     "content": {"content", "oci", "errors"},
-    "model": {"model", "content", "oci", "errors", "progress"},
+    "model": {"model", "content", "oci", "errors", "progress", "units"},
     "registry": {"registry", "content", "oci", "errors"},
     "server": {"server", "oci", "errors", "model", "content", "units"},
     "serving": {"serving", "cache", "config", "errors", "model", "oci", "progress", "registry"},
