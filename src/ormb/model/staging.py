@@ -53,6 +53,12 @@ def _unsafe(message: str) -> UnsafeArchiveError:
     return UnsafeArchiveError(f"{message}; refusing")
 
 
+def _check_name(parts: Parts) -> None:
+    """A name at the top that the next export would take for an abandoned staging directory is refused."""
+    if parts and parts[0].startswith(STAGING_PREFIX):
+        raise _unsafe(f"the name {parts[0]!r} is reserved for ormb's staging directories")
+
+
 class StagingTree:
     """The staging root as a directory descriptor, and every operation an export needs below it.
 
@@ -96,6 +102,7 @@ class StagingTree:
         if fd is not None:
             self._dirs.move_to_end(parts)
             return fd
+        _check_name(parts)
         parent = self.directory(parts[:-1], create=create)
         fd = self._open_dir(parent, parts, create)
         self._dirs[parts] = fd
@@ -156,6 +163,7 @@ class StagingTree:
         With ``replace`` an earlier file or link of that name goes first (a later tar entry wins);
         without, any existing entry is refused (two layers claim one path).
         """
+        _check_name(parts)
         parent = self.directory(parts[:-1])
         for attempt in range(2):
             try:
@@ -172,6 +180,7 @@ class StagingTree:
         """A symlink at ``parts``; whether it stays inside is checked by :meth:`check_links` at the end."""
         if not target or target.startswith("/") or "\0" in target:
             raise _unsafe(f"{'/'.join(parts)} is a symbolic link to {target!r}, an absolute or empty path")
+        _check_name(parts)
         parent = self.directory(parts[:-1])
         for attempt in range(2):
             try:
@@ -194,6 +203,7 @@ class StagingTree:
         except UnsafeArchiveError:
             raise refused from None
         try:
+            _check_name(parts)
             parent = self.directory(parts[:-1])
             for attempt in range(2):
                 try:  # linkat without AT_SYMLINK_FOLLOW: a link at ``source`` is linked itself, then refused
