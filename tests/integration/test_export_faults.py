@@ -3,11 +3,13 @@ bomb are clear errors that leave the destination as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,12 +24,10 @@ from ormb.errors import StorageError, UnsafeArchiveError
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
+@contextlib.contextmanager
+def _tmpfs(mount: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs: a disk that fills up.  Mounting needs root; without it the test fails, never skips."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mount)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs (run the tests as root): {result.stderr.strip()}")
@@ -35,6 +35,26 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    with _tmpfs(mount):
+        yield mount
+
+
+@pytest.fixture
+def public_small_fs() -> Iterator[Path]:
+    """The same, where any user can reach it (pytest's tmp_path is root's alone)."""
+    mount = Path(tempfile.mkdtemp(prefix="ormb-small-"))
+    mount.chmod(0o755)
+    try:
+        with _tmpfs(mount):
+            yield mount
+    finally:
+        mount.rmdir()
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -134,3 +154,42 @@ def test_a_zstd_tar_layer_is_bounded_and_the_limit_can_be_lowered(tmp_path: Path
     with pytest.raises(StorageError, match="No space left on device"):  # 8 MiB do not fit in 4 MiB
         api.export("evil/zbomb:v1", dest, max_expand=16 << 20, settings=settings)
     _untouched(dest)
+
+
+def test_a_read_only_destination_is_a_storage_error(tmp_path: Path, settings: Settings, small_fs: Path) -> None:
+    api.save(make_model(tmp_path / "src", {"w.bin": b"w"}), "m:v1", settings=settings)
+    dest = small_fs / "dest"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    try:
+        _one_line_error(_cli(settings, "export", "m:v1", "-d", str(dest)), 1, str(dest), "Read-only file system")
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+    _untouched(dest)
+
+
+def test_permission_denied_is_a_storage_error(public_small_fs: Path) -> None:
+    # as root permissions do not apply: the export runs as nobody (effective ids, in this process; the venv
+    # may not be readable by nobody), into a destination whose model/ nobody may not write
+    small_fs = public_small_fs
+    home = small_fs / "home"
+    settings = Settings(home=home, default_registry="localhost:5000")
+    api.save(make_model(small_fs / "src", {"w.bin": b"w"}), "m:v1", settings=settings)
+    subprocess.run(["chmod", "-R", "a+rX", str(small_fs)], check=True)
+    dest = small_fs / "dest"
+    (dest / "model").mkdir(parents=True)
+    (dest / "keep.txt").write_text("mine")
+    os.chmod(dest, 0o777)  # the top is writable (staging works), model/ is not: the move into place is refused
+    nobody = 65534
+    os.setegid(nobody)
+    os.seteuid(nobody)
+    try:
+        with pytest.raises(StorageError, match="Permission denied") as info:
+            api.export("m:v1", dest, settings=settings)
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+    assert f"cannot write in {dest / 'model'}" in str(info.value)
+    assert sorted(p.name for p in dest.iterdir()) == ["keep.txt", "model"]
+    assert not list((dest / "model").iterdir())

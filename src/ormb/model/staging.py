@@ -298,7 +298,9 @@ class StagingTree:
 
     def move_into(self, dest_fd: int) -> None:
         """Move everything staged into the directory ``dest_fd``: files and links replace what is there,
-        directories merge.  Checks for a directory in the way first, so a conflict moves nothing."""
+        directories merge.  First checks for a directory in the way and for directories it may not
+        write, so those move nothing; an error of the renames themselves (rare: a full directory
+        block, a race with another user) can leave some files moved, each one whole."""
         self.close()
         root = os.fstat(self.root_fd)
         self._walk_move(self.root_fd, dest_fd, (), check=True, staging=(root.st_dev, root.st_ino))
@@ -306,9 +308,11 @@ class StagingTree:
 
     def _walk_move(self, src: int, dst: int, parts: Parts, *, check: bool, staging: tuple[int, int]) -> None:
         try:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in os.scandir(src)]
+            entries = _entries(src)
         except OSError as exc:
             raise self._storage_error(parts, exc) from None
+        if check and entries and not os.access(".", os.W_OK | os.X_OK, dir_fd=dst, effective_ids=True):
+            raise StorageError(f"cannot write in {self.show(parts)}: {os.strerror(errno.EACCES)}")
         for name, is_dir in entries:
             here = (*parts, name)
             try:
@@ -327,10 +331,10 @@ class StagingTree:
                 if is_dir and there_is_dir:
                     self._descend(src, dst, here, check=True, staging=staging)
                 continue
+            if is_dir and there_is_dir:
+                self._descend(src, dst, here, check=False, staging=staging)
+                continue
             try:
-                if is_dir and there_is_dir:
-                    self._descend(src, dst, here, check=False, staging=staging)
-                    continue
                 if is_dir and there is not None:  # a file or a link (planted?) where a directory goes
                     os.unlink(name, dir_fd=dst)
                 os.replace(name, name, src_dir_fd=src, dst_dir_fd=dst)

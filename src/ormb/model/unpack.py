@@ -87,18 +87,27 @@ class _HashingReader:
 
 
 class _Budget:
-    """What a tar layer has unpacked so far, against its limit."""
+    """What a tar layer has unpacked so far (its decompressed bytes, 4 KiB per entry) against its limit."""
 
     def __init__(self, desc: Descriptor, limit: int) -> None:
-        self._desc, self.limit, self.used = desc, limit, 0
+        self._desc, self.limit = desc, limit
+        self._stream = self._entries = 0
 
-    def charge(self, amount: int, where: str) -> None:
-        self.used += amount
-        if self.used > self.limit:
+    def _check(self, ahead: int, where: str) -> None:
+        if self._stream + self._entries * ENTRY_COST + ahead > self.limit:
             raise UnsafeArchiveError(
                 f"layer {self._desc.digest[:19]} ({human_size(self._desc.size)}) expands to more than "
                 f"{human_size(self.limit)} (at {where}); refusing",
                 "if you trust it, raise the limit: --max-expand SIZE or ORMB_MAX_EXPAND=SIZE, e.g. 500G")
+
+    def read(self, amount: int) -> None:
+        self._stream += amount
+        self._check(0, "the tar stream")
+
+    def entry(self, size: int, where: str) -> None:
+        """One more entry, whose ``size`` bytes are still to come: refused before they are written."""
+        self._entries += 1
+        self._check(size, where)
 
 
 class _Bounded:
@@ -109,7 +118,7 @@ class _Bounded:
 
     def read(self, n: int = -1) -> bytes:
         data: bytes = self._raw.read(n)
-        self._budget.charge(len(data), "the tar stream")
+        self._budget.read(len(data))
         return data
 
 
@@ -207,7 +216,7 @@ def _extract_all(source: _Bounded, tree: StagingTree, base: Parts, prefix: str, 
     paths: dict[str, None] = {}
     with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK, tarinfo=_CheckedTarInfo) as tar:  # type: ignore[call-overload]
         for member in tar:
-            budget.charge(ENTRY_COST + (member.size if member.isreg() else 0), member.name)
+            budget.entry(member.size if member.isreg() else 0, member.name)
             relative = _safe_relative(member.name, prefix, strip)
             if relative is None:
                 continue
