@@ -233,6 +233,9 @@ class StagingTree:
         fresh = f".{parts[-1]}.{secrets.token_hex(8)}.tmp"
         try:
             fd = os.open(fresh, _NEW_FILE, 0o666, dir_fd=parent)
+        except OSError as exc:
+            raise self._storage_error(parts, exc) from None
+        try:
             try:
                 with open(fd, "wb", closefd=False) as out:
                     out.write(data)
@@ -244,7 +247,7 @@ class StagingTree:
                 os.unlink(fresh, dir_fd=parent)
             except OSError:
                 pass
-            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):  # rename(2) onto a directory
                 raise _unsafe(f"a layer put a directory where {'/'.join(parts)} goes") from None
             raise self._storage_error(parts, exc) from None
         self._symlinks.discard(parts)
@@ -285,7 +288,10 @@ class StagingTree:
                 hops += 1
                 if hops > MAX_LINK_HOPS:
                     raise _unsafe(f"the symbolic link {shown} is part of a loop or a chain too long")
-                target = os.readlink(name, dir_fd=directory)
+                try:
+                    target = os.readlink(name, dir_fd=directory)
+                except OSError as exc:
+                    raise self._storage_error(parts, exc) from None
                 if target.startswith("/"):
                     raise _unsafe(f"the symbolic link {shown} leads to the absolute path {target!r}")
                 pending[:0] = target.split("/")
@@ -302,11 +308,10 @@ class StagingTree:
         write, so those move nothing; an error of the renames themselves (rare: a full directory
         block, a race with another user) can leave some files moved, each one whole."""
         self.close()
-        root = os.fstat(self.root_fd)
-        self._walk_move(self.root_fd, dest_fd, (), check=True, staging=(root.st_dev, root.st_ino))
-        self._walk_move(self.root_fd, dest_fd, (), check=False, staging=(root.st_dev, root.st_ino))
+        self._walk_move(self.root_fd, dest_fd, (), check=True)
+        self._walk_move(self.root_fd, dest_fd, (), check=False)
 
-    def _walk_move(self, src: int, dst: int, parts: Parts, *, check: bool, staging: tuple[int, int]) -> None:
+    def _walk_move(self, src: int, dst: int, parts: Parts, *, check: bool) -> None:
         try:
             entries = _entries(src)
         except OSError as exc:
@@ -321,18 +326,16 @@ class StagingTree:
                 there = None
             except OSError as exc:
                 raise self._storage_error(here, exc) from None
-            if there is not None and (there.st_dev, there.st_ino) == staging:
-                raise _unsafe(f"an entry is named like this export's staging directory ({name})")
             there_is_dir = there is not None and stat.S_ISDIR(there.st_mode)
             if check:
                 if not is_dir and there_is_dir:
                     raise StorageError(f"cannot export {self.show(here)}: a directory of that name is in the way",
                                        "move it away first")
                 if is_dir and there_is_dir:
-                    self._descend(src, dst, here, check=True, staging=staging)
+                    self._descend(src, dst, here, check=True)
                 continue
             if is_dir and there_is_dir:
-                self._descend(src, dst, here, check=False, staging=staging)
+                self._descend(src, dst, here, check=False)
                 continue
             try:
                 if is_dir and there is not None:  # a file or a link (planted?) where a directory goes
@@ -341,7 +344,7 @@ class StagingTree:
             except OSError as exc:
                 raise self._storage_error(here, exc) from None
 
-    def _descend(self, src: int, dst: int, here: Parts, *, check: bool, staging: tuple[int, int]) -> None:
+    def _descend(self, src: int, dst: int, here: Parts, *, check: bool) -> None:
         try:
             src_child = os.open(here[-1], _DIR, dir_fd=src)
         except OSError as exc:
@@ -352,7 +355,7 @@ class StagingTree:
             except OSError as exc:  # replaced by a link since it was looked at: not followed
                 raise self._storage_error(here, exc) from None
             try:
-                self._walk_move(src_child, dst_child, here, check=check, staging=staging)
+                self._walk_move(src_child, dst_child, here, check=check)
             finally:
                 os.close(dst_child)
         finally:
