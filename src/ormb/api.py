@@ -26,7 +26,6 @@ from ormb.content.layout import OCILayout
 from ormb.content.target import Target, fetch_bytes
 from ormb.errors import (
     AuthenticationError,
-    InvalidArtifactError,
     InvalidReferenceError,
     ModelFormatError,
     NotFoundError,
@@ -35,12 +34,12 @@ from ormb.errors import (
     UsageError,
 )
 from ormb.model import modelpack, ormbformat
+from ormb.model.export import export_model
 from ormb.model.files import FileListing, list_model_files
 from ormb.model.formats import guess_format, validate_format
-from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict, write_metadata
+from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict
 from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
-from ormb.model.unpack import staged_directory, unpack_layer
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import is_tag
@@ -196,27 +195,28 @@ def export(
     *,
     metadata: bool = True,
     include: tuple[str, ...] = (),
+    max_expand: int | None = None,
     settings: Settings | None = None,
     progress: ProgressListener | None = None,
 ) -> ExportResult:
     """Unpack a cached model into ``directory`` (``model/`` plus ``ormbfile.yaml`` for the ormb format;
-    the files at their paths for ModelPack, optionally only those matching ``include`` globs)."""
+    the files at their paths for ModelPack, optionally only those matching ``include`` globs).
+
+    Nothing outside ``directory`` is touched whatever the layers hold (docs/security.md); a tar layer
+    may unpack to at most ``max_expand`` bytes (default: 20 times its size, at least 1 GiB)."""
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     cache = open_cache(settings)
-    model = load_model(cache, cache.resolve(cache_key(ref)))
+    model = load_model(cache, cache.resolve(cache_key(ref)), ref=ref)
     dest = Path(directory)
+    files = None
     if model.is_modelpack:
-        paths = _export_files(cache, model, dest, include, progress)
-    else:
-        if include:
-            raise InvalidArtifactError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack artifact",
-                                       "save it with --format modelpack to export files selectively")
-        layer = ormbformat.model_layer(model.manifest)
-        with cache.fetch(layer) as blob:
-            paths = unpack_layer(blob, layer, dest, prefix="model/", progress=progress).paths
-    if metadata:
-        write_metadata(dest, model.metadata)
+        files = _selected_files(cache, model, include)
+    elif include:
+        raise UsageError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack artifact",
+                         "export it without --include, or save it with --format modelpack to export files selectively")
+    paths = export_model(cache, model.manifest, dest, metadata=model.metadata if metadata else None, files=files,
+                         local_copy=lambda d: cache.blob_path(d.digest), max_expand=max_expand, progress=progress)
     return ExportResult(ref, model.manifest_desc.digest, dest, paths)
 
 
@@ -224,9 +224,8 @@ def _matches(patterns: tuple[str, ...], path: str) -> bool:
     return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], p) for p in patterns)
 
 
-def _export_files(cache: OCILayout, model: LoadedModel, dest: Path, include: tuple[str, ...],
-                  progress: ProgressListener | None) -> tuple[str, ...]:
-    """Write the layers of a per-file artifact (ModelPack, KitOps) into ``dest``, all or nothing."""
+def _selected_files(cache: OCILayout, model: LoadedModel, include: tuple[str, ...]) -> list[modelpack.LayerFile]:
+    """The layers of a per-file artifact (ModelPack, KitOps) to export: those matching ``include``, all in the cache."""
     files = modelpack.layer_files(model.manifest)
     if include:
         files = [f for f in files if f.path is not None and _matches(include, str(f.path))]
@@ -237,10 +236,7 @@ def _export_files(cache: OCILayout, model: LoadedModel, dest: Path, include: tup
     if missing:
         raise NotFoundError(f"{len(missing)} layer(s) of this model are not in the cache, e.g. {missing[0].path}",
                             "it was pulled with --include: pull it again without, or export only what was pulled")
-    with staged_directory(dest) as staging:
-        written = modelpack.write_files(cache, files, staging, local_copy=lambda d: cache.blob_path(d.digest),
-                                        progress=progress)
-    return tuple(written)
+    return files
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,12 @@ def test_an_unknown_artifact_format(tmp_path: Path, settings: Settings) -> None:
     with pytest.raises(UsageError, match="unknown artifact format"):
         api.save(make_model(tmp_path / "m", {"w.bin": b"w"}), "team/m:v1", artifact_format="tarball",
                  settings=settings)
+
+
+def test_export_include_on_an_ormb_format_model(tmp_path: Path, settings: Settings,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    api.save(make_model(tmp_path / "m", {"w.bin": b"weights"}), "team/m:v1", settings=settings)
+    capsys.readouterr()
+    assert main(["export", "team/m:v1", "-d", str(tmp_path / "out"), "--include", "*.bin"]) == 2
+    _one_line(capsys, "--include", "ModelPack")
+    assert not (tmp_path / "out").exists()

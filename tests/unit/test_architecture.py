@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"errors"},
     "oci": {"oci", "errors"},
     "content": {"content", "oci", "errors"},
-    "model": {"model", "content", "oci", "errors", "progress"},
+    "model": {"model", "content", "oci", "errors", "progress", "units"},
     "registry": {"registry", "content", "oci", "errors", "_version"},
     "transfer": {"content", "oci", "errors", "progress"},
     "cache": {"config", "content", "errors", "model", "oci"},

@@ -36,12 +36,22 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 
 
 def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
     try:
         return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a size like 5242880, 5M or 1G") from None
+
+
+def _optional_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    return None if value is None else _size(value)
+
+
+max_expand_option = click.option(
+    "--max-expand", callback=_optional_size, envvar="ORMB_MAX_EXPAND", metavar="SIZE",
+    help="The most one tar layer may unpack to, e.g. 500G (default: 20 times the layer's size, at least 1G; "
+         "env ORMB_MAX_EXPAND).")
 
 
 def remote_options(command: Any) -> Any:
@@ -178,16 +188,19 @@ def init(directory: str, force: bool) -> None:
 @click.option("--no-metadata", is_flag=True, help="Do not write ormbfile.yaml.")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
+@max_expand_option
 @json_option
 @click.pass_context
 def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool, include: tuple[str, ...],
-           as_json: bool) -> None:
+           max_expand: int | None, as_json: bool) -> None:
     """Unpack REFERENCE from the local cache into a directory (model/ and ormbfile.yaml).
 
-    Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe.
+    Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe, and
+    nothing outside the directory is ever touched.
     """
     with _progress(ctx) as bar:
-        result = api.export(reference, directory, metadata=not no_metadata, include=include, progress=bar)
+        result = api.export(reference, directory, metadata=not no_metadata, include=include, max_expand=max_expand,
+                            progress=bar)
     if as_json:
         print_json(result)
         return
@@ -432,11 +445,12 @@ def version(as_json: bool) -> None:
 @click.option("--layout", type=click.Choice(["triton", "mlflow", "none"]), default="triton", show_default=True,
               help="triton: DEST/1/<files> (also TF Serving); mlflow: DEST/<files>; none: DEST/model/<files>.")
 @click.option("--no-metadata", is_flag=True, help="Do not write DEST/ormbfile.yaml.")
+@max_expand_option
 @remote_options
 @json_option
 @click.pass_context
 def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout: str, no_metadata: bool,
-                    as_json: bool, **kwargs: Any) -> None:
+                    max_expand: int | None, as_json: bool, **kwargs: Any) -> None:
     """Fetch SOURCE (ormb://HOST/REPO:TAG or HOST/REPO:TAG) from its registry into DESTINATION for a model server.
 
     This is the storage initializer of KServe and Seldon Core init containers (also installed
@@ -448,8 +462,8 @@ def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout
 
     options = _transport(kwargs)
     with _progress(ctx) as bar:
-        result = run_initializer(source, destination, layout=layout, metadata=not no_metadata, options=options,
-                                 progress=bar)
+        result = run_initializer(source, destination, layout=layout, metadata=not no_metadata,
+                                 max_expand=max_expand, options=options, progress=bar)
     if as_json:
         print_json(result)
         return

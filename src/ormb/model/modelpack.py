@@ -25,6 +25,7 @@ from ormb.errors import InvalidArtifactError, UnsafeArchiveError
 from ormb.model.files import FileListing, ModelFile
 from ormb.model.ormbfile import Metadata
 from ormb.model.packing import PackedModel, stream_file
+from ormb.model.staging import Parts, StagingTree
 from ormb.model.unpack import extract_tar, write_raw
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest, canonical_json
@@ -170,6 +171,8 @@ class LayerFile:
 
 
 def safe_path(value: str, where: str) -> PurePosixPath:
+    if "\0" in value:
+        raise UnsafeArchiveError(f"{where} has a NUL character in its file path {value!r}; refusing")
     if not value or value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
         raise UnsafeArchiveError(f"{where} has the absolute or empty file path {value!r}; refusing")
     parts = value.replace("\\", "/").split("/")
@@ -246,21 +249,25 @@ def _known_format(value: object) -> str | None:
 def write_files(
     source: Fetcher,
     files: Sequence[LayerFile],
-    staging: Path,
+    tree: StagingTree,
     *,
+    base: Parts = (),
     local_copy: Callable[[Descriptor], Path] | None = None,
+    max_expand: int | None = None,
     progress: ProgressListener | None = None,
 ) -> list[str]:
-    """Write the layers of a per-file artifact into ``staging`` (see :func:`unpack.staged_directory`),
+    """Write the layers of a per-file artifact into ``tree`` below ``base`` (see :mod:`ormb.model.staging`),
     verifying each; ``local_copy`` names a verified local file of a blob to clone instead of copying."""
     written: list[str] = []
     for item in files:
         with source.fetch(item.descriptor) as blob:
             if item.packing == "raw" and item.path is not None:
                 clone_from = local_copy(item.descriptor) if local_copy else None
-                write_raw(blob, item.descriptor, staging, item.path, clone_from=clone_from, progress=progress)
+                write_raw(blob, item.descriptor, tree, base + item.path.parts, clone_from=clone_from,
+                          progress=progress)
                 written.append(str(item.path))
             else:
                 compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
-                written += extract_tar(blob, item.descriptor, staging, compression=compression, progress=progress)
-    return written
+                written += extract_tar(blob, item.descriptor, tree, base=base, compression=compression,
+                                       max_expand=max_expand, progress=progress)
+    return list(dict.fromkeys(written))

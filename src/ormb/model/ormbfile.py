@@ -137,13 +137,6 @@ def parse_metadata(text: str, source: str = FILENAME) -> Metadata:
         raise _metadata_error(exc, source, lines) from None
 
 
-def write_metadata(directory: Path, metadata: Metadata) -> None:
-    """Write ``directory/ormbfile.yaml`` whole or not at all (a temporary file, then a rename)."""
-    staged = directory / f".{FILENAME}.tmp"
-    staged.write_text(metadata.to_yaml(), encoding="utf-8")
-    staged.replace(directory / FILENAME)
-
-
 def parse_metadata_dict(data: Mapping[str, Any], source: str = "metadata") -> Metadata:
     """Validate metadata given as a dict with ormbfile.yaml's keys (the Python API's ``metadata=``)."""
     try:
