@@ -166,11 +166,13 @@ def extract_tar(
 
 
 def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePosixPath, *,
-              clone_from: Path | None = None, progress: ProgressListener | None = None) -> None:
+              clone_from: Path | None = None, progress: ProgressListener | None = None,
+              compression: str | None = None) -> None:
     """Write a raw (untarred) layer to ``staging/relative``, verifying its digest while writing.
 
     ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
     (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
+    ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing.
     """
     progress = progress or NoProgress()
     target = staging / relative
@@ -184,7 +186,7 @@ def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePos
     if target.is_symlink() or target.exists():
         raise UnsafeArchiveError(f"two layers write the file {relative}; refusing")
     progress.start(desc.digest, str(relative), desc.size)
-    if clone_from is not None and reflink(clone_from, target):
+    if clone_from is not None and compression is None and reflink(clone_from, target):
         progress.advance(desc.digest, desc.size)
         progress.finish(desc.digest)
         return
@@ -194,8 +196,16 @@ def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePos
             out = open(target, "xb")
         except OSError as exc:
             raise StorageError(f"cannot write {target}: {exc.strerror}") from None
-        with out:
-            _copy(_Limited(reader, desc.size), out, target)
+        try:
+            with out:
+                _copy(_decompressed(_Limited(reader, desc.size), compression), out, target)
+        except (OSError, EOFError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
+            if isinstance(exc, StorageError):
+                raise
+            _Limited(reader, desc.size - reader.size).drain()
+            if reader.digest() != desc.digest:
+                raise IntegrityError(f"layer {desc.digest} ({relative}) does not match its digest") from None
+            raise UnsafeArchiveError(f"layer {desc.digest} ({relative}) is not valid {compression}: {exc}") from None
         extra = reader.read(1)
     finally:
         reader.close()
@@ -216,6 +226,18 @@ class _Limited:
         data = self._raw.read(self._left if n < 0 else min(n, self._left))
         self._left -= len(data)
         return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
 
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
