@@ -120,6 +120,10 @@ def _prepare(root: Path, metadata: Metadata | dict[str, object] | None, *, read_
     validate_format(format_name, model_dir, relative)
     meta = meta.model_copy(update={"format": format_name})
     notes: list[str] = []
+    if listing.outside:
+        shown = ", ".join(listing.outside[:2]) + (f" and {len(listing.outside) - 2} more" if len(listing.outside) > 2
+                                                  else "")
+        notes.append(f"packed what {len(listing.outside)} link(s) outside {model_dir} name: {shown}")
     filled = False
     if read_model_signature and not (meta.signature and (meta.signature.inputs or meta.signature.outputs)):
         found = read_signature(format_name, model_dir, relative)

@@ -24,6 +24,8 @@ def test_a_cache_snapshot_saves_the_real_files(tmp_path: Path, settings: Setting
     for artifact_format in ("modelpack", "ormb"):
         result = api.save(snapshot, f"acme/tiny:{artifact_format}", settings=settings, artifact_format=artifact_format)
         assert result.format == "SafeTensors" and result.files == len(FILES) and result.skipped == ()
+        # what the links name is outside the snapshot directory: packed, and said so
+        assert any(note.startswith(f"packed what {len(FILES)} link(s) outside ") for note in result.notes)
         out = tmp_path / f"out-{artifact_format}"
         api.export(f"acme/tiny:{artifact_format}", out, settings=settings)
         base = out if artifact_format == "modelpack" else out / "model"
