@@ -41,11 +41,11 @@ def _place(settings: Settings, ref: str, config: tuple[str, bytes], layers: list
     config_desc = Descriptor.of_bytes(config[0], config[1])
     push_bytes(cache, config_desc, config[1])
     descs = []
-    for i, (media_type, data, annotations) in enumerate(layers):
-        desc = Descriptor.of_bytes(media_type, data, annotations)
+    for i, (media_type, data, layer_annotations) in enumerate(layers):
+        desc = Descriptor.of_bytes(media_type, data, layer_annotations)
         cache.push(desc, io.BytesIO(data))
         if layer_digests and i in layer_digests:  # claim another digest: a registry that lies
-            desc = Descriptor(media_type, layer_digests[i], len(data), annotations)
+            desc = Descriptor(media_type, layer_digests[i], len(data), layer_annotations)
             path = cache.blob_path(desc.digest)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)

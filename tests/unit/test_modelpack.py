@@ -287,6 +287,8 @@ def _hostile(settings: Settings, ref: str, layers: list[tuple[bytes, dict[str, s
     ("missing annotation", [(b"x", {})], "has no org.cncf.model.filepath"),
     ("old names, dot-dot", [(b"x", {"org.cnai.model.filepath": "../x"})], "'..'"),
     ("nul byte", [(b"x", {"org.cncf.model.filepath": "a\x00b"})], "absolute or empty"),
+    ("file and directory", [(b"x", {"org.cncf.model.filepath": "w"}), (b"y", {"org.cncf.model.filepath": "w/x"})],
+     "as if it were a directory"),
 ])
 def test_hostile_modelpack_layers_are_refused_and_nothing_is_written(
     tmp_path: Path, settings: Settings, case: str, layers: list[tuple[bytes, dict[str, str]]], message: str,

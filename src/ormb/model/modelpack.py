@@ -277,6 +277,11 @@ def layer_files(manifest: Manifest) -> list[LayerFile]:
         else:
             title = str(safe_path(raw_path, f"layer {desc.digest}")) if raw_path else None
             out.append(LayerFile(desc, None, kind, packing, title))
+    for item in out:  # a path cannot be a file and a directory ("a" and "a/b")
+        for parent in item.path.parents if item.path else ():
+            if str(parent) in seen:
+                raise UnsafeArchiveError(f"one layer writes the file {str(parent)!r}, another writes {str(item.path)!r} "
+                                         "inside it as if it were a directory; refusing")
     return out
 
 

@@ -34,7 +34,22 @@ CHUNK = 1 << 20
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-class _HashingReader:
+class _Reader:
+    """``readinto`` and ``readable`` over ``read``, for the decompressors that ask for them."""
+
+    def read(self, n: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class _HashingReader(_Reader):
     """Reads from ``raw``, hashing and counting every byte, reporting progress."""
 
     def __init__(self, raw: BinaryIO, desc: Descriptor, progress: ProgressListener, task: str) -> None:
@@ -50,14 +65,6 @@ class _HashingReader:
         self.size += len(data)
         self._progress.advance(self._task, len(data))
         return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
 
     def drain(self) -> None:
         while self.read(CHUNK):
@@ -202,7 +209,7 @@ def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePos
         except (OSError, EOFError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
             if isinstance(exc, StorageError):
                 raise
-            _Limited(reader, desc.size - reader.size).drain()
+            reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
             if reader.digest() != desc.digest:
                 raise IntegrityError(f"layer {desc.digest} ({relative}) does not match its digest") from None
             raise UnsafeArchiveError(f"layer {desc.digest} ({relative}) is not valid {compression}: {exc}") from None
@@ -214,7 +221,7 @@ def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePos
     progress.finish(desc.digest)
 
 
-class _Limited:
+class _Limited(_Reader):
     """At most ``limit`` bytes of ``raw``."""
 
     def __init__(self, raw: _HashingReader, limit: int) -> None:
@@ -226,18 +233,6 @@ class _Limited:
         data = self._raw.read(self._left if n < 0 else min(n, self._left))
         self._left -= len(data)
         return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
 
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
