@@ -44,6 +44,7 @@ class LoadedModel:
     manifest_desc: Descriptor
     manifest: Manifest
     metadata: Metadata
+    config: bytes = b""  # the config blob as stored, verified
 
     @property
     def size(self) -> int:
@@ -102,7 +103,7 @@ def load_model(target: Fetcher, manifest_desc: Descriptor, data: bytes | None = 
         metadata = modelpack.metadata_of(manifest, config)
     else:
         metadata = Metadata()
-    return LoadedModel(manifest_desc, manifest, metadata)
+    return LoadedModel(manifest_desc, manifest, metadata, config)
 
 
 def cache_key(ref: Reference) -> str:

@@ -135,10 +135,17 @@ def cli(debug: bool, no_progress: bool) -> None:
               help="ormb: the original ormb format, one tar+gzip layer (default; Harbor shows it as a MODEL); "
                    "modelpack: CNCF ModelPack, one layer per file (dedup per file, partial pulls). "
                    "'artifactFormat' in ormbfile.yaml chooses too.")
+@click.option("--modelpack-names", type=click.Choice(["cncf", "cnai"]), default=None,
+              help="ModelPack only. cncf: the current names, vnd.cncf.model.* (default); cnai: the older "
+                   "vnd.cnai.model.* names, which the model view of Harbor 2.13-2.15 needs. "
+                   "'modelpackNames' in ormbfile.yaml chooses too.")
+@click.option("--include-hidden/--exclude-hidden", default=None,
+              help="Also pack hidden files and directories (.git/, .cache/, .DS_Store); they are left out by "
+                   "default. 'includeHidden' in ormbfile.yaml chooses too.")
 @json_option
 @click.pass_context
 def save(ctx: click.Context, directory: str, reference: str, compression: str, artifact_format: str | None,
-         as_json: bool) -> None:
+         modelpack_names: str | None, include_hidden: bool | None, as_json: bool) -> None:
     """Pack DIRECTORY (ormbfile.yaml + model/) into the local cache as REFERENCE.
 
     Without an ormbfile.yaml the format is guessed from the file names; the directory is
@@ -146,12 +153,16 @@ def save(ctx: click.Context, directory: str, reference: str, compression: str, a
     """
     with _progress(ctx) as bar:
         result = api.save(directory, reference, compression=compression, artifact_format=artifact_format,
-                          progress=bar)
+                          modelpack_names=modelpack_names, include_hidden=include_hidden, progress=bar)
     if as_json:
         print_json(result)
         return
     for skipped in result.skipped:
         click.echo(f"warning: skipped {skipped}", err=True)
+    if result.hidden:
+        shown = ", ".join(result.hidden[:5]) + (f" and {len(result.hidden) - 5} more" if len(result.hidden) > 5 else "")
+        click.echo(f"note: left out {plural(len(result.hidden), 'hidden file or directory', 'hidden files and directories')}"
+                   f" ({shown}); --include-hidden packs them", err=True)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if result.signature_filled:
@@ -213,7 +224,7 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
 @cli.command()
 @json_option
 def models(as_json: bool) -> None:
-    """List the models in the local cache (alias: list).
+    """List the models in the local cache (alias: list); CREATED is when each entered the cache.
 
     A reference that is not one usable model (an index, a missing blob, a container image)
     is listed too, with a PROBLEM column saying what is wrong.
@@ -246,6 +257,8 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
     click.echo(f"size:      {human_size(details.size)}")
     click.echo(f"format:    {details.metadata.format or '-'}")
     click.echo(f"created:   {details.created.isoformat() if details.created else '-'}")
+    if details.cached:
+        click.echo(f"cached:    {details.cached.isoformat()}")
     click.echo(f"config:    {details.config['digest']} ({details.config['mediaType']})")
     for layer in details.layers:
         click.echo(f"layer:     {layer['digest']} ({layer['mediaType']}, {human_size(int(str(layer['size'])))})")
@@ -254,10 +267,23 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
     metadata.pop("format", None)
     if metadata:
         click.echo("metadata:")
-        click.echo("  " + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip().replace("\n", "\n  "))
+        click.echo(_indented_yaml(metadata))
+    if details.model_info:
+        click.echo("model config (as its tool wrote it):")
+        click.echo(_indented_yaml(details.model_info))
     click.echo(f"files:     {len(details.files)}")
     for name in details.files:
         click.echo(f"  {name}")
+
+
+def _indented_yaml(value: Any) -> str:
+    return "  " + yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip().replace("\n", "\n  ")
+
+
+class _InputError(click.ClickException):
+    """Bad command-line input, shown as one ``Error:`` line (no usage text); exit code 2."""
+
+    exit_code = 2
 
 
 @cli.command()
@@ -268,7 +294,11 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @remote_options
 def login(host: str, username: str | None, password: str | None, password_stdin: bool, **kwargs: Any) -> None:
-    """Log in to the registry HOST; credentials go to $ORMB_HOME/config.json (mode 0600)."""
+    """Log in to the registry HOST; credentials go to $ORMB_HOME/config.json (mode 0600).
+
+    HOST may be a URL, as for docker login: https://registry.example.com:5000/ means
+    registry.example.com:5000.
+    """
     options = _transport(kwargs)
     if password and password_stdin:
         raise click.UsageError("give --password or --password-stdin, not both")
@@ -278,6 +308,10 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
         if not username:
             raise click.UsageError("--password-stdin needs --username")
         password = sys.stdin.read().rstrip("\r\n")
+    if (not username or not password) and not sys.stdin.isatty():
+        missing = "user name and password" if not username else "password"
+        raise _InputError(f"no terminal to ask for the {missing} (give -u USER and pipe the password in: "
+                          f"echo \"$PASSWORD\" | ormb login {host} -u USER --password-stdin)")
     if not username:
         username = click.prompt("Username")
     if not password:
@@ -289,9 +323,9 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
 @cli.command()
 @click.argument("host")
 def logout(host: str) -> None:
-    """Forget the credentials stored for the registry HOST."""
+    """Forget the credentials stored for the registry HOST (a host or a URL, as for login)."""
     api.logout(host)
-    click.echo(f"Removing login credentials for {host}")
+    click.echo(f"Removing login credentials for {api.registry_host(host)[0]}")
 
 
 def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> None:
@@ -381,7 +415,7 @@ def copy_command(ctx: click.Context, /, source: str, destination: str, referrers
         print_json(result)
         return
     extra = f", {plural(len(result.referrers), 'referrer')}" if referrers else ""
-    click.echo(f"Copied {source} to {destination}")
+    click.echo(f"Copied {_full_reference(source)} to {_full_reference(destination)}")
     click.echo(f"digest: {result.digest} ({plural(len(result.transferred), 'blob')} sent, "
                f"{len(result.existing)} already there, {len(result.mounted)} mounted{extra})")
 
@@ -409,13 +443,20 @@ def tag(source: str, target: str) -> None:
     click.echo(f"{ref.tag}: tagged {ref}")
 
 
+def _full_reference(text: str) -> str:
+    """The reference as ormb understands it (host and tag filled in); an oci:PATH as given."""
+    if text.startswith("oci:"):
+        return text
+    return str(parse_reference(text, load_settings().default_registry))
+
+
 @cli.command()
 @click.argument("references", nargs=-1, required=True)
 def remove(references: tuple[str, ...]) -> None:
     """Remove references from the local cache (alias: rm); 'ormb prune' frees the space."""
     for reference in references:
         digest = api.remove(reference)
-        click.echo(f"Untagged: {reference} ({digest})")
+        click.echo(f"Untagged: {_full_reference(reference)} ({digest})")
 
 
 @cli.command()

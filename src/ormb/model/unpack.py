@@ -51,7 +51,22 @@ def expansion_limit(layer_size: int, max_expand: int | None = None) -> int:
     return max_expand if max_expand is not None else max(MIN_EXPAND, EXPAND_RATIO * layer_size)
 
 
-class _HashingReader:
+class _Reader:
+    """``readinto`` and ``readable`` over ``read``, for the decompressors that ask for them."""
+
+    def read(self, n: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class _HashingReader(_Reader):
     """Reads from ``raw``, hashing and counting every byte, reporting progress."""
 
     def __init__(self, raw: Readable, desc: Descriptor, progress: ProgressListener, task: str) -> None:
@@ -67,14 +82,6 @@ class _HashingReader:
         self.size += len(data)
         self._progress.advance(self._task, len(data))
         return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
 
     def drain(self) -> None:
         while self.read(CHUNK):
@@ -247,12 +254,12 @@ def _extract_all(source: _Bounded, tree: StagingTree, base: Parts, prefix: str, 
     return list(paths)
 
 
-def _write_file(tree: StagingTree, parts: Parts, source: IO[bytes] | _Limited, mode: int) -> os.stat_result:
+def _write_file(tree: StagingTree, parts: Parts, source: Readable, mode: int) -> os.stat_result:
     """A new file at ``parts`` (replacing an earlier file or link of that name) with the bytes of ``source``."""
     return _write_to(tree.create_file(parts, replace=True), tree.show(parts), source, mode)
 
 
-def _write_to(fd: int, shown: str, source: IO[bytes] | _Limited, mode: int | None) -> os.stat_result:
+def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.stat_result:
     """Write ``source`` into the new file ``fd`` and close it; read errors (the layer's) pass up unchanged,
     write errors (the disk's) become StorageError naming ``shown``."""
     out = open(fd, "wb")
@@ -277,24 +284,40 @@ def _write_to(fd: int, shown: str, source: IO[bytes] | _Limited, mode: int | Non
 
 
 def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
-              clone_from: Path | None = None, progress: ProgressListener | None = None) -> None:
+              clone_from: Path | None = None, compression: str | None = None, max_expand: int | None = None,
+              progress: ProgressListener | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
     (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
-    A path that already exists (another layer's) is refused.
+    ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, bounded
+    like a tar layer's expansion.  A path that already exists (another layer's) is refused.
     """
     progress = progress or NoProgress()
     progress.start(desc.digest, "/".join(parts), desc.size)
     fd = tree.create_file(parts, replace=False)
-    if clone_from is not None and _clone(clone_from, fd, desc.size):
+    if clone_from is not None and compression is None and _clone(clone_from, fd, desc.size):
         os.close(fd)
         progress.advance(desc.digest, desc.size)
         progress.finish(desc.digest)
         return
     reader = _HashingReader(blob, desc, progress, desc.digest)
     try:
-        _write_to(fd, tree.show(parts), _Limited(reader, desc.size), None)
+        if compression is None:
+            _write_to(fd, tree.show(parts), _Limited(reader, desc.size), None)
+        else:
+            budget = _Budget(desc, expansion_limit(desc.size, max_expand))
+            try:
+                _write_to(fd, tree.show(parts), _Bounded(_decompressed(_Limited(reader, desc.size), compression),
+                                                         budget), None)
+            except OrmbError:
+                raise
+            except (OSError, EOFError, ValueError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
+                reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
+                if reader.digest() != desc.digest:
+                    raise IntegrityError(f"layer {desc.digest} ({'/'.join(parts)}) does not match its digest") from None
+                raise UnsafeArchiveError(f"layer {desc.digest} ({'/'.join(parts)}) is not valid {compression}: "
+                                         f"{exc}") from None
         extra = reader.read(1)
     finally:
         reader.close()
@@ -303,7 +326,7 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
     progress.finish(desc.digest)
 
 
-class _Limited:
+class _Limited(_Reader):
     """At most ``limit`` bytes of ``raw``."""
 
     def __init__(self, raw: _HashingReader, limit: int) -> None:
@@ -337,7 +360,7 @@ def _clone(source: Path, fd: int, size: int) -> bool:
         return False
 
 
-def _copy(source: IO[bytes] | _Limited, out: IO[bytes], shown: str) -> None:
+def _copy(source: Readable, out: IO[bytes], shown: str) -> None:
     """Copy with the write in a background thread; read errors (the layer's fault) pass up unchanged,
     write errors (the disk's) become StorageError."""
     with BackgroundWriter(out) as writer:  # the write overlaps reading, unpacking and hashing the next chunk
