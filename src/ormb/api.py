@@ -441,8 +441,9 @@ def _registry(host: str, settings: Settings, options: TransportOptions | None,
     return Registry(host, options or TransportOptions(), credential if credential is not None else store)
 
 
-def _remote(ref: Reference, settings: Settings, options: TransportOptions | None) -> RemoteRepository:
-    return RemoteRepository(_registry(ref.registry, settings, options), ref.repository)
+def _remote(ref: Reference, settings: Settings, options: TransportOptions | None, *,
+            pushing: bool = False) -> RemoteRepository:
+    return RemoteRepository(_registry(ref.registry, settings, options), ref.repository, pushing=pushing)
 
 
 def registry_host(text: str) -> tuple[str, bool | None]:
@@ -517,7 +518,7 @@ def push(reference: str | Reference, *, settings: Settings | None = None, option
     ref = _ref(reference, settings, need_tag=True)
     cache = open_cache(settings)
     _resolve_cached(cache, ref, pushing=True)
-    remote = _remote(ref, settings, options)
+    remote = _remote(ref, settings, options, pushing=True)
     concurrency = (options or TransportOptions()).concurrency
     stats = copy(cache, cache_key(ref), remote, ref.tag or "", concurrency=concurrency, progress=progress,
                  mount_from=_mount_sources(cache, ref, settings))
@@ -614,7 +615,8 @@ class CopyResult:
     referrers: tuple[str, ...]
 
 
-def _endpoint(text: str, settings: Settings, options: TransportOptions | None) -> tuple[Target, str, Reference | None]:
+def _endpoint(text: str, settings: Settings, options: TransportOptions | None,
+              pushing: bool = False) -> tuple[Target, str, Reference | None]:
     """(Target, reference in it, registry reference) for ``oci:PATH[:TAG]`` or a registry reference."""
     if text.startswith("oci:"):
         path, sep, tag = text[4:].rpartition(":")
@@ -625,7 +627,7 @@ def _endpoint(text: str, settings: Settings, options: TransportOptions | None) -
                                         "use oci:PATH or oci:PATH:TAG, the tag 1-128 ASCII letters, digits, '_.-'")
         return OCILayout(Path(path)), tag, None
     ref = parse_reference(text, settings.default_registry)
-    return _remote(ref, settings, options), ref.version, ref
+    return _remote(ref, settings, options, pushing=pushing), ref.version, ref
 
 
 def copy_model(source: str, destination: str, *, referrers: bool = False, settings: Settings | None = None,
@@ -637,7 +639,7 @@ def copy_model(source: str, destination: str, *, referrers: bool = False, settin
     """
     settings = settings or load_settings()
     src, src_ref, src_registry = _endpoint(source, settings, options)
-    dst, dst_ref, dst_registry = _endpoint(destination, settings, options)
+    dst, dst_ref, dst_registry = _endpoint(destination, settings, options, pushing=True)
     if referrers and not isinstance(src, RemoteRepository):
         raise UsageError("--referrers needs a registry as the source: an OCI layout has no referrers API",
                          "copy without --referrers, or from the registry the layout came from")
