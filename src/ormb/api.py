@@ -278,6 +278,7 @@ class ModelSummary:
     created: datetime | None  # when this reference entered the local cache (save, pull, tag)
     size: int
     problem: str = ""  # why this reference is not one usable model (an index, a missing blob, ...); "" if it is
+    cached_size: int | None = None  # bytes of the layers the cache holds, when a partial pull left some out
 
 
 def _cached(model: LoadedModel) -> datetime | None:
@@ -318,7 +319,9 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
             out.append(ModelSummary(ref, desc.digest, "-", stamp, 0, exc.message))
             continue
         problem = "" if model.is_model else f"not a model: its config is {model.manifest.config.media_type}"
-        out.append(ModelSummary(ref, desc.digest, model.format, _cached(model), model.size, problem))
+        held = sum(layer.size for layer in model.manifest.layers if cache.exists(layer))
+        out.append(ModelSummary(ref, desc.digest, model.format, _cached(model), model.size, problem,
+                                held if held < model.size else None))
     return sorted(out, key=lambda m: (m.reference.name, m.reference.tag or "", m.reference.digest or ""))
 
 

@@ -226,6 +226,8 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
 def models(as_json: bool) -> None:
     """List the models in the local cache (alias: list); CREATED is when each entered the cache.
 
+    A model pulled with --include shows how much of it is here: SIZE '12.0 MiB of 4.0 GiB (partial)'.
+
     A reference that is not one usable model (an index, a missing blob, a container image)
     is listed too, with a PROBLEM column saying what is wrong.
     """
@@ -234,9 +236,17 @@ def models(as_json: bool) -> None:
         print_json(found)
         return
     problems = any(m.problem for m in found)  # the column appears only when something is wrong
+
+    def size(m: api.ModelSummary) -> str:
+        if m.problem:
+            return "-"
+        if m.cached_size is not None:  # a partial pull (--include): say how much of the model is here
+            return f"{human_size(m.cached_size)} of {human_size(m.size)} (partial)"
+        return human_size(m.size)
+
     rows = [[m.reference.name if m.reference.registry else m.reference.repository, m.reference.tag or "<none>",
-             m.digest.partition(":")[2][:12] or "-", m.format, human_time(m.created),
-             human_size(m.size) if not m.problem else "-", *([m.problem] if problems else [])] for m in found]
+             m.digest.partition(":")[2][:12] or "-", m.format, human_time(m.created), size(m),
+             *([m.problem] if problems else [])] for m in found]
     print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE", *(["PROBLEM"] if problems else [])], rows)
 
 
