@@ -285,31 +285,38 @@ def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.sta
 
 def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
               clone_from: Path | None = None, compression: str | None = None, max_expand: int | None = None,
-              progress: ProgressListener | None = None) -> None:
+              mode: int | None = None, progress: ProgressListener | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
     (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
     ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, bounded
-    like a tar layer's expansion.  A path that already exists (another layer's) is refused.
+    like a tar layer's expansion.  ``mode``: the file's permission bits (the file metadata's).  A path
+    that already exists (another layer's) is refused.
     """
     progress = progress or NoProgress()
     progress.start(desc.digest, "/".join(parts), desc.size)
     fd = tree.create_file(parts, replace=False)
     if clone_from is not None and compression is None and _clone(clone_from, fd, desc.size):
-        os.close(fd)
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+        except OSError as exc:
+            raise StorageError(f"cannot write {tree.show(parts)}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
         progress.advance(desc.digest, desc.size)
         progress.finish(desc.digest)
         return
     reader = _HashingReader(blob, desc, progress, desc.digest)
     try:
         if compression is None:
-            _write_to(fd, tree.show(parts), _Limited(reader, desc.size), None)
+            _write_to(fd, tree.show(parts), _Limited(reader, desc.size), mode)
         else:
             budget = _Budget(desc, expansion_limit(desc.size, max_expand))
             try:
                 _write_to(fd, tree.show(parts), _Bounded(_decompressed(_Limited(reader, desc.size), compression),
-                                                         budget), None)
+                                                         budget), mode)
             except OrmbError:
                 raise
             except (OSError, EOFError, ValueError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
