@@ -13,22 +13,32 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import BinaryIO
 
 
 @contextmanager
-def staged_file(directory: Path, prefix: str, mode: int = 0o644) -> Iterator[tuple[BinaryIO, Path]]:
-    """A new temporary file in ``directory`` (same filesystem as the store); removed on exit
-    unless :func:`install_file` renamed it."""
-    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".partial")
+def staged_file(directory: Path, prefix: str, mode: int = 0o644,
+                errors: Callable[[], AbstractContextManager[None]] = nullcontext) -> Iterator[tuple[BinaryIO, Path]]:
+    """A new temporary file in ``directory`` (same filesystem as the store); removed on exit unless
+    :func:`install_file` renamed it.  ``errors`` wraps this helper's own file operations (creating,
+    closing), so a caller can translate a full disk into its own error."""
+    with errors():
+        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".partial")
     path = Path(name)
+    file = os.fdopen(fd, "w+b")
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w+b") as file:
-            yield file, path
+        yield file, path
+    except BaseException:
+        with suppress(OSError):  # the error on the way out is the one to report
+            file.close()
+        raise
+    else:
+        with errors():  # close() flushes: a full disk may show only now
+            file.close()
     finally:
         path.unlink(missing_ok=True)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from ormb.oci.grammar import IO_CHUNK
+from ormb.oci.grammar import IO_CHUNK, is_decimal
 
 DRAIN_LIMIT = 16 << 20  # a refused body up to this size is read before the answer
 StartResponse = Callable[..., Any]
@@ -100,7 +100,7 @@ class Request:
         value = self.environ.get("CONTENT_LENGTH")
         if value in (None, ""):
             return None
-        if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        if not is_decimal(value):
             raise SpecError(400, "SIZE_INVALID", "Content-Length is not a number")
         return int(value)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ormb.oci.grammar import MAX_PAGE_ENTRIES, is_digest
+from ormb.oci.grammar import MAX_PAGE_ENTRIES, is_decimal, is_digest
 from ormb.server.http import Request, SpecError
 
 
@@ -15,7 +15,9 @@ def digest_param(value: str) -> str:
 def page(request: Request) -> tuple[int | None, str | None]:
     """``n`` and ``last`` of a paginated list; ``n`` is capped at MAX_PAGE_ENTRIES."""
     n = request.query.get("n")
-    if n is not None and not (n.isascii() and n.isdigit()):
+    if n is None:
+        return None, (request.query.get("last") or None)
+    if not (n.isascii() and n.isdigit()):
         raise SpecError(400, "PAGINATION_NUMBER_INVALID", "n must be a non-negative number")
-    number = min(int(n), MAX_PAGE_ENTRIES) if n is not None and len(n) < 20 else (MAX_PAGE_ENTRIES if n else None)
+    number = min(int(n), MAX_PAGE_ENTRIES) if is_decimal(n) else MAX_PAGE_ENTRIES  # a huge n asks for everything
     return number, (request.query.get("last") or None)
