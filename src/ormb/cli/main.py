@@ -7,6 +7,7 @@ import dataclasses
 import sys
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,7 +24,7 @@ from ormb.cli.render import (
     to_jsonable,
 )
 from ormb.config import load_settings
-from ormb.errors import OrmbError
+from ormb.errors import IntegrityError, OrmbError
 from ormb.model.gzipstream import COMPRESSIONS
 from ormb.oci.reference import parse_reference
 from ormb.progress import ProgressListener
@@ -36,12 +37,22 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 
 
 def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
     try:
         return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a size like 5242880, 5M or 1G") from None
+
+
+def _optional_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    return None if value is None else _size(value)
+
+
+max_expand_option = click.option(
+    "--max-expand", callback=_optional_size, envvar="ORMB_MAX_EXPAND", metavar="SIZE",
+    help="The most one tar layer may unpack to, e.g. 500G (default: 20 times the layer's size, at least 1G; "
+         "env ORMB_MAX_EXPAND).")
 
 
 def remote_options(command: Any) -> Any:
@@ -108,8 +119,10 @@ def cli(debug: bool, no_progress: bool) -> None:
     (default ~/.ormb).
 
     \b
-    Exit codes: 0 ok, 1 error, 2 bad input (reference, ormbfile.yaml, model files,
-    usage), 3 not found, 4 corrupt or unsafe content, 70 internal error, 130 interrupted.
+    Exit codes: 0 ok; 1 error (disk, permissions); 2 bad input or usage (reference,
+    ormbfile.yaml, model files, an option that does not apply); 3 not found; 4 corrupt
+    or unsafe content; 5 authentication failed or access denied; 6 the registry cannot
+    be reached or answered with an error; 70 internal error; 130 interrupted.
     """
 
 
@@ -123,10 +136,17 @@ def cli(debug: bool, no_progress: bool) -> None:
               help="ormb: the original ormb format, one tar+gzip layer (default; Harbor shows it as a MODEL); "
                    "modelpack: CNCF ModelPack, one layer per file (dedup per file, partial pulls). "
                    "'artifactFormat' in ormbfile.yaml chooses too.")
+@click.option("--modelpack-names", type=click.Choice(["cncf", "cnai"]), default=None,
+              help="ModelPack only. cncf: the current names, vnd.cncf.model.* (default); cnai: the older "
+                   "vnd.cnai.model.* names, which the model view of Harbor 2.13-2.15 needs. "
+                   "'modelpackNames' in ormbfile.yaml chooses too.")
+@click.option("--include-hidden/--exclude-hidden", default=None,
+              help="Also pack hidden files and directories (.git/, .cache/, .DS_Store); they are left out by "
+                   "default. 'includeHidden' in ormbfile.yaml chooses too.")
 @json_option
 @click.pass_context
 def save(ctx: click.Context, directory: str, reference: str, compression: str, artifact_format: str | None,
-         as_json: bool) -> None:
+         modelpack_names: str | None, include_hidden: bool | None, as_json: bool) -> None:
     """Pack DIRECTORY (ormbfile.yaml + model/) into the local cache as REFERENCE.
 
     Without an ormbfile.yaml the format is guessed from the file names; the directory is
@@ -134,12 +154,16 @@ def save(ctx: click.Context, directory: str, reference: str, compression: str, a
     """
     with _progress(ctx) as bar:
         result = api.save(directory, reference, compression=compression, artifact_format=artifact_format,
-                          progress=bar)
+                          modelpack_names=modelpack_names, include_hidden=include_hidden, progress=bar)
     if as_json:
         print_json(result)
         return
     for skipped in result.skipped:
         click.echo(f"warning: skipped {skipped}", err=True)
+    if result.hidden:
+        shown = ", ".join(result.hidden[:5]) + (f" and {len(result.hidden) - 5} more" if len(result.hidden) > 5 else "")
+        click.echo(f"note: left out {plural(len(result.hidden), 'hidden file or directory', 'hidden files and directories')}"
+                   f" ({shown}); --include-hidden packs them", err=True)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if result.signature_filled:
@@ -176,16 +200,19 @@ def init(directory: str, force: bool) -> None:
 @click.option("--no-metadata", is_flag=True, help="Do not write ormbfile.yaml.")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
+@max_expand_option
 @json_option
 @click.pass_context
 def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool, include: tuple[str, ...],
-           as_json: bool) -> None:
+           max_expand: int | None, as_json: bool) -> None:
     """Unpack REFERENCE from the local cache into a directory (model/ and ormbfile.yaml).
 
-    Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe.
+    Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe, and
+    nothing outside the directory is ever touched.
     """
     with _progress(ctx) as bar:
-        result = api.export(reference, directory, metadata=not no_metadata, include=include, progress=bar)
+        result = api.export(reference, directory, metadata=not no_metadata, include=include, max_expand=max_expand,
+                            progress=bar)
     if as_json:
         print_json(result)
         return
@@ -198,14 +225,30 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
 @cli.command()
 @json_option
 def models(as_json: bool) -> None:
-    """List the models in the local cache (alias: list)."""
+    """List the models in the local cache (alias: list); CREATED is when each entered the cache.
+
+    A model pulled with --include shows how much of it is here: SIZE '12.0 MiB of 4.0 GiB (partial)'.
+
+    A reference that is not one usable model (an index, a missing blob, a container image)
+    is listed too, with a PROBLEM column saying what is wrong.
+    """
     found = api.models()
     if as_json:
         print_json(found)
         return
-    rows = [[m.reference.name, m.reference.tag or "<none>", m.digest.partition(":")[2][:12], m.format,
-             human_time(m.created), human_size(m.size)] for m in found]
-    print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE"], rows)
+    problems = any(m.problem for m in found)  # the column appears only when something is wrong
+
+    def size(m: api.ModelSummary) -> str:
+        if m.problem:
+            return "-"
+        if m.cached_size is not None:  # a partial pull (--include): say how much of the model is here
+            return f"{human_size(m.cached_size)} of {human_size(m.size)} (partial)"
+        return human_size(m.size)
+
+    rows = [[m.reference.name if m.reference.registry else m.reference.repository, m.reference.tag or "<none>",
+             m.digest.partition(":")[2][:12] or "-", m.format, human_time(m.created), size(m),
+             *([m.problem] if problems else [])] for m in found]
+    print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE", *(["PROBLEM"] if problems else [])], rows)
 
 
 @cli.command()
@@ -225,6 +268,8 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
     click.echo(f"size:      {human_size(details.size)}")
     click.echo(f"format:    {details.metadata.format or '-'}")
     click.echo(f"created:   {details.created.isoformat() if details.created else '-'}")
+    if details.cached:
+        click.echo(f"cached:    {details.cached.isoformat()}")
     click.echo(f"config:    {details.config['digest']} ({details.config['mediaType']})")
     for layer in details.layers:
         click.echo(f"layer:     {layer['digest']} ({layer['mediaType']}, {human_size(int(str(layer['size'])))})")
@@ -233,10 +278,23 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
     metadata.pop("format", None)
     if metadata:
         click.echo("metadata:")
-        click.echo("  " + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip().replace("\n", "\n  "))
+        click.echo(_indented_yaml(metadata))
+    if details.model_info:
+        click.echo("model config (as its tool wrote it):")
+        click.echo(_indented_yaml(details.model_info))
     click.echo(f"files:     {len(details.files)}")
     for name in details.files:
         click.echo(f"  {name}")
+
+
+def _indented_yaml(value: Any) -> str:
+    return "  " + yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip().replace("\n", "\n  ")
+
+
+class _InputError(click.ClickException):
+    """Bad command-line input, shown as one ``Error:`` line (no usage text); exit code 2."""
+
+    exit_code = 2
 
 
 @cli.command()
@@ -247,7 +305,11 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @remote_options
 def login(host: str, username: str | None, password: str | None, password_stdin: bool, **kwargs: Any) -> None:
-    """Log in to the registry HOST; credentials go to $ORMB_HOME/config.json (mode 0600)."""
+    """Log in to the registry HOST; credentials go to $ORMB_HOME/config.json (mode 0600).
+
+    HOST may be a URL, as for docker login: https://registry.example.com:5000/ means
+    registry.example.com:5000.
+    """
     options = _transport(kwargs)
     if password and password_stdin:
         raise click.UsageError("give --password or --password-stdin, not both")
@@ -257,6 +319,10 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
         if not username:
             raise click.UsageError("--password-stdin needs --username")
         password = sys.stdin.read().rstrip("\r\n")
+    if (not username or not password) and not sys.stdin.isatty():
+        missing = "user name and password" if not username else "password"
+        raise _InputError(f"no terminal to ask for the {missing} (give -u USER and pipe the password in: "
+                          f"echo \"$PASSWORD\" | ormb login {host} -u USER --password-stdin)")
     if not username:
         username = click.prompt("Username")
     if not password:
@@ -268,9 +334,9 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
 @cli.command()
 @click.argument("host")
 def logout(host: str) -> None:
-    """Forget the credentials stored for the registry HOST."""
+    """Forget the credentials stored for the registry HOST (a host or a URL, as for login)."""
     api.logout(host)
-    click.echo(f"Removing login credentials for {host}")
+    click.echo(f"Removing login credentials for {api.registry_host(host)[0]}")
 
 
 def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> None:
@@ -360,7 +426,7 @@ def copy_command(ctx: click.Context, /, source: str, destination: str, referrers
         print_json(result)
         return
     extra = f", {plural(len(result.referrers), 'referrer')}" if referrers else ""
-    click.echo(f"Copied {source} to {destination}")
+    click.echo(f"Copied {_full_reference(source)} to {_full_reference(destination)}")
     click.echo(f"digest: {result.digest} ({plural(len(result.transferred), 'blob')} sent, "
                f"{len(result.existing)} already there, {len(result.mounted)} mounted{extra})")
 
@@ -388,13 +454,20 @@ def tag(source: str, target: str) -> None:
     click.echo(f"{ref.tag}: tagged {ref}")
 
 
+def _full_reference(text: str) -> str:
+    """The reference as ormb understands it (host and tag filled in); an oci:PATH as given."""
+    if text.startswith("oci:"):
+        return text
+    return str(parse_reference(text, load_settings().default_registry))
+
+
 @cli.command()
 @click.argument("references", nargs=-1, required=True)
 def remove(references: tuple[str, ...]) -> None:
     """Remove references from the local cache (alias: rm); 'ormb prune' frees the space."""
     for reference in references:
         digest = api.remove(reference)
-        click.echo(f"Untagged: {reference} ({digest})")
+        click.echo(f"Untagged: {_full_reference(reference)} ({digest})")
 
 
 @cli.command()
@@ -424,11 +497,12 @@ def version(as_json: bool) -> None:
 @click.option("--layout", type=click.Choice(["triton", "mlflow", "none"]), default="triton", show_default=True,
               help="triton: DEST/1/<files> (also TF Serving); mlflow: DEST/<files>; none: DEST/model/<files>.")
 @click.option("--no-metadata", is_flag=True, help="Do not write DEST/ormbfile.yaml.")
+@max_expand_option
 @remote_options
 @json_option
 @click.pass_context
 def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout: str, no_metadata: bool,
-                    as_json: bool, **kwargs: Any) -> None:
+                    max_expand: int | None, as_json: bool, **kwargs: Any) -> None:
     """Fetch SOURCE (ormb://HOST/REPO:TAG or HOST/REPO:TAG) from its registry into DESTINATION for a model server.
 
     This is the storage initializer of KServe and Seldon Core init containers (also installed
@@ -440,8 +514,8 @@ def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout
 
     options = _transport(kwargs)
     with _progress(ctx) as bar:
-        result = run_initializer(source, destination, layout=layout, metadata=not no_metadata, options=options,
-                                 progress=bar)
+        result = run_initializer(source, destination, layout=layout, metadata=not no_metadata,
+                                 max_expand=max_expand, options=options, progress=bar)
     if as_json:
         print_json(result)
         return
@@ -457,11 +531,22 @@ def registry() -> None:
     """The embedded OCI registry: one process, blobs as files, metadata in SQLite."""
 
 
+_ROOT_OPTION = click.option("--root", type=click.Path(file_okay=False), default=None,
+                            help="The registry's storage (default: $ORMB_HOME/registry).")
+
+
+def _existing_root(root: str | None) -> Path:
+    root_dir = Path(root) if root else load_settings().home / "registry"
+    if not (root_dir / "registry.db").exists():
+        raise OrmbError(f"{root_dir} holds no registry", "give the --root that 'ormb registry serve' used")
+    return root_dir
+
+
 @registry.command()
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Where blobs and the database live (default: $ORMB_HOME/registry).")
 @click.option("--addr", default="127.0.0.1:5000", show_default=True,
-              help="HOST:PORT to listen on; loopback unless you choose otherwise.")
+              help="HOST:PORT to listen on; loopback unless you choose otherwise (port 0: any free port).")
 @click.option("--htpasswd", type=click.Path(exists=True, dir_okay=False),
               help="bcrypt htpasswd file: users must log in (create entries with 'htpasswd -B').")
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False),
@@ -471,8 +556,26 @@ def registry() -> None:
               help="How clients authenticate: tokens from this registry's /token endpoint, or Basic on each request.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key.")
+@click.option("--no-ui", is_flag=True, help="Serve the API only, without the model catalog pages.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes (each runs --threads requests at once).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Requests served at once per worker; more wait for a free thread.")
+@click.option("--max-connections", type=click.IntRange(1, 100000), default=4000, show_default=True,
+              help="Open connections per worker; beyond it new ones wait in the kernel's queue.")
+@click.option("--max-waiting", type=click.IntRange(1, 100000), default=256, show_default=True,
+              help="Requests waiting for a free thread per worker; beyond it new connections are answered 503.")
+@click.option("--client-timeout", type=click.FloatRange(0.5, 3600), default=60, show_default=True,
+              help="Seconds a client may stall mid-request (sending or receiving) before it is cut off.")
+@click.option("--keepalive", type=click.FloatRange(0.5, 3600), default=15, show_default=True,
+              help="Seconds an idle connection is kept open.")
+@click.option("--token-lifetime", type=click.IntRange(10, 86400), default=300, show_default=True,
+              help="Seconds a token from /token is valid.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="'info' logs one line per request (the access log); 'warning' only problems.")
 def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None, anonymous_pull: bool,
-          auth_scheme: str, tls_cert: str | None, tls_key: str | None) -> None:
+          auth_scheme: str, tls_cert: str | None, tls_key: str | None, no_ui: bool, workers: int, threads: int,
+          max_connections: int, max_waiting: int, client_timeout: float, keepalive: float, token_lifetime: int, log_level: str) -> None:
     """Run an OCI registry with a model catalog page at /.
 
     \b
@@ -482,14 +585,11 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
           repositories: ["alice/*"] # glob patterns
           actions: [pull, push, delete]
 
-    Stops cleanly on Ctrl-C or SIGTERM.
+    Served by gunicorn; stops cleanly on Ctrl-C or SIGTERM (requests under way are finished).
     """
-    import signal
-    import threading
-    from pathlib import Path
-
     from ormb.oci.reference import is_loopback_host
-    from ormb.server.app import RegistryServer, parse_addr
+    from ormb.server.serve import LISTENING, STOPPED, ServeOptions, parse_addr
+    from ormb.server.serve import serve as run_server
 
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -500,44 +600,59 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
         click.echo(f"warning: listening on {addr} without TLS: passwords and models cross the network in clear",
                    err=True)
     root_dir = Path(root) if root else load_settings().home / "registry"
-    server = RegistryServer(root_dir, addr, htpasswd=Path(htpasswd) if htpasswd else None,
-                            policy=Path(policy) if policy else None, anonymous_pull=anonymous_pull,
-                            tls_cert=Path(tls_cert) if tls_cert else None, tls_key=Path(tls_key) if tls_key else None,
-                            auth_scheme=auth_scheme)
-
-    def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.httpd.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    options = ServeOptions(root_dir, addr, Path(htpasswd) if htpasswd else None, Path(policy) if policy else None,
+                           anonymous_pull, Path(tls_cert) if tls_cert else None, Path(tls_key) if tls_key else None,
+                           auth_scheme, not no_ui, workers, threads, max_connections, max_waiting, client_timeout, keepalive,
+                           token_lifetime, log_level)
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
-    click.echo(f"ormb registry listening on {server.url} (storage {root_dir}, {auth})", err=True)
-    click.echo(f"model catalog: {server.url}/", err=True)
-    server.serve_forever()
-    server.httpd.server_close()
-    click.echo("ormb registry stopped", err=True)
+
+    def ready(url: str) -> None:
+        click.echo(f"{LISTENING}{url} (storage {root_dir}, {auth})", err=True)
+        if not no_ui:
+            click.echo(f"model catalog: {url}/", err=True)
+
+    run_server(options, ready, lambda: click.echo(STOPPED, err=True))
 
 
 @registry.command()
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="The registry's storage (default: $ORMB_HOME/registry).")
+@_ROOT_OPTION
 @click.option("--grace", type=float, default=3600, show_default=True,
-              help="Keep unreferenced blobs younger than this many seconds (a push may be under way).")
+              help="Keep unreferenced blobs and upload sessions touched within this many seconds (a push may be under way).")
 @json_option
 def gc(root: str | None, grace: float, as_json: bool) -> None:
-    """Free blobs that no manifest references."""
-    from pathlib import Path
+    """Free blobs that no manifest references; safe while the registry serves."""
+    from ormb.server.store import Store
 
-    from ormb.server.storage import Storage
-
-    root_dir = Path(root) if root else load_settings().home / "registry"
-    if not (root_dir / "registry.db").exists():
-        raise OrmbError(f"{root_dir} holds no registry", "give the --root that 'ormb registry serve' used")
-    blobs, freed = Storage(root_dir).gc(grace)
+    result = Store(_existing_root(root)).gc(grace)
     if as_json:
-        print_json({"blobs": blobs, "bytes": freed})
+        print_json({"blobs": result.blobs, "bytes": result.bytes, "links": result.links, "uploads": result.uploads})
     else:
-        click.echo(f"Deleted {blobs} blobs, reclaimed {human_size(freed)}")
+        click.echo(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)} "
+                   f"({result.links} unreferenced links and {result.uploads} stale uploads dropped)")
+
+
+@registry.command()
+@_ROOT_OPTION
+@click.option("--repair", is_flag=True,
+              help="Forget blobs whose file is missing or corrupt (a new push uploads them again) and remove stray files.")
+@json_option
+def check(root: str | None, repair: bool, as_json: bool) -> None:
+    """Verify every blob's digest and that every database row has its file; exit 4 when something is wrong."""
+    from ormb.server.store import Store
+
+    result = Store(_existing_root(root)).check(repair)
+    if as_json:
+        print_json({"blobs": result.blobs, "missing": result.missing, "corrupt": result.corrupt,
+                    "orphans": result.orphans, "repaired": result.repaired})
+    else:
+        for kind, digests in (("missing", result.missing), ("corrupt", result.corrupt), ("no row", result.orphans)):
+            for digest in digests:
+                click.echo(f"{kind}: {digest}")
+        click.echo(f"Checked {result.blobs} blobs: {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
+                   f"{len(result.orphans)} files without a row" + (" (repaired)" if repair else ""))
+    if (result.missing or result.corrupt) and not repair:
+        raise IntegrityError(f"{len(result.missing) + len(result.corrupt)} blobs are missing or corrupt",
+                             "run 'ormb registry check --repair'; the next push of each uploads it again")
 
 
 def main(argv: list[str] | None = None) -> int:

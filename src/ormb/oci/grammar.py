@@ -27,6 +27,7 @@ REPOSITORY_RE = re.compile(rf"{REPOSITORY}\Z", re.ASCII)
 TAG_RE = re.compile(rf"{TAG}\Z", re.ASCII)
 DIGEST_RE = re.compile(rf"{DIGEST}\Z", re.ASCII)
 HOST_RE = re.compile(rf"{HOST}\Z", re.ASCII)
+DECIMAL_RE = re.compile(r"[0-9]{1,18}\Z", re.ASCII)  # a size or count in a header: str.isdigit() takes '²' too
 
 ALGORITHMS = {"sha256": 64, "sha512": 128}  # algorithm -> hex length
 
@@ -47,6 +48,11 @@ def is_digest(value: str) -> bool:
     return DIGEST_RE.match(value) is not None
 
 
+def is_decimal(value: str) -> bool:
+    """ASCII digits that fit in 64 bits: a number in a header (Range, Retry-After, OCI-Chunk-Min-Length)."""
+    return DECIMAL_RE.match(value) is not None
+
+
 def is_host(value: str) -> bool:
     """A registry host, ``name[:port]`` or ``[ipv6][:port]``."""
     return HOST_RE.match(value) is not None
@@ -59,6 +65,7 @@ MAX_METADATA_BLOB = 16 << 20  # a blob read whole into memory: a config, a signa
 MAX_ERROR_BODY = 64 << 10  # of an error answer, the part read to show the registry's words
 MAX_TAG_PAGE = 16 << 20  # one page of a tag or catalog list
 MAX_TAG_PAGES = 10_000  # pages of a tag list followed before giving up
+MAX_PAGE_ENTRIES = 10_000  # entries the registry returns in one page of a tag or catalog list (a larger n is capped)
 MAX_GRAPH_DEPTH = 8  # indexes nested in indexes, followed at most this deep
 MAX_TAR_ENTRY_NAME = 4096  # bytes of a path in a layer
 

@@ -18,14 +18,20 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError
 
-from ormb import __version__
+from ormb._version import __version__
 from ormb.errors import NetworkError
+from ormb.oci.grammar import is_decimal
 from ormb.oci.reference import is_loopback_host
 
 USER_AGENT = f"ormb/{__version__}"
 Body: TypeAlias = "bytes | Iterable[bytes] | None"
 BodyFactory: TypeAlias = "Callable[[], Body]"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Redirects urllib3 follows itself (a blob GET sent to a CDN or S3): Authorization, Cookie and
+# Proxy-Authorization are dropped whenever scheme, host or port change (urllib3's is_same_host),
+# so credentials stay with the registry's origin.  Said here, not left to a default.
+_REDIRECTS = urllib3.Retry(total=None, connect=0, read=0, other=0, redirect=5, status=0,
+                           remove_headers_on_redirect=urllib3.Retry.DEFAULT_REMOVE_HEADERS_ON_REDIRECT)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Transport:
         if self.base_url.startswith("https"):
             pool_kw["ssl_context"] = _ssl_context(options)
         proxy = self._proxy()
+        self._answered = False  # has this host answered once? Until it has, "connection refused" is final
         self.pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **pool_kw) if proxy else urllib3.PoolManager(**pool_kw)
         )
@@ -101,8 +108,7 @@ class Transport:
             try:
                 response = self.pool.request(
                     method, url, headers=headers, body=body() if body else None, preload_content=False,
-                    redirect=redirect, retries=urllib3.Retry(total=None, connect=0, read=0, other=0, redirect=5, status=0)
-                    if redirect else False,
+                    redirect=redirect, retries=_REDIRECTS if redirect else False,
                 )
             except SSLError as exc:
                 raise NetworkError(_tls_message(self.host, exc), _tls_hint(exc)) from None
@@ -110,11 +116,15 @@ class Transport:
                 reason = getattr(exc, "reason", None)
                 if isinstance(reason, SSLError):
                     raise NetworkError(_tls_message(self.host, reason), _tls_hint(reason)) from None
-                if attempt >= self.options.retries:
+                # A registry that has never answered and refuses the connection is not running: say so now,
+                # instead of after seconds of silent retries.  Once it has answered, a refusal is a restart
+                # under way, and worth the retries.
+                if attempt >= self.options.retries or (not self._answered and _reason(exc) == "connection refused"):
                     raise NetworkError(f"cannot reach {self.host}: {_reason(exc)}") from None
                 self._sleep(attempt, None)
                 attempt += 1
                 continue
+            self._answered = True
             if response.status in RETRY_STATUSES and attempt < self.options.retries:
                 retry_after = response.headers.get("Retry-After")
                 response.drain_conn()
@@ -126,7 +136,7 @@ class Transport:
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
         delay = self.options.backoff * (2**attempt)
-        if retry_after and retry_after.isdigit():
+        if retry_after and is_decimal(retry_after):
             delay = min(float(retry_after), 60.0)
         time.sleep(delay)
 
