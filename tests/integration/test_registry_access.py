@@ -656,6 +656,65 @@ def test_token_endpoint_accepts_the_oauth2_password_grant(tmp_path: Path, starte
     assert wrong.status in (400, 401) and b"access_token" not in wrong.body
 
 
+def _post_token(server: Serve, form: dict[str, str]) -> Response:
+    realm, _ = challenge(server)
+    return call(server, "POST", realm, urllib.parse.urlencode(form).encode(),
+                {"Content-Type": "application/x-www-form-urlencoded"})
+
+
+def test_the_refresh_token_grant_gives_tokens_and_a_refresh_token_is_no_access_token(
+        tmp_path: Path, started: list[Serve]) -> None:
+    """``access_type=offline`` returns a refresh token; ``grant_type=refresh_token`` exchanges it for
+    access tokens; a refresh token is not itself accepted as a Bearer token, and a forged one gets nothing."""
+    server = serve(tmp_path, "--htpasswd", write_htpasswd(tmp_path, PASSWORDS), "--policy", write_policy(tmp_path))
+    started.append(server)
+    scope = "repository:alice/refresh:pull,push"
+    first = _post_token(server, {"grant_type": "password", "username": "alice", "password": PASSWORDS["alice"],
+                                 "scope": scope, "access_type": "offline", "client_id": "ormb-tests"})
+    assert first.status == 200, first.text
+    refresh = first.json()["refresh_token"]
+    assert call(server, "POST", "/v2/alice/refresh/blobs/uploads/", b"",
+                {"Authorization": f"Bearer {refresh}"}).status == 401
+    second = _post_token(server, {"grant_type": "refresh_token", "refresh_token": refresh, "scope": scope})
+    assert second.status == 200, second.text
+    token = second.json()["access_token"]
+    assert call(server, "POST", "/v2/alice/refresh/blobs/uploads/", b"", {"Authorization": f"Bearer {token}"}).status == 202
+    forged = _post_token(server, {"grant_type": "refresh_token", "refresh_token": refresh[:-2] + "xx", "scope": scope})
+    assert forged.status in (400, 401) and b"access_token" not in forged.body
+
+
+def test_tokens_are_revoked_before_they_expire(tmp_path: Path, started: list[Serve]) -> None:
+    """``ormb registry revoke alice`` on the running registry's storage: alice's access and refresh
+    tokens stop working (within seconds); bob's keep working; alice may log in again for new ones."""
+    server = serve(tmp_path, "--htpasswd", write_htpasswd(tmp_path, PASSWORDS), "--policy", write_policy(tmp_path),
+                   "--token-lifetime", "3600")
+    started.append(server)
+    alice = bearer(server, "alice", "repository:alice/revoked:pull,push")
+    bob = bearer(server, "bob", "repository:bob/kept:pull,push")
+    refresh = _post_token(server, {"grant_type": "password", "username": "alice", "password": PASSWORDS["alice"],
+                                   "access_type": "offline"}).json()["refresh_token"]
+    assert call(server, "POST", "/v2/alice/revoked/blobs/uploads/", b"", alice).status == 202
+    revoked = subprocess.run([ORMB, "registry", "revoke", "--root", str(server.root), "alice"],
+                             capture_output=True, text=True, timeout=60)
+    assert revoked.returncode == 0, revoked.stderr
+    deadline = time.monotonic() + 10  # the registry promises a second; allow for a loaded machine
+    while call(server, "POST", "/v2/alice/revoked/blobs/uploads/", b"", alice).status != 401:
+        assert time.monotonic() < deadline, "alice's token still works 10 s after 'ormb registry revoke alice'"
+        time.sleep(0.2)
+    assert _post_token(server, {"grant_type": "refresh_token", "refresh_token": refresh}).status == 401
+    assert call(server, "POST", "/v2/bob/kept/blobs/uploads/", b"", bob).status == 202
+    fresh = bearer(server, "alice", "repository:alice/revoked:pull,push")
+    assert call(server, "POST", "/v2/alice/revoked/blobs/uploads/", b"", fresh).status == 202
+
+    everyone = subprocess.run([ORMB, "registry", "revoke", "--root", str(server.root), "--all"],
+                              capture_output=True, text=True, timeout=60)
+    assert everyone.returncode == 0, everyone.stderr
+    deadline = time.monotonic() + 10
+    while call(server, "POST", "/v2/bob/kept/blobs/uploads/", b"", bob).status != 401:
+        assert time.monotonic() < deadline, "bob's token still works 10 s after 'ormb registry revoke --all'"
+        time.sleep(0.2)
+
+
 def test_registry_files_and_directories_are_private(tmp_path: Path, started: list[Serve]) -> None:
     """Other local users read nothing: everything under the storage root is 0600/0700, whatever the umask (022 here)."""
     server = serve(tmp_path)
@@ -694,6 +753,40 @@ def test_a_final_put_whose_content_range_skips_ahead_is_416(open_registry: Serve
     final = call(open_registry, "PUT", f"{location}{separator}digest={digest}", data[20:],
                  {**chunk, "Content-Range": "20-29"})
     assert final.status == 201 and final.headers["Docker-Content-Digest"] == digest
+
+
+def test_a_manifest_pushed_by_digest_takes_tag_parameters(open_registry: Serve) -> None:
+    """distribution-spec 1.1+dev ``PUT /manifests/<digest>?tag=a&tag=b``: the only way to tag a
+    manifest hashed with sha512 (a PUT by tag names no algorithm). Conformance's tag-param-sha512."""
+    repo, config = "conformance/tagparam", b"{}"
+    upload(open_registry, repo, config)
+    data = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_EMPTY, config),
+                       "layers": []}).encode()
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    pushed = call(open_registry, "PUT", f"/v2/{repo}/manifests/{digest}?tag=one&tag=two", data,
+                  {"Content-Type": OCI_MANIFEST})
+    assert pushed.status == 201, pushed.text
+    assert pushed.headers["Docker-Content-Digest"] == digest
+    assert {t.strip() for v in pushed.headers.get_all("OCI-Tag") or [] for t in v.split(",")} == {"one", "two"}
+    for tag in ("one", "two"):
+        pulled = call(open_registry, "GET", f"/v2/{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+        assert (pulled.status, pulled.headers["Docker-Content-Digest"], pulled.body) == (200, digest, data)
+    bad = call(open_registry, "PUT", f"/v2/{repo}/manifests/{digest}?tag=..bad", data, {"Content-Type": OCI_MANIFEST})
+    assert bad.status == 400
+
+
+def test_a_mount_without_from_takes_only_what_the_caller_may_pull(tenants: Serve) -> None:
+    """``POST /blobs/uploads/?mount=D`` with no ``from``: bob gets D linked from public/* (he may pull
+    there), never from alice's repository, where he may not: then it is an ordinary upload (202)."""
+    private, public = os.urandom(50), os.urandom(50)
+    upload(tenants, "alice/mountable", private, login("alice"))
+    upload(tenants, "public/mountable", public, login("bob"))
+    refused = call(tenants, "POST", f"/v2/bob/mounted/blobs/uploads/?mount={sha256(private)}", b"", login("bob"))
+    assert refused.status == 202, (refused.status, refused.text)
+    assert call(tenants, "HEAD", f"/v2/bob/mounted/blobs/{sha256(private)}", headers=login("bob")).status == 404
+    mounted = call(tenants, "POST", f"/v2/bob/mounted/blobs/uploads/?mount={sha256(public)}", b"", login("bob"))
+    assert mounted.status == 201, (mounted.status, mounted.text)
+    assert call(tenants, "GET", f"/v2/bob/mounted/blobs/{sha256(public)}", headers=login("bob")).body == public
 
 
 def test_non_distributable_layers_with_urls_need_no_blob(open_registry: Serve) -> None:
