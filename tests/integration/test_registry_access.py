@@ -808,3 +808,32 @@ def test_non_distributable_layers_with_urls_need_no_blob(open_registry: Serve) -
     assert accepted.status == 201, (accepted.status, accepted.text)
     pulled = call(open_registry, "GET", f"/v2/{repo}/manifests/with-urls", headers={"Accept": OCI_MANIFEST})
     assert pulled.status == 200 and json.loads(pulled.body) == manifest
+
+
+def test_sparse_manifests_only_when_asked(tmp_path: Path, started: list[Serve]) -> None:
+    """distribution-spec conformance, "sparse" (OCI_DATA_SPARSE): with ``--sparse-manifests`` a manifest
+    whose layer was never pushed, and an index naming a manifest that was not, are accepted and pulled
+    as pushed; the missing parts are 404. Without the flag (the default) both are MANIFEST_BLOB_UNKNOWN."""
+    config, missing = b"{}", os.urandom(100)
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_EMPTY, config),
+                "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", missing)]}
+    absent = descriptor(OCI_MANIFEST, os.urandom(200))
+    strict, sparse = serve(tmp_path / "strict"), serve(tmp_path / "sparse", "--sparse-manifests")
+    started += [strict, sparse]
+    for server, accepted in ((strict, False), (sparse, True)):
+        upload(server, "mirror/some", config)
+        image = put_manifest(server, "mirror/some", "image", manifest)
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                 "manifests": [descriptor(OCI_MANIFEST, json.dumps(manifest).encode()), absent]}
+        listed = put_manifest(server, "mirror/some", "index", index)
+        if not accepted:
+            assert (image.status, image.code(), listed.status, listed.code()) == \
+                (400, "MANIFEST_BLOB_UNKNOWN", 400, "MANIFEST_BLOB_UNKNOWN")
+            continue
+        assert (image.status, listed.status) == (201, 201), (image.text, listed.text)
+        pulled = call(server, "GET", "/v2/mirror/some/manifests/index", headers={"Accept": OCI_INDEX})
+        assert pulled.status == 200 and json.loads(pulled.body) == index
+        assert call(server, "GET", f"/v2/mirror/some/blobs/{sha256(missing)}").status == 404
+        assert call(server, "GET", f"/v2/mirror/some/manifests/{absent['digest']}").status == 404
+        assert model_page(server, "mirror/some", "index").status == 200  # the catalog copes with what is missing
+        assert model_page(server, "mirror/some", "image").status == 200

@@ -577,10 +577,13 @@ def _existing_root(root: str | None) -> Path:
 @click.option("--public-host", "public_hosts", multiple=True, metavar="NAME",
               help="A host name clients reach the registry by (a DNS name, a proxy's), besides loopback names and "
                    "the --addr host; other Host headers are refused (DNS rebinding). Repeatable.")
+@click.option("--sparse-manifests", is_flag=True,
+              help="Accept manifests and indexes whose blobs or child manifests were not pushed (a mirror of some "
+                   "platforms of an index); pulls of the missing parts get 404.")
 def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None, anonymous_pull: bool,
           auth_scheme: str, tls_cert: str | None, tls_key: str | None, no_ui: bool, workers: int, threads: int,
           max_connections: int, max_waiting: int, client_timeout: float, keepalive: float, token_lifetime: int,
-          log_level: str, public_hosts: tuple[str, ...]) -> None:
+          log_level: str, public_hosts: tuple[str, ...], sparse_manifests: bool) -> None:
     """Run an OCI registry with a model catalog page at /.
 
     \b
@@ -608,7 +611,7 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
     options = ServeOptions(root_dir, addr, Path(htpasswd) if htpasswd else None, Path(policy) if policy else None,
                            anonymous_pull, Path(tls_cert) if tls_cert else None, Path(tls_key) if tls_key else None,
                            auth_scheme, not no_ui, workers, threads, max_connections, max_waiting, client_timeout, keepalive,
-                           token_lifetime, log_level, public_hosts)
+                           token_lifetime, log_level, public_hosts, sparse_manifests)
     options.check()  # before anything is created or started
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
 

@@ -53,10 +53,11 @@ def action_of(resource: str, method: str) -> str:
 
 
 def create_app(storage: Storage, access: AccessControl, *, auth_scheme: str = "bearer", ui: bool = True,
-               service: str = "ormb-registry", guard: BrowserGuard | None = None) -> WSGIApp:
+               service: str = "ormb-registry", guard: BrowserGuard | None = None, sparse: bool = False) -> WSGIApp:
     """The registry over ``storage``, deciding with ``access``; a plain WSGI callable.  ``guard``
-    defaults to a registry on 127.0.0.1 (Host checked when ``access`` asks for no login)."""
-    ctx = Context(storage, Authoriser(access, auth_scheme, service), ui)
+    defaults to a registry on 127.0.0.1 (Host checked when ``access`` asks for no login); ``sparse``
+    accepts manifests whose blobs or child manifests were not pushed."""
+    ctx = Context(storage, Authoriser(access, auth_scheme, service), ui, sparse)
     guard = guard or BrowserGuard.for_address("127.0.0.1", open_registry=not access.enabled)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

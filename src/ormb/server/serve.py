@@ -73,6 +73,7 @@ class ServeOptions:
     token_lifetime: int = 300
     log_level: str = "info"
     public_hosts: tuple[str, ...] = ()  # names clients reach the registry by, besides loopback and --addr
+    sparse_manifests: bool = False  # accept manifests whose blobs or child manifests were not pushed
 
     def check(self) -> None:
         """Refuse what cannot be served as asked: :class:`~ormb.errors.UsageError` (exit 2)."""
@@ -101,6 +102,8 @@ class ServeOptions:
             args.append("--no-ui")
         for name in self.public_hosts:
             args += ["--public-host", name]
+        if self.sparse_manifests:
+            args.append("--sparse-manifests")
         return args
 
 
@@ -118,7 +121,8 @@ def build_app(options: ServeOptions) -> tuple[Any, Any]:
     access = AccessControl(users=users, rules=rules, anonymous_pull=options.anonymous_pull, secret=store.secret,
                            token_lifetime=options.token_lifetime, revocations=store.token_generations)
     guard = BrowserGuard.for_address(parse_addr(options.addr)[0], options.public_hosts, open_registry=users is None)
-    return create_app(store, access, auth_scheme=options.auth_scheme, ui=options.ui, guard=guard), store
+    return create_app(store, access, auth_scheme=options.auth_scheme, ui=options.ui, guard=guard,
+                      sparse=options.sparse_manifests), store
 
 
 def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Callable[[], None]) -> None:

@@ -80,9 +80,10 @@ class BlobStore(Protocol):
 
 class MetadataStore(Protocol):
     def put_manifest(self, record: ManifestRecord, data: bytes, children: list[str], blobs: list[str],
-                     tags: list[str]) -> list[str]:
+                     tags: list[str], *, sparse: bool = False) -> list[str]:
         """Store the manifest's bytes and rows, tagged ``tags``; ``blobs`` must be linked to the repository
-        and ``children`` (index entries) be manifests of it.  Returns what is missing (nothing stored then)."""
+        and ``children`` (index entries) be manifests of it.  Returns what is missing (nothing stored then);
+        ``sparse``: store it all the same (what is missing is referenced, so gc keeps it once pushed)."""
 
     def manifest(self, repository: str, digest: str) -> ManifestRecord | None: ...
 

@@ -331,14 +331,14 @@ class Store:
 
     # -- manifests and tags -------------------------------------------------------------------
     def put_manifest(self, record: ManifestRecord, data: bytes, children: list[str], blobs: list[str],
-                     tags: list[str]) -> list[str]:
+                     tags: list[str], *, sparse: bool = False) -> list[str]:
         now = time.time()
         with self._store_lock(), self.transaction() as db:
             missing = [d for d in blobs if db.execute(
                 "SELECT 1 FROM blob_links WHERE repository = ? AND digest = ?", (record.repository, d)).fetchone() is None]
             missing += [d for d in children if db.execute(
                 "SELECT 1 FROM manifests WHERE repository = ? AND digest = ?", (record.repository, d)).fetchone() is None]
-            if missing:
+            if missing and not sparse:
                 return missing
             db.executemany("UPDATE blob_links SET touched = ? WHERE repository = ? AND digest = ?",
                            [(now, record.repository, d) for d in blobs])

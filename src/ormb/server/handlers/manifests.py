@@ -52,7 +52,7 @@ def put(ctx: Context, request: Request, name: str, reference: str) -> Response:
     checked = validate_manifest(data, reference, request.header("Content-Type"))
     record = ManifestRecord(name, checked.digest, checked.media_type, checked.artifact_type, len(data),
                             checked.subject, checked.annotations, time.time())
-    missing = ctx.storage.put_manifest(record, data, checked.children, checked.blobs, tags)
+    missing = ctx.storage.put_manifest(record, data, checked.children, checked.blobs, tags, sparse=ctx.sparse)
     if missing:
         kind = "manifest" if missing[0] in checked.children else "blob"
         raise SpecError(400, "MANIFEST_BLOB_UNKNOWN", f"{kind} {missing[0]} is not in {name}")
