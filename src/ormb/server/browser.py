@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ormb.server.http import Request, SpecError
 
@@ -72,6 +72,7 @@ class BrowserGuard:
     names: frozenset[str] = frozenset()  # host names and addresses served besides the loopback ones
     any_address: bool = False  # bound to a wildcard address: any IP-address Host is served
     check_host: bool = True  # False: every Host is answered (an authenticated registry without --public-host)
+    _seen: dict[str, tuple[tuple[str, str] | None, bool]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def for_address(cls, addr_host: str, public_hosts: tuple[str, ...] = (), *, open_registry: bool = True) -> BrowserGuard:
@@ -89,12 +90,23 @@ class BrowserGuard:
             return True
         return self.any_address and _ip(host) is not None
 
+    def _verdict(self, host_header: str) -> tuple[tuple[str, str] | None, bool]:
+        """(split Host, served?), remembered: parsing addresses costs more than the rest of a HEAD."""
+        known = self._seen.get(host_header)
+        if known is None:
+            own = split_host(host_header) if host_header else ("", "")
+            known = own, own is not None and (not host_header or self.host_served(own[0]))
+            if len(self._seen) >= 256:  # Host values are the client's choice: stay small
+                self._seen.clear()
+            self._seen[host_header] = known
+        return known
+
     def check(self, request: Request) -> None:
         """Raise 421 for a Host this registry does not serve, 403 for a cross-site request that
         would change state."""
         host_header = request.header("Host")
-        own = split_host(host_header) if host_header else ("", "")
-        if self.check_host and (own is None or (host_header and not self.host_served(own[0]))):
+        own, served = self._verdict(host_header)
+        if self.check_host and not served:
             shown = host_header[:100].encode("ascii", "replace").decode()
             raise SpecError(421, "DENIED", f"this registry does not serve the host name {shown!r} "
                             "(if clients reach it by that name, start it with --public-host NAME)")
