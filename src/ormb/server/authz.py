@@ -20,6 +20,10 @@ from ormb.server.throttle import LoginRefused
 CATALOG = "registry:catalog"  # the resource name of /v2/_catalog
 
 
+def too_many(refused: LoginRefused) -> SpecError:
+    return SpecError(429, "TOOMANYREQUESTS", str(refused), {"Retry-After": str(refused.retry_after)})
+
+
 @dataclass(frozen=True)
 class Identity:
     user: str | None  # None: anonymous
@@ -63,7 +67,14 @@ class Authoriser:
         try:
             return self.access.basic_user(request.header("Authorization"), request.client)
         except LoginRefused as refused:
-            raise SpecError(429, "TOOMANYREQUESTS", str(refused), {"Retry-After": str(refused.retry_after)}) from None
+            raise too_many(refused) from None
+
+    def password_login(self, request: Request, user: str, password: str) -> bool:
+        """``user``'s password checked, throttled by user and by the request's address (429)."""
+        try:
+            return self.access.login(user, password, request.client)
+        except LoginRefused as refused:
+            raise too_many(refused) from None
 
     def authorise(self, request: Request, resource: str | None, action: str, *, browser: bool = False) -> str | None:
         """The user when ``action`` on ``resource`` is allowed (None: the API root); else raise 401/403."""

@@ -19,7 +19,6 @@ from typing import Any
 
 from ormb.server.context import Context
 from ormb.server.http import Request, Response, SpecError
-from ormb.server.throttle import LoginRefused
 
 FORM_LIMIT = 64 << 10
 
@@ -52,12 +51,11 @@ def post(ctx: Context, request: Request) -> Response:
     user: str | None
     if grant == "password":
         user = form.get("username", "")
-        try:
-            accepted = access.login(user, form.get("password", ""), request.client) if access.enabled else True
-        except LoginRefused as refused:
-            raise SpecError(429, "TOOMANYREQUESTS", str(refused), {"Retry-After": str(refused.retry_after)}) from None
+        accepted = ctx.authz.password_login(request, user, form.get("password", "")) if access.enabled else True
         if not accepted:
             raise _refused()
+        if not access.enabled:
+            user = None  # an open registry has no users: the name proves nothing
     elif grant == "refresh_token":
         user = access.refresh_user(form.get("refresh_token", ""))
         if user is None:
