@@ -487,5 +487,9 @@ class TokenDistribution:
 
 
 def start_registry(kind: str, directory: Path, port: int = 0) -> Distribution | EmbeddedRegistry:
-    """A registry without auth: CNCF distribution or the embedded one."""
-    return Distribution(directory, port=port) if kind == "distribution" else EmbeddedRegistry(directory, port=port)
+    """A registry without auth: CNCF distribution or the embedded one.  The embedded one also serves the
+    name ``registry.invalid``, by which test_faults reaches it through a proxy (an open ``ormb registry
+    serve`` answers only the host names it serves: DNS rebinding)."""
+    if kind == "distribution":
+        return Distribution(directory, port=port)
+    return EmbeddedRegistry(directory, port=port, public_hosts=("registry.invalid",))
