@@ -280,3 +280,14 @@ def test_basic_logins_are_throttled_in_the_app_with_a_clear_429(tmp_path: Path) 
     status, headers, body = _Client(app, "Basic " + base64.b64encode(b"alice:right").decode())("GET", "/v2/")
     assert status == 429 and headers["Retry-After"].isdigit()
     assert json.loads(body)["errors"][0]["code"] == "TOOMANYREQUESTS"
+
+
+def test_a_token_issued_right_after_a_revocation_carries_the_new_generation(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ormb.server.access.REVOCATION_DELAY", 3600.0)  # verification would read stale numbers
+    store = Store(tmp_path / "registry")
+    access = AccessControl(users={"alice": b"unused"}, secret=store.secret, revocations=store.token_generations)
+    old, _ = access.issue("alice", [])
+    store.revoke("alice")
+    new, _ = access.issue("alice", [])  # issuing reads the generations afresh
+    assert access.verify(new) is not None and access.verify(old) is None

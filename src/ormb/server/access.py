@@ -263,7 +263,8 @@ class AccessControl:
 
     def _sign(self, claims: dict[str, Any], lifetime: int) -> str:
         user = claims["sub"]
-        claims = {**claims, "exp": int(time.time()) + lifetime, "gen": [self.generation(user), self.generation(EVERYONE)]}
+        generation = self.generation(user, fresh=True)  # a token issued just after a revocation must survive it
+        claims = {**claims, "exp": int(time.time()) + lifetime, "gen": [generation, self.generation(EVERYONE)]}
         payload = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).rstrip(b"=")
         signature = base64.urlsafe_b64encode(hmac.new(self.secret, payload, hashlib.sha256).digest()).rstrip(b"=")
         return (payload + b"." + signature).decode()
@@ -284,11 +285,12 @@ class AccessControl:
             return None  # revoked: issued before 'ormb registry revoke'
         return data
 
-    def generation(self, user: str | None) -> int:
-        """The current token generation of ``user`` (None: anonymous tokens; EVERYONE: all tokens)."""
+    def generation(self, user: str | None, *, fresh: bool = False) -> int:
+        """The current token generation of ``user`` (None: anonymous tokens; EVERYONE: all tokens), as read
+        at most REVOCATION_DELAY seconds ago (``fresh``: now)."""
         now = time.monotonic()
         read_at, generations = self._generations
-        if now - read_at > REVOCATION_DELAY:
+        if fresh or now - read_at > REVOCATION_DELAY:
             generations = self.revocations()
             self._generations = (now, generations)
         return generations.get(ANONYMOUS_KEY if user is None else user, 0)
