@@ -286,7 +286,8 @@ def test_a_token_issued_right_after_a_revocation_carries_the_new_generation(tmp_
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ormb.server.access.REVOCATION_DELAY", 3600.0)  # verification would read stale numbers
     store = Store(tmp_path / "registry")
-    access = AccessControl(users={"alice": b"unused"}, secret=store.secret, revocations=store.token_generations)
+    access = AccessControl(users={"alice": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))}, secret=store.secret,
+                           revocations=store.token_generations)
     old, _ = access.issue("alice", [])
     store.revoke("alice")
     new, _ = access.issue("alice", [])  # issuing reads the generations afresh
