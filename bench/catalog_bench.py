@@ -2,7 +2,8 @@
 
     python bench/catalog_bench.py [--files 200000]
 
-A tar+gzip layer of ``--files`` empty files (1.4 MB for 200,000) is pushed to the registry
+A tar+gzip layer of ``--files`` empty files (1.4 MB for 200,000; the layer of
+tests/integration/test_registry_access.py::test_catalog_caps_a_huge_file_list_with_a_more_link) is pushed to the registry
 application in-process (no server: the cost measured is the page's own), then its model page is
 asked for three times: the first view reads the layer's listing (up to the catalog's cap) and
 remembers it, the second reads what was remembered, the third is the last "More" page.
@@ -11,11 +12,10 @@ remembers it, the second reads what was remembered, the third is the last "More"
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import io
 import json
-import tarfile
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,19 +26,9 @@ from ormb.server.access import AccessControl
 from ormb.server.app import create_app
 from ormb.server.store import Store
 
-
-def many_files_layer(count: int) -> bytes:
-    """``count`` empty files, headers made from one template (fast to build)."""
-    template = bytearray(tarfile.TarInfo("model/shard-000000.bin").tobuf(format=tarfile.USTAR_FORMAT))
-    template[148:156] = b" " * 8
-    base = sum(template) - sum(b"000000")
-    out = bytearray()
-    for i in range(count):
-        digits = b"%06d" % i
-        template[12:18] = digits
-        template[148:156] = b"%06o\0 " % (base + sum(digits))
-        out += template
-    return gzip.compress(bytes(out + bytes(1024)), compresslevel=6, mtime=0)
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "integration")]
+from test_registry_access import many_files_layer  # noqa: E402 - the layer issue 12's test pushes
 
 
 def call(app: Any, method: str, target: str, body: bytes = b"", content_type: str = "") -> tuple[int, bytes]:

@@ -16,6 +16,7 @@ import bcrypt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_registry_app import WSGIClient
 
 from ormb.errors import UsageError
 from ormb.server.access import ACTIONS, EVERYONE, AccessControl, Rule
@@ -224,7 +225,7 @@ def test_the_catalog_reads_a_huge_listing_only_up_to_its_cap(tmp_path: Path) -> 
             tar.addfile(tarfile.TarInfo(f"model/f{i:05d}"))
     layer = gzip.compress(raw.getvalue(), compresslevel=1)
     store = Store(tmp_path / "registry")
-    c = _Client(create_app(store, AccessControl()))
+    c = WSGIClient(create_app(store, AccessControl()))
     config = json.dumps({"format": "Others"}).encode()
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.caicloud.model.config.v1alpha1+json",
@@ -241,43 +242,13 @@ def test_the_catalog_reads_a_huge_listing_only_up_to_its_cap(tmp_path: Path) -> 
     assert status == 200 and b'id="more"' not in body and b'id="listing-capped"' in body
 
 
-class _Client:
-    def __init__(self, app: Any, auth: str | None = None) -> None:
-        self.app, self.auth = app, auth
-
-    def __call__(self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
-                 ) -> tuple[int, dict[str, str], bytes]:
-        path, _, query = target.partition("?")
-        environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
-                                   "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "5000", "wsgi.url_scheme": "http",
-                                   "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)),
-                                   "REMOTE_ADDR": "127.0.0.1"}
-        for key, value in {**({"Authorization": self.auth} if self.auth else {}), **(headers or {})}.items():
-            name = key.upper().replace("-", "_")
-            environ[name if name == "CONTENT_TYPE" else "HTTP_" + name] = value
-        answer: dict[str, Any] = {}
-
-        def start_response(status: str, headers: list[tuple[str, str]]) -> None:
-            answer["status"], answer["headers"] = int(status.split()[0]), dict(headers)
-
-        data = b"".join(self.app(environ, start_response))
-        return answer["status"], answer["headers"], data
-
-    def upload(self, repo: str, data: bytes) -> str:
-        import hashlib
-
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        assert self("POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", data)[0] == 201
-        return digest
-
-
 def test_basic_logins_are_throttled_in_the_app_with_a_clear_429(tmp_path: Path) -> None:
     users = {"alice": bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4))}
     app = create_app(Store(tmp_path / "registry"), AccessControl(users=users), auth_scheme="basic")
     wrong = "Basic " + base64.b64encode(b"alice:wrong").decode()
-    statuses = [_Client(app, wrong)("GET", "/v2/")[0] for _ in range(12)]
+    statuses = [WSGIClient(app, wrong)("GET", "/v2/")[0] for _ in range(12)]
     assert statuses[:10] == [401] * 10 and statuses[10:] == [429, 429]
-    status, headers, body = _Client(app, "Basic " + base64.b64encode(b"alice:right").decode())("GET", "/v2/")
+    status, headers, body = WSGIClient(app, "Basic " + base64.b64encode(b"alice:right").decode())("GET", "/v2/")
     assert status == 429 and headers["Retry-After"].isdigit()
     assert json.loads(body)["errors"][0]["code"] == "TOOMANYREQUESTS"
 
