@@ -107,6 +107,45 @@ def test_a_tags_link_elsewhere_is_followed_without_credentials(settings: Setting
     assert hostile.credentials_seen(where) == []
 
 
+def _two_faced(hostile: HostileRegistry, where: str, rest: str) -> str:
+    """A URL that urllib.parse reads as home and urllib3 connects to ``where`` with (the backslash)."""
+    return f"http://{hostile.origins[where].address}\\@{hostile.host}{rest}"
+
+
+@pytest.mark.parametrize("where", OFF_ORIGIN)
+def test_an_upload_location_the_url_parsers_disagree_on_is_refused(tmp_path: Path, settings: Settings,
+                                                                  hostile: HostileRegistry, where: str) -> None:
+    """F1: ``http://127.0.0.1:<other>\\@<home>/upload/x`` was "home" to urlsplit; urllib3 sent it to
+    <other>, with the credentials."""
+    ref = _saved(tmp_path, settings, hostile.host)
+
+    def bend(origin: Origin, method: str, path: str, answer: Answer) -> Answer:
+        if method == "POST" and path.endswith("/blobs/uploads/") and answer.status == 202:
+            answer.headers["Location"] = _two_faced(hostile, where, answer.headers["Location"])
+        return answer
+
+    hostile.bend = bend
+    with pytest.raises(RegistryError, match="answered an upload badly"):
+        api.push(ref, settings=settings)
+    assert hostile.credentials_seen(*OFF_ORIGIN) == []
+
+
+@pytest.mark.parametrize("where", OFF_ORIGIN)
+def test_a_tags_link_the_url_parsers_disagree_on_is_refused(settings: Settings, hostile: HostileRegistry,
+                                                           where: str) -> None:
+    _login(settings, hostile.host)
+
+    def pages(origin: Origin, query: dict[str, list[str]]) -> tuple[list[str], str | None]:
+        if origin.name == "home" and "last" not in query:
+            return ["v1", "v2"], _two_faced(hostile, where, "/v2/team/m/tags/list?n=2&last=v2")
+        return ["v3"], None
+
+    hostile.tags = pages
+    with pytest.raises(RegistryError, match="answered the tag list of team/m badly"):
+        api.tags(f"{hostile.host}/team/m", settings=settings)
+    assert hostile.credentials_seen(*OFF_ORIGIN) == []
+
+
 @pytest.mark.parametrize("link", ["/v2/team/m/tags/list?n=100", "self-absolute", "cycle"])
 def test_ormb_tags_stops_on_a_repeated_link(settings: Settings, hostile: HostileRegistry, link: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:

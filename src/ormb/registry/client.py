@@ -19,6 +19,8 @@ import urllib.parse
 from typing import Any, NamedTuple
 
 import urllib3
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from ormb.errors import (
     AuthenticationError,
@@ -34,6 +36,7 @@ from ormb.registry.credentials import ANONYMOUS, Credential, CredentialStore
 from ormb.registry.transport import BodyFactory, Transport, TransportOptions
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_NOT_IN_URLS = " \\"  # never in a URL (RFC 3986); a backslash is a '/' to WHATWG parsers and part of a name to others
 
 
 class Origin(NamedTuple):
@@ -47,12 +50,32 @@ class Origin(NamedTuple):
 
 
 def origin_of(url: str) -> Origin:
-    """(scheme, host, port) of an absolute http(s) URL, the default port filled in; ValueError otherwise."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+    """(scheme, host, port) of an absolute http(s) URL, the default port filled in; ValueError otherwise.
+
+    Decided with the parser that connects (urllib3's ``parse_url``, as ``PoolManager.urlopen``
+    does), and refused when :func:`urllib.parse.urlsplit` (what ``urljoin`` and the rest of the
+    standard library use) reads another origin out of it: ``http://127.0.0.1:1\\@registry/``
+    is ``registry`` to one and ``127.0.0.1:1`` to the other, so it names no origin at all.
+    """
+    try:
+        parsed = parse_url(url)
+    except LocationParseError:
+        raise ValueError(f"not a URL: {url[:200]!r}") from None
+    scheme = (parsed.scheme or "").lower()
+    host = parsed.host or ""
+    if scheme not in _DEFAULT_PORTS or not host or parsed.port == 0:
         raise ValueError(f"not an absolute http(s) URL: {url[:200]!r}")
-    return Origin(scheme, parts.hostname.lower(), parts.port or _DEFAULT_PORTS[scheme])
+    if host.startswith("[") and host.endswith("]"):  # the pool connects to the bare IPv6 address
+        host = host[1:-1]
+    origin = Origin(scheme, host, parsed.port or _DEFAULT_PORTS[scheme])
+    try:
+        split = urllib.parse.urlsplit(url)
+        other = (split.scheme.lower(), split.hostname, split.port or _DEFAULT_PORTS.get(split.scheme.lower()))
+    except ValueError:
+        other = None
+    if other != tuple(origin):
+        raise ValueError(f"URL parsers disagree on where {url[:200]!r} leads")
+    return origin
 
 
 def _is_token(value: str) -> bool:
@@ -100,13 +123,13 @@ class Registry:
     def resolve_url(self, base: str, given: str, what: str) -> str:
         """A URL the registry handed out (a ``Location``, a ``Link``), made absolute against ``base``;
         a :class:`RegistryError` when it is not an http(s) URL."""
+        if any(c in given for c in _NOT_IN_URLS) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in given):
+            raise self.bad_answer(what, "the URL holds spaces, backslashes or control characters")
         try:
             url = urllib.parse.urljoin(self.url(base), given)
             origin_of(url)
         except ValueError:
             raise self.bad_answer(what, f"the URL {given[:200]!r} is not an http(s) URL") from None
-        if any(c in url for c in "\r\n\0 "):
-            raise self.bad_answer(what, "the URL holds spaces or control characters")
         return url
 
     def is_home(self, url: str) -> bool:
