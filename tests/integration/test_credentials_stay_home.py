@@ -9,11 +9,12 @@ header; none may carry one off-origin.  Pagination must end on a repeated link a
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostile import PASSWORD, USER, Answer, HostileRegistry, Origin
+from hostile import IDENTITY_TOKEN, PASSWORD, USER, Answer, HostileRegistry, Origin
 from registries import self_signed
 
 from conftest import make_model
@@ -220,24 +221,136 @@ def test_an_https_realm_gets_the_credentials_and_the_registry_the_token(
         registry.stop()
 
 
-def test_a_realm_redirected_elsewhere_loses_the_credentials(settings: Settings) -> None:
-    """urllib3 follows the redirect of the token request; it must drop Authorization on the way."""
+@pytest.mark.parametrize("grant", ["password", "identity token"])
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_token_request_is_never_redirected(settings: Settings, grant: str, status: int) -> None:
+    """F3: the token request (Basic user:password, or the identity token in a POST body) followed a
+    redirect anywhere, including to http; a 3xx from the realm is now an error and nothing else is asked."""
     registry = HostileRegistry(auth="bearer")
     try:
-        _login(settings, registry.host)
+        store = CredentialStore(settings.home / "config.json")
+        store.store(registry.host, Credential("<token>", IDENTITY_TOKEN) if grant == "identity token"
+                    else Credential(USER, PASSWORD))
 
         def moved(origin: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
             if origin.name == "realm":
-                return Answer(307, {"Location": f"{registry.elsewhere.url}/token"})
+                return Answer(status, {"Location": f"{registry.other_host.url}/token"})
             return None
 
         registry.intercept = moved
-        with pytest.raises((RegistryError, AuthenticationError)):
+        with pytest.raises(RegistryError, match="token service .* redirect"):
             api.tags(f"{registry.host}/team/m", settings=settings)
-        assert registry.requests_to("elsewhere")
-        assert registry.credentials_seen("elsewhere") == []
+        assert registry.requests_to("other-host") == []
+        assert registry.credentials_seen(*OFF_ORIGIN) == []
     finally:
         registry.stop()
+
+
+def test_the_identity_token_reaches_the_realm_and_nothing_else(settings: Settings) -> None:
+    registry = HostileRegistry(auth="bearer")
+    try:
+        CredentialStore(settings.home / "config.json").store(registry.host, Credential("<token>", IDENTITY_TOKEN))
+        registry.tags = lambda origin, query: (["v1"], None)
+        assert api.tags(f"{registry.host}/team/m", settings=settings) == ["v1"]
+        assert [s.method for s in registry.requests_to("realm") if s.carries(IDENTITY_TOKEN)] == ["POST"]
+        assert registry.credentials_seen(*OFF_ORIGIN) == []
+    finally:
+        registry.stop()
+
+
+def _challenging_elsewhere(registry: HostileRegistry) -> None:
+    """Every off-origin server asks for credentials, naming a realm of its own."""
+    def challenge(origin: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
+        if origin.name in OFF_ORIGIN:
+            return Answer(401, {"WWW-Authenticate": f'Bearer realm="{origin.url}/token",service="cdn"'})
+        return None
+
+    registry.intercept = challenge
+
+
+@pytest.mark.parametrize("where", OFF_ORIGIN)
+def test_a_challenge_after_a_redirect_elsewhere_is_not_answered(tmp_path: Path, settings: Settings,
+                                                                hostile: HostileRegistry, where: str) -> None:
+    """F2: a blob GET redirected to a CDN that answers 401 Bearer: ormb fetched a token from the CDN's
+    realm with the user's password (urllib3 followed the redirect; the 401 looked like home's)."""
+    ref = _saved(tmp_path, settings, hostile.host)
+    api.push(ref, settings=settings)
+    hostile.blob_origin = where
+    _challenging_elsewhere(hostile)
+    puller = Settings(home=tmp_path / "puller", default_registry="localhost:5000")
+    _login(puller, hostile.host)
+    with pytest.raises(RegistryError, match="asks for credentials"):
+        api.pull(ref, settings=puller)
+    assert [s for s in hostile.requests_to(where) if "/blobs/" in s.path], "the redirect was not followed"
+    assert hostile.credentials_seen(*OFF_ORIGIN) == []
+
+
+@pytest.mark.parametrize("where", OFF_ORIGIN)
+def test_login_sent_elsewhere_by_a_redirect_answers_no_challenge_there(settings: Settings,
+                                                                      hostile: HostileRegistry, where: str) -> None:
+    """F2 through 'ormb login': its API check (GET /v2/) redirected to a host that asks for credentials."""
+    other = hostile.origins[where]
+
+    def moved(origin: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
+        if origin.name == "home" and path == "/v2/":
+            return Answer(307, {"Location": f"{other.url}/v2/"})
+        if origin.name in OFF_ORIGIN:
+            return Answer(401, {"WWW-Authenticate": f'Bearer realm="{origin.url}/token"'})
+        return None
+
+    hostile.intercept = moved
+    with pytest.raises(RegistryError, match="asks for credentials"):
+        api.login(hostile.host, USER, PASSWORD, settings=settings)
+    assert hostile.requests_to(where)
+    assert hostile.credentials_seen(*OFF_ORIGIN) == []
+
+
+def test_redirects_are_followed_a_bounded_number_of_times(tmp_path: Path, settings: Settings,
+                                                          hostile: HostileRegistry) -> None:
+    ref = _saved(tmp_path, settings, hostile.host)
+    api.push(ref, settings=settings)
+
+    def loop(origin: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
+        if "/blobs/sha256:" in path:
+            return Answer(302, {"Location": path})  # to itself, forever
+        return None
+
+    hostile.intercept = loop
+    puller = Settings(home=tmp_path / "puller", default_registry="localhost:5000")
+    _login(puller, hostile.host)
+    with pytest.raises(RegistryError, match="redirects"):
+        api.pull(ref, settings=puller, options=TransportOptions(retries=0))
+    per_blob = Counter(s.path for s in hostile.seen if "/blobs/sha256:" in s.path and s.method == "GET")
+    assert per_blob and max(per_blob.values()) <= grammar.MAX_REDIRECTS + 2  # + the first, unauthorized, try
+
+
+@pytest.mark.parametrize("where", ["home", "elsewhere"])
+@pytest.mark.parametrize("status", [307, 308])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_upload_redirected_with_its_body_is_sent_again_whole(tmp_path: Path, settings: Settings,
+                                                                hostile: HostileRegistry, where: str, status: int,
+                                                                chunked: bool) -> None:
+    """F9: urllib3 re-sent the consumed generator body of a redirected PUT/PATCH, and the push hung
+    until the read timeout.  Followed by hand, the body factory makes the body again."""
+    ref = _saved(tmp_path, settings, hostile.host)
+    redirected: set[str] = set()
+    other = hostile.origins[where]
+    method = "PATCH" if chunked else "PUT"
+
+    def moved(origin: Origin, got: str, path: str, headers: dict[str, str]) -> Answer | None:
+        if origin.name == "home" and got == method and path.startswith("/upload/") and path not in redirected:
+            redirected.add(path)
+            return Answer(status, {"Location": f"{other.url}{path}"})
+        return None
+
+    hostile.intercept = moved
+    api.push(ref, settings=settings, options=TransportOptions(read_timeout=5, retries=0,
+                                                              chunk_size=1024 if chunked else None))
+    assert redirected
+    puller = Settings(home=tmp_path / "puller", default_registry="localhost:5000")
+    _login(puller, hostile.host)
+    assert api.pull(ref, settings=puller).digest == api.inspect(ref, settings=settings).digest
+    assert hostile.credentials_seen(*OFF_ORIGIN) == []
 
 
 def test_a_blob_redirect_from_https_to_plain_http_on_another_port_drops_credentials(

@@ -30,12 +30,14 @@ from ormb.errors import (
     PermissionDeniedError,
     RegistryError,
 )
-from ormb.oci.grammar import MAX_ERROR_BODY
+from ormb.oci.grammar import MAX_ERROR_BODY, MAX_REDIRECTS
 from ormb.registry.auth import Challenge, TokenCache, basic_header, parse_challenge
 from ormb.registry.credentials import ANONYMOUS, Credential, CredentialStore
 from ormb.registry.transport import BodyFactory, Transport, TransportOptions
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-range", "content-encoding", "digest"})
 _NOT_IN_URLS = " \\"  # never in a URL (RFC 3986); a backslash is a '/' to WHATWG parsers and part of a name to others
 
 
@@ -139,6 +141,20 @@ class Registry:
         except ValueError:
             return False
 
+    def read_body(self, response: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes:
+        """Up to ``limit`` bytes of a body, the connection released.  A connection that breaks (or a body
+        shorter than its Content-Length) is a :class:`NetworkError`; a body that is not what its
+        ``Content-Encoding`` says is the bad-answer error.  Every body ormb reads whole goes through here."""
+        try:
+            return response.read(limit) or b""
+        except urllib3.exceptions.DecodeError:
+            raise self.bad_answer(what, "its body is not the Content-Encoding it claims") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise NetworkError(f"the connection to {self.host} broke while reading {what} ({type(exc).__name__})",
+                               "run the same command again") from None
+        finally:
+            release(response)
+
     def bad_answer(self, what: str, detail: str) -> RegistryError:
         """The registry (or whatever answers in its place) sent something malformed."""
         return RegistryError(f"{self.host} answered {what} badly: {detail}",
@@ -164,19 +180,19 @@ class Registry:
         body: BodyFactory | None = None,
         expect: tuple[int, ...] = (200,),
         what: str = "",
-        redirect: bool = True,
     ) -> urllib3.BaseHTTPResponse:
-        """Send with auth; return a response whose status is in ``expect`` (body unread), else raise."""
-        url = self.url(path)
-        home = self.is_home(url)
+        """Send with auth; return a response whose status is in ``expect`` (body unread), else raise.
+
+        Redirects are followed here, one hop at a time (:meth:`_follow`), so that the origin of
+        every hop decides whether it gets credentials, and a 401 is answered only when the hop that
+        sent it is the registry's own origin.
+        """
+        what = what or f"{method} {urllib.parse.urlsplit(self.url(path)).path}"
         for attempt in range(2):
-            request_headers = dict(headers or {})
-            auth = self._auth_header(scope) if home else None  # credentials stay home
-            if auth:
-                request_headers["Authorization"] = auth
-            response = self.transport.request(method, url, request_headers, body, redirect=redirect)
+            response, url, had_auth = self._follow(method, self.url(path), scope, headers, body, expect, what)
             if response.status in expect:
                 return response
+            home = self.is_home(url)
             if response.status == 401 and not home:
                 _discard(response)
                 raise RegistryError(
@@ -186,15 +202,40 @@ class Registry:
             if response.status == 401:
                 challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
                 detail = _error_text(_discard(response))
-                if attempt == 0 and challenge is not None and self._answer(challenge, scope, had_auth=bool(auth)):
+                if attempt == 0 and challenge is not None and self._answer(challenge, scope, had_auth=had_auth):
                     continue
                 if challenge is not None and challenge.scheme == "bearer" and scope:
                     if not self.credential.empty:  # a fresh token for exactly this scope, and still no
                         raise PermissionDeniedError(f"denied: requested access to {_describe(scope)} at {self.host}")
                     detail = f"{_describe(scope)} requires logging in"
                 raise self._unauthorized(detail or None)
-            raise self.error_for(response, what or f"{method} {urllib.parse.urlsplit(url).path}", scope)
+            raise self.error_for(response, what, scope, url)
         raise AssertionError("unreachable")
+
+    def _follow(self, method: str, url: str, scope: str, headers: dict[str, str] | None, body: BodyFactory | None,
+                expect: tuple[int, ...], what: str) -> tuple[urllib3.BaseHTTPResponse, str, bool]:
+        """Send, following up to ``MAX_REDIRECTS`` redirects; (final response, its URL, whether it had auth).
+
+        Each hop's URL is checked (:meth:`resolve_url`) and gets ``Authorization`` only when it is
+        home.  307/308 send the same method and body again (made anew by ``body``, the factory, so a
+        file is read again and nothing is buffered); 303, and 301/302 after a POST, become a GET
+        without a body, as browsers and urllib3 do.
+        """
+        request_headers = dict(headers or {})
+        for _ in range(MAX_REDIRECTS + 1):
+            auth = self._auth_header(scope) if self.is_home(url) else None  # credentials stay home
+            sent = {**request_headers, "Authorization": auth} if auth else request_headers
+            response = self.transport.request(method, url, sent, body)
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECTS or response.status in expect or not location:
+                return response, url, bool(auth)
+            _discard(response)
+            url = self.resolve_url(url, location, what)
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method = "GET" if method != "HEAD" else method
+                body = None
+                request_headers = {k: v for k, v in request_headers.items() if k.lower() not in _BODY_HEADERS}
+        raise self.bad_answer(what, f"it sent more than {MAX_REDIRECTS} redirects in a row")
 
     def _answer(self, challenge: Challenge, scope: str, had_auth: bool) -> bool:
         """Get what the challenge asks for; False when there is nothing new to try."""
@@ -241,10 +282,14 @@ class Registry:
                 query.append(("account", credential.username))
             sep = "&" if "?" in realm else "?"
             response = self.transport.request("GET", realm + sep + urllib.parse.urlencode(query), headers)
-        try:
-            body = response.read(MAX_ERROR_BODY)
-        finally:
-            response.release_conn()
+        if response.status in _REDIRECTS:  # never followed: the password or identity token would go along
+            _discard(response)
+            raise RegistryError(
+                f"the token service of {self.host} ({realm_origin}) answered {response.status}, a redirect to "
+                f"{_origin_text(self.resolve_url(realm, response.headers.get('Location') or '', 'the token request'))}",
+                "ormb does not follow redirects of token requests (credentials would go along); ask the registry's "
+                "administrator to name the token service's own address as the realm")
+        body = self.read_body(response, MAX_ERROR_BODY, "the token request")
         if response.status in (401, 403):
             raise self._unauthorized(_error_text(body) or None)
         if response.status != 200:
@@ -274,25 +319,34 @@ class Registry:
             self.login_hint or f"check the credentials given to 'ormb login {self.host}'",
         )
 
-    def error_for(self, response: urllib3.BaseHTTPResponse, what: str, scope: str = "") -> OrmbError:
+    def error_for(self, response: urllib3.BaseHTTPResponse, what: str, scope: str = "", url: str = "") -> OrmbError:
+        """The error for an answer that is not what was expected; ``url`` is where it came from."""
         body = _discard(response)
         detail = _error_text(body)
         status = response.status
+        where = self.host if not url or self.is_home(url) else f"{_origin_text(url)} (where {self.host} sent ormb)"
         if status == 401:
             return self._unauthorized(detail or None)
         if status == 403:
             if scope.startswith("repository:"):
-                return PermissionDeniedError(f"denied: requested access to {_describe(scope)} at {self.host}")
-            return PermissionDeniedError(f"denied: {what} at {self.host}: {detail or 'access denied'}")
+                return PermissionDeniedError(f"denied: requested access to {_describe(scope)} at {where}")
+            return PermissionDeniedError(f"denied: {what} at {where}: {detail or 'access denied'}")
         if status == 404:
-            return NotFoundError(f"{what}: {detail or 'not found'} at {self.host}",
+            return NotFoundError(f"{what}: {detail or 'not found'} at {where}",
                                  "check the repository name and tag; 'ormb tags REPOSITORY' lists the tags")
-        return RegistryError(f"{self.host} answered {status} to {what}: {detail or response.reason or 'no detail'}")
+        return RegistryError(f"{where} answered {status} to {what}: {detail or response.reason or 'no detail'}")
 
     def ping(self, scope: str = "") -> None:
         """``GET /v2/``: checks that a registry is there and that the credentials work."""
         response = self.request("GET", "/v2/", scope=scope, what="the API check")
         _discard(response)
+
+
+def _origin_text(url: str) -> str:
+    try:
+        return str(origin_of(url))
+    except ValueError:
+        return "another address"
 
 
 def _describe(scope: str) -> str:
@@ -303,13 +357,22 @@ def _describe(scope: str) -> str:
     return f"{verb} {kind} {name}"
 
 
+def release(response: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back to the pool, or close it when its answer was not read to the end
+    (a connection with unread bytes would hand them to the next request)."""
+    if not response.closed:
+        response.close()
+    response.release_conn()
+
+
 def _discard(response: urllib3.BaseHTTPResponse) -> bytes:
+    """The start of a body that only matters as words for a message (an error, a redirect); never raises."""
     try:
         return response.read(MAX_ERROR_BODY) or b""
-    except urllib3.exceptions.HTTPError:
+    except (urllib3.exceptions.HTTPError, OSError):
         return b""
     finally:
-        response.release_conn()
+        release(response)
 
 
 def _error_text(body: bytes) -> str:

@@ -16,10 +16,10 @@ from typing import Any, TypeAlias
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import SSLError
+from urllib3.exceptions import LocationValueError, SSLError
 
 from ormb._version import __version__
-from ormb.errors import NetworkError
+from ormb.errors import NetworkError, RegistryError
 from ormb.oci.grammar import is_decimal
 from ormb.oci.reference import is_loopback_host
 
@@ -27,13 +27,6 @@ USER_AGENT = f"ormb/{__version__}"
 Body: TypeAlias = "bytes | Iterable[bytes] | None"
 BodyFactory: TypeAlias = "Callable[[], Body]"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Redirects urllib3 follows itself (a blob GET sent to a CDN or S3): Authorization, Cookie and
-# Proxy-Authorization are dropped whenever scheme, host or port change (urllib3's is_same_host),
-# so credentials stay with the registry's origin.  Said here, not left to a default.
-_REDIRECTS = urllib3.Retry(total=None, connect=0, read=0, other=0, redirect=5, status=0,
-                           remove_headers_on_redirect=urllib3.Retry.DEFAULT_REMOVE_HEADERS_ON_REDIRECT)
-
-
 @dataclass(frozen=True)
 class TransportOptions:
     """How to reach registries.  ``plain_http=None`` means: plain HTTP for loopback only."""
@@ -98,18 +91,22 @@ class Transport:
         url: str,
         headers: dict[str, str],
         body: BodyFactory | None = None,
-        *,
-        redirect: bool = True,
     ) -> urllib3.BaseHTTPResponse:
-        """Send, retrying transient failures; the response body is not read (stream it, then release)."""
+        """Send, retrying transient failures; the response body is not read (stream it, then release).
+
+        Redirects are not followed here: the registry client follows them one hop at a time, so that
+        it decides for each hop whether credentials go there (client.Registry.request).
+        """
         headers = {"User-Agent": USER_AGENT, **headers}
         attempt = 0
         while True:
             try:
                 response = self.pool.request(
                     method, url, headers=headers, body=body() if body else None, preload_content=False,
-                    redirect=redirect, retries=_REDIRECTS if redirect else False,
+                    redirect=False, retries=False,
                 )
+            except LocationValueError:  # a URL urllib3 cannot parse: the caller checks them, so this is a bug's
+                raise RegistryError(f"cannot send a request to {url[:200]!r}: not a valid URL") from None
             except SSLError as exc:
                 raise NetworkError(_tls_message(self.host, exc), _tls_hint(exc)) from None
             except Urllib3Error as exc:
