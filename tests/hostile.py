@@ -56,6 +56,15 @@ class Answer:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    raw: bytes | None = None  # sent byte for byte instead (status line, headers, body), then the connection closes
+    informational: tuple[int, ...] = ()  # 1xx answers sent first (103 Early Hints), each with a Link header
+
+
+def raw_answer(status: int, headers: dict[str, str], body: bytes, *, length: int | None = None) -> Answer:
+    """An answer whose ``Content-Length`` may lie (``length``): the connection closes after ``body``."""
+    head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head += f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n"
+    return Answer(status, raw=head.encode("latin-1") + body)
 
 
 Intercept = Callable[["Origin", str, str, dict[str, str]], "Answer | None"]
@@ -85,6 +94,13 @@ class Origin:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 answer = registry.handle(origin, self.command, self.path, dict(self.headers.items()), body)
+                if answer.raw is not None:
+                    self.wfile.write(answer.raw)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                for status in answer.informational:
+                    self.wfile.write(f"HTTP/1.1 {status} Early Hints\r\nLink: </v2/>; rel=preload\r\n\r\n".encode())
                 self.send_response(answer.status)
                 for key, value in answer.headers.items():
                     self.send_header(key, value)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hostile import PASSWORD, TOKEN, USER, Answer, HostileRegistry, Origin
+from hostile import PASSWORD, TOKEN, USER, Answer, HostileRegistry, Origin, raw_answer
 
 from conftest import make_model
 from ormb import api
@@ -80,6 +80,25 @@ CASES: dict[str, tuple[str, str, str, Answer, int]] = {
     "Retry-After in Unicode digits": ("pull-retry", "GET", MANIFEST, Answer(503, {"Retry-After": "\u00b2"}), 6),
     "chunk Range in Unicode digits": ("push", "PATCH", "/upload/", Answer(  # the Range is ignored; the bent
         202, {"Location": "/upload/x", "Range": "0-\u00b2"}), 3),       # Location then leads to an unknown upload
+    # bodies that break, or are not what their headers say (F8: exit 70 before)
+    "manifest shorter than its Content-Length": ("pull", "GET", MANIFEST, raw_answer(
+        200, {"Content-Type": mediatypes.OCI_MANIFEST}, b'{"schemaVersion": 2, "con', length=10_000), 6),
+    "manifest with a bogus Content-Encoding": ("pull", "GET", MANIFEST, Answer(
+        200, {"Content-Type": mediatypes.OCI_MANIFEST, "Content-Encoding": "gzip"}, b"not gzip"), 6),
+    "blob with a bogus Content-Encoding": ("pull", "GET", "/blobs/sha256:", Answer(
+        200, {"Content-Encoding": "gzip"}, b"not gzip"), 6),
+    "blob shorter than its Content-Length": ("pull", "GET", "/blobs/sha256:", raw_answer(200, {}, b"x", length=9999), 6),
+    "tag page shorter than its Content-Length": ("tags", "GET", "/tags/list", raw_answer(
+        200, {"Content-Type": "application/json"}, b'{"tags": ["v', length=1000), 6),
+    "tag page with a bogus Content-Encoding": ("tags", "GET", "/tags/list", Answer(
+        200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, b"not gzip"), 6),
+    "referrers shorter than its Content-Length": ("referrers", "GET", "/referrers/", raw_answer(
+        200, {"Content-Type": mediatypes.OCI_INDEX}, b'{"schema', length=1000), 6),
+    "a redirect to a Location that is not a URL": ("pull", "GET", MANIFEST, Answer(302, {"Location": "http://[::1"}), 6),
+    "a redirect to a Location with a backslash": ("pull", "GET", MANIFEST, Answer(
+        302, {"Location": "http://127.0.0.1:1\\@127.0.0.1/v2/"}), 6),
+    "a redirect to a file": ("pull", "GET", MANIFEST, Answer(302, {"Location": "file:///etc/passwd"}), 6),
+    "a redirect without a Location": ("pull", "GET", MANIFEST, Answer(302, {}), 6),
     "referrers is not a list": ("referrers", "GET", "/referrers/", _json(b'{"schemaVersion": 2, "manifests": 5}'), 4),
     "referrers nested too deeply": ("referrers", "GET", "/referrers/", _json(DEEP), 4),
 }
@@ -90,6 +109,14 @@ TOKEN_CASES: dict[str, tuple[Answer, int]] = {
     "token answer is a list": (_json(b"[]"), 6),
     "token is a number": (_json(b'{"token": 7}'), 6),
     "expires_in is NaN": (_json(b'{"token": "fine", "expires_in": NaN}'), 0),
+    "expires_in has 401 digits": (_json(b'{"token": "fine", "expires_in": 1' + b"0" * 400 + b"}"), 0),
+    "expires_in is infinite": (_json(b'{"token": "fine", "expires_in": 1e999}'), 0),
+    "expires_in is negative": (_json(b'{"token": "fine", "expires_in": -5}'), 0),
+    "expires_in is true": (_json(b'{"token": "fine", "expires_in": true}'), 0),
+    "token answer shorter than its Content-Length": (raw_answer(
+        200, {"Content-Type": "application/json"}, b'{"token": "fi', length=1000), 6),
+    "token answer with a bogus Content-Encoding": (Answer(
+        200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, b"not gzip"), 6),
 }
 
 CHALLENGE_CASES: dict[str, tuple[str, int]] = {
@@ -199,3 +226,39 @@ def test_a_malformed_challenge_is_a_clear_error(case: str, settings: Settings, h
 
     hostile.intercept = intercept
     _check(*_exit_code(["tags", f"{hostile.host}/team/m"], capsys), expected)
+
+
+def test_a_resumed_download_that_breaks_while_skipping_is_resumed_again(
+        tmp_path: Path, settings: Settings, hostile: HostileRegistry, capsys: pytest.CaptureFixture[str]) -> None:
+    """F8: the download breaks; the registry ignores Range (200 from the start) and breaks again while ormb
+    skips what it has (exit 70 before); the third answer is whole.  The model arrives intact."""
+    ref = _pushed(tmp_path, hostile)
+    CredentialStore(settings.home / "config.json").store(hostile.host, Credential(USER, PASSWORD))
+    layer = max(hostile.blobs, key=lambda d: len(hostile.blobs[d]))
+    data = hostile.blobs[layer]
+    answers = iter([raw_answer(200, {}, data[: len(data) // 2], length=len(data)),  # breaks half way
+                    raw_answer(200, {}, data[: len(data) // 4], length=len(data))])  # Range ignored, breaks sooner
+
+    def intercept(where: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
+        if method == "GET" and path.endswith(layer) and headers.get("Authorization"):
+            return next(answers, None)  # then the whole blob, from the start (Range still ignored)
+        return None
+
+    hostile.intercept = intercept
+    _check(*_exit_code(["pull", "--retries", "3", ref], capsys), 0)
+    assert api.export(ref, tmp_path / "out", settings=settings).files
+
+
+def test_an_early_hints_answer_is_not_taken_for_the_answer(
+        tmp_path: Path, settings: Settings, hostile: HostileRegistry, capsys: pytest.CaptureFixture[str]) -> None:
+    """``103 Early Hints`` before every answer (a CDN may send them): skipped, and the connection stays in step."""
+    ref = _pushed(tmp_path, hostile)
+    CredentialStore(settings.home / "config.json").store(hostile.host, Credential(USER, PASSWORD))
+
+    def bend(origin: Origin, method: str, path: str, answer: Answer) -> Answer:
+        answer.informational = (103, 103)
+        return answer
+
+    hostile.bend = bend
+    _check(*_exit_code(["pull", "--retries", "0", ref], capsys), 0)
+    _check(*_exit_code(["tags", f"{hostile.host}/team/m"], capsys), 0)

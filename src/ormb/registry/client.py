@@ -14,6 +14,7 @@ Redirects that urllib3 follows itself drop ``Authorization`` when the origin cha
 from __future__ import annotations
 
 import json
+import math
 import threading
 import urllib.parse
 from typing import Any, NamedTuple
@@ -30,7 +31,7 @@ from ormb.errors import (
     PermissionDeniedError,
     RegistryError,
 )
-from ormb.oci.grammar import MAX_ERROR_BODY, MAX_REDIRECTS
+from ormb.oci.grammar import MAX_ERROR_BODY, MAX_REDIRECTS, MAX_TOKEN_LIFETIME
 from ormb.registry.auth import Challenge, TokenCache, basic_header, parse_challenge
 from ormb.registry.credentials import ANONYMOUS, Credential, CredentialStore
 from ormb.registry.transport import BodyFactory, Transport, TransportOptions
@@ -304,7 +305,7 @@ class Registry:
             raise RegistryError(f"the token service of {self.host} answered without a token")
         if not _is_token(token):
             raise self.bad_answer("the token request", "the token holds spaces or control characters")
-        return token, float(lifetime) if isinstance(lifetime, (int, float)) else None
+        return token, _lifetime(lifetime)
 
     def _unauthorized(self, detail: str | None) -> AuthenticationError:
         detail = detail.removeprefix("unauthorized: ").removeprefix("unauthorized") or None if detail else None
@@ -340,6 +341,16 @@ class Registry:
         """``GET /v2/``: checks that a registry is there and that the credentials work."""
         response = self.request("GET", "/v2/", scope=scope, what="the API check")
         _discard(response)
+
+
+def _lifetime(value: object) -> float | None:
+    """A token's ``expires_in`` in seconds, within (0, MAX_TOKEN_LIFETIME]; None (the default) when it is
+    not a positive finite number (a bool, NaN, a string; an integer of 400 digits is capped, never a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int):
+        return float(min(value, MAX_TOKEN_LIFETIME)) if value > 0 else None
+    return min(value, float(MAX_TOKEN_LIFETIME)) if math.isfinite(value) and value > 0 else None
 
 
 def _origin_text(url: str) -> str:

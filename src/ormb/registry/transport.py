@@ -7,6 +7,7 @@ for loopback hosts as Docker does; ``HTTPS_PROXY``/``NO_PROXY`` honoured.
 
 from __future__ import annotations
 
+import http.client
 import ssl
 import time
 import urllib.request
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import urllib3
+import urllib3.connection
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import LocationValueError, SSLError
 
 from ormb._version import __version__
-from ormb.errors import NetworkError, RegistryError
+from ormb.errors import NetworkError, OrmbError, RegistryError
 from ormb.oci.grammar import is_decimal
 from ormb.oci.reference import is_loopback_host
 
@@ -58,6 +60,40 @@ def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
     return context
 
 
+MAX_INFORMATIONAL = 8  # 1xx answers skipped before a final one (more: the last is taken as final, an error)
+
+
+class _FinalResponse(http.client.HTTPResponse):
+    """http.client skips ``100 Continue`` only, and would take ``103 Early Hints`` (which a CDN in front of a
+    registry may send) for the answer, leaving the real one in the socket for the next request to read.
+    Every 1xx but ``101`` is reported to :meth:`begin` as a 100, whose headers it then skips."""
+
+    _informational = 0
+
+    def _read_status(self) -> tuple[str, int, str]:
+        version, status, reason = super()._read_status()  # type: ignore[misc]
+        if 102 <= status < 200 and self._informational < MAX_INFORMATIONAL:
+            self._informational += 1
+            return version, http.client.CONTINUE, reason
+        return version, status, reason
+
+
+class _Connection(urllib3.connection.HTTPConnection):
+    response_class = _FinalResponse
+
+
+class _TLSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _FinalResponse
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
 class Transport:
     """Sends requests for one registry host; owns its connection pool."""
 
@@ -75,6 +111,7 @@ class Transport:
         self.pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **pool_kw) if proxy else urllib3.PoolManager(**pool_kw)
         )
+        self.pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
     def _proxy(self) -> str | None:
         proxies = urllib.request.getproxies_environment()
@@ -105,8 +142,12 @@ class Transport:
                     method, url, headers=headers, body=body() if body else None, preload_content=False,
                     redirect=False, retries=False,
                 )
-            except LocationValueError:  # a URL urllib3 cannot parse: the caller checks them, so this is a bug's
+            except OrmbError:  # the body factory's own (local content that ended early, a stream sent twice)
+                raise
+            except LocationValueError:  # a URL urllib3 cannot parse (the client checks every URL it is handed)
                 raise RegistryError(f"cannot send a request to {url[:200]!r}: not a valid URL") from None
+            except ValueError as exc:  # http.client refusing a header value or a method
+                raise RegistryError(f"cannot send a request to {self.host}: {str(exc)[:200]}") from None
             except SSLError as exc:
                 raise NetworkError(_tls_message(self.host, exc), _tls_hint(exc)) from None
             except Urllib3Error as exc:
