@@ -262,3 +262,31 @@ def test_an_early_hints_answer_is_not_taken_for_the_answer(
     hostile.bend = bend
     _check(*_exit_code(["pull", "--retries", "0", ref], capsys), 0)
     _check(*_exit_code(["tags", f"{hostile.host}/team/m"], capsys), 0)
+
+
+RANGES: dict[str, Callable[[int, int], str]] = {
+    "per chunk, not cumulative": lambda start, end: f"0-{end - start}",  # F10: 'ormb push' looped forever
+    "never moves": lambda start, end: "0-0",
+    "more than was sent": lambda start, end: f"0-{end + 100}",
+}
+
+
+@pytest.mark.parametrize("case", list(RANGES))
+def test_a_chunk_range_that_does_not_advance_is_a_clear_error(case: str, tmp_path: Path, settings: Settings,
+                                                              hostile: HostileRegistry,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The Range a PATCH answer gives must advance, and stay within what was sent; the PATCHes are capped."""
+    CredentialStore(settings.home / "config.json").store(hostile.host, Credential(USER, PASSWORD))
+    api.save(make_model(tmp_path / "new", {"w.bin": os.urandom(6000)}), f"{hostile.host}/team/new:v1",
+             settings=settings)
+
+    def intercept(where: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
+        if method == "PATCH" and headers.get("Authorization"):
+            start, _, end = headers["Content-Range"].partition("-")
+            return Answer(202, {"Location": path, "Range": RANGES[case](int(start), int(end))})
+        return None
+
+    hostile.intercept = intercept
+    _check(*_exit_code(["push", "--retries", "0", "--chunk-size", "1K", f"{hostile.host}/team/new:v1"], capsys), 6)
+    patches = [s for s in hostile.seen if s.method == "PATCH" and s.authorization]
+    assert len(patches) <= 2 * 7 + 8  # 6000 random bytes gzip to at most 7 chunks of 1 KiB

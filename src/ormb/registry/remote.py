@@ -335,7 +335,13 @@ class RemoteRepository:
         seekable = rewind is not None
         base = rewind.tell() if rewind is not None else 0
         offset = 0
+        patches = 0
+        max_patches = 2 * -(-desc.size // chunk_size) + 8  # each chunk twice (a registry that kept less), and some
         while offset < desc.size:
+            patches += 1
+            if patches > max_patches:
+                raise self.registry.bad_answer(f"the upload of {desc.digest}",
+                                               f"it took more than {max_patches} chunks without keeping the blob")
             length = min(chunk_size, desc.size - offset)
             end = offset + length - 1
             body: BodyFactory
@@ -361,9 +367,16 @@ class RemoteRepository:
             _discard(response)
             location = self._location(response)
             received = response.headers.get("Range", "")
-            if received.startswith("0-") and is_decimal(received[2:]) and int(received[2:]) != end and seekable:
-                offset = int(received[2:]) + 1  # the registry kept less than we sent: continue from what it has
-                continue
+            if received.startswith("0-") and is_decimal(received[2:]) and int(received[2:]) != end:
+                kept = int(received[2:]) + 1  # bytes the registry says it holds: more than before, at most what was sent
+                if not offset < kept <= end + 1:
+                    raise self.registry.bad_answer(
+                        f"a chunk of {desc.digest}",
+                        f"after bytes {offset}-{end} it says it holds {received!r}, which is "
+                        f"{'no progress' if kept <= offset else 'more than was sent'}")
+                if seekable:  # the registry kept less than we sent: continue from what it has
+                    offset = kept
+                    continue
             offset = end + 1
         return location
 
