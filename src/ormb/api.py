@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -597,10 +597,16 @@ def inspect_remote(reference: str | Reference, *, settings: Settings | None = No
 def tags(repository: str | Reference, *, settings: Settings | None = None,
          options: TransportOptions | None = None) -> list[str]:
     """The registry's tags of a repository, all pages."""
+    return list(iter_tags(repository, settings=settings, options=options))
+
+
+def iter_tags(repository: str | Reference, *, settings: Settings | None = None,
+              options: TransportOptions | None = None) -> Iterator[str]:
+    """The registry's tags of a repository as they arrive, page by page (at most ``grammar.MAX_TAGS``)."""
     settings = settings or load_settings()
     ref = repository if isinstance(repository, Reference) else parse_reference(
         repository, settings.default_registry, default_tag=False)
-    return list(_remote(ref, settings, options).tags())
+    return _remote(ref, settings, options).tags()
 
 
 # -- copy between registries and layout directories --------------------------------------------

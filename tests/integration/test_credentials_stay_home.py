@@ -184,6 +184,41 @@ def test_tag_pagination_has_a_page_cap(settings: Settings, hostile: HostileRegis
     assert len([s for s in hostile.seen if "/tags/list" in s.path and s.authorization]) <= 6
 
 
+@pytest.mark.parametrize("bound", ["MAX_TAGS", "MAX_TAG_LIST_BYTES"])
+def test_tag_pagination_bounds_the_tags_of_all_pages_together(settings: Settings, hostile: HostileRegistry,
+                                                              monkeypatch: pytest.MonkeyPatch, bound: str) -> None:
+    """F11: every page within its own limit, but no end to them: bounded in tags and in bytes, all pages together."""
+    _login(settings, hostile.host)
+    monkeypatch.setattr(grammar, "MAX_TAG_PAGES", 50)
+    monkeypatch.setattr(grammar, bound, 20 if bound == "MAX_TAGS" else 400, raising=False)
+
+    def endless(origin: Origin, query: dict[str, list[str]]) -> tuple[list[str], str | None]:
+        page = int(query.get("last", ["0"])[0])
+        return [f"t{page}-{i}" for i in range(5)], f"/v2/team/m/tags/list?n=5&last={page + 1}"
+
+    hostile.tags = endless
+    with pytest.raises(RegistryError, match="more than (20 tags|400 bytes)"):
+        api.tags(f"{hostile.host}/team/m", settings=settings)
+
+
+def test_ormb_tags_prints_each_page_as_it_arrives(settings: Settings, hostile: HostileRegistry,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """F11: the CLI streams the list (memory: one page), so what arrived is shown even when a later page fails."""
+    _login(settings, hostile.host)
+
+    def pages(origin: Origin, query: dict[str, list[str]]) -> tuple[list[str], str | None]:
+        if "last" not in query:
+            return ["v1", "v2"], "/v2/team/m/tags/list?n=2&last=v2"
+        return ["not a tag!"], None
+
+    hostile.tags = pages
+    tags = api.iter_tags(f"{hostile.host}/team/m", settings=settings)
+    assert next(tags) == "v1"
+    assert len([s for s in hostile.seen if "/tags/list" in s.path and s.authorization]) == 1, "read ahead"
+    assert main(["tags", f"{hostile.host}/team/m"]) == 6
+    assert capsys.readouterr().out.split() == ["v1", "v2"]
+
+
 # -- TLS: an https registry may not send the client to an http realm --------------------------
 
 

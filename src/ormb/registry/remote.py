@@ -188,11 +188,14 @@ class RemoteRepository:
         """Every tag, following the ``Link`` header page by page.
 
         A link to another origin is followed without credentials (the registry client decides);
-        a link already followed ends the list; more than ``grammar.MAX_TAG_PAGES`` pages is an error.
+        a link already followed ends the list; more than ``grammar.MAX_TAG_PAGES`` pages, or
+        ``grammar.MAX_TAGS`` tags, or ``grammar.MAX_TAG_LIST_BYTES`` bytes in all, is an error.
+        One page at a time is held: the caller may stream them.
         """
         what = f"the tag list of {self.name}"
         url: str | None = self.registry.url(self.path(f"tags/list?n={page_size}"))
         followed: set[str] = set()
+        count = size = 0
         while url is not None and url not in followed:
             if len(followed) >= grammar.MAX_TAG_PAGES:
                 raise self.registry.bad_answer(what, f"it runs over more than {grammar.MAX_TAG_PAGES} pages")
@@ -201,7 +204,14 @@ class RemoteRepository:
             body = self.registry.read_body(response, MAX_TAG_PAGE + 1, what)
             if len(body) > MAX_TAG_PAGE:
                 raise self.registry.bad_answer(what, f"a page is larger than {MAX_TAG_PAGE} bytes")
-            yield from self._page_tags(body, what)
+            size += len(body)
+            if size > grammar.MAX_TAG_LIST_BYTES:
+                raise self.registry.bad_answer(what, f"its pages hold more than {grammar.MAX_TAG_LIST_BYTES} bytes")
+            page = self._page_tags(body, what)
+            count += len(page)
+            if count > grammar.MAX_TAGS:
+                raise self.registry.bad_answer(what, f"it lists more than {grammar.MAX_TAGS} tags")
+            yield from page
             link = _next_link(response.headers.get("Link", ""))
             url = self.registry.resolve_url(url, link, what) if link else None
 
