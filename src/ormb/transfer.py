@@ -34,7 +34,7 @@ from ormb.content.target import (
 from ormb.errors import InvalidArtifactError
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import MAX_GRAPH_DEPTH, MAX_MANIFEST
-from ormb.oci.graph import NODE_TYPES, Node, parse_node
+from ormb.oci.graph import Node, parse_node
 from ormb.progress import NoProgress, ProgressListener
 
 LayerFilter = Callable[[Manifest, Descriptor], bool]
@@ -168,12 +168,8 @@ def _parse(desc: Descriptor, data: bytes) -> Node:
 def _wanted_children(plan: _Plan, node: Node) -> tuple[list[Descriptor], list[Descriptor]]:
     """(nodes, blobs) among the successors of ``node``: the entries of an index and a subject are
     nodes whatever their media type says; the include filter runs here, once per manifest."""
-    children = node.successors()
-    is_node = {d.digest for d in node.manifests}
-    if node.subject is not None:
-        is_node.add(node.subject.digest)
-    nodes = [c for c in children if c.digest in is_node or c.media_type in NODE_TYPES]
-    blobs = [c for c in children if c not in nodes]
+    children = node.children()
+    nodes, blobs = list(children.nodes), list(children.blobs)
     if node.kind == "manifest":
         manifest = node.to_manifest()
         left_out = set()

@@ -88,6 +88,29 @@ def test_prune_follows_a_manifest_recorded_as_plain_json(settings: Settings) -> 
     assert _blobs(settings) == before
 
 
+@pytest.mark.parametrize("position", ["index entry", "subject", "root"])
+@pytest.mark.parametrize("recorded", ["application/vnd.example.thing+json", "application/json", mediatypes.ORMB_LAYER])
+@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf", b" " * 100])
+def test_prune_reads_a_node_position_as_a_node_whatever_its_type_or_first_bytes(
+        settings: Settings, position: str, recorded: str, prefix: bytes) -> None:
+    """F4: copy reads every index entry, subject and root as a node; prune read only those whose type looked
+    like a node and whose first 64 bytes held a '{', and deleted the blobs of a manifest pulled through them."""
+    layout = OCILayout(settings.cache_dir)
+    config = _put(layout, mediatypes.ORMB_CONFIG, b'{"format":"Others"}')
+    layer = _put(layout, mediatypes.ORMB_LAYER, b"weights a tag still reaches")
+    inner = _put(layout, mediatypes.OCI_MANIFEST, prefix + Manifest(config, (layer,)).to_bytes())
+    odd = Descriptor(recorded, inner.digest, inner.size)
+    if position == "index entry":
+        layout.tag(_index(layout, odd), f"{REF}:top")
+    elif position == "subject":
+        empty = _put(layout, "application/vnd.oci.empty.v1+json", b"{}")
+        layout.tag(_put(layout, mediatypes.OCI_MANIFEST, Manifest(empty, (), subject=odd).to_bytes()), f"{REF}:top")
+    else:
+        layout.tag(odd, f"{REF}:top")
+    api.prune(settings=settings)
+    assert {config.digest, layer.digest, inner.digest} <= _blobs(settings)
+
+
 def test_prune_keeps_what_an_unnamed_index_json_entry_reaches(settings: Settings) -> None:
     """Other tools (skopeo copy without a tag, umoci) write index.json entries without a ref name."""
     layout = OCILayout(settings.cache_dir)
