@@ -7,7 +7,7 @@ import fnmatch
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from ormb._version import __version__
@@ -38,7 +38,7 @@ from ormb.model import modelpack, ormbformat
 from ormb.model.export import export_model
 from ormb.model.files import FileListing, list_model_files
 from ormb.model.formats import guess_format, validate_format
-from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict
+from ormb.model.ormbfile import FILENAME, Metadata, as_utc, load_metadata, parse_metadata_dict
 from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.oci import mediatypes
@@ -290,10 +290,9 @@ def _timestamp(stamp: object) -> datetime | None:
     if not isinstance(stamp, str) or not stamp:
         return None
     try:
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
+        return as_utc(datetime.fromisoformat(stamp.replace("Z", "+00:00")))
+    except ValueError:  # not a time, or not one in UTC (0001-01-01T00:00:00+23:59)
         return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def models(*, settings: Settings | None = None) -> list[ModelSummary]:
@@ -317,6 +316,10 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
             model = load_model(cache, desc)
         except OrmbError as exc:
             out.append(ModelSummary(ref, desc.digest, "-", stamp, 0, exc.message))
+            continue
+        except Exception as exc:
+            out.append(ModelSummary(ref, desc.digest, "-", stamp, 0,
+                                    f"its metadata cannot be read ({type(exc).__name__}; please report it)"))
             continue
         problem = "" if model.is_model else f"not a model: its config is {model.manifest.config.media_type}"
         held = sum(layer.size for layer in model.manifest.layers if cache.exists(layer))

@@ -62,6 +62,7 @@ def is_host(value: str) -> bool:
 
 MAX_MANIFEST = 4 << 20  # a manifest or index, in bytes (what distribution accepts)
 MAX_METADATA_BLOB = 16 << 20  # a blob read whole into memory: a config, a signature bundle
+MAX_JSON_DEPTH = 32  # nesting of another tool's config, Kitfile or annotation that ormb reads (manifests: any)
 MAX_ERROR_BODY = 64 << 10  # of an error answer, the part read to show the registry's words
 MAX_TAG_PAGE = 16 << 20  # one page of a tag or catalog list
 MAX_TAG_PAGES = 10_000  # pages of a tag list followed before giving up
