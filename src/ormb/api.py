@@ -44,7 +44,7 @@ from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import is_host, is_tag
-from ormb.oci.reference import Reference, parse_reference
+from ormb.oci.reference import USERINFO_REFUSED, Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
 from ormb.registry.credentials import Credential, CredentialStore
@@ -464,6 +464,8 @@ def registry_host(text: str) -> tuple[str, bool | None]:
             value, plain = value[len(scheme):], is_plain
             break
     value = value.split("/", 1)[0]
+    if "@" in value:  # https://user:password@host: refused, and the text is not repeated (CI logs keep errors)
+        raise InvalidReferenceError(USERINFO_REFUSED, "give the user with -u USER and the password with --password-stdin")
     if not is_host(value):
         raise InvalidReferenceError(f"{text!r} is not a registry host",
                                     "give HOST or HOST:PORT, e.g. registry.example.com or localhost:5000")
