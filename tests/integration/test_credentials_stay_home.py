@@ -21,7 +21,7 @@ from conftest import make_model
 from ormb import api
 from ormb.cli.main import main
 from ormb.config import Settings
-from ormb.errors import AuthenticationError, RegistryError
+from ormb.errors import AuthenticationError, NotFoundError, RegistryError
 from ormb.oci import grammar
 from ormb.registry.credentials import Credential, CredentialStore
 from ormb.registry.transport import TransportOptions
@@ -106,6 +106,20 @@ def test_a_tags_link_elsewhere_is_followed_without_credentials(settings: Setting
     assert api.tags(f"{hostile.host}/team/m", settings=settings) == ["v1", "v2", "v3"]
     assert hostile.requests_to(where)
     assert hostile.credentials_seen(where) == []
+
+
+def test_an_error_from_another_origin_names_that_origin(tmp_path: Path, settings: Settings,
+                                                         hostile: HostileRegistry) -> None:
+    """A 404 from where an upload Location led is not reported as the registry's own."""
+    ref = _saved(tmp_path, settings, hostile.host)
+    hostile.upload_origin = "elsewhere"
+
+    def gone(origin: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
+        return Answer(404, {}, b'{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN"}]}') if origin.name == "elsewhere" else None
+
+    hostile.intercept = gone
+    with pytest.raises(NotFoundError, match=f"at http://{hostile.elsewhere.address} \\(where {hostile.host} sent"):
+        api.push(ref, settings=settings)
 
 
 def _two_faced(hostile: HostileRegistry, where: str, rest: str) -> str:

@@ -111,6 +111,7 @@ class Registry:
         self._challenge: Challenge | None = None
         self._lock = threading.Lock()
         self.origin = origin_of(self.transport.base_url)
+        self._home_prefix = self.transport.base_url + "/"
 
     @property
     def credential(self) -> Credential:
@@ -137,6 +138,8 @@ class Registry:
 
     def is_home(self, url: str) -> bool:
         """True when ``url`` is on the registry's own origin: only there do credentials go."""
+        if url.startswith(self._home_prefix) and "\\" not in url:  # the authority ends at that '/': no parsing
+            return True
         try:
             return origin_of(url) == self.origin
         except ValueError:
