@@ -393,7 +393,7 @@ def test_an_upload_redirected_with_its_body_is_sent_again_whole(tmp_path: Path, 
         return None
 
     hostile.intercept = moved
-    api.push(ref, settings=settings, options=TransportOptions(read_timeout=5, retries=0,
+    api.push(ref, settings=settings, options=TransportOptions(read_timeout=10, retries=0,
                                                               chunk_size=1024 if chunked else None))
     assert redirected
     puller = Settings(home=tmp_path / "puller", default_registry="localhost:5000")
