@@ -22,7 +22,7 @@ from ormb import api
 from ormb.cli.main import main
 from ormb.config import Settings
 from ormb.oci import mediatypes
-from ormb.oci.grammar import MAX_MANIFEST
+from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST
 from ormb.registry.credentials import Credential, CredentialStore
 
 pytestmark = pytest.mark.integration
@@ -134,11 +134,11 @@ def hostile() -> Iterator[HostileRegistry]:
     registry.stop()
 
 
-def _pushed(tmp_path: Path, registry: HostileRegistry) -> str:
+def _pushed(tmp_path: Path, registry: HostileRegistry, size: int = 2000) -> str:
     ref = f"{registry.host}/team/m:v1"
     pusher = Settings(home=tmp_path / "pusher", default_registry="localhost:5000")
     CredentialStore(pusher.home / "config.json").store(registry.host, Credential(USER, PASSWORD))
-    api.save(make_model(tmp_path / "m", {"w.bin": os.urandom(2000)}), ref, settings=pusher)
+    api.save(make_model(tmp_path / "m", {"w.bin": os.urandom(size)}), ref, settings=pusher)
     api.push(ref, settings=pusher)
     return ref
 
@@ -232,12 +232,12 @@ def test_a_resumed_download_that_breaks_while_skipping_is_resumed_again(
         tmp_path: Path, settings: Settings, hostile: HostileRegistry, capsys: pytest.CaptureFixture[str]) -> None:
     """F8: the download breaks; the registry ignores Range (200 from the start) and breaks again while ormb
     skips what it has (exit 70 before); the third answer is whole.  The model arrives intact."""
-    ref = _pushed(tmp_path, hostile)
+    ref = _pushed(tmp_path, hostile, size=3 * IO_CHUNK)  # ormb reads IO_CHUNK at a time: several reads
     CredentialStore(settings.home / "config.json").store(hostile.host, Credential(USER, PASSWORD))
     layer = max(hostile.blobs, key=lambda d: len(hostile.blobs[d]))
     data = hostile.blobs[layer]
-    answers = iter([raw_answer(200, {}, data[: len(data) // 2], length=len(data)),  # breaks half way
-                    raw_answer(200, {}, data[: len(data) // 4], length=len(data))])  # Range ignored, breaks sooner
+    answers = iter([raw_answer(200, {}, data[: 2 * IO_CHUNK + 100], length=len(data)),  # 2 chunks arrive, then a break
+                    raw_answer(200, {}, data[: IO_CHUNK + 100], length=len(data))])  # Range ignored; breaks in the skip
 
     def intercept(where: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
         if method == "GET" and path.endswith(layer) and headers.get("Authorization"):
