@@ -437,11 +437,10 @@ def copy_command(ctx: click.Context, /, source: str, destination: str, referrers
 @json_option
 def tags(repository: str, as_json: bool, **kwargs: Any) -> None:
     """List the tags of REPOSITORY on its registry."""
-    found = api.tags(repository, options=_transport(kwargs))
     if as_json:
-        print_json(found)
+        print_json(api.tags(repository, options=_transport(kwargs)))
         return
-    for tag_name in found:
+    for tag_name in api.iter_tags(repository, options=_transport(kwargs)):  # printed as the pages arrive
         click.echo(tag_name)
 
 

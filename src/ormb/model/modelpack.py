@@ -51,7 +51,7 @@ from ormb.model.staging import Parts, StagingTree
 from ormb.model.tarstream import write_tar
 from ormb.model.unpack import extract_tar, write_raw
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor, Manifest, canonical_json
+from ormb.oci.descriptor import Descriptor, Manifest, canonical_json, json_object
 from ormb.progress import NoProgress, ProgressListener
 
 ANNOTATION_TITLE = "org.opencontainers.image.title"
@@ -263,10 +263,7 @@ def _file_mode(desc: Descriptor) -> int | None:
     text = desc.annotations.get(ANNOTATION_FILE_METADATA) or desc.annotations.get(OLD_ANNOTATION_FILE_METADATA)
     if not text:
         return None
-    try:
-        mode = json.loads(text).get("mode")
-    except (ValueError, AttributeError, RecursionError):
-        return None
+    mode = json_object(text, "file metadata annotation").get("mode")
     if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
         return None
     return (mode & 0o755) | 0o600
@@ -312,7 +309,7 @@ def metadata_of(manifest: Manifest, config: bytes) -> Metadata:
     data = _json_object(config)
     stored = manifest.annotations.get(ANNOTATION_ORMB_METADATA)
     if stored:
-        meta = metadata_from_config(stored.encode("utf-8"))
+        meta = metadata_from_config(stored)
         block = _modelpack_metadata(data).get("modelpack")
         if block is not None and meta.modelpack is None:
             meta = meta.model_copy(update={"modelpack": block})
@@ -323,7 +320,7 @@ def metadata_of(manifest: Manifest, config: bytes) -> Metadata:
             fields = foreign.dmr_metadata(data)
         else:
             fields = _modelpack_metadata(data)
-            kitfile = _json_object(manifest.annotations.get(foreign.KITOPS_KITFILE_ANNOTATION, "").encode("utf-8"))
+            kitfile = _json_object(manifest.annotations.get(foreign.KITOPS_KITFILE_ANNOTATION, ""))
             for key, value in foreign.kitfile_metadata(kitfile).items():  # kit pack --use-model-pack
                 fields.setdefault(key, value)
         if "format" in fields:
@@ -346,19 +343,15 @@ def _quiet_layer_files(manifest: Manifest) -> list[LayerFile]:
         return []
 
 
-def _json_object(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
+def _json_object(data: bytes | str) -> dict[str, Any]:
+    return json_object(data, "config")
 
 
 def _modelpack_metadata(config: dict[str, Any]) -> dict[str, Any]:
     """ormbfile.yaml keys for a ModelPack config (another tool's, or the block of ormb's own)."""
     descriptor, settings = foreign.section(config, "descriptor"), foreign.section(config, "config")
     out: dict[str, Any] = {}
-    authors = [a for a in descriptor.get("authors") or [] if isinstance(a, str)]
+    authors = foreign.texts(descriptor.get("authors"))
     if authors:
         out["author"] = ", ".join(authors)
     for key, target in (("description", "description"), ("createdAt", "created"), ("format", "format")):
@@ -401,7 +394,7 @@ def model_info(manifest: Manifest, config: bytes) -> dict[str, Any]:
     if manifest.config.media_type == KITOPS_CONFIG:
         return {"kitfile": data} if data else {}
     info = {key: data[key] for key in ("descriptor", "config") if isinstance(data.get(key), dict) and data[key]}
-    kitfile = _json_object(manifest.annotations.get(foreign.KITOPS_KITFILE_ANNOTATION, "").encode("utf-8"))
+    kitfile = _json_object(manifest.annotations.get(foreign.KITOPS_KITFILE_ANNOTATION, ""))
     if kitfile:
         info["kitfile"] = kitfile
     return info
