@@ -42,7 +42,7 @@ from ormb.model.ormbfile import FILENAME, Metadata, as_utc, load_metadata, parse
 from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor, Manifest
+from ormb.oci.descriptor import Descriptor, Manifest, layers_size
 from ormb.oci.grammar import is_host, is_tag
 from ormb.oci.reference import USERINFO_REFUSED, Reference, parse_reference
 from ormb.progress import ProgressListener
@@ -189,7 +189,7 @@ def save(
             packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
-        ref, packed.manifest.digest, sum(d.size for d in packed.layers), format_name, guessed,
+        ref, packed.manifest.digest, layers_size(packed.layers), format_name, guessed,
         len(listing.files), listing.skipped, prepared.signature_filled, prepared.notes, listing.hidden, chosen,
     )
 

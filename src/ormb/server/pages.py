@@ -190,7 +190,7 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     ``start + PER_PAGE``; ``more`` when there are further ones)."""
     model: dict[str, Any] = {"kind": "unknown", "config_type": "", "media_type": record.media_type, "files": [],
                              "fields": [], "inputs": [], "outputs": [], "metrics": [], "hyper_parameters": [],
-                             "size": 0, "entries": [], "more": False, "listing_capped": False}
+                             "size": record.layers_size, "entries": [], "more": False, "listing_capped": False}
     if record.media_type not in mediatypes.MANIFEST_TYPES:
         entries = _index_entries(ctx, name, record)
         model.update(kind="index", entries=entries[start:start + PER_PAGE], more=len(entries) > start + PER_PAGE)
@@ -200,8 +200,7 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     except OrmbError:
         return model
     meta = loaded.metadata
-    model.update(kind="modelpack" if loaded.is_modelpack else "ormb", size=loaded.size,
-                 config_type=loaded.manifest.config.media_type)
+    model.update(kind="modelpack" if loaded.is_modelpack else "ormb", config_type=loaded.manifest.config.media_type)
     for label, value in (("Format", meta.format), ("Framework", meta.framework), ("Author", meta.author),
                          ("Description", meta.description), ("Created", meta.created), ("GPU type", meta.gpu_type),
                          ("Tags", ", ".join(meta.tags or []))):

@@ -22,6 +22,7 @@ class ManifestRecord:
     subject: str | None
     annotations: dict[str, str]
     created: float
+    layers_size: int | None = None  # what the catalog shows (oci.descriptor.layers_size); None for an index
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class TagRecord:
     tag: str
     digest: str
     updated: float
-    size: int  # bytes of the manifest's blobs
+    size: int | None  # the manifest's layers_size: one number on every page; None for an index
 
 
 class UploadConflict(Exception):
