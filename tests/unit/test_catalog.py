@@ -135,3 +135,109 @@ def test_a_size_beyond_int64_is_refused_as_distribution_does(c: WSGIClient) -> N
         answer, _, body = c.manifest("t/huge", "v1", json.dumps(manifest).encode())
         assert answer == status, body
         assert status == 201 or json.loads(body)["errors"][0]["code"] == "MANIFEST_INVALID"
+
+
+# -- the name the Copy button copies ---------------------------------------------------------------
+
+def pull_command(c: WSGIClient, repo: str, ref: str, host: str | None) -> str:
+    text = page(c, f"/model?name={repo}&ref={ref}", headers={"Host": host} if host else None)
+    found = re.search(r'<code id="pull-command">([^<]*)</code>', text)
+    assert found, text[:2000]
+    return found.group(1)
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("127.0.0.1:5000", "localhost:5000"),  # what the server used to announce: the short form's name instead
+    ("localhost:5000", "localhost:5000"),
+    ("LOCALHOST:5000", "localhost:5000"),
+    ("127.0.0.1:5001", "localhost:5001"),
+    ("[::1]:5000", "localhost:5000"),
+    ("127.0.0.1", "localhost"),
+    (None, "localhost:5000"),  # no Host (HTTP/1.0): the listening address, named the same way
+])
+def test_the_copy_command_names_a_loopback_registry_localhost(c: WSGIClient, host: str | None, expected: str) -> None:
+    """A name without a host means localhost:5000 and the cache and logins are keyed by the name as
+    written: 127.0.0.1:5000 would make the same model a second model with a second login."""
+    push(c, "t/name", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", b"x" * 100, {})])
+    assert pull_command(c, "t/name", "v1", host) == f"ormb pull {expected}/t/name:v1"
+
+
+def test_the_copy_command_uses_the_name_the_browser_used_or_the_public_one(tmp_path: Path) -> None:
+    from ormb.server.browser import BrowserGuard
+    from ormb.server.names import RegistryNames
+
+    def client(public: tuple[str, ...], addr: str = "0.0.0.0", htpasswd: bool = False) -> WSGIClient:
+        guard = BrowserGuard.for_address(addr, public, open_registry=not htpasswd)
+        return WSGIClient(create_app(Store(tmp_path / f"r{len(public)}{addr}"), AccessControl(),
+                                     guard=guard, names=RegistryNames.for_address(addr, public)))
+
+    anywhere = client(())
+    push(anywhere, "t/m", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", b"x" * 100, {})])
+    assert pull_command(anywhere, "t/m", "v1", "10.1.2.3:5000") == "ormb pull --plain-http 10.1.2.3:5000/t/m:v1"
+    assert pull_command(anywhere, "t/m", "v1", "127.0.0.1:5000") == "ormb pull localhost:5000/t/m:v1"
+    public = client(("Models.Example.org", "mirror.example.org:8443"))
+    push(public, "t/m", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", b"x" * 100, {})])
+    for host, expected in (("models.example.org", "models.example.org"),  # behind a proxy on 443
+                           ("models.example.org:5000", "models.example.org:5000"),  # reached directly
+                           ("mirror.example.org:8443", "mirror.example.org:8443"),
+                           ("127.0.0.1:5000", "models.example.org"),  # a proxy that passes its own Host
+                           ("10.1.2.3:5000", "models.example.org")):
+        assert pull_command(public, "t/m", "v1", host) == f"ormb pull {expected}/t/m:v1", host
+    ref = "sha256:" + "0" * 64
+    assert ref not in pull_command(public, "t/m", "v1", "models.example.org")
+
+
+@pytest.mark.parametrize("host", ["evil.example;rm -rf ~", "a b", "x" * 300, "models.example.org:99999x", "[zz]:1",
+                                  "host\u00e9.example"])
+def test_a_host_header_that_is_no_host_name_never_reaches_the_copy_command(tmp_path: Path, host: str) -> None:
+    """A registry with logins answers any Host (without --public-host): what the page copies is
+    then the listening address, never the header's words."""
+    import base64
+
+    import bcrypt
+
+    from ormb.server.access import Rule
+
+    users = {"alice": bcrypt.hashpw(b"pw", bcrypt.gensalt(4))}
+    access = AccessControl(users=users, rules=[Rule(("alice",), ("*",), frozenset({"pull", "push"}))])
+    app = create_app(Store(tmp_path / "r"), access, auth_scheme="basic")
+    c = WSGIClient(app, auth="Basic " + base64.b64encode(b"alice:pw").decode())
+    push(c, "t/m", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", b"x" * 100, {})])
+    assert pull_command(c, "t/m", "v1", host) == "ormb pull localhost:5000/t/m:v1"
+
+
+def test_the_announced_name_is_localhost_when_localhost_reaches_the_address() -> None:
+    from ormb.server.names import RegistryNames, localhost_reaches
+
+    assert localhost_reaches("127.0.0.1") and localhost_reaches("0.0.0.0") and localhost_reaches("::")
+    assert not localhost_reaches("127.0.0.2") and not localhost_reaches("10.1.2.3")
+    loopback = RegistryNames.for_address("127.0.0.1")
+    assert loopback.listening("127.0.0.1", 5000, tls=False).url == "http://localhost:5000"
+    assert loopback.listening("127.0.0.1", 5000, tls=False).kind == "loopback"
+    anywhere = RegistryNames.for_address("0.0.0.0", ("models.example.org",))
+    assert anywhere.listening("0.0.0.0", 5000, tls=True).url == "https://localhost:5000"
+    assert anywhere.listening("0.0.0.0", 5000, tls=True).kind == "every address"
+    other = RegistryNames.for_address("127.0.0.2")
+    assert other.listening("127.0.0.2", 5000, tls=False).url == "http://127.0.0.2:5000"
+    assert RegistryNames.for_address("10.1.2.3").listening("10.1.2.3", 80, tls=False).host == "10.1.2.3:80"
+
+
+def test_the_copy_command_says_which_scheme_when_the_client_would_guess_the_other(tmp_path: Path) -> None:
+    """ormb talks plain HTTP to loopback names and HTTPS to others: a registry reached otherwise
+    needs --tls or --plain-http in the command, or the pasted command fails."""
+    from ormb.server.browser import BrowserGuard
+
+    c = WSGIClient(create_app(Store(tmp_path / "r"), AccessControl(), guard=BrowserGuard.for_address("0.0.0.0")))
+    push(c, "t/s", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", b"x" * 100, {})])
+    text = page(c, "/model?name=t/s&ref=v1", headers={"Host": "localhost:5000", "X-Ignored": "1"})
+    assert "ormb pull localhost:5000/t/s:v1" in text
+
+    def command(scheme: str, host: str) -> str:
+        status, _, body = c("GET", "/model?name=t/s&ref=v1", headers={"Host": host}, scheme=scheme)
+        found = re.search(r'<code id="pull-command">([^<]*)</code>', body.decode())
+        assert status == 200 and found
+        return found.group(1)
+
+    assert command("https", "127.0.0.1:5000") == "ormb pull --tls localhost:5000/t/s:v1"
+    assert command("http", "10.1.2.3:5000") == "ormb pull --plain-http 10.1.2.3:5000/t/s:v1"
+    assert command("https", "10.1.2.3:5000") == "ormb pull 10.1.2.3:5000/t/s:v1"

@@ -109,9 +109,9 @@ def model_page(ctx: Context, request: Request) -> Response:
     start = _start(request)
     model = describe_model(ctx, name, record, start)
     more = _more(request, start, model["more"])
-    pull_ref = f"{request.host}/{name}@{record.digest}" if is_digest(reference) else f"{request.host}/{name}:{reference}"
+    pull = ctx.names.pull_command(request, name, record.digest if is_digest(reference) else reference)
     return _html("model.html", name=name, reference=reference, record=record, model=model, more=more,
-                 listing_cap=f"{LISTING_CAP:,}", pull=f"ormb pull {pull_ref}", **_viewer(ctx, user))
+                 listing_cap=f"{LISTING_CAP:,}", pull=pull, **_viewer(ctx, user))
 
 
 def login_page(ctx: Context, request: Request) -> Response:
