@@ -214,3 +214,67 @@ def test_the_copied_pull_command_works_when_pasted_into_a_shell(catalog: Embedde
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "out" / "model" / "model.onnx").stat().st_size == 30_000
     assert len(shell("ormb models").stdout.splitlines()) == 2  # a header and one model
+
+
+CARD = """---
+license: mit
+---
+# Digits classifier
+
+An MLP for 8x8 digits.
+
+- fast
+- small
+
+```python
+print("hello")
+```
+
+| metric | value |
+|--------|------:|
+| accuracy | 0.97 |
+
+<script>window.pwned = 1; document.title = "pwned"</script>
+<img src="x" onerror="window.pwned = 2; document.title = 'pwned'">
+[click me](javascript:window.pwned=3) [and me](JaVaScRiPt:document.title='pwned')
+![tracker](https://tracker.example/pixel.png) [the licence](LICENSE)
+"""
+
+
+def test_the_model_card_renders_and_nothing_in_it_runs(tmp_path: Path, browser: object) -> None:
+    registry = EmbeddedRegistry(tmp_path / "registry")  # open: no login
+    try:
+        settings = Settings(home=tmp_path / "home", default_registry=registry.host)
+        src = make_model(tmp_path / "m", {"README.md": CARD.encode(), "LICENSE": b"MIT License\n\nPermission...\n",
+                                          "model.onnx": os.urandom(1000)}, ormbfile="format: ONNX\n")
+        api.save(src, f"{registry.host}/team/card:v1", settings=settings)
+        api.push(f"{registry.host}/team/card:v1", settings=settings)
+        context = browser.new_context(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+        page = context.new_page()
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(f"http://{registry.host}/model?name=team/card&ref=v1")
+        card = page.locator("#model-card")
+        assert card.locator("h1").inner_text() == "Digits classifier"
+        assert card.locator("li").all_inner_texts() == ["fast", "small"]
+        assert card.locator("pre code").inner_text().strip() == 'print("hello")'
+        assert card.locator("table td").all_inner_texts() == ["accuracy", "0.97"]
+        assert "license: mit" not in card.inner_text()  # the front matter is metadata, not text
+        page.click("text=click me")  # plain text now: nothing happens
+        page.click("text=and me")
+        assert page.evaluate("typeof window.pwned") == "undefined"
+        assert page.title() == "team/card:v1 · ormb registry"
+        assert page.evaluate("document.querySelectorAll('#model-card script, #model-card img, [onerror]').length") == 0
+        assert page.evaluate("[...document.querySelectorAll('a')].filter(a => !/^(https?:|mailto:)/.test(a.href)"
+                             " && a.hasAttribute('href')).length") == 0
+        assert "<script>" in card.inner_text() and "onerror" in card.inner_text()  # shown as the text it is
+        assert all(url.startswith(f"http://{registry.host}/") for url in requested), requested  # no tracker loaded
+        _shot(page, "catalog-model-card.png")
+        page.click("#licence")
+        assert page.locator("#document").inner_text().startswith("MIT License")
+        page.go_back()
+        page.click("#model-card >> text=the licence")  # the card's relative link leads to the same file
+        assert page.locator("h1").inner_text() == "model/LICENSE"
+        context.close()
+    finally:
+        registry.stop()

@@ -412,7 +412,7 @@ def test_the_model_page_reads_the_model_as_inspect_does_and_only_from_its_reposi
     from ormb.server.access import AccessControl as Access
     from ormb.server.authz import Authoriser
     from ormb.server.context import Context
-    from ormb.server.pages import RepositoryContent
+    from ormb.server.model_files import RepositoryContent
 
     config = json.dumps({"format": "ONNX", "author": "Ada Lovelace", "signature": {
         "inputs": [{"name": "pixels", "dType": "float32", "size": [-1, 64]}]}}).encode()

@@ -167,7 +167,9 @@ def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath
     return relative
 
 
-def _decompressed(reader: Any, compression: str | None) -> Any:
+def decompressed(reader: Any, compression: str | None) -> Any:
+    """A reader of ``reader``'s bytes decompressed (``gzip``, ``zstd``, or None: as they are);
+    unbounded: the caller counts what it reads (the catalog reads documents and listings this way)."""
     if compression == "gzip":
         return igzip.IGzipFile(fileobj=reader, mode="rb")  # type: ignore[no-untyped-call]
     if compression == "zstd":
@@ -196,7 +198,7 @@ def extract_tar(
     reader = _HashingReader(blob, desc, progress, desc.digest)
     budget = _Budget(desc, expansion_limit(desc.size, max_expand))
     try:
-        paths = _extract_all(_Bounded(_decompressed(reader, compression), budget), tree, base, prefix,
+        paths = _extract_all(_Bounded(decompressed(reader, compression), budget), tree, base, prefix,
                              strip_prefix, budget)
         reader.drain()
     except OrmbError:
@@ -315,7 +317,7 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
         else:
             budget = _Budget(desc, expansion_limit(desc.size, max_expand))
             try:
-                _write_to(fd, tree.show(parts), _Bounded(_decompressed(_Limited(reader, desc.size), compression),
+                _write_to(fd, tree.show(parts), _Bounded(decompressed(_Limited(reader, desc.size), compression),
                                                          budget), mode)
             except OrmbError:
                 raise

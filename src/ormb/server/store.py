@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, repository TEXT NOT NUL
     created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS layer_files (digest TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (digest, path));
+CREATE TABLE IF NOT EXISTS layer_documents (digest TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (digest, path));
 CREATE TABLE IF NOT EXISTS token_generations (user TEXT PRIMARY KEY, generation INTEGER NOT NULL);
 """
 # Added after the first release: when a link or an upload session was last touched (gc's grace).
@@ -448,9 +450,16 @@ class Store:
         found = [(r[0], int(r[1])) for r in rows]
         return found or None
 
-    def remember_layer_files(self, digest: str, files: list[tuple[str, int]]) -> None:
+    def remember_layer_files(self, digest: str, files: list[tuple[str, int]],
+                             documents: dict[str, bytes] | None = None) -> None:
         with self.transaction() as db:
             db.executemany("INSERT OR IGNORE INTO layer_files VALUES (?, ?, ?)", [(digest, p, s) for p, s in files])
+            db.executemany("INSERT OR REPLACE INTO layer_documents VALUES (?, ?, ?)",
+                           [(digest, p, data) for p, data in (documents or {}).items()])
+
+    def layer_document(self, digest: str, path: str) -> bytes | None:
+        row = self.db.execute("SELECT data FROM layer_documents WHERE digest = ? AND path = ?", (digest, path)).fetchone()
+        return bytes(row[0]) if row else None
 
     # -- token revocation ---------------------------------------------------------------------
     def token_generations(self) -> dict[str, int]:
@@ -484,6 +493,8 @@ class Store:
                 ).rowcount
                 db.execute("DELETE FROM blobs WHERE digest NOT IN (SELECT digest FROM blob_links) "
                            "AND digest NOT IN (SELECT digest FROM manifests)")
+                for table in ("layer_files", "layer_documents"):  # what the catalog remembered of a freed layer
+                    db.execute(f"DELETE FROM {table} WHERE digest NOT IN (SELECT digest FROM blobs)")
             uploads = self._drop_stale_sessions(cutoff)
             removed, freed = self._sweep_blob_files()
             self._sweep_leftovers()

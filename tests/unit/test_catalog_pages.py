@@ -241,3 +241,236 @@ def test_the_copy_command_says_which_scheme_when_the_client_would_guess_the_othe
     assert command("https", "127.0.0.1:5000") == "ormb pull --tls localhost:5000/t/s:v1"
     assert command("http", "10.1.2.3:5000") == "ormb pull --plain-http 10.1.2.3:5000/t/s:v1"
     assert command("https", "10.1.2.3:5000") == "ormb pull 10.1.2.3:5000/t/s:v1"
+
+
+# -- the model card and the licence -----------------------------------------------------------------
+
+HOSTILE_CARD = """---
+license: mit
+tags: [vision, front-matter-tag]
+---
+# Digits classifier
+
+An MLP for 8x8 digits.
+
+- fast
+- small
+
+```python
+print("hello")
+```
+
+| metric | value |
+|--------|------:|
+| accuracy | 0.97 |
+
+<script>window.pwned = 1; document.title = "pwned"</script>
+<img src=x onerror="window.pwned = 2">
+[click me](javascript:window.pwned=3) [again](JaVaScRiPt:window.pwned=4) [entity](&#106;avascript:window.pwned=5)
+<javascript:window.pwned=6> [data](data:text/html,<script>window.pwned=7</script>) [tab](java\tscript:x)
+![tracker](https://tracker.example/pixel.png) [home](https://example.org/model) [licence](LICENSE)
+[out](../../../etc/passwd) [far](//evil.example/x)
+"""
+LICENCE = "MIT License\n\nPermission is hereby granted, free of charge, <to any person>...\n"
+
+
+class Tags(__import__("html.parser").parser.HTMLParser):
+    """Every start tag of a fragment with its attributes."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+CARD_TAGS = {"h1", "h2", "h3", "h4", "h5", "h6", "p", "ul", "ol", "li", "pre", "code", "table", "thead", "tbody",
+             "tr", "th", "td", "a", "em", "strong", "s", "blockquote", "hr", "br"}
+
+
+def assert_safe(html: str) -> None:
+    """Only the tags and attributes Markdown makes, and links a browser cannot run."""
+    for tag, attrs in Tags(html).tags:
+        assert tag in CARD_TAGS, (tag, html)
+        for name, value in attrs.items():
+            assert name in ("href", "title", "rel", "class", "style", "start"), (tag, name, html)
+            if name == "href":
+                assert value is not None and (value.startswith(("https://", "http://", "mailto:", "/file?", "#"))), value
+            if name == "style":
+                assert value in ("text-align:left", "text-align:right", "text-align:center"), value
+            if name == "class":
+                assert value is not None and value.startswith("language-"), value  # the info string, escaped
+
+
+def card_of(text: str) -> str:
+    found = re.search(r'<article class="card" id="model-card">(.*?)</article>', text, re.DOTALL)
+    assert found, text[:3000]
+    return found.group(1)
+
+
+def test_the_model_card_is_rendered_sanitised_and_the_licence_linked(c: WSGIClient) -> None:
+    layer = craft_layer([("model/README.md", "file", HOSTILE_CARD.encode()), ("model/LICENSE", "file", LICENCE.encode()),
+                         ("model/weights.bin", "file", b"w" * 100)])
+    push(c, "t/card", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", layer, {})])
+    status, headers, body = c("GET", "/model?name=t/card&ref=v1")
+    text = body.decode()
+    card = card_of(text)
+    assert "<h1>Digits classifier</h1>" in card and card.count("<li>") == 2 and "<table>" in card
+    assert '<code class="language-python">print(&quot;hello&quot;)' in card
+    assert_safe(card)
+    assert "&lt;script&gt;" in card and "onerror" in card  # shown as text, never as markup
+    assert "front-matter-tag" not in card
+    assert "tracker.example/pixel.png" in card and "<img" not in card  # a link, never loaded
+    assert text.count("<script") == text.count("<script nonce=")  # only the page's own scripts
+    policy = headers["Content-Security-Policy"]
+    nonce = re.search(r"'nonce-([^']+)'", policy)
+    assert nonce and f'<script nonce="{nonce.group(1)}">' in text
+    assert "unsafe-inline" not in policy.split("script-src")[1].split(";")[0] and "default-src 'none'" in policy
+    licence_link = re.search(r'<a id="licence" href="([^"]+)">model/LICENSE</a>', text)
+    assert licence_link and f'href="{licence_link.group(1)}">licence</a>' in card  # the card's relative link too
+    licence = page(c, licence_link.group(1).replace("&amp;", "&"))
+    assert "MIT License" in licence and "&lt;to any person&gt;" in licence
+    assert c("GET", licence_link.group(1).replace("&amp;", "&").replace("LICENSE", "weights.bin"))[0] == 404
+
+
+def _kitfile() -> bytes:
+    return json.dumps({"manifestVersion": "1.0.0", "package": {"name": "kit"}, "model": {"path": "m.gguf"}}).encode()
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    from conftest import craft_tar
+
+    return craft_tar([(name, "file", data) for name, data in files.items()])
+
+
+MODELPACK = ("application/vnd.cncf.model.config.v1+json",
+             json.dumps({"descriptor": {"name": "m"}, "config": {}, "modelfs": {"type": "layers", "diffIds": []}}).encode())
+
+
+def _shapes() -> dict[str, tuple[tuple[str, bytes], list[tuple[str, bytes, dict[str, str]]], str | None]]:
+    import gzip
+
+    import zstandard
+
+    card = b"# The card\n\ntext\n"
+    licence = b"Apache License 2.0\n"
+    return {
+        "modelpack raw layers": (MODELPACK, [
+            ("application/vnd.cncf.model.weight.v1.raw", b"w", {"org.cncf.model.filepath": "model.safetensors"}),
+            ("application/vnd.cncf.model.doc.v1.raw", card, {"org.cncf.model.filepath": "README.md"}),
+            ("application/vnd.cncf.model.doc.v1.raw", licence, {"org.cncf.model.filepath": "LICENSE"})],
+            "application/vnd.cncf.model.manifest.v1+json"),
+        "modctl cnai doc tar layers (Harbor 2.13)": (
+            ("application/vnd.cnai.model.config.v1+json", MODELPACK[1]), [
+                ("application/vnd.cnai.model.weight.v1.raw", b"w", {"org.cnai.model.filepath": "model.safetensors"}),
+                ("application/vnd.cnai.model.doc.v1.tar", _tar({"README.md": card}), {"org.cnai.model.filepath": "README.md"}),
+                ("application/vnd.cnai.model.doc.v1.tar", _tar({"LICENSE": licence}), {"org.cnai.model.filepath": "LICENSE"})],
+            "application/vnd.cnai.model.manifest.v1+json"),
+        "kitops docs tar+gzip and raw+zstd": (("application/vnd.kitops.modelkit.config.v1+json", _kitfile()), [
+            ("application/vnd.kitops.modelkit.model.v1.raw", b"GGUF", {"org.cncf.model.filepath": "m.gguf"}),
+            ("application/vnd.kitops.modelkit.docs.v1.tar+gzip", gzip.compress(_tar({"README.md": card}), mtime=0), {}),
+            ("application/vnd.kitops.modelkit.docs.v1.raw+zstd", zstandard.ZstdCompressor().compress(licence),
+             {"org.cncf.model.filepath": "LICENSE"})], "application/vnd.kitops.modelkit.manifest.v1+json"),
+        "docker model runner v0.2 dir.tar and license": (
+            ("application/vnd.docker.ai.model.config.v0.2+json", b'{"config": {"format": "gguf"}}'), [
+                ("application/vnd.docker.ai.gguf.v3", b"GGUF", {"org.cncf.model.filepath": "model.gguf"}),
+                ("application/vnd.docker.ai.dir.tar", _tar({"README.md": card, "tokenizer.json": b"{}"}), {}),
+                ("application/vnd.docker.ai.license", licence, {})], None),
+    }
+
+
+@pytest.mark.parametrize("shape", list(_shapes()))
+def test_other_tools_cards_and_licences_show(c: WSGIClient, shape: str) -> None:
+    config, layers, artifact_type = _shapes()[shape]
+    push(c, "t/other", "v1", config, layers, artifact_type=artifact_type)
+    text = page(c, "/model?name=t/other&ref=v1")
+    assert "<h1>The card</h1>" in card_of(text)
+    link = re.search(r'<a id="licence" href="([^"]+)">LICENSE</a>', text)
+    assert link, text[:4000]
+    assert "Apache License 2.0" in page(c, link.group(1).replace("&amp;", "&"))
+    assert ">README.md</td>" in text  # the file list names the files inside tar layers too
+
+
+@pytest.mark.parametrize(("files", "shown"), [
+    ({"README": b"# plain README\n"}, "plain README"),
+    ({"readme.md": b"# lower case\n"}, "lower case"),
+    ({"README": b"# not this\n", "README.md": b"# this one\n"}, "this one"),
+    ({"docs/README.md": b"# not at the top\n", "Readme.MD": b"# top\n"}, "top"),
+])
+def test_the_card_is_the_top_level_readme_md_first(c: WSGIClient, files: dict[str, bytes], shown: str) -> None:
+    layer = craft_layer([(f"model/{name}", "file", data) for name, data in files.items()])
+    push(c, "t/readme", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", layer, {})])
+    assert f"<h1>{shown}</h1>" in card_of(page(c, "/model?name=t/readme&ref=v1"))
+
+
+def test_a_long_card_is_cut_at_the_cap_and_says_so(c: WSGIClient) -> None:
+    from ormb.server.modelcard import CARD_CAP
+
+    long = b"# Long\n\n" + b"word " * (CARD_CAP // 4)
+    push(c, "t/long", "v1", MODELPACK, [
+        ("application/vnd.cncf.model.doc.v1.raw", long, {"org.cncf.model.filepath": "README.md"})],
+        artifact_type="application/vnd.cncf.model.manifest.v1+json")
+    text = page(c, "/model?name=t/long&ref=v1")
+    assert 'id="card-cut"' in text and len(card_of(text)) < CARD_CAP + 1000
+
+
+def test_the_card_is_read_only_from_the_repository_shown(tmp_path: Path) -> None:
+    """A manifest of one repository naming another repository's README blob (a sparse push) shows
+    no card: the catalog reads through a Fetcher limited to the repository."""
+    c = WSGIClient(create_app(Store(tmp_path / "r"), AccessControl(), sparse=True))
+    secret = b"# Secret card of another team\n"
+    c.upload("other/team", secret)
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+                "config": {"mediaType": MODELPACK[0], "digest": c.upload("t/sparse", MODELPACK[1]), "size": len(MODELPACK[1])},
+                "layers": [{"mediaType": "application/vnd.cncf.model.doc.v1.raw", "digest": sha(secret),
+                            "size": len(secret), "annotations": {"org.cncf.model.filepath": "README.md"}}]}
+    assert c.manifest("t/sparse", "v1", json.dumps(manifest).encode())[0] == 201
+    text = page(c, "/model?name=t/sparse&ref=v1")
+    assert "Secret card" not in text and 'id="model-card"' not in text
+    status, _, body = c("GET", "/file?name=t/sparse&ref=v1&path=README.md")
+    assert status == 404 and b"Secret card" not in body
+
+
+def test_a_listing_remembered_without_documents_reads_the_card_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r")
+    c = WSGIClient(create_app(store, AccessControl()))
+    layer = craft_layer([("model/README.md", "file", b"# Remembered\n"), ("model/w.bin", "file", b"w")])
+    push(c, "t/old", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", layer, {})])
+    page(c, "/model?name=t/old&ref=v1")
+    store.db.execute("DELETE FROM layer_documents")  # what an older ormb remembered: the listing only
+    assert "<h1>Remembered</h1>" in card_of(page(c, "/model?name=t/old&ref=v1"))
+    assert store.layer_document(sha(layer), "model/README.md") == b"# Remembered\n"
+
+
+_FRAGMENTS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "<a href='javascript:x'>a</a>",
+              "[a](javascript:alert(1))", "[b](JAVASCRIPT:x)", "[c](&#106;avascript:x)", "<javascript:x>",
+              "[d](data:text/html;base64,PHNjcmlwdD4=)", "[e](vbscript:x)", "[f](//evil.example)", "![g](x.png)",
+              "![h](javascript:x)", "[i](java\tscript:x)", "[j]( javascript:x )", "[k](<javascript:x>)",
+              '[l](https://a.example "t\\" onmouseover=\\"x")', "```js\" onload=\"x\n1\n```", "<iframe src=x>",
+              "<svg onload=x>", "| a |\n|---|\n| <b onclick=x> |", "# h", "* l", "> q", "`c`", "**b**", "\n\n",
+              "[m]: javascript:x\n[m]", "<style>*{}</style>", "&lt;script&gt;", "[n](%6Aavascript:x)",
+              "[o](\\javascript:x)", "<!-- x -->", "[p](mailto:a@b.example)", "[q](../x)", "[r](#s)"]
+
+
+@given(st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=20), max_size=12), st.sampled_from(["", " ", "\n"]))
+def test_any_card_renders_to_markdown_tags_and_runnable_nothing(parts: list[str], joiner: str) -> None:
+    from ormb.server.modelcard import render_card
+
+    html = render_card(joiner.join(parts), "README.md", "/file?path=")
+    assert_safe(str(html))
+
+
+def test_a_layer_that_decompresses_beyond_what_export_would_unpack_is_listed_only_so_far(
+        c: WSGIClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gzip or zstd bomb: the listing reads as many decompressed bytes as export would unpack
+    (expansion_limit; a small one here to keep the test fast), then stops and says so."""
+    from ormb.server import model_files
+
+    monkeypatch.setattr(model_files, "expansion_limit", lambda size: 1 << 20)
+    layer = craft_layer([("model/a.bin", "file", b"a"), ("model/zeros.bin", "file", bytes(4 << 20)),
+                         ("model/z.txt", "file", b"z")])
+    push(c, "t/bomb", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", layer, {})])
+    text = page(c, "/model?name=t/bomb&ref=v1")
+    assert "model/a.bin" in text and "model/z.txt" not in text and 'id="listing-capped"' in text
