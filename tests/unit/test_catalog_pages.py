@@ -474,3 +474,77 @@ def test_a_layer_that_decompresses_beyond_what_export_would_unpack_is_listed_onl
     push(c, "t/bomb", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", layer, {})])
     text = page(c, "/model?name=t/bomb&ref=v1")
     assert "model/a.bin" in text and "model/z.txt" not in text and 'id="listing-capped"' in text
+
+
+# -- other tools' artifacts --------------------------------------------------------------------------
+
+def fields_of(text: str) -> dict[str, str]:
+    """The model page's fields, label -> text (tags stripped)."""
+    found = re.search(r'<dl class="fields" id="fields">(.*?)</dl>', text, re.DOTALL)
+    assert found, text[:3000]
+    pairs = re.findall(r"<dt>(.*?)</dt>\s*<dd[^>]*>(.*?)</dd>", found.group(1), re.DOTALL)
+    return {label: re.sub(r"<[^>]+>", "", value).strip() for label, value in pairs}
+
+
+def files_of(text: str) -> list[str]:
+    return re.findall(r'<tr><td class="mono">([^<]*)</td>', text.split('<table id="files">')[1])
+
+
+def test_a_kitops_modelkit_shows_its_kind_kitfile_fields_and_every_file(c: WSGIClient) -> None:
+    import zstandard
+
+    from conftest import craft_tar
+
+    kitfile = {"manifestVersion": "1.0.0",
+               "package": {"name": "kit-llm", "version": "1.2.0", "description": "a ModelKit", "license": "Apache-2.0",
+                           "authors": ["Kit Author"]},
+               "model": {"name": "kit-llm", "path": "models/llm.gguf", "framework": "llama.cpp", "format": "GGUF",
+                         "license": "MIT"}}
+    data = zstandard.ZstdCompressor().compress(craft_tar([("data/eval.csv", "file", b"q,a\n")]))
+    push(c, "kit/llm", "v1", ("application/vnd.kitops.modelkit.config.v1+json", json.dumps(kitfile).encode()), [
+        ("application/vnd.kitops.modelkit.model.v1.raw", b"GGUF" + b"w" * 3000,
+         {"org.cncf.model.filepath": "models/llm.gguf"}),
+        ("application/vnd.kitops.modelkit.dataset.v1.tar+zstd", data, {}),
+        ("application/vnd.kitops.modelkit.docs.v1.tar", craft_tar([("README.md", "file", b"# Kit\n")]), {})],
+        artifact_type="application/vnd.kitops.modelkit.manifest.v1+json")
+    text = page(c, "/model?name=kit/llm&ref=v1")
+    fields = fields_of(text)
+    assert fields["Artifact"].startswith("KitOps ModelKit"), fields
+    assert (fields["Name"], fields["Version"], fields["Licences"]) == ("kit-llm", "1.2.0", "Apache-2.0, MIT")
+    assert (fields["Format"], fields["Framework"], fields["Author"]) == ("GGUF", "llama.cpp", "Kit Author")
+    assert files_of(text) == ["models/llm.gguf", "data/eval.csv", "README.md"]
+
+
+def test_a_docker_model_runner_model_shows_its_kind_fields_and_runner_file_names(c: WSGIClient) -> None:
+    config = {"config": {"format": "gguf", "architecture": "llama", "parameters": "8.03 B", "quantization": "Q4_K_M",
+                         "size": "4.58 GiB"}, "descriptor": {"created": "2025-01-01T00:00:00Z"}}
+    push(c, "ai/llama", "v1", ("application/vnd.docker.ai.model.config.v0.1+json", json.dumps(config).encode()), [
+        ("application/vnd.docker.ai.gguf.v3", b"GGUF1", {}), ("application/vnd.docker.ai.gguf.v3", b"GGUF2", {}),
+        ("application/vnd.docker.ai.license", b"Llama licence\n", {}),
+        ("application/vnd.docker.ai.chat.template.jinja", b"{{ messages }}", {})])
+    text = page(c, "/model?name=ai/llama&ref=v1")
+    fields = fields_of(text)
+    assert fields["Artifact"].startswith("Docker Model Runner (v0.1)"), fields
+    assert (fields["Format"], fields["Architecture"], fields["Parameters"], fields["Quantization"]) == (
+        "GGUF", "llama", "8.03 B", "Q4_K_M")
+    assert files_of(text) == ["model-00001-of-00002.gguf", "model-00002-of-00002.gguf", "LICENSE", "template.jinja"]
+    assert fields["Licence file"] == "LICENSE"
+
+
+def test_a_modelpack_shows_its_descriptor_and_links_only_web_addresses(c: WSGIClient) -> None:
+    config = {"descriptor": {"name": "m", "version": "2.0", "title": "A <b>bold</b> title", "vendor": "ACME",
+                             "licenses": ["MIT"], "sourceURL": "javascript:alert(1)", "docURL": "https://docs.example/m"},
+              "config": {"architecture": "transformer", "precision": "bf16", "paramSize": "1B"},
+              "modelfs": {"type": "layers", "diffIds": []}}
+    for names, artifact_type, expected in (("cncf", "application/vnd.cncf.model.manifest.v1+json", "CNCF ModelPack"),
+                                           ("cnai", "application/vnd.cnai.model.manifest.v1+json", "cnai")):
+        push(c, f"t/{names}", "v1", (f"application/vnd.{names}.model.config.v1+json", json.dumps(config).encode()), [
+            (f"application/vnd.{names}.model.weight.v1.raw", b"w", {f"org.{names}.model.filepath": "w.bin"})],
+            artifact_type=artifact_type)
+        text = page(c, f"/model?name=t/{names}&ref=v1")
+        fields = fields_of(text)
+        assert expected in fields["Artifact"], fields
+        assert (fields["Title"], fields["Vendor"], fields["Precision"], fields["Parameters"]) == (
+            "A &lt;b&gt;bold&lt;/b&gt; title", "ACME", "bf16", "1B")
+        assert '<a href="https://docs.example/m" rel="nofollow noopener noreferrer">' in text
+        assert "javascript:alert(1)" in fields["Source"] and 'href="javascript' not in text

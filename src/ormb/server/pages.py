@@ -24,6 +24,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ormb.errors import OrmbError
+from ormb.model import modelpack
 from ormb.model.loaded import load_model
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor
@@ -203,12 +204,21 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     except OrmbError:
         return model
     meta = loaded.metadata
-    model.update(kind="modelpack" if loaded.is_modelpack else "ormb", config_type=loaded.manifest.config.media_type)
-    for label, value in (("Format", meta.format), ("Framework", meta.framework), ("Author", meta.author),
-                         ("Description", meta.description), ("Created", meta.created), ("GPU type", meta.gpu_type),
-                         ("Tags", ", ".join(meta.tags or []))):
+    model.update(kind="modelpack" if loaded.is_modelpack else "ormb", config_type=loaded.manifest.config.media_type,
+                 artifact_kind=modelpack.artifact_kind(loaded.manifest))
+    block = meta.modelpack
+    for label, value in (("Title", block and block.title), ("Name", block and block.name),
+                         ("Version", block and block.version), ("Format", meta.format), ("Framework", meta.framework),
+                         ("Author", meta.author), ("Vendor", block and block.vendor), ("Description", meta.description),
+                         ("Created", meta.created), ("Licences", ", ".join(block.licenses or []) if block else None),
+                         ("Architecture", block and block.architecture), ("Family", block and block.family),
+                         ("Parameters", block and block.param_size), ("Precision", block and block.precision),
+                         ("Quantization", block and block.quantization), ("GPU type", meta.gpu_type),
+                         ("Tags", ", ".join(meta.tags or [])), ("Source", block and block.source_url),
+                         ("Revision", block and block.revision), ("Documentation", block and block.doc_url)):
         if value:
-            model["fields"].append((label, str(value)))
+            text = str(value)
+            model["fields"].append((label, text, text if label in LINKED_FIELDS and _web_address(text) else None))
     if meta.signature:
         model["inputs"] = [t.model_dump(by_alias=True) for t in meta.signature.inputs or []]
         model["outputs"] = [t.model_dump(by_alias=True) for t in meta.signature.outputs or []]
@@ -225,6 +235,15 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     if model["licence"]:
         model["licence_url"] = file_url + urllib.parse.quote(model["licence"], safe="/")
     return model
+
+
+LINKED_FIELDS = ("Source", "Documentation")
+
+
+def _web_address(text: str) -> bool:
+    """An http(s) address with a host: the only values of a config the page turns into links."""
+    parts = urllib.parse.urlsplit(text)
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc) and text == text.strip()
 
 
 def _index_entries(ctx: Context, name: str, record: ManifestRecord) -> list[dict[str, Any]]:
