@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from model_cards import HOSTILE_CARD, LICENCE
 from registries import USERS, EmbeddedRegistry
 
 from conftest import make_model
@@ -216,36 +217,13 @@ def test_the_copied_pull_command_works_when_pasted_into_a_shell(catalog: Embedde
     assert len(shell("ormb models").stdout.splitlines()) == 2  # a header and one model
 
 
-CARD = """---
-license: mit
----
-# Digits classifier
-
-An MLP for 8x8 digits.
-
-- fast
-- small
-
-```python
-print("hello")
-```
-
-| metric | value |
-|--------|------:|
-| accuracy | 0.97 |
-
-<script>window.pwned = 1; document.title = "pwned"</script>
-<img src="x" onerror="window.pwned = 2; document.title = 'pwned'">
-[click me](javascript:window.pwned=3) [and me](JaVaScRiPt:document.title='pwned')
-![tracker](https://tracker.example/pixel.png) [the licence](LICENSE)
-"""
 
 
 def test_the_model_card_renders_and_nothing_in_it_runs(tmp_path: Path, browser: object) -> None:
     registry = EmbeddedRegistry(tmp_path / "registry")  # open: no login
     try:
         settings = Settings(home=tmp_path / "home", default_registry=registry.host)
-        src = make_model(tmp_path / "m", {"README.md": CARD.encode(), "LICENSE": b"MIT License\n\nPermission...\n",
+        src = make_model(tmp_path / "m", {"README.md": HOSTILE_CARD.encode(), "LICENSE": LICENCE.encode(),
                                           "model.onnx": os.urandom(1000)}, ormbfile="format: ONNX\n")
         api.save(src, f"{registry.host}/team/card:v1", settings=settings)
         api.push(f"{registry.host}/team/card:v1", settings=settings)
@@ -261,7 +239,7 @@ def test_the_model_card_renders_and_nothing_in_it_runs(tmp_path: Path, browser: 
         assert card.locator("table td").all_inner_texts() == ["accuracy", "0.97"]
         assert "license: mit" not in card.inner_text()  # the front matter is metadata, not text
         page.click("text=click me")  # plain text now: nothing happens
-        page.click("text=and me")
+        page.click("text=again")
         assert page.evaluate("typeof window.pwned") == "undefined"
         assert page.title() == "team/card:v1 · ormb registry"
         assert page.evaluate("document.querySelectorAll('#model-card script, #model-card img, [onerror]').length") == 0
@@ -273,7 +251,7 @@ def test_the_model_card_renders_and_nothing_in_it_runs(tmp_path: Path, browser: 
         page.click("#licence")
         assert page.locator("#document").inner_text().startswith("MIT License")
         page.go_back()
-        page.click("#model-card >> text=the licence")  # the card's relative link leads to the same file
+        page.click("#model-card >> text=licence")  # the card's relative link leads to the same file
         assert page.locator("h1").inner_text() == "model/LICENSE"
         context.close()
     finally:

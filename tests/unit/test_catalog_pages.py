@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from model_cards import HOSTILE_CARD, LICENCE
 from test_registry_app import OCI_MANIFEST, WSGIClient, sha
 
 from conftest import craft_layer
@@ -245,33 +246,6 @@ def test_the_copy_command_says_which_scheme_when_the_client_would_guess_the_othe
 
 # -- the model card and the licence -----------------------------------------------------------------
 
-HOSTILE_CARD = """---
-license: mit
-tags: [vision, front-matter-tag]
----
-# Digits classifier
-
-An MLP for 8x8 digits.
-
-- fast
-- small
-
-```python
-print("hello")
-```
-
-| metric | value |
-|--------|------:|
-| accuracy | 0.97 |
-
-<script>window.pwned = 1; document.title = "pwned"</script>
-<img src=x onerror="window.pwned = 2">
-[click me](javascript:window.pwned=3) [again](JaVaScRiPt:window.pwned=4) [entity](&#106;avascript:window.pwned=5)
-<javascript:window.pwned=6> [data](data:text/html,<script>window.pwned=7</script>) [tab](java\tscript:x)
-![tracker](https://tracker.example/pixel.png) [home](https://example.org/model) [licence](LICENSE)
-[out](../../../etc/passwd) [far](//evil.example/x)
-"""
-LICENCE = "MIT License\n\nPermission is hereby granted, free of charge, <to any person>...\n"
 
 
 class Tags(__import__("html.parser").parser.HTMLParser):
