@@ -9,12 +9,14 @@ import ormb
 
 SRC = Path(ormb.__file__).parent
 
-# layer -> packages of ormb it may import (cli -> api -> {model, registry, transfer} -> content -> oci)
+# layer -> packages of ormb it may import (cli -> api -> {model, registry, transfer} -> content -> oci;
+# signing sits beside model: it reads model manifests)
 ALLOWED = {
     "oci": {"oci", "errors"},
     "content": {"content", "oci", "errors"},
     "model": {"model", "content", "oci", "errors", "progress"},
     "registry": {"registry", "content", "oci", "errors"},
+    "signing": {"signing", "model", "oci", "errors"},
     "server": {"server", "oci", "errors", "model", "content", "units"},
     "serving": {"serving", "cache", "config", "errors", "model", "oci", "progress", "registry"},
     "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving", "units"},

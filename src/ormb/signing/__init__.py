@@ -1,0 +1,49 @@
+"""Signed models: the OpenSSF model-signing format (``model_signing`` 1.x), over OCI referrers.
+
+- :mod:`ormb.signing.keys`: private keys that sign, public keys (and trust directories) that verify.
+- :mod:`ormb.signing.bundle`: the bundle itself: :func:`sign_files` from (path, SHA-256) pairs,
+  :func:`verify_bundle`, and :func:`check_files` against a model's actual files.
+- :mod:`ormb.signing.referrer`: the bundle stored as an OCI referrer of the model manifest, and
+  the file list a model's manifest gives (:func:`manifest_files`).
+
+Layering: signing sits beside ``model`` (it reads model manifests) and below ``api``.
+"""
+
+from __future__ import annotations
+
+from ormb.signing.bundle import (
+    BUNDLE_MEDIA_TYPE,
+    GIT_PATHS,
+    PREDICATE_TYPE,
+    SignedFile,
+    SignedFiles,
+    check_files,
+    sign_files,
+    verify_bundle,
+)
+from ormb.signing.keys import (
+    PASSWORD_ENV,
+    PrivateKey,
+    PublicKey,
+    load_private_key,
+    load_public_key,
+    load_trust_dir,
+    trusted_keys,
+)
+from ormb.signing.referrer import (
+    SIGNATURE_ARTIFACT_TYPE,
+    SignatureArtifact,
+    bundle_layer,
+    export_ignore_paths,
+    is_signature,
+    manifest_files,
+    signature_artifact,
+    tar_layer_files,
+)
+
+__all__ = [
+    "BUNDLE_MEDIA_TYPE", "GIT_PATHS", "PASSWORD_ENV", "PREDICATE_TYPE", "SIGNATURE_ARTIFACT_TYPE",
+    "PrivateKey", "PublicKey", "SignatureArtifact", "SignedFile", "SignedFiles", "bundle_layer", "check_files",
+    "export_ignore_paths", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
+    "sign_files", "signature_artifact", "tar_layer_files", "trusted_keys", "verify_bundle",
+]
