@@ -198,8 +198,9 @@ def _string(value: Any, where: str) -> str:
 
 
 def _b64(value: Any, where: str) -> bytes:
+    text = _string(value, where)
     try:
-        return base64.b64decode(_string(value, where), validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise _malformed(f"{where} is not base64") from None
 
