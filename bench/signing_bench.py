@@ -30,9 +30,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
@@ -75,6 +72,7 @@ def main() -> None:
     from ormb.signing import (
         check_files,
         export_ignore_paths,
+        generate_key_pair,
         load_private_key,
         load_public_key,
         manifest_files,
@@ -83,11 +81,7 @@ def main() -> None:
     )
 
     work = Path(tempfile.mkdtemp(dir=args.workdir, prefix="signing-bench-"))
-    key = ec.generate_private_key(ec.SECP256R1())
-    (work / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
-    (work / "key.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
+    generate_key_pair(work / "key.pem", work / "key.pub")
     private, public = load_private_key(work / "key.pem"), load_public_key(work / "key.pub")
 
     src = work / "src"

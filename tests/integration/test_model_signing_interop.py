@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from conftest import make_model
 from ormb import api
@@ -29,6 +27,7 @@ from ormb.oci.descriptor import Manifest
 from ormb.signing import (
     check_files,
     export_ignore_paths,
+    generate_key_pair,
     load_private_key,
     load_public_key,
     manifest_files,
@@ -56,15 +55,11 @@ def model_signing(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(MODEL_SIGNING), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
-def key_pair(directory: Path, curve: ec.EllipticCurve | None) -> tuple[Path, Path]:
-    key = ec.generate_private_key(curve) if curve else ed25519.Ed25519PrivateKey.generate()
+def key_pair(directory: Path, algorithm: str) -> tuple[Path, Path]:
+    """A key pair as ``ormb`` makes it (so model_signing also reads ormb's key files)."""
     directory.mkdir(parents=True, exist_ok=True)
-    private, public = directory / "key.pem", directory / "key.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
+    generate_key_pair(directory / "key.pem", directory / "key.pub", algorithm)
+    return directory / "key.pem", directory / "key.pub"
 
 
 def write_files(root: Path, files: dict[str, bytes]) -> Path:
@@ -84,10 +79,9 @@ def digests(root: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1()], ids=["p256", "p384"])
-def test_ormb_signature_verifies_with_model_signing_and_any_change_is_caught(tmp_path: Path,
-                                                                             curve: ec.EllipticCurve) -> None:
-    private, public = key_pair(tmp_path / "keys", curve)
+@pytest.mark.parametrize("algorithm", ["ecdsa-p256", "ecdsa-p384", "ecdsa-p521"])
+def test_ormb_signature_verifies_with_model_signing_and_any_change_is_caught(tmp_path: Path, algorithm: str) -> None:
+    private, public = key_pair(tmp_path / "keys", algorithm)
     model = write_files(tmp_path / "model", {**FILES, ".gitattributes": b"*.bin lfs\n"})
     signature = model / "model.sig"  # inside the directory, where users keep it; the CLI leaves it out
     listed = [(path, hashlib.sha256(data).hexdigest()) for path, data in FILES.items()]  # no directory walk
@@ -97,7 +91,7 @@ def test_ormb_signature_verifies_with_model_signing_and_any_change_is_caught(tmp
     assert ok.returncode == 0, ok.stderr
     assert "Verification succeeded" in ok.stdout
 
-    if isinstance(curve, ec.SECP384R1):
+    if algorithm != "ecdsa-p256":
         return  # the changes below do not depend on the curve
     (model / "tokenizer" / "vocab.txt").write_bytes(b"a\nb\nc\n")
     changed = model_signing("verify", "key", "--signature", signature, "--public_key", public, model)
@@ -111,7 +105,7 @@ def test_ormb_signature_verifies_with_model_signing_and_any_change_is_caught(tmp
     removed = model_signing("verify", "key", "--signature", signature, "--public_key", public, model)
     assert removed.returncode != 0 and "Missing files" in removed.stderr and "empty" in removed.stderr
     (model / "empty").write_bytes(b"")
-    _, other_public = key_pair(tmp_path / "other", curve)
+    _, other_public = key_pair(tmp_path / "other", algorithm)
     other = model_signing("verify", "key", "--signature", signature, "--public_key", other_public, model)
     assert other.returncode != 0 and "Key mismatch" in other.stderr
 
@@ -119,7 +113,7 @@ def test_ormb_signature_verifies_with_model_signing_and_any_change_is_caught(tmp
 def test_model_signing_1_1_cannot_verify_ed25519(tmp_path: Path) -> None:
     """Why docs/architecture.md says: sign with ECDSA when the standard tool must verify.  If this
     fails, model_signing learnt Ed25519: update the docs and turn this into an interop test."""
-    private, public = key_pair(tmp_path / "keys", None)
+    private, public = key_pair(tmp_path / "keys", "ed25519")
     model = write_files(tmp_path / "model", {"w.bin": b"w"})
     signature = tmp_path / "model.sig"
     signature.write_bytes(sign_files([("w.bin", hashlib.sha256(b"w").hexdigest())], load_private_key(private)))
@@ -129,7 +123,7 @@ def test_model_signing_1_1_cannot_verify_ed25519(tmp_path: Path) -> None:
 
 
 def test_model_signing_signature_verifies_with_ormb_and_any_change_is_caught(tmp_path: Path) -> None:
-    private, public = key_pair(tmp_path / "keys", ec.SECP256R1())
+    private, public = key_pair(tmp_path / "keys", "ecdsa-p256")
     model = write_files(tmp_path / "model", {**FILES, ".gitignore": b"*.tmp\n"})
     signature = tmp_path / "model.sig"
     signed_by_cli = model_signing("sign", "key", "--private_key", private, "--signature", signature, model)
@@ -143,7 +137,7 @@ def test_model_signing_signature_verifies_with_ormb_and_any_change_is_caught(tmp
     (model / "config.json").write_bytes(b'{"hidden": 9}')
     with pytest.raises(VerificationError, match="'config.json' differs from the signed file"):
         check_files(signed, digests(model))
-    _, other = key_pair(tmp_path / "other", ec.SECP256R1())
+    _, other = key_pair(tmp_path / "other", "ecdsa-p256")
     with pytest.raises(VerificationError, match="unknown key"):
         verify_bundle(signature.read_bytes(), [load_public_key(other)])
 
@@ -151,7 +145,7 @@ def test_model_signing_signature_verifies_with_ormb_and_any_change_is_caught(tmp
 def test_a_modelpack_model_signed_from_its_manifest_verifies_after_export(tmp_path: Path, settings: Settings) -> None:
     """The whole idea: sign a ModelPack model from its manifest (no weight byte read), export it
     with ormb, verify the exported directory with the standard tool."""
-    private, public = key_pair(tmp_path / "keys", ec.SECP256R1())
+    private, public = key_pair(tmp_path / "keys", "ecdsa-p256")
     src = make_model(tmp_path / "src", {**FILES, ".gitattributes": b"*.safetensors lfs\n"},
                      ormbfile="format: Others\nartifactFormat: modelpack\n")
     api.save(src, "team/signed:v1", settings=settings, read_model_signature=False)
@@ -174,7 +168,7 @@ def test_a_modelpack_model_signed_from_its_manifest_verifies_after_export(tmp_pa
 
 
 def test_an_ormb_format_model_signed_from_its_layer_verifies_after_export(tmp_path: Path, settings: Settings) -> None:
-    private, public = key_pair(tmp_path / "keys", ec.SECP384R1())
+    private, public = key_pair(tmp_path / "keys", "ecdsa-p384")
     src = make_model(tmp_path / "src", FILES)
     api.save(src, "team/classic:v1", settings=settings, read_model_signature=False)
     cache = OCILayout(settings.cache_dir)

@@ -32,6 +32,7 @@ from ormb.model.ormbfile import Metadata
 from ormb.oci import graph, mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.signing import (
+    ALGORITHMS,
     GIT_PATHS,
     PASSWORD_ENV,
     PrivateKey,
@@ -40,6 +41,7 @@ from ormb.signing import (
     bundle_layer,
     check_files,
     export_ignore_paths,
+    generate_key_pair,
     is_signature,
     load_private_key,
     load_public_key,
@@ -151,6 +153,33 @@ def test_encrypted_keys_take_the_password_from_the_argument_or_the_environment(
     monkeypatch.setenv(PASSWORD_ENV, secret)
     assert load_private_key(private).public == load_public_key(public)
     assert load_private_key(private, environ={PASSWORD_ENV: secret}).public.fingerprint
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_generated_key_pairs_are_private_never_overwrite_and_verify(tmp_path: Path, algorithm: str) -> None:
+    private = generate_key_pair(tmp_path / "k.pem", tmp_path / "k.pub", algorithm, password="pw")
+    assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
+    assert b"ENCRYPTED PRIVATE KEY" in (tmp_path / "k.pem").read_bytes()
+    loaded, public = load_private_key(tmp_path / "k.pem", "pw"), load_public_key(tmp_path / "k.pub")
+    assert loaded.public == public == private.public and public.algorithm == algorithm
+    assert verify_bundle(sign_files(FILES, loaded), [public]).key == public
+    (tmp_path / "k.pem").write_bytes(b"keep me")
+    with pytest.raises(KeyFileError, match="exists"):
+        generate_key_pair(tmp_path / "k.pem", tmp_path / "other.pub", algorithm)
+    assert (tmp_path / "k.pem").read_bytes() == b"keep me"
+
+
+def test_generate_key_pair_refuses_unknown_algorithms_and_links(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="unknown key algorithm 'rsa'"):
+        generate_key_pair(tmp_path / "k.pem", tmp_path / "k.pub", "rsa")
+    (tmp_path / "elsewhere").write_bytes(b"")
+    (tmp_path / "link.pem").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(KeyFileError, match="exists"):
+        generate_key_pair(tmp_path / "link.pem", tmp_path / "k.pub")
+    assert (tmp_path / "elsewhere").read_bytes() == b""
+    unencrypted = generate_key_pair(tmp_path / "plain.pem", tmp_path / "plain.pub")
+    assert b"ENCRYPTED" not in (tmp_path / "plain.pem").read_bytes()
+    assert load_private_key(tmp_path / "plain.pem").public == unencrypted.public
 
 
 def test_unusable_key_files_get_one_line_errors(tmp_path: Path) -> None:

@@ -22,9 +22,11 @@ from ormb.signing.bundle import (
     verify_bundle,
 )
 from ormb.signing.keys import (
+    ALGORITHMS,
     PASSWORD_ENV,
     PrivateKey,
     PublicKey,
+    generate_key_pair,
     load_private_key,
     load_public_key,
     load_trust_dir,
@@ -42,8 +44,8 @@ from ormb.signing.referrer import (
 )
 
 __all__ = [
-    "BUNDLE_MEDIA_TYPE", "GIT_PATHS", "PASSWORD_ENV", "PREDICATE_TYPE", "SIGNATURE_ARTIFACT_TYPE",
+    "ALGORITHMS", "BUNDLE_MEDIA_TYPE", "GIT_PATHS", "PASSWORD_ENV", "PREDICATE_TYPE", "SIGNATURE_ARTIFACT_TYPE",
     "PrivateKey", "PublicKey", "SignatureArtifact", "SignedFile", "SignedFiles", "bundle_layer", "check_files",
-    "export_ignore_paths", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
+    "export_ignore_paths", "generate_key_pair", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
     "sign_files", "signature_artifact", "tar_layer_files", "trusted_keys", "verify_bundle",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +98,40 @@ class PrivateKey:
         if isinstance(self.key, ed25519.Ed25519PrivateKey):
             return self.key.sign(data)
         return self.key.sign(data, ec.ECDSA(_CURVES[self.key.curve.name][1]()))
+
+
+_GENERATORS: dict[str, Callable[[], PrivateKeyType]] = {
+    "ecdsa-p256": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "ecdsa-p384": lambda: ec.generate_private_key(ec.SECP384R1()),
+    "ecdsa-p521": lambda: ec.generate_private_key(ec.SECP521R1()),
+    "ed25519": ed25519.Ed25519PrivateKey.generate,
+}
+ALGORITHMS = tuple(_GENERATORS)
+
+
+def generate_key_pair(private_path: str | Path, public_path: str | Path, algorithm: str = "ecdsa-p256",
+                      password: str | bytes | None = None) -> PrivateKey:
+    """Make a key pair: the private key as PKCS#8 PEM (encrypted with ``password`` if given), created
+    with mode 0600 and never over an existing file; the public key as SubjectPublicKeyInfo PEM.
+    P-256 (the default) is what ``model_signing`` and cosign verify everywhere."""
+    if algorithm not in _GENERATORS:
+        raise KeyFileError(f"unknown key algorithm {algorithm!r}", f"choose one of {', '.join(ALGORITHMS)}")
+    key = _GENERATORS[algorithm]()
+    secret = password.encode("utf-8") if isinstance(password, str) else password
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(secret) if secret else serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    public = PublicKey.of(key.public_key(), str(public_path))
+    for path, data, mode in ((Path(private_path), pem, 0o600), (Path(public_path), public.to_pem(), 0o644)):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        except FileExistsError:
+            raise KeyFileError(f"{path} exists; ormb does not overwrite a key", "choose another file name") from None
+        except OSError as exc:
+            raise KeyFileError(f"cannot create {path}: {exc.strerror}", "check the path and its permissions") from None
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+    return PrivateKey(key, public)
 
 
 def _read(path: Path) -> bytes:
