@@ -174,8 +174,9 @@ def test_an_ormb_format_model_signed_from_its_layer_verifies_after_export(tmp_pa
     cache = OCILayout(settings.cache_dir)
     manifest = Manifest.from_bytes(fetch_bytes(cache, cache.resolve("localhost:5000/team/classic:v1")))
     assert manifest_files(manifest) is None  # one tar layer: the manifest cannot say
-    with cache.fetch(ormbformat.model_layer(manifest)) as blob:
-        files = tar_layer_files(blob)
+    layer = ormbformat.model_layer(manifest)
+    with cache.fetch(layer) as blob:
+        files = tar_layer_files(blob, layer)
     signature = tmp_path / "model.sig"
     signature.write_bytes(sign_files(files, load_private_key(private), ignore_paths=export_ignore_paths(manifest)))
     exported = tmp_path / "export"

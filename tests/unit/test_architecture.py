@@ -16,7 +16,7 @@ ALLOWED = {
     "content": {"content", "oci", "errors"},
     "model": {"model", "content", "oci", "errors", "progress"},
     "registry": {"registry", "content", "oci", "errors"},
-    "signing": {"signing", "model", "oci", "errors"},
+    "signing": {"signing", "model", "oci", "errors", "progress"},
     "server": {"server", "oci", "errors", "model", "content", "units"},
     "serving": {"serving", "cache", "config", "errors", "model", "oci", "progress", "registry"},
     "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving", "units"},

@@ -25,7 +25,13 @@ from hypothesis import strategies as st
 from conftest import make_model
 from ormb.content.memory import MemoryStore
 from ormb.content.target import fetch_bytes
-from ormb.errors import InvalidArtifactError, KeyFileError, UnsafeArchiveError, VerificationError
+from ormb.errors import (
+    IntegrityError,
+    InvalidArtifactError,
+    KeyFileError,
+    UnsafeArchiveError,
+    VerificationError,
+)
 from ormb.model import modelpack, ormbformat
 from ormb.model.files import list_model_files
 from ormb.model.ormbfile import Metadata
@@ -602,14 +608,15 @@ def test_ormb_format_files_come_from_reading_its_layer_once(tmp_path: Path) -> N
     manifest = Manifest.from_bytes(fetch_bytes(store, packed.manifest))
     assert manifest_files(manifest) is None
     assert export_ignore_paths(manifest) == GIT_PATHS
-    with store.fetch(ormbformat.model_layer(manifest)) as blob:
-        files = tar_layer_files(blob)
+    layer = ormbformat.model_layer(manifest)
+    with store.fetch(layer) as blob:
+        files = tar_layer_files(blob, layer)
     assert {f.path: (f.sha256, f.size) for f in files} == {p: (sha(d), len(d)) for p, d in MODEL.items()}
     with pytest.raises(InvalidArtifactError, match="neither|exactly one"):
         manifest_files(Manifest(packed.config, ()))
 
 
-def _tar(entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> io.BytesIO:
+def _tar(entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
         for entry in entries:
@@ -617,8 +624,7 @@ def _tar(entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> io.B
                 tar.addfile(entry[0], io.BytesIO(entry[1]))
             else:
                 tar.addfile(entry)
-    out.seek(0)
-    return out
+    return out.getvalue()
 
 
 def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "") -> Any:
@@ -627,17 +633,37 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: s
     return (info, data) if kind == tarfile.REGTYPE else info
 
 
+def _files_of(data: bytes, layer: Descriptor | None = None) -> list[tuple[str, str]]:
+    layer = layer or Descriptor.of_bytes("application/x-tar", data)
+    return [(f.path, f.sha256) for f in tar_layer_files(io.BytesIO(data), layer, None)]
+
+
 def test_tar_layer_files_follows_hard_links_and_refuses_symlinks_and_escapes() -> None:
     layer = _tar([_member("model/", tarfile.DIRTYPE), _member("model/a", data=b"A"),
                   _member("model/b", tarfile.LNKTYPE, link="model/a")])
-    assert [(f.path, f.sha256) for f in tar_layer_files(layer, None)] == [("a", sha(b"A")), ("b", sha(b"A"))]
+    assert _files_of(layer) == [("a", sha(b"A")), ("b", sha(b"A"))]
     with pytest.raises(InvalidArtifactError, match="symlink 'l'"):
-        tar_layer_files(_tar([_member("model/l", tarfile.SYMTYPE, link="a")]), None)
+        _files_of(_tar([_member("model/l", tarfile.SYMTYPE, link="a")]))
     with pytest.raises(InvalidArtifactError, match="hard link"):
-        tar_layer_files(_tar([_member("model/b", tarfile.LNKTYPE, link="model/zzz")]), None)
+        _files_of(_tar([_member("model/b", tarfile.LNKTYPE, link="model/zzz")]))
     with pytest.raises(UnsafeArchiveError):
-        tar_layer_files(_tar([_member("model/../../etc/x", data=b"x")]), None)
+        _files_of(_tar([_member("model/../../etc/x", data=b"x")]))
     with pytest.raises(UnsafeArchiveError):
-        tar_layer_files(_tar([_member("elsewhere/x", data=b"x")]), None)
+        _files_of(_tar([_member("elsewhere/x", data=b"x")]))
     with pytest.raises(InvalidArtifactError, match="special file"):
-        tar_layer_files(_tar([_member("model/fifo", tarfile.FIFOTYPE)]), None)
+        _files_of(_tar([_member("model/fifo", tarfile.FIFOTYPE)]))
+
+
+def test_tar_layer_files_signs_only_the_bytes_the_manifest_names() -> None:
+    """A corrupt or swapped blob in the cache must not be hashed into a signature."""
+    good = _tar([_member("model/a", data=b"A" * 1000)])
+    named = Descriptor.of_bytes("application/x-tar", good)
+    swapped = _tar([_member("model/a", data=b"B" * 1000)])
+    with pytest.raises(IntegrityError, match="does not match"):
+        _files_of(swapped, named)
+    with pytest.raises(IntegrityError, match="does not match"):
+        _files_of(good[:700], named)  # truncated: not a valid tar, and not the named bytes
+    with pytest.raises(IntegrityError, match="does not match"):
+        _files_of(good + b"\0" * 512, named)
+    with pytest.raises(UnsafeArchiveError, match="not a valid tar"):
+        _files_of(b"not a tar at all" * 40)

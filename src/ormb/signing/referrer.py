@@ -31,13 +31,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import BinaryIO
 
-from ormb.errors import InvalidArtifactError, VerificationError
+import zstandard
+from isal import isal_zlib
+
+from ormb.errors import IntegrityError, InvalidArtifactError, UnsafeArchiveError, VerificationError
 from ormb.model import modelpack, ormbformat
 from ormb.model.ormbfile import FILENAME as ORMBFILE
-from ormb.model.unpack import _decompressed, _safe_relative
+from ormb.model.unpack import _decompressed, _HashingReader, _safe_relative
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import IO_CHUNK, MAX_METADATA_BLOB
+from ormb.progress import NoProgress
 from ormb.signing.bundle import BUNDLE_MEDIA_TYPE, GIT_PATHS, PREDICATE_TYPE, SignedFile
 
 SIGNATURE_ARTIFACT_TYPE = BUNDLE_MEDIA_TYPE
@@ -133,14 +137,35 @@ def export_ignore_paths(manifest: Manifest) -> tuple[str, ...]:
     return MODELPACK_EXPORT_IGNORE if modelpack.is_modelpack(manifest) else ORMB_EXPORT_IGNORE
 
 
-def tar_layer_files(blob: BinaryIO, compression: str | None = "gzip", prefix: str = "model/") -> tuple[SignedFile, ...]:
+def tar_layer_files(blob: BinaryIO, layer: Descriptor, compression: str | None = "gzip",
+                    prefix: str = "model/") -> tuple[SignedFile, ...]:
     """The files of an ormb-format tar layer, hashed while reading it once (nothing is written).
 
-    Paths are those export writes below ``model/``; a hard link has its target's digest.  A symlink
-    is refused: ``model_signing`` refuses to sign or verify one by default.
+    The layer's own digest and size are checked as export checks them, so only the bytes the
+    manifest names are ever signed.  Paths are those export writes below ``model/``; a hard link
+    has its target's digest.  A symlink is refused: ``model_signing`` refuses to sign or verify
+    one by default.
     """
+    reader = _HashingReader(blob, layer, NoProgress(), layer.digest)
+    try:
+        files = _hash_entries(_decompressed(reader, compression), prefix)
+        reader.drain()
+    except (tarfile.TarError, EOFError, OSError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
+        reader.drain()
+        if reader.digest() != layer.digest:
+            raise IntegrityError(f"layer {layer.digest} does not match its digest") from None
+        raise UnsafeArchiveError(f"layer {layer.digest} is not a valid tar archive: {exc}") from None
+    finally:
+        reader.close()
+    if reader.size != layer.size or reader.digest() != layer.digest:
+        raise IntegrityError(f"layer {layer.digest} does not match: read {reader.size} bytes "
+                             f"with digest {reader.digest()}")
+    return files
+
+
+def _hash_entries(stream: BinaryIO, prefix: str) -> tuple[SignedFile, ...]:
     digests: dict[str, SignedFile] = {}
-    with tarfile.open(fileobj=_decompressed(blob, compression), mode="r|", bufsize=IO_CHUNK) as tar:
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=IO_CHUNK) as tar:
         for member in tar:
             relative = _safe_relative(member.name, prefix, strip=True)
             if relative is None or member.isdir():
