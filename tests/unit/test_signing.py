@@ -99,6 +99,11 @@ def p256(keys: dict[str, tuple[PrivateKey, PublicKey]]) -> tuple[PrivateKey, Pub
     return keys["ecdsa-p256"]
 
 
+# one key for the generated tests (a fixture would be shared across examples anyway)
+_PROPERTY_KEY = (lambda k: (PrivateKey(k, PublicKey.of(k.public_key(), "p")), PublicKey.of(k.public_key(), "p")))(
+    ec.generate_private_key(ec.SECP256R1()))
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -430,6 +435,18 @@ def test_property_any_garbage_is_a_verification_error(data: bytes) -> None:
         raise AssertionError("garbage verified")
 
 
+@given(payload=st.binary(max_size=300), sig=st.binary(max_size=150), hint=st.booleans())
+def test_property_well_shaped_envelopes_with_any_payload_and_signature_are_refused(
+        payload: bytes, sig: bytes, hint: bool) -> None:
+    _, public = _PROPERTY_KEY
+    material: dict[str, Any] = {"publicKey": {"hint": public.fingerprint} if hint else {}, "tlogEntries": []}
+    bundle = {"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "verificationMaterial": material,
+              "dsseEnvelope": {"payload": base64.b64encode(payload).decode(), "payloadType": "application/vnd.in-toto+json",
+                               "signatures": [{"sig": base64.b64encode(sig).decode(), "keyid": ""}]}}
+    with pytest.raises(VerificationError, match="does not match what it signs|none of the 1 trusted"):
+        verify_bundle(json.dumps(bundle).encode(), [public])
+
+
 # -- checking the model's files ------------------------------------------------------------------
 
 
@@ -489,10 +506,6 @@ def test_property_round_trip_and_every_single_change_is_caught(paths: list[str],
     assume(extra not in files)
     with pytest.raises(VerificationError, match="not in its signature"):
         check_files(signed, {**files, extra: sha(b"")})
-
-
-_PROPERTY_KEY = (lambda k: (PrivateKey(k, PublicKey.of(k.public_key(), "p")), PublicKey.of(k.public_key(), "p")))(
-    ec.generate_private_key(ec.SECP256R1()))
 
 
 def test_many_files_and_the_empty_model(p256: tuple[PrivateKey, PublicKey]) -> None:
