@@ -58,9 +58,8 @@ def make_model(root: Path, files: dict[str, bytes], ormbfile: str | None = "form
     return root
 
 
-def craft_layer(members: list[tuple[str, str, bytes | str]]) -> bytes:
-    """A tar+gzip layer built entry by entry: (name, kind, payload) with kind file/dir/symlink/hardlink/fifo/chr."""
-    import gzip
+def craft_tar(members: list[tuple[str, str, bytes | str]]) -> bytes:
+    """An uncompressed tar built entry by entry: (name, kind, payload) with kind file/dir/symlink/hardlink/fifo/chr."""
     import io
     import tarfile
 
@@ -82,7 +81,26 @@ def craft_layer(members: list[tuple[str, str, bytes | str]]) -> bytes:
                 assert isinstance(payload, str)
                 info.linkname = payload
             tar.addfile(info)
-    return gzip.compress(raw.getvalue(), mtime=0)
+    return raw.getvalue()
+
+
+def compress(data: bytes, packing: str) -> bytes:
+    """``data`` as a layer of the given packing: tar (as is), tar+gzip or tar+zstd."""
+    import gzip
+
+    import zstandard
+
+    if packing == "tar+gzip":
+        return gzip.compress(data, mtime=0)
+    if packing == "tar+zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    assert packing == "tar", packing
+    return data
+
+
+def craft_layer(members: list[tuple[str, str, bytes | str]]) -> bytes:
+    """A tar+gzip layer built entry by entry (see :func:`craft_tar`)."""
+    return compress(craft_tar(members), "tar+gzip")
 
 
 def place_model(cache_dir: Path, reference: str, layer: bytes, config: bytes = b'{"format":"Others"}',
@@ -110,6 +128,37 @@ def place_model(cache_dir: Path, reference: str, layer: bytes, config: bytes = b
     push_bytes(layout, manifest, data)
     layout.tag(manifest, reference)
     return manifest.digest
+
+
+def place_modelpack(cache_dir: Path, reference: str, layers: list[tuple[str, bytes, dict[str, str]]],
+                    metadata: str | None = None) -> str:
+    """Put a hand-made ModelPack model into the cache: (packing, blob, annotations) per layer, packing
+    raw, tar, tar+gzip or tar+zstd; ``metadata`` is ormb's annotation (JSON). Returns the manifest digest."""
+    import io
+
+    from ormb.content.layout import OCILayout
+    from ormb.content.target import push_bytes
+    from ormb.model import modelpack
+    from ormb.oci.descriptor import Descriptor, Manifest
+
+    layout = OCILayout(cache_dir)
+    config = b'{"descriptor":{"name":"x"},"config":{},"modelfs":{"type":"layers","diffIds":[]}}'
+    config_desc = Descriptor.of_bytes(modelpack.CONFIG, config)
+    push_bytes(layout, config_desc, config)
+    descs = []
+    for packing, data, layer_annotations in layers:
+        desc = Descriptor.of_bytes(modelpack.layer_type("weight", packing), data, layer_annotations)
+        if not layout.exists(desc):
+            layout.push(desc, io.BytesIO(data))
+        descs.append(desc)
+    manifest_annotations = {modelpack.ANNOTATION_ORMB_METADATA: metadata} if metadata else {}
+    manifest = Manifest(config_desc, tuple(descs), artifact_type=modelpack.ARTIFACT_TYPE,
+                        annotations=manifest_annotations)
+    data = manifest.to_bytes()
+    desc = Descriptor.of_bytes("application/vnd.oci.image.manifest.v1+json", data)
+    push_bytes(layout, desc, data)
+    layout.tag(desc, reference)
+    return desc.digest
 
 
 # -- real registries, started once per session on 127.0.0.1 ------------------------------------

@@ -11,8 +11,7 @@ The public API, hand-picked::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ormb._version import __version__
 from ormb.api import (
     ExportResult,
     ModelDetails,
@@ -51,6 +50,7 @@ from ormb.errors import (
     RegistryError,
     StorageError,
     UnsafeArchiveError,
+    UsageError,
 )
 from ormb.model.ormbfile import Metadata
 from ormb.oci.reference import Reference, parse_reference
@@ -62,6 +62,6 @@ __all__ = [
     "InvalidReferenceError", "Metadata", "MetadataError", "ModelDetails", "ModelFormatError", "ModelSummary",
     "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError", "PruneResult", "Reference",
     "RegistryError", "SaveResult", "Settings", "StorageError", "TransferResult", "TransportOptions",
-    "UnsafeArchiveError", "__version__", "export", "init", "inspect", "inspect_remote", "load_settings", "login", "logout",
+    "UnsafeArchiveError", "UsageError", "__version__", "export", "init", "inspect", "inspect_remote", "load_settings", "login", "logout",
     "models", "parse_reference", "prune", "pull", "push", "remove", "save", "tag", "tags", "version",
 ]

@@ -2,45 +2,48 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from ormb import __version__
+from ormb._version import __version__
 from ormb.cache import (
     LoadedModel,
     blob_size,
+    cache_entries,
     cache_key,
     iter_references,
     load_model,
     open_cache,
+    reachable,
     reachable_blobs,
 )
 from ormb.config import Settings, load_settings
 from ormb.content.layout import OCILayout
-from ormb.content.target import fetch_bytes
+from ormb.content.target import Target, fetch_bytes
 from ormb.errors import (
     AuthenticationError,
-    InvalidArtifactError,
     InvalidReferenceError,
     ModelFormatError,
     NotFoundError,
     OrmbError,
     StorageError,
+    UsageError,
 )
 from ormb.model import modelpack, ormbformat
+from ormb.model.export import export_model
 from ormb.model.files import FileListing, list_model_files
 from ormb.model.formats import guess_format, validate_format
-from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict, write_metadata
+from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict
 from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
-from ormb.model.unpack import staged_directory, unpack_layer
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
+from ormb.oci.grammar import is_host, is_tag
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
@@ -68,6 +71,8 @@ class SaveResult:
     skipped: tuple[str, ...] = ()
     signature_filled: bool = False  # the signature was read from the model file
     notes: tuple[str, ...] = ()  # things the user may want to know (e.g. why no signature was read)
+    hidden: tuple[str, ...] = ()  # hidden files and directories left out (".git/", ".DS_Store")
+    artifact_format: str = "ormb"
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,14 @@ class _Prepared:
     notes: tuple[str, ...]
 
 
-def _prepare(root: Path, metadata: Metadata | dict[str, object] | None, *, read_model_signature: bool) -> _Prepared:
-    """Metadata and files of a model directory, validated; the signature read from the model if empty."""
+def _prepare(root: Path, metadata: Metadata | dict[str, object] | None, *, read_model_signature: bool,
+             artifact_format: str | None = None, include_hidden: bool | None = None) -> _Prepared:
+    """Metadata and files of a model directory, validated; the signature read from the model if empty.
+
+    The files are ``root/model/`` when it exists.  Without it they are the files of ``root`` itself
+    (less ``ormbfile.yaml``): a directory without an ormbfile.yaml, or one packed as ModelPack, which is
+    how ``ormb export`` lays a ModelPack model out.
+    """
     if not root.is_dir():
         raise ModelFormatError(f"{root} is not a directory", "give the directory that holds ormbfile.yaml and model/")
     ormbfile = root / FILENAME
@@ -92,19 +103,28 @@ def _prepare(root: Path, metadata: Metadata | dict[str, object] | None, *, read_
         meta = load_metadata(ormbfile)
         model_dir = root / "model"
         if not model_dir.is_dir():
-            raise ModelFormatError(f"{root} has an {FILENAME} but no model/ directory", "put the model files in model/")
+            if (artifact_format or meta.artifact_format) != "modelpack":
+                raise ModelFormatError(f"{root} has an {FILENAME} but no model/ directory",
+                                       "put the model files in model/, or save them as they are with "
+                                       "--format modelpack")
+            model_dir = root
     else:
         meta = Metadata()
         model_dir = root / "model" if (root / "model").is_dir() else root
-    listing = list_model_files(model_dir)
+    hidden = include_hidden if include_hidden is not None else bool(meta.include_hidden)
+    listing = list_model_files(model_dir, include_hidden=hidden, exclude=(FILENAME,) if model_dir == root else ())
     if not listing.files:
-        raise ModelFormatError(f"{model_dir} holds no files")
+        raise ModelFormatError(f"{model_dir} holds no files" + (" (hidden ones left out)" if listing.hidden else ""))
     relative = [f.relative for f in listing.files]
     guessed = meta.format is None
     format_name = meta.format or guess_format(relative)
     validate_format(format_name, model_dir, relative)
     meta = meta.model_copy(update={"format": format_name})
     notes: list[str] = []
+    if listing.outside:
+        shown = ", ".join(listing.outside[:2]) + (f" and {len(listing.outside) - 2} more" if len(listing.outside) > 2
+                                                  else "")
+        notes.append(f"packed what {len(listing.outside)} link(s) outside {model_dir} name: {shown}")
     filled = False
     if read_model_signature and not (meta.signature and (meta.signature.inputs or meta.signature.outputs)):
         found = read_signature(format_name, model_dir, relative)
@@ -116,12 +136,18 @@ def _prepare(root: Path, metadata: Metadata | dict[str, object] | None, *, read_
     return _Prepared(meta, model_dir, listing, guessed, filled, tuple(notes))
 
 
+ARTIFACT_FORMATS = ("ormb", "modelpack")
+MODELPACK_NAMES = ("cncf", "cnai")
+
+
 def save(
     path: str | Path,
     reference: str | Reference,
     *,
     metadata: Metadata | dict[str, object] | None = None,
     artifact_format: str | None = None,
+    modelpack_names: str | None = None,
+    include_hidden: bool | None = None,
     compression: str = "stored",
     read_model_signature: bool = True,
     settings: Settings | None = None,
@@ -133,31 +159,38 @@ def save(
     ormbfile.yaml, so a training script needs no file.  Without either, the format is guessed
     from the file names.  The files are taken from ``path/model`` if it exists, else from
     ``path`` itself.  An empty signature is read from the model file where ormb can (ONNX,
-    SavedModel).  Nothing is written into ``path``.
+    SavedModel).  Nothing is written into ``path``.  Hidden files and directories (``.git/``,
+    ``.cache/``, ``.DS_Store``) are left out and listed in the result, unless ``include_hidden``.
 
     ``artifact_format``: ``ormb`` (the default: the original ormb's one-layer format, which
     Harbor shows) or ``modelpack`` (CNCF ModelPack: a layer per file, deduplicated per file,
-    partial pulls); ``artifactFormat`` in ormbfile.yaml chooses too.
+    partial pulls); ``modelpack_names``: ``cncf`` (default) or ``cnai`` (the pre-v0.0.7 names
+    every released Harbor up to 2.15 shows).  ormbfile.yaml's ``artifactFormat``,
+    ``modelpackNames`` and ``includeHidden`` choose too; the arguments win.
     """
     settings = settings or load_settings()
     ref = _ref(reference, settings, need_tag=True)
-    prepared = _prepare(Path(path), metadata, read_model_signature=read_model_signature)
+    if artifact_format is not None and artifact_format not in ARTIFACT_FORMATS:
+        raise UsageError(f"unknown artifact format {artifact_format!r}", "use 'ormb' or 'modelpack'")
+    if modelpack_names is not None and modelpack_names not in MODELPACK_NAMES:
+        raise UsageError(f"unknown ModelPack names {modelpack_names!r}", "use 'cncf' or 'cnai'")
+    prepared = _prepare(Path(path), metadata, read_model_signature=read_model_signature,
+                        artifact_format=artifact_format, include_hidden=include_hidden)
     metadata_, listing, format_name = prepared.metadata, prepared.listing, prepared.metadata.format or "Others"
     guessed = prepared.format_guessed
     cache = open_cache(settings)
     chosen = artifact_format or metadata_.artifact_format or "ormb"
+    names = modelpack_names or metadata_.modelpack_names or "cncf"
     with cache.writing():
         if chosen == "modelpack":
             packed: PackedModel = modelpack.pack(
-                listing, metadata_, cache, name=ref.repository.rsplit("/", 1)[-1], version=ref.tag, progress=progress)
-        elif chosen == "ormb":
-            packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
+                listing, metadata_, cache, name=ref.repository.rsplit("/", 1)[-1], names=names, progress=progress)
         else:
-            raise InvalidReferenceError(f"unknown artifact format {chosen!r}", "use 'ormb' or 'modelpack'")
+            packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
         ref, packed.manifest.digest, sum(d.size for d in packed.layers), format_name, guessed,
-        len(listing.files), listing.skipped, prepared.signature_filled, prepared.notes,
+        len(listing.files), listing.skipped, prepared.signature_filled, prepared.notes, listing.hidden, chosen,
     )
 
 
@@ -193,27 +226,28 @@ def export(
     *,
     metadata: bool = True,
     include: tuple[str, ...] = (),
+    max_expand: int | None = None,
     settings: Settings | None = None,
     progress: ProgressListener | None = None,
 ) -> ExportResult:
     """Unpack a cached model into ``directory`` (``model/`` plus ``ormbfile.yaml`` for the ormb format;
-    the files at their paths for ModelPack, optionally only those matching ``include`` globs)."""
+    the files at their paths for ModelPack, optionally only those matching ``include`` globs).
+
+    Nothing outside ``directory`` is touched whatever the layers hold (docs/security.md); a tar layer
+    may unpack to at most ``max_expand`` bytes (default: 20 times its size, at least 1 GiB)."""
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     cache = open_cache(settings)
-    model = load_model(cache, cache.resolve(cache_key(ref)))
+    model = load_model(cache, cache.resolve(cache_key(ref)), ref=ref)
     dest = Path(directory)
+    files = None
     if model.is_modelpack:
-        paths = _export_files(cache, model, dest, include, progress)
-    else:
-        if include:
-            raise InvalidArtifactError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack artifact",
-                                       "save it with --format modelpack to export files selectively")
-        layer = ormbformat.model_layer(model.manifest)
-        with cache.fetch(layer) as blob:
-            paths = unpack_layer(blob, layer, dest, prefix="model/", progress=progress).paths
-    if metadata:
-        write_metadata(dest, model.metadata)
+        files = _selected_files(cache, model, include)
+    elif include:
+        raise UsageError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack artifact",
+                         "export it without --include, or save it with --format modelpack to export files selectively")
+    paths = export_model(cache, model.manifest, dest, metadata=model.metadata if metadata else None, files=files,
+                         local_copy=lambda d: cache.blob_path(d.digest), max_expand=max_expand, progress=progress)
     return ExportResult(ref, model.manifest_desc.digest, dest, paths)
 
 
@@ -221,9 +255,8 @@ def _matches(patterns: tuple[str, ...], path: str) -> bool:
     return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], p) for p in patterns)
 
 
-def _export_files(cache: OCILayout, model: LoadedModel, dest: Path, include: tuple[str, ...],
-                  progress: ProgressListener | None) -> tuple[str, ...]:
-    """Write the layers of a per-file artifact (ModelPack, KitOps) into ``dest``, all or nothing."""
+def _selected_files(cache: OCILayout, model: LoadedModel, include: tuple[str, ...]) -> list[modelpack.LayerFile]:
+    """The layers of a per-file artifact (ModelPack, KitOps) to export: those matching ``include``, all in the cache."""
     files = modelpack.layer_files(model.manifest)
     if include:
         files = [f for f in files if f.path is not None and _matches(include, str(f.path))]
@@ -234,39 +267,58 @@ def _export_files(cache: OCILayout, model: LoadedModel, dest: Path, include: tup
     if missing:
         raise NotFoundError(f"{len(missing)} layer(s) of this model are not in the cache, e.g. {missing[0].path}",
                             "it was pulled with --include: pull it again without, or export only what was pulled")
-    with staged_directory(dest) as staging:
-        written = modelpack.write_files(cache, files, staging, local_copy=lambda d: cache.blob_path(d.digest),
-                                        progress=progress)
-    return tuple(written)
+    return files
 
 
 @dataclass(frozen=True)
 class ModelSummary:
-    reference: Reference
+    reference: Reference  # for a name that is not a reference: Reference("", name)
     digest: str
     format: str
-    created: datetime | None
+    created: datetime | None  # when this reference entered the local cache (save, pull, tag)
     size: int
+    problem: str = ""  # why this reference is not one usable model (an index, a missing blob, ...); "" if it is
 
 
-def _created(model: LoadedModel) -> datetime | None:
-    if model.metadata.created:
-        return model.metadata.created
-    stamp = model.manifest_desc.annotations.get(mediatypes.ANNOTATION_CREATED)
+def _cached(model: LoadedModel) -> datetime | None:
+    """When the cache recorded the reference (the index entry's org.opencontainers.image.created)."""
+    return _timestamp(model.manifest_desc.annotations.get(mediatypes.ANNOTATION_CREATED))
+
+
+def _timestamp(stamp: object) -> datetime | None:
+    if not isinstance(stamp, str) or not stamp:
+        return None
     try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def models(*, settings: Settings | None = None) -> list[ModelSummary]:
-    """Every model in the local cache, sorted by repository then tag."""
+    """Every reference in the local cache, sorted by repository then tag; ``created`` is when it entered the cache.
+
+    A reference that is not one readable model (an index, a missing or oversized blob, a
+    container image, a name that does not parse) is listed too, with ``problem`` saying
+    what is wrong; it never hides the others.
+    """
     settings = settings or load_settings()
     cache = open_cache(settings)
     out = []
-    for ref, desc in iter_references(cache, settings):
-        model = load_model(cache, desc)
-        out.append(ModelSummary(ref, desc.digest, model.format, _created(model), model.size))
+    for entry in cache_entries(cache, settings):
+        ref = entry.reference or Reference("", entry.name)
+        desc = entry.descriptor
+        stamp = _timestamp(desc.annotations.get(mediatypes.ANNOTATION_CREATED)) if desc else None
+        if desc is None or entry.problem:
+            out.append(ModelSummary(ref, desc.digest if desc else "", "-", stamp, 0, entry.problem))
+            continue
+        try:
+            model = load_model(cache, desc)
+        except OrmbError as exc:
+            out.append(ModelSummary(ref, desc.digest, "-", stamp, 0, exc.message))
+            continue
+        problem = "" if model.is_model else f"not a model: its config is {model.manifest.config.media_type}"
+        out.append(ModelSummary(ref, desc.digest, model.format, _cached(model), model.size, problem))
     return sorted(out, key=lambda m: (m.reference.name, m.reference.tag or "", m.reference.digest or ""))
 
 
@@ -276,12 +328,14 @@ class ModelDetails:
     digest: str
     media_type: str
     size: int
-    created: datetime | None
+    created: datetime | None  # the model's own date: ormbfile.yaml's created, a ModelPack createdAt, ...
     metadata: Metadata
     config: dict[str, object]
     layers: tuple[dict[str, object], ...]
     files: tuple[str, ...] = field(default=())
     artifact_format: str = "ormb"
+    cached: datetime | None = None  # when the reference entered the local cache (None for --remote)
+    model_info: dict[str, object] = field(default_factory=dict)  # another tool's config, as it wrote it
 
 
 def inspect(reference: str | Reference, *, settings: Settings | None = None) -> ModelDetails:
@@ -289,14 +343,33 @@ def inspect(reference: str | Reference, *, settings: Settings | None = None) -> 
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     cache = open_cache(settings)
-    return _details(ref, load_model(cache, cache.resolve(cache_key(ref))))
+    model = load_model(cache, _resolve_cached(cache, ref), ref=ref)
+    return _details(ref, model, cached=_cached(model))
 
 
-def _details(ref: Reference, model: LoadedModel) -> ModelDetails:
+def _resolve_cached(cache: OCILayout, ref: Reference, *, pushing: bool = False) -> Descriptor:
+    """The cached manifest of ``ref``, or a not-found error that says how to get it there."""
+    try:
+        return cache.resolve(cache_key(ref))
+    except NotFoundError:
+        hint = (f"'ormb models' lists the cache; to push a model saved under another name, name it first: "
+                f"ormb tag SAVED-NAME {ref}") if pushing else \
+            f"'ormb models' lists the cache; 'ormb pull {ref}' fetches it, 'ormb tag' names a cached model"
+        raise NotFoundError(f"{ref} is not in the local cache", hint) from None
+
+
+def _details(ref: Reference, model: LoadedModel, *, cached: datetime | None = None) -> ModelDetails:
+    if model.is_modelpack:
+        files = tuple(f.title or f"<{f.packing} layer {f.descriptor.digest[7:19]}>"
+                      for f in modelpack.layer_files(model.manifest))
+        kind = "modelpack"
+    else:
+        files = tuple(name for name, _ in model.files())
+        kind = "ormb"
     return ModelDetails(
-        ref, model.manifest_desc.digest, model.manifest.media_type, model.size, _created(model), model.metadata,
-        model.manifest.config.to_dict(), tuple(layer.to_dict() for layer in model.manifest.layers),
-        tuple(name for name, _ in model.files()), "modelpack" if model.is_modelpack else "ormb",
+        ref, model.manifest_desc.digest, model.manifest.media_type, model.size, model.metadata.created, model.metadata,
+        model.manifest.config.to_dict(), tuple(layer.to_dict() for layer in model.manifest.layers), files, kind,
+        cached, modelpack.model_info(model.manifest, model.config),
     )
 
 
@@ -305,16 +378,27 @@ def tag(source: str | Reference, target: str | Reference, *, settings: Settings 
     settings = settings or load_settings()
     src, dst = _ref(source, settings), _ref(target, settings, need_tag=True)
     cache = open_cache(settings)
-    desc = cache.resolve(cache_key(src))
+    desc = _resolve_cached(cache, src)
     fetch_bytes(cache, desc)  # the manifest must be there to be tagged
     cache.tag(desc, cache_key(dst))
     return dst
 
 
 def remove(reference: str | Reference, *, settings: Settings | None = None) -> str:
-    """Forget a reference; its blobs stay until :func:`prune`.  Returns the manifest digest."""
+    """Forget a reference; its blobs stay until :func:`prune`.  Returns the manifest digest.
+
+    A name in the cache that is not a reference (written by another tool; ``models`` lists it
+    with a problem) is removed by that exact name.
+    """
     settings = settings or load_settings()
-    return open_cache(settings).untag(cache_key(_ref(reference, settings))).digest
+    cache = open_cache(settings)
+    try:
+        key = cache_key(_ref(reference, settings))
+    except InvalidReferenceError:
+        if not isinstance(reference, str) or reference not in {e.name for e in cache_entries(cache, settings)}:
+            raise
+        key = reference
+    return cache.untag(key).digest
 
 
 @dataclass(frozen=True)
@@ -324,7 +408,12 @@ class PruneResult:
 
 
 def prune(*, settings: Settings | None = None) -> PruneResult:
-    """Delete every blob no reference reaches, and leftovers of interrupted writes."""
+    """Delete every blob no entry of the cache reaches, and leftovers of interrupted writes.
+
+    It walks the graph as ``copy`` does (indexes, subjects, manifests recorded as
+    ``application/json``), from every entry of index.json (named or not); what it cannot
+    parse it keeps, with every digest written in it.
+    """
     settings = settings or load_settings()
     cache = open_cache(settings)
     removed = freed = 0
@@ -335,7 +424,7 @@ def prune(*, settings: Settings | None = None) -> PruneResult:
                 freed += blob_size(cache, digest)
                 cache.delete_blob(digest)
                 removed += 1
-        cache.clear_ingest()
+        cache.clear_leftovers()
     return PruneResult(removed, freed)
 
 
@@ -356,19 +445,45 @@ def _remote(ref: Reference, settings: Settings, options: TransportOptions | None
     return RemoteRepository(_registry(ref.registry, settings, options), ref.repository)
 
 
+def registry_host(text: str) -> tuple[str, bool | None]:
+    """``host[:port]`` from what a user may type for a registry, as Docker takes it: a URL
+    (``https://host:5000/``, ``http://host/v2/``) or a bare host; and, for an ``http://`` or
+    ``https://`` URL, whether that asks for plain HTTP."""
+    value = text.strip()
+    plain: bool | None = None
+    lowered = value.lower()
+    for scheme, is_plain in (("https://", False), ("http://", True)):
+        if lowered.startswith(scheme):
+            value, plain = value[len(scheme):], is_plain
+            break
+    value = value.split("/", 1)[0]
+    if not is_host(value):
+        raise InvalidReferenceError(f"{text!r} is not a registry host",
+                                    "give HOST or HOST:PORT, e.g. registry.example.com or localhost:5000")
+    return value, plain
+
+
 def login(host: str, username: str, password: str, *, settings: Settings | None = None,
-          options: TransportOptions | None = None) -> None:
-    """Check the credentials against the registry, then store them in ``$ORMB_HOME/config.json``."""
+          options: TransportOptions | None = None) -> str:
+    """Check the credentials against the registry, then store them in ``$ORMB_HOME/config.json``.
+
+    ``host`` may be a URL, as with ``docker login``; returns the host the credentials are stored for.
+    """
     settings = settings or load_settings()
+    name, plain = registry_host(host)
     if not username or not password:
         raise AuthenticationError("a username and a password are needed to log in", "give -u USER and a password")
-    _registry(host, settings, options, Credential(username, password)).ping()
-    CredentialStore(settings.home / "config.json").store(host, Credential(username, password))
+    if plain is not None and (options is None or options.plain_http is None):
+        options = dataclasses.replace(options or TransportOptions(), plain_http=plain)
+    _registry(name, settings, options, Credential(username, password)).ping()
+    CredentialStore(settings.home / "config.json").store(name, Credential(username, password))
+    return name
 
 
 def logout(host: str, *, settings: Settings | None = None) -> None:
-    """Forget the credentials ormb stored for ``host``."""
+    """Forget the credentials ormb stored for ``host`` (a host or a URL, as for :func:`login`)."""
     settings = settings or load_settings()
+    host = registry_host(host)[0]
     if not CredentialStore(settings.home / "config.json").remove(host):
         raise NotFoundError(f"not logged in to {host}", "nothing to do; 'ormb login HOST' stores credentials")
 
@@ -401,6 +516,7 @@ def push(reference: str | Reference, *, settings: Settings | None = None, option
     settings = settings or load_settings()
     ref = _ref(reference, settings, need_tag=True)
     cache = open_cache(settings)
+    _resolve_cached(cache, ref, pushing=True)
     remote = _remote(ref, settings, options)
     concurrency = (options or TransportOptions()).concurrency
     stats = copy(cache, cache_key(ref), remote, ref.tag or "", concurrency=concurrency, progress=progress,
@@ -409,7 +525,8 @@ def push(reference: str | Reference, *, settings: Settings | None = None, option
 
 
 def _mount_sources(cache: OCILayout, ref: Reference, settings: Settings) -> Callable[[Descriptor], list[str]]:
-    """Other repositories on ``ref``'s registry that, as far as the cache knows, hold a blob."""
+    """Other repositories on ``ref``'s registry that, as far as the cache knows, hold a blob
+    (anything their references reach, walked as prune walks: indexes and subjects too)."""
     holders: dict[str, list[str]] | None = None
     lock = threading.Lock()  # copy() asks from several threads: build the map once, whole
 
@@ -424,14 +541,10 @@ def _mount_sources(cache: OCILayout, ref: Reference, settings: Settings) -> Call
             for other, desc in iter_references(cache, settings):
                 if other.registry != ref.registry or other.repository == ref.repository:
                     continue
-                try:
-                    manifest = Manifest.from_bytes(fetch_bytes(cache, desc))
-                except (OrmbError, OSError):
-                    continue
-                for layer in (manifest.config, *manifest.layers):
-                    holders.setdefault(layer.digest, [])
-                    if other.repository not in holders[layer.digest]:
-                        holders[layer.digest].append(other.repository)
+                for digest in sorted(reachable(cache, [desc])):
+                    holders.setdefault(digest, [])
+                    if other.repository not in holders[digest]:
+                        holders[digest].append(other.repository)
         return holders
 
     return sources
@@ -456,14 +569,14 @@ def pull(reference: str | Reference, *, include: tuple[str, ...] = (), settings:
     if include:
         def wanted(manifest: Manifest, layer: Descriptor) -> bool:
             if not modelpack.is_modelpack(manifest):
-                raise InvalidArtifactError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack "
-                                           "artifact", "pull it without --include")
+                raise UsageError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack artifact",
+                                 "pull it without --include")
             path = layer.annotations.get(modelpack.ANNOTATION_FILEPATH) or \
                 layer.annotations.get(modelpack.OLD_ANNOTATION_FILEPATH) or ""
             return _matches(include, path)
-    with cache.writing():
+    with cache.writing():  # complete_existing: a manifest in the cache may be a partial pull's, its layers missing
         stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress,
-                     include=wanted)
+                     include=wanted, complete_existing=True)
     return _result(ref, stats, before != stats.root.digest or bool(stats.copied))
 
 
@@ -473,8 +586,8 @@ def inspect_remote(reference: str | Reference, *, settings: Settings | None = No
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     remote = _remote(ref, settings, options)
-    model = load_model(remote, remote.resolve(ref.version))
-    return _details(ref, model)
+    desc, data = remote.fetch_reference(ref.version)
+    return _details(ref, load_model(remote, desc, data, ref=ref))
 
 
 def tags(repository: str | Reference, *, settings: Settings | None = None,
@@ -501,12 +614,15 @@ class CopyResult:
     referrers: tuple[str, ...]
 
 
-def _endpoint(text: str, settings: Settings, options: TransportOptions | None) -> tuple[Any, str, Reference | None]:
+def _endpoint(text: str, settings: Settings, options: TransportOptions | None) -> tuple[Target, str, Reference | None]:
     """(Target, reference in it, registry reference) for ``oci:PATH[:TAG]`` or a registry reference."""
     if text.startswith("oci:"):
         path, sep, tag = text[4:].rpartition(":")
         if not sep or "/" in tag:
             path, tag = text[4:], "latest"
+        if not is_tag(tag):
+            raise InvalidReferenceError(f"invalid layout reference {text!r}: {tag!r} is not a valid tag",
+                                        "use oci:PATH or oci:PATH:TAG, the tag 1-128 ASCII letters, digits, '_.-'")
         return OCILayout(Path(path)), tag, None
     ref = parse_reference(text, settings.default_registry)
     return _remote(ref, settings, options), ref.version, ref
@@ -522,6 +638,9 @@ def copy_model(source: str, destination: str, *, referrers: bool = False, settin
     settings = settings or load_settings()
     src, src_ref, src_registry = _endpoint(source, settings, options)
     dst, dst_ref, dst_registry = _endpoint(destination, settings, options)
+    if referrers and not isinstance(src, RemoteRepository):
+        raise UsageError("--referrers needs a registry as the source: an OCI layout has no referrers API",
+                         "copy without --referrers, or from the registry the layout came from")
     if dst_registry is not None and not dst_registry.tag:
         raise InvalidReferenceError(f"{destination} has no tag", "give the destination a tag")
     if dst_registry is not None:
@@ -536,8 +655,7 @@ def copy_model(source: str, destination: str, *, referrers: bool = False, settin
     stats = copy(src, src_ref, dst, dst_ref, concurrency=concurrency, progress=progress, mount_from=mount)
     copied_referrers: list[str] = []
     if referrers:
-        if not isinstance(src, RemoteRepository):
-            raise InvalidArtifactError("--referrers needs a registry as the source")
+        assert isinstance(src, RemoteRepository)
         for referrer in src.referrers(stats.root.digest):
             extra = copy(src, referrer.digest, dst, referrer.digest, concurrency=concurrency, progress=progress,
                          mount_from=mount)

@@ -1,7 +1,14 @@
-"""The local model cache: an OCI layout under ``$ORMB_HOME/cache`` and what it holds."""
+"""The local model cache: an OCI layout under ``$ORMB_HOME/cache`` and what it holds.
+
+Every walk of the cache's graph goes through :mod:`ormb.oci.graph`, as ``copy`` does:
+``prune`` keeps what :func:`reachable_blobs` finds (on the safe side: what it cannot parse it
+keeps, with every digest it mentions), ``models`` and ``inspect`` read a reference with
+:func:`load_model`, which says what is wrong with a reference that is not one model.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,11 +16,20 @@ from pathlib import Path
 from ormb.config import Settings
 from ormb.content.layout import OCILayout
 from ormb.content.target import Fetcher, fetch_bytes
-from ormb.errors import InvalidArtifactError
+from ormb.errors import InvalidArtifactError, InvalidReferenceError
 from ormb.model import modelpack
 from ormb.model.ormbfile import Metadata, metadata_from_config
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
+from ormb.oci.grammar import MAX_MANIFEST
+from ormb.oci.graph import (
+    NODE_TYPES,
+    Node,
+    digests_mentioned,
+    may_be_node,
+    parse_node,
+    successors_or_mentioned,
+)
 from ormb.oci.reference import Reference, parse_reference
 
 
@@ -28,6 +44,7 @@ class LoadedModel:
     manifest_desc: Descriptor
     manifest: Manifest
     metadata: Metadata
+    config: bytes = b""  # the config blob as stored, verified
 
     @property
     def size(self) -> int:
@@ -42,6 +59,11 @@ class LoadedModel:
     def is_modelpack(self) -> bool:
         return modelpack.is_modelpack(self.manifest)
 
+    @property
+    def is_model(self) -> bool:
+        """An ormb model, a ModelPack or a KitOps ModelKit (not, say, a container image)."""
+        return self.manifest.config.media_type == mediatypes.ORMB_CONFIG or self.is_modelpack
+
     def files(self) -> list[tuple[str, int | None]]:
         """(path, size) of the model's files: per layer for ModelPack, from the metadata for ormb."""
         if self.is_modelpack:
@@ -50,8 +72,30 @@ class LoadedModel:
         return [(name, None) for name in self.metadata.directory_structure or ()]
 
 
-def load_model(target: Fetcher, manifest_desc: Descriptor) -> LoadedModel:
-    manifest = Manifest.from_bytes(fetch_bytes(target, manifest_desc))
+def index_error(node: Node, ref: Reference | None) -> InvalidArtifactError:
+    """What to say when a reference names an index: it is not one model, its members are (by digest)."""
+    where = f"{ref} is" if ref else "the reference points to"
+    members = [f"{ref.name}@{d.digest}" if ref else d.digest for d in node.manifests[:3]]
+    more = ", ..." if len(node.manifests) > 3 else ""
+    return InvalidArtifactError(
+        f"{where} an index of {len(node.manifests)} manifests, not one model",
+        f"inspect or export one of them by digest: {', '.join(members)}{more}" if members else "the index is empty",
+    )
+
+
+def load_model(target: Fetcher, manifest_desc: Descriptor, data: bytes | None = None,
+               ref: Reference | None = None) -> LoadedModel:
+    """Read the manifest (``data`` when the caller has its bytes already, verified) and its config.
+
+    ``ref`` is what the user named, for messages.  An index raises :class:`InvalidArtifactError`
+    naming its members.
+    """
+    if data is None:
+        data = fetch_bytes(target, manifest_desc, MAX_MANIFEST)
+    node = parse_node(data, manifest_desc.media_type)
+    if node.kind == "index":
+        raise index_error(node, ref)
+    manifest = node.to_manifest()
     config = fetch_bytes(target, manifest.config)
     if manifest.config.media_type == mediatypes.ORMB_CONFIG:
         metadata = metadata_from_config(config)
@@ -59,7 +103,7 @@ def load_model(target: Fetcher, manifest_desc: Descriptor) -> LoadedModel:
         metadata = modelpack.metadata_of(manifest, config)
     else:
         metadata = Metadata()
-    return LoadedModel(manifest_desc, manifest, metadata)
+    return LoadedModel(manifest_desc, manifest, metadata, config)
 
 
 def cache_key(ref: Reference) -> str:
@@ -67,28 +111,74 @@ def cache_key(ref: Reference) -> str:
     return str(ref)
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    """One named entry of the cache's index.json, as far as it could be read."""
+
+    name: str
+    reference: Reference | None  # None when the name is not a reference ormb can parse
+    descriptor: Descriptor | None  # None when the entry is not a valid descriptor
+    problem: str = ""  # what is wrong with the name or the entry, if anything
+
+
+def cache_entries(cache: OCILayout, settings: Settings) -> Iterator[CacheEntry]:
+    """Every named entry, including those ormb cannot use (they come with a ``problem``)."""
+    for i, entry in enumerate(cache.entries()):
+        annotations = entry.get("annotations")
+        name = annotations.get(mediatypes.ANNOTATION_REF_NAME) if isinstance(annotations, dict) else None
+        if not isinstance(name, str) or not name:
+            continue
+        try:
+            desc: Descriptor | None = Descriptor.from_dict(entry, f"its index.json entry ({i})")
+            problem = ""
+        except InvalidArtifactError as exc:
+            desc, problem = None, exc.message
+        try:
+            ref: Reference | None = parse_reference(name, settings.default_registry, default_tag=False)
+        except InvalidReferenceError:
+            ref, problem = None, f"the name {name!r} is not a valid reference"
+        yield CacheEntry(name, ref, desc, problem)
+
+
 def iter_references(cache: OCILayout, settings: Settings) -> Iterator[tuple[Reference, Descriptor]]:
-    for name, desc in cache.references():
-        yield parse_reference(name, settings.default_registry, default_tag=False), desc
+    """(reference, descriptor) of every usable named entry."""
+    for entry in cache_entries(cache, settings):
+        if entry.reference is not None and entry.descriptor is not None:
+            yield entry.reference, entry.descriptor
 
 
-def reachable_blobs(cache: OCILayout) -> set[str]:
-    """Every digest some reference in the cache reaches (manifests, configs, layers, index children)."""
+def reachable(cache: OCILayout, roots: list[Descriptor]) -> set[str]:
+    """Every digest the roots reach, walked with :func:`successors_or_mentioned`: a node that does not
+    parse keeps every digest it mentions, and what those reach.  A missing blob is a leaf."""
     seen: set[str] = set()
-    stack = [desc for _, desc in cache.references()]
+    stack = list(roots)
     while stack:
         desc = stack.pop()
         if desc.digest in seen:
             continue
         seen.add(desc.digest)
-        if desc.media_type in mediatypes.MANIFEST_TYPES and cache.exists(desc):
-            try:
-                manifest = Manifest.from_bytes(fetch_bytes(cache, desc))
-            except InvalidArtifactError:
+        if not may_be_node(desc.media_type):
+            continue
+        if desc.media_type not in NODE_TYPES:  # generic (application/json, octet-stream): a node is a JSON object
+            head = cache.read_head(desc.digest, 64)
+            if head is None or head.lstrip()[:1] != b"{":
                 continue
-            stack.append(manifest.config)
-            stack.extend(manifest.layers)
+        data = cache.read_head(desc.digest)
+        if data is not None:
+            stack.extend(successors_or_mentioned(desc, data))
     return seen
+
+
+def reachable_blobs(cache: OCILayout) -> set[str]:
+    """Every digest some entry of the cache's index.json reaches: named or not, parseable or not
+    (an entry that is not a valid descriptor keeps every digest written in it)."""
+    roots: list[Descriptor] = []
+    for entry in cache.entries():
+        try:
+            roots.append(Descriptor.from_dict(entry))
+        except InvalidArtifactError:
+            roots.extend(Descriptor("", digest, 0) for digest in digests_mentioned(json.dumps(entry).encode()))
+    return reachable(cache, roots)
 
 
 def blob_size(cache: OCILayout, digest: str) -> int:

@@ -34,10 +34,14 @@ def load_settings(home: Path | None = None) -> Settings:
     home = home or ormb_home()
     registry = os.environ.get("ORMB_REGISTRY")
     config_file = home / "config.yaml"
-    if not registry and config_file.is_file():
+    if not registry:
         try:
             data = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except FileNotFoundError:
+            data = {}
+        except OSError as exc:
+            raise StorageError(f"cannot read {config_file}: {exc.strerror or exc}", "check its permissions") from None
+        except (yaml.YAMLError, RecursionError) as exc:
             raise StorageError(f"cannot read {config_file}: {exc}", "fix or remove the file") from None
         if not isinstance(data, dict):
             raise StorageError(f"{config_file} is not a YAML mapping", "write e.g. 'registry: localhost:5000'")

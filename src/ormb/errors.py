@@ -3,6 +3,7 @@
 ::
 
     OrmbError                       base; ``str(err)`` is "<what> (<what to do>)"
+    ├── UsageError                  (ValueError)   a command or function used wrongly (an option that does not apply)
     ├── InvalidReferenceError       (ValueError)   a reference that does not parse
     ├── MetadataError               (ValueError)   ormbfile.yaml is malformed or invalid
     ├── ModelFormatError            (ValueError)   model/ does not hold what its format needs
@@ -37,6 +38,13 @@ class OrmbError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(OrmbError, ValueError):
+    """A command used wrongly: an option that does not apply to what it was given."""
+
+    exit_code = 2
+    default_hint = "see the command's --help"
 
 
 class InvalidReferenceError(OrmbError, ValueError):

@@ -1,32 +1,40 @@
-"""``copy``: every transfer is a copy of a manifest graph between two Targets.
+"""``copy``: every transfer is a copy of a manifest graph from a ReadOnlyTarget to a Target.
 
 Children before parents, skipping what the destination has, a bounded number of blob
 transfers at once, every byte verified by the destination's ``push``, progress reported
-per blob.  The root manifest is pushed and tagged last, so a failed copy never moves a tag.
+per blob.  The graph is read with :mod:`ormb.oci.graph` (the one successors function:
+subject, config and layers of a manifest, the manifests of an index), nested at most
+``MAX_GRAPH_DEPTH`` deep.  Each blob is fetched at most once per copy.  The root manifest is
+pushed and tagged last, so a failed copy never moves a tag.
+
+The root's bytes come from the source in one request when it can (a
+:class:`~ormb.content.target.ReferenceFetcher`: a registry's ``GET /manifests/<tag>``), and
+are handed down explicitly: no Target keeps hidden state between ``resolve`` and ``fetch``.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from ormb.content.target import (
     ExistenceChecker,
-    Fetcher,
     Mounter,
-    Pusher,
+    Readable,
+    ReadOnlyTarget,
+    ReferenceFetcher,
     ReferencePusher,
-    Tagger,
     Target,
     fetch_bytes,
+    rewindable,
 )
-from ormb.oci import mediatypes
+from ormb.errors import InvalidArtifactError
 from ormb.oci.descriptor import Descriptor, Manifest
+from ormb.oci.grammar import MAX_GRAPH_DEPTH, MAX_MANIFEST
+from ormb.oci.graph import NODE_TYPES, Node, parse_node
 from ormb.progress import NoProgress, ProgressListener
 
 LayerFilter = Callable[[Manifest, Descriptor], bool]
@@ -57,115 +65,177 @@ class CopyStats:
 
 
 class _ProgressReader:
-    def __init__(self, raw: BinaryIO, progress: ProgressListener, task: str) -> None:
+    """Reports what passes through; seekable exactly when the stream under it is."""
+
+    def __init__(self, raw: Readable, progress: ProgressListener, task: str) -> None:
         self._raw = raw
+        self._rewind = rewindable(raw)
         self._progress = progress
         self._task = task
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1, /) -> bytes:
         data = self._raw.read(n)
         self._progress.advance(self._task, len(data))
         return data
 
     def seekable(self) -> bool:
-        return bool(getattr(self._raw, "seekable", lambda: False)())
+        return self._rewind is not None
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset, whence)
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        if self._rewind is None:
+            raise io.UnsupportedOperation("the source stream cannot seek")
+        return self._rewind.seek(offset, whence)
 
     def tell(self) -> int:
-        return self._raw.tell() if self.seekable() else 0
+        return self._rewind.tell() if self._rewind is not None else 0
 
 
-def _children(data: bytes, desc: Descriptor, include: LayerFilter | None, stats: CopyStats) -> list[Descriptor]:
-    if desc.media_type in mediatypes.INDEX_TYPES:
-        manifests = json.loads(data).get("manifests") or []
-        return [Descriptor.from_dict(m, "index entry") for m in manifests]
-    manifest = Manifest.from_bytes(data)
-    layers = []
-    for layer in manifest.layers:
-        if include is None or include(manifest, layer):
-            layers.append(layer)
-            stats.layers_seen[layer.digest] = layer
-        else:
-            stats.left_out.append(layer)
-    return [manifest.config, *layers]
+def resolve_with_bytes(src: ReadOnlyTarget, reference: str) -> tuple[Descriptor, bytes]:
+    """The manifest ``reference`` names and its verified bytes: one request where the source allows it."""
+    if isinstance(src, ReferenceFetcher):
+        return src.fetch_reference(reference)
+    desc = src.resolve(reference)
+    return desc, fetch_bytes(src, desc, MAX_MANIFEST)
 
 
 def copy(
-    src: Target,
+    src: ReadOnlyTarget,
     src_ref: str,
-    dst: Pusher,
+    dst: Target,
     dst_ref: str,
     *,
     concurrency: int = 4,
     progress: ProgressListener | None = None,
     include: LayerFilter | None = None,
     mount_from: MountSources | None = None,
+    complete_existing: bool = False,
+    root: tuple[Descriptor, bytes] | None = None,
 ) -> CopyStats:
     """Copy what ``src_ref`` names in ``src`` to ``dst`` under ``dst_ref``; return what moved.
 
     ``include`` leaves out the layers it refuses (a partial pull); ``mount_from`` names other
-    repositories on the destination's registry to mount a blob from before sending it.
+    repositories on the destination's registry to mount a blob from before sending it.  A node
+    (manifest or index) the destination has is not walked again, as in oras-go, unless
+    ``complete_existing`` (a destination that may hold partial graphs: the cache after a partial
+    pull).  ``root`` is the root manifest and its bytes when the caller has them already.
     """
     progress = progress or NoProgress()
-    root = src.resolve(src_ref)
-    root_bytes = fetch_bytes(src, root)
-    stats = CopyStats(root)
-    plan = _Plan(src, dst, stats, concurrency, progress, include, mount_from)
-    _copy_children(plan, root, root_bytes)
+    root_desc, root_bytes = root if root is not None else resolve_with_bytes(src, src_ref)
+    stats = CopyStats(root_desc)
+    plan = _Plan(src, dst, stats, concurrency, progress, include, mount_from, complete_existing)
+    node = _parse(root_desc, root_bytes)
+    _copy_successors(plan, node, 0)
+    pushed = Descriptor(node.media_type, root_desc.digest, root_desc.size, root_desc.annotations,
+                        root_desc.artifact_type)
     if isinstance(dst, ReferencePusher):
-        dst.push_reference(root, io.BytesIO(root_bytes), dst_ref)
+        dst.push_reference(pushed, io.BytesIO(root_bytes), dst_ref)
     else:
-        if not (isinstance(dst, ExistenceChecker) and dst.exists(root)):
-            dst.push(root, io.BytesIO(root_bytes))
-        assert isinstance(dst, Tagger)
-        dst.tag(root, dst_ref)
+        if not dst.exists(pushed):
+            dst.push(pushed, io.BytesIO(root_bytes))
+        dst.tag(pushed, dst_ref)
     return stats
 
 
 @dataclass
 class _Plan:
-    src: Fetcher
-    dst: Pusher
+    src: ReadOnlyTarget
+    dst: Target
     stats: CopyStats
     concurrency: int
     progress: ProgressListener
     include: LayerFilter | None
     mount_from: MountSources | None
+    complete_existing: bool
+    handled: set[str] = field(default_factory=set)  # digests already copied, skipped or mounted by this copy
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self, desc: Descriptor) -> bool:
+        """True the first time a digest is met in this copy: each blob is fetched at most once."""
+        with self.lock:
+            if desc.digest in self.handled:
+                return False
+            self.handled.add(desc.digest)
+            return True
 
 
-def _copy_children(plan: _Plan, desc: Descriptor, data: bytes) -> None:
-    src, dst, stats = plan.src, plan.dst, plan.stats
-    children = _children(data, desc, plan.include, stats)
-    manifests = [c for c in children if c.media_type in mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES]
-    blobs = [c for c in children if c not in manifests]
-    for child in manifests:  # an index: each child manifest's own graph first
-        if isinstance(dst, ExistenceChecker) and dst.exists(child):
-            stats.skipped.append(child)
-            continue
-        child_bytes = fetch_bytes(src, child)
-        _copy_children(plan, child, child_bytes)
-        dst.push(child, io.BytesIO(child_bytes))
-        stats.copied.append(child)
-    unique = list({b.digest: b for b in blobs}.values())
+def _parse(desc: Descriptor, data: bytes) -> Node:
+    try:
+        return parse_node(data, desc.media_type)
+    except InvalidArtifactError as exc:
+        raise InvalidArtifactError(f"{desc.digest}: {exc.message}", exc.hint) from None
+
+
+def _wanted_children(plan: _Plan, node: Node) -> tuple[list[Descriptor], list[Descriptor]]:
+    """(nodes, blobs) among the successors of ``node``: the entries of an index and a subject are
+    nodes whatever their media type says; the include filter runs here, once per manifest."""
+    children = node.successors()
+    is_node = {d.digest for d in node.manifests}
+    if node.subject is not None:
+        is_node.add(node.subject.digest)
+    nodes = [c for c in children if c.digest in is_node or c.media_type in NODE_TYPES]
+    blobs = [c for c in children if c not in nodes]
+    if node.kind == "manifest":
+        manifest = node.to_manifest()
+        left_out = set()
+        for layer in manifest.layers:
+            if plan.include is None or plan.include(manifest, layer):
+                with plan.stats._lock:
+                    plan.stats.layers_seen[layer.digest] = layer
+            else:
+                left_out.add(layer.digest)
+                plan.stats.left_out.append(layer)
+        blobs = [b for b in blobs if b.digest not in left_out or b == manifest.config]
+    return nodes, blobs
+
+
+def _copy_successors(plan: _Plan, node: Node, depth: int) -> None:
+    """Copy everything below ``node`` (not ``node`` itself), children before parents."""
+    if depth >= MAX_GRAPH_DEPTH:
+        raise InvalidArtifactError(f"the manifest graph is nested more than {MAX_GRAPH_DEPTH} levels deep",
+                                   "ormb follows indexes of indexes only this far; the artifact is malformed or hostile")
+    nodes, blobs = _wanted_children(plan, node)
+    for child in nodes:
+        _copy_node(plan, child, depth + 1)
+    unique = [b for b in {b.digest: b for b in blobs}.values() if plan.claim(b)]
     if not unique:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(plan.concurrency, len(unique)))) as pool:
         futures = [pool.submit(_copy_blob, plan, blob) for blob in unique]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
-            if future in done and future.exception() is not None:
+            error = future.exception() if future in done else None
+            if error is not None:
                 for other in futures:
                     other.cancel()
-                raise future.exception()  # type: ignore[misc]
+                raise error
         for future in futures:
             future.result()
 
 
+def _copy_node(plan: _Plan, child: Descriptor, depth: int) -> None:
+    """A manifest or index below the root: its own graph first, then itself."""
+    if not plan.claim(child):
+        return
+    src, dst, stats = plan.src, plan.dst, plan.stats
+    exists = isinstance(dst, ExistenceChecker) and dst.exists(child)
+    if exists and not plan.complete_existing:
+        stats.skipped.append(child)
+        return
+    data = fetch_bytes(src, child, MAX_MANIFEST)
+    node = _parse(child, data)
+    _copy_successors(plan, node, depth)
+    if exists:
+        stats.skipped.append(child)
+        return
+    # pushed under its effective media type: a registry must see a manifest, not an application/json blob
+    dst.push(Descriptor(node.media_type, child.digest, child.size, child.annotations, child.artifact_type),
+             io.BytesIO(data))
+    stats.copied.append(child)
+
+
 def _copy_blob(plan: _Plan, blob: Descriptor) -> None:
     src, dst, stats, progress = plan.src, plan.dst, plan.stats, plan.progress
-    if isinstance(dst, ExistenceChecker) and dst.exists(blob):
+    if dst.exists(blob):
         _done(stats.skipped, stats, blob, progress, "exists")
         return
     if plan.mount_from is not None and isinstance(dst, Mounter):
@@ -175,7 +245,7 @@ def _copy_blob(plan: _Plan, blob: Descriptor) -> None:
                 return
     progress.start(blob.digest, _label(blob, ""), blob.size)
     with src.fetch(blob) as stream:
-        dst.push(blob, _ProgressReader(stream, progress, blob.digest))  # type: ignore[arg-type]
+        dst.push(blob, _ProgressReader(stream, progress, blob.digest))
     progress.finish(blob.digest)
     with stats._lock:
         stats.copied.append(blob)

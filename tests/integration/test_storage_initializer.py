@@ -143,3 +143,38 @@ def test_a_modelpack_model_is_laid_out_too(tmp_path: Path, basic_registry: Any, 
     assert (dest / f"{prefix}model.onnx").read_bytes() == WEIGHTS
     assert (dest / f"{prefix}sub" / "vocab.txt").read_bytes() == b"a\nb\n"
     assert "format: ONNX" in (dest / "ormbfile.yaml").read_text()
+
+
+@pytest.mark.parametrize(("layout", "artifact_format"), [("mlflow", "ormb"), ("none", "modelpack"),
+                                                         ("triton", "modelpack"), ("triton", "ormb")])
+def test_a_layer_cannot_plant_a_link_that_the_metadata_is_written_through(
+    tmp_path: Path, basic_registry: Any, layout: str, artifact_format: str,
+) -> None:
+    # a/b -> .. makes a/b/X the root's X: a link there at the old temporary name sent ormbfile.yaml
+    # (author included) to any file the init container could write
+    from conftest import craft_layer, craft_tar, place_model, place_modelpack
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("original")
+    settings = Settings(home=tmp_path / "attacker", default_registry="localhost:5000")
+    ref = f"{basic_registry.host}/serving/evil-{layout}-{artifact_format}:v1"
+    up = "../../outside/secret"  # from DEST (DEST/1 for triton): lexically a/outside/secret, inside
+    if artifact_format == "ormb":
+        place_model(settings.cache_dir, ref, craft_layer([
+            ("model/w.bin", "file", b"w"), ("model/a/b", "symlink", ".."),
+            ("model/a/b/.ormbfile.yaml.tmp", "symlink", up)]))
+    else:
+        place_modelpack(settings.cache_dir, ref, [("tar", craft_tar([
+            ("w.bin", "file", b"w"), ("a/b", "symlink", ".."), ("a/b/.ormbfile.yaml.tmp", "symlink", up)]), {})],
+            metadata='{"author": "attacker"}')
+    api.login(basic_registry.host, "alice", USERS["alice"], settings=settings)
+    api.push(ref, settings=settings)
+    dest = tmp_path / "mnt" / "models"
+    env = _env(tmp_path, ORMB_USERNAME="alice", ORMB_PASSWORD=USERS["alice"])
+    result = subprocess.run([INITIALIZER, f"ormb://{ref}", str(dest), "--layout", layout],
+                            capture_output=True, text=True, env=env)
+    _one_line_failure(result, 4, "symbolic link")
+    assert (outside / "secret").read_text() == "original"
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+    assert not dest.exists()

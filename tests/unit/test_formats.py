@@ -21,6 +21,8 @@ VALID = {
     formats.SKLEARN: ["model.joblib"],
     formats.XGBOOST: ["model.xgboost"],
     formats.MLFLOW: ["MLmodel", "model.pkl"],
+    formats.PICKLE: ["model.pickle"],
+    formats.MLLIB: ["metadata/part-00000", "metadata/_SUCCESS", "data/part-00000-1.snappy.parquet", "data/_SUCCESS"],
     formats.SAFETENSORS: ["model.safetensors"],
     formats.GGUF: ["model.gguf"],
     formats.TFLITE: ["model.tflite"],

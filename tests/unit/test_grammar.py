@@ -67,3 +67,11 @@ def test_parsing_any_text_either_succeeds_with_grammatical_parts_or_raises_the_r
     assert grammar.is_host(ref.registry) and grammar.is_repository(ref.repository)
     assert ref.tag is None or grammar.is_tag(ref.tag)
     assert ref.digest is None or grammar.is_digest(ref.digest)
+
+
+@given(st.text(alphabet="0123456789\u00b2\u0663\uff11 +-\n", max_size=22))
+def test_a_header_number_is_ascii_digits_that_int_can_read(text: str) -> None:
+    expected = 1 <= len(text) <= 18 and all(c in "0123456789" for c in text)
+    assert grammar.is_decimal(text) == expected
+    if grammar.is_decimal(text):
+        assert 0 <= int(text) < 1 << 63

@@ -525,7 +525,7 @@ def test_many_files_and_the_empty_model(p256: tuple[PrivateKey, PublicKey]) -> N
 def _modelpack(tmp_path: Path, files: dict[str, bytes]) -> tuple[MemoryStore, Descriptor, Manifest]:
     src = make_model(tmp_path / "src", files)
     store = MemoryStore()
-    packed = modelpack.pack(list_model_files(src / "model"), Metadata(format="Others"), store, name="m", version="v1")
+    packed = modelpack.pack(list_model_files(src / "model", include_hidden=True), Metadata(format="Others"), store, name="m")
     return store, packed.manifest, Manifest.from_bytes(fetch_bytes(store, packed.manifest))
 
 

@@ -36,12 +36,22 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 
 
 def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
     try:
         return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a size like 5242880, 5M or 1G") from None
+
+
+def _optional_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    return None if value is None else _size(value)
+
+
+max_expand_option = click.option(
+    "--max-expand", callback=_optional_size, envvar="ORMB_MAX_EXPAND", metavar="SIZE",
+    help="The most one tar layer may unpack to, e.g. 500G (default: 20 times the layer's size, at least 1G; "
+         "env ORMB_MAX_EXPAND).")
 
 
 def remote_options(command: Any) -> Any:
@@ -108,8 +118,10 @@ def cli(debug: bool, no_progress: bool) -> None:
     (default ~/.ormb).
 
     \b
-    Exit codes: 0 ok, 1 error, 2 bad input (reference, ormbfile.yaml, model files,
-    usage), 3 not found, 4 corrupt or unsafe content, 70 internal error, 130 interrupted.
+    Exit codes: 0 ok; 1 error (disk, permissions); 2 bad input or usage (reference,
+    ormbfile.yaml, model files, an option that does not apply); 3 not found; 4 corrupt
+    or unsafe content; 5 authentication failed or access denied; 6 the registry cannot
+    be reached or answered with an error; 70 internal error; 130 interrupted.
     """
 
 
@@ -123,10 +135,17 @@ def cli(debug: bool, no_progress: bool) -> None:
               help="ormb: the original ormb format, one tar+gzip layer (default; Harbor shows it as a MODEL); "
                    "modelpack: CNCF ModelPack, one layer per file (dedup per file, partial pulls). "
                    "'artifactFormat' in ormbfile.yaml chooses too.")
+@click.option("--modelpack-names", type=click.Choice(["cncf", "cnai"]), default=None,
+              help="ModelPack only. cncf: the current names, vnd.cncf.model.* (default); cnai: the older "
+                   "vnd.cnai.model.* names, which the model view of Harbor 2.13-2.15 needs. "
+                   "'modelpackNames' in ormbfile.yaml chooses too.")
+@click.option("--include-hidden/--exclude-hidden", default=None,
+              help="Also pack hidden files and directories (.git/, .cache/, .DS_Store); they are left out by "
+                   "default. 'includeHidden' in ormbfile.yaml chooses too.")
 @json_option
 @click.pass_context
 def save(ctx: click.Context, directory: str, reference: str, compression: str, artifact_format: str | None,
-         as_json: bool) -> None:
+         modelpack_names: str | None, include_hidden: bool | None, as_json: bool) -> None:
     """Pack DIRECTORY (ormbfile.yaml + model/) into the local cache as REFERENCE.
 
     Without an ormbfile.yaml the format is guessed from the file names; the directory is
@@ -134,12 +153,16 @@ def save(ctx: click.Context, directory: str, reference: str, compression: str, a
     """
     with _progress(ctx) as bar:
         result = api.save(directory, reference, compression=compression, artifact_format=artifact_format,
-                          progress=bar)
+                          modelpack_names=modelpack_names, include_hidden=include_hidden, progress=bar)
     if as_json:
         print_json(result)
         return
     for skipped in result.skipped:
         click.echo(f"warning: skipped {skipped}", err=True)
+    if result.hidden:
+        shown = ", ".join(result.hidden[:5]) + (f" and {len(result.hidden) - 5} more" if len(result.hidden) > 5 else "")
+        click.echo(f"note: left out {plural(len(result.hidden), 'hidden file or directory', 'hidden files and directories')}"
+                   f" ({shown}); --include-hidden packs them", err=True)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if result.signature_filled:
@@ -176,16 +199,19 @@ def init(directory: str, force: bool) -> None:
 @click.option("--no-metadata", is_flag=True, help="Do not write ormbfile.yaml.")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
+@max_expand_option
 @json_option
 @click.pass_context
 def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool, include: tuple[str, ...],
-           as_json: bool) -> None:
+           max_expand: int | None, as_json: bool) -> None:
     """Unpack REFERENCE from the local cache into a directory (model/ and ormbfile.yaml).
 
-    Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe.
+    Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe, and
+    nothing outside the directory is ever touched.
     """
     with _progress(ctx) as bar:
-        result = api.export(reference, directory, metadata=not no_metadata, include=include, progress=bar)
+        result = api.export(reference, directory, metadata=not no_metadata, include=include, max_expand=max_expand,
+                            progress=bar)
     if as_json:
         print_json(result)
         return
@@ -198,14 +224,20 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
 @cli.command()
 @json_option
 def models(as_json: bool) -> None:
-    """List the models in the local cache (alias: list)."""
+    """List the models in the local cache (alias: list); CREATED is when each entered the cache.
+
+    A reference that is not one usable model (an index, a missing blob, a container image)
+    is listed too, with a PROBLEM column saying what is wrong.
+    """
     found = api.models()
     if as_json:
         print_json(found)
         return
-    rows = [[m.reference.name, m.reference.tag or "<none>", m.digest.partition(":")[2][:12], m.format,
-             human_time(m.created), human_size(m.size)] for m in found]
-    print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE"], rows)
+    problems = any(m.problem for m in found)  # the column appears only when something is wrong
+    rows = [[m.reference.name if m.reference.registry else m.reference.repository, m.reference.tag or "<none>",
+             m.digest.partition(":")[2][:12] or "-", m.format, human_time(m.created),
+             human_size(m.size) if not m.problem else "-", *([m.problem] if problems else [])] for m in found]
+    print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE", *(["PROBLEM"] if problems else [])], rows)
 
 
 @cli.command()
@@ -225,6 +257,8 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
     click.echo(f"size:      {human_size(details.size)}")
     click.echo(f"format:    {details.metadata.format or '-'}")
     click.echo(f"created:   {details.created.isoformat() if details.created else '-'}")
+    if details.cached:
+        click.echo(f"cached:    {details.cached.isoformat()}")
     click.echo(f"config:    {details.config['digest']} ({details.config['mediaType']})")
     for layer in details.layers:
         click.echo(f"layer:     {layer['digest']} ({layer['mediaType']}, {human_size(int(str(layer['size'])))})")
@@ -233,10 +267,23 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
     metadata.pop("format", None)
     if metadata:
         click.echo("metadata:")
-        click.echo("  " + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip().replace("\n", "\n  "))
+        click.echo(_indented_yaml(metadata))
+    if details.model_info:
+        click.echo("model config (as its tool wrote it):")
+        click.echo(_indented_yaml(details.model_info))
     click.echo(f"files:     {len(details.files)}")
     for name in details.files:
         click.echo(f"  {name}")
+
+
+def _indented_yaml(value: Any) -> str:
+    return "  " + yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip().replace("\n", "\n  ")
+
+
+class _InputError(click.ClickException):
+    """Bad command-line input, shown as one ``Error:`` line (no usage text); exit code 2."""
+
+    exit_code = 2
 
 
 @cli.command()
@@ -247,7 +294,11 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @remote_options
 def login(host: str, username: str | None, password: str | None, password_stdin: bool, **kwargs: Any) -> None:
-    """Log in to the registry HOST; credentials go to $ORMB_HOME/config.json (mode 0600)."""
+    """Log in to the registry HOST; credentials go to $ORMB_HOME/config.json (mode 0600).
+
+    HOST may be a URL, as for docker login: https://registry.example.com:5000/ means
+    registry.example.com:5000.
+    """
     options = _transport(kwargs)
     if password and password_stdin:
         raise click.UsageError("give --password or --password-stdin, not both")
@@ -257,6 +308,10 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
         if not username:
             raise click.UsageError("--password-stdin needs --username")
         password = sys.stdin.read().rstrip("\r\n")
+    if (not username or not password) and not sys.stdin.isatty():
+        missing = "user name and password" if not username else "password"
+        raise _InputError(f"no terminal to ask for the {missing} (give -u USER and pipe the password in: "
+                          f"echo \"$PASSWORD\" | ormb login {host} -u USER --password-stdin)")
     if not username:
         username = click.prompt("Username")
     if not password:
@@ -268,9 +323,9 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
 @cli.command()
 @click.argument("host")
 def logout(host: str) -> None:
-    """Forget the credentials stored for the registry HOST."""
+    """Forget the credentials stored for the registry HOST (a host or a URL, as for login)."""
     api.logout(host)
-    click.echo(f"Removing login credentials for {host}")
+    click.echo(f"Removing login credentials for {api.registry_host(host)[0]}")
 
 
 def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> None:
@@ -360,7 +415,7 @@ def copy_command(ctx: click.Context, /, source: str, destination: str, referrers
         print_json(result)
         return
     extra = f", {plural(len(result.referrers), 'referrer')}" if referrers else ""
-    click.echo(f"Copied {source} to {destination}")
+    click.echo(f"Copied {_full_reference(source)} to {_full_reference(destination)}")
     click.echo(f"digest: {result.digest} ({plural(len(result.transferred), 'blob')} sent, "
                f"{len(result.existing)} already there, {len(result.mounted)} mounted{extra})")
 
@@ -388,13 +443,20 @@ def tag(source: str, target: str) -> None:
     click.echo(f"{ref.tag}: tagged {ref}")
 
 
+def _full_reference(text: str) -> str:
+    """The reference as ormb understands it (host and tag filled in); an oci:PATH as given."""
+    if text.startswith("oci:"):
+        return text
+    return str(parse_reference(text, load_settings().default_registry))
+
+
 @cli.command()
 @click.argument("references", nargs=-1, required=True)
 def remove(references: tuple[str, ...]) -> None:
     """Remove references from the local cache (alias: rm); 'ormb prune' frees the space."""
     for reference in references:
         digest = api.remove(reference)
-        click.echo(f"Untagged: {reference} ({digest})")
+        click.echo(f"Untagged: {_full_reference(reference)} ({digest})")
 
 
 @cli.command()
@@ -424,11 +486,12 @@ def version(as_json: bool) -> None:
 @click.option("--layout", type=click.Choice(["triton", "mlflow", "none"]), default="triton", show_default=True,
               help="triton: DEST/1/<files> (also TF Serving); mlflow: DEST/<files>; none: DEST/model/<files>.")
 @click.option("--no-metadata", is_flag=True, help="Do not write DEST/ormbfile.yaml.")
+@max_expand_option
 @remote_options
 @json_option
 @click.pass_context
 def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout: str, no_metadata: bool,
-                    as_json: bool, **kwargs: Any) -> None:
+                    max_expand: int | None, as_json: bool, **kwargs: Any) -> None:
     """Fetch SOURCE (ormb://HOST/REPO:TAG or HOST/REPO:TAG) from its registry into DESTINATION for a model server.
 
     This is the storage initializer of KServe and Seldon Core init containers (also installed
@@ -440,8 +503,8 @@ def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout
 
     options = _transport(kwargs)
     with _progress(ctx) as bar:
-        result = run_initializer(source, destination, layout=layout, metadata=not no_metadata, options=options,
-                                 progress=bar)
+        result = run_initializer(source, destination, layout=layout, metadata=not no_metadata,
+                                 max_expand=max_expand, options=options, progress=bar)
     if as_json:
         print_json(result)
         return

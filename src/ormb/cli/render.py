@@ -25,8 +25,8 @@ from ormb.oci.reference import Reference
 from ormb.units import human_size as human_size  # the CLI's name for it
 
 
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+def plural(count: int, word: str, words: str | None = None) -> str:
+    return f"{count} {word if count == 1 else words or word + 's'}"
 
 
 def human_time(when: datetime | None, now: datetime | None = None) -> str:

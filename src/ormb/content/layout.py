@@ -7,11 +7,15 @@
       index.json                 one entry per reference, named by org.opencontainers.image.ref.name
       blobs/sha256/<hex>         content, written once, never modified
       .ingest/                   blobs being written (temporary files, never read by others)
+      .index.json.*.tmp          index.json being rewritten (renamed over it when complete)
       .lock                      exclusive while index.json is rewritten
       .gc.lock                   shared by writers, exclusive while unreferenced blobs are pruned
 
 Blobs are written to a temporary file in ``.ingest``, hashed while written, verified,
-flushed, then renamed into ``blobs/``: a reader never sees a half-written blob.
+flushed, then renamed into ``blobs/``: a reader never sees a half-written blob.  Every
+failure of the disk (full, read-only, permission denied) is a :class:`StorageError` that
+names the path; the temporary files of a killed writer are removed by ``ormb prune``
+(:meth:`OCILayout.clear_leftovers`).
 """
 
 from __future__ import annotations
@@ -19,21 +23,43 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ormb.content.background import BackgroundHasher, BackgroundWriter
 from ormb.content.locking import file_lock
-from ormb.errors import IntegrityError, InvalidArtifactError, NotFoundError, StorageError
+from ormb.content.target import Readable
+from ormb.errors import IntegrityError, InvalidArtifactError, NotFoundError, OrmbError, StorageError
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, canonical_json
 from ormb.oci.digest import split_digest
+from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, is_digest
+from ormb.oci.graph import parse_node
 
-CHUNK = 1 << 20
+CHUNK = IO_CHUNK
+
+
+def storage_error(what: str, path: Path, exc: OSError) -> StorageError:
+    """A failure of the disk (full, read-only, permission denied, ...) as a :class:`StorageError` that says
+    what was being done and names the path."""
+    where = exc.filename if isinstance(exc.filename, str) else str(path)
+    return StorageError(f"cannot {what}: {where}: {exc.strerror or exc}")
+
+
+@contextmanager
+def disk_errors(what: str, path: Path) -> Iterator[None]:
+    """:func:`storage_error` for a block (on hot paths, a plain ``try`` costs nothing per chunk)."""
+    try:
+        yield
+    except OrmbError:
+        raise
+    except OSError as exc:
+        raise storage_error(what, path, exc) from None
 
 
 class _IngestWriter:
@@ -50,12 +76,16 @@ class _IngestWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._hasher.update(data)
-        self._writer.write(data)  # copies: the caller may reuse its buffer
+        try:
+            self._writer.write(data)  # copies: the caller may reuse its buffer
+        except OSError as exc:
+            raise storage_error("write into the cache", self._path, exc) from None
         self.size += len(data)
         return len(data)
 
     def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
-        self._writer.close()
+        with disk_errors("write into the cache", self._path):
+            self._writer.close()
         desc = Descriptor(media_type, f"sha256:{self._hasher.hexdigest()}", self.size, annotations or {})
         self._layout._install(self._file, self._path, desc)
         self.committed = desc
@@ -78,7 +108,7 @@ class OCILayout:
         return self.root / ".ingest"
 
     def _ensure(self) -> None:
-        try:
+        with disk_errors("create the OCI layout", self.root):
             (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
             self._ingest_dir.mkdir(exist_ok=True)
             layout_file = self.root / "oci-layout"
@@ -88,8 +118,6 @@ class OCILayout:
                 with file_lock(self.root / ".lock"):
                     if not (self.root / "index.json").exists():
                         self._write_index([])
-        except OSError as exc:
-            raise StorageError(f"cannot create the OCI layout at {self.root}: {exc.strerror or exc}") from None
 
     # -- blobs -------------------------------------------------------------------------------
     def exists(self, desc: Descriptor) -> bool:
@@ -103,10 +131,22 @@ class OCILayout:
             raise NotFoundError(
                 f"blob {desc.digest} is missing from {self.root}", "pull or save the model again"
             ) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.blob_path(desc.digest)}: {exc.strerror or exc}") from None
         with stream:
             yield stream
 
-    def push(self, desc: Descriptor, content: BinaryIO) -> None:
+    def read_head(self, digest: str, limit: int = MAX_MANIFEST + 1) -> bytes | None:
+        """The first ``limit`` bytes of a blob as they are on disk (unverified), or None when it is missing."""
+        try:
+            with open(self.blob_path(digest), "rb") as stream:
+                return stream.read(limit)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.blob_path(digest)}: {exc.strerror or exc}") from None
+
+    def push(self, desc: Descriptor, content: Readable) -> None:
         if self.exists(desc):
             return
         algorithm, _ = split_digest(desc.digest)
@@ -117,11 +157,15 @@ class OCILayout:
                 with BackgroundWriter(file) as writer:
                     while chunk := content.read(CHUNK):
                         hasher.update(chunk)
-                        writer.write(chunk)
+                        try:
+                            writer.write(chunk)
+                        except OSError as exc:
+                            raise storage_error(f"store {desc.digest} in the cache", path, exc) from None
                         size += len(chunk)
                         if size > desc.size:
                             break
-                    writer.close()
+                    with disk_errors(f"store {desc.digest} in the cache", path):
+                        writer.close()
             finally:
                 hasher.close()  # waits for every chunk handed over: the digest below is complete
             actual = f"{algorithm}:{hasher.hexdigest()}"
@@ -136,11 +180,19 @@ class OCILayout:
     def ingest_file(self) -> Iterator[tuple[BinaryIO, Path]]:
         """A temporary file inside the layout; removed on exit unless installed."""
         self._ensure()
-        fd, name = tempfile.mkstemp(dir=self._ingest_dir, prefix="blob-", suffix=".partial")
+        with disk_errors("write into the cache", self._ingest_dir):
+            fd, name = tempfile.mkstemp(dir=self._ingest_dir, prefix="blob-", suffix=".partial")
         path = Path(name)
+        file = os.fdopen(fd, "wb")
         try:
-            with os.fdopen(fd, "wb") as file:
-                yield file, path
+            yield file, path
+        except BaseException:
+            with suppress(OSError):  # the error on the way out is the one to report
+                file.close()
+            raise
+        else:
+            with disk_errors("write into the cache", path):  # close() flushes: a full disk may show only now
+                file.close()
         finally:
             path.unlink(missing_ok=True)
 
@@ -153,23 +205,29 @@ class OCILayout:
         target = self.blob_path(desc.digest)
         if target.is_file():  # content-addressed: the blob there already holds these bytes
             return
-        file.flush()
-        os.fsync(file.fileno())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o644)
-        os.replace(path, target)
+        with disk_errors(f"store {desc.digest} in the cache", path):
+            file.flush()
+            os.fsync(file.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o644)
+            os.replace(path, target)
 
     def delete_blob(self, digest: str) -> None:
-        self.blob_path(digest).unlink(missing_ok=True)
+        with disk_errors("delete a blob", self.blob_path(digest)):
+            self.blob_path(digest).unlink(missing_ok=True)
 
     def blob_digests(self) -> Iterator[str]:
+        """The digests of the blobs on disk; files whose names are not digests are not blobs and are left alone."""
         blobs = self.root / "blobs"
         if not blobs.is_dir():
             return
-        for algorithm_dir in blobs.iterdir():
-            if algorithm_dir.is_dir():
-                for blob in algorithm_dir.iterdir():
-                    yield f"{algorithm_dir.name}:{blob.name}"
+        with disk_errors("list the blobs", blobs):
+            for algorithm_dir in sorted(blobs.iterdir()):
+                if algorithm_dir.is_dir():
+                    for blob in sorted(algorithm_dir.iterdir()):
+                        digest = f"{algorithm_dir.name}:{blob.name}"
+                        if is_digest(digest) and blob.is_file():
+                            yield digest
 
     # -- references --------------------------------------------------------------------------
     def _read_index(self) -> list[dict[str, Any]]:
@@ -178,6 +236,8 @@ class OCILayout:
             data = json.loads(path.read_bytes())
         except FileNotFoundError:
             return []
+        except RecursionError:
+            raise StorageError(f"cannot read {path}: nested too deeply", "restore or delete the file") from None
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot read {path}: {exc}", "restore or delete the file") from None
         manifests = data.get("manifests") if isinstance(data, dict) else None
@@ -190,44 +250,50 @@ class OCILayout:
         self._atomic_write(self.root / "index.json", json.dumps(index, indent=2).encode())
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.chmod(name, 0o644)
-            os.replace(name, path)
-        finally:
-            Path(name).unlink(missing_ok=True)
+        with disk_errors(f"write {path.name}", path):
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.chmod(name, 0o644)
+                os.replace(name, path)
+            finally:
+                Path(name).unlink(missing_ok=True)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """index.json's entries as written, including those without a name and those that do not
+        parse (written by another tool, or by hand): garbage collection must see every root."""
+        return [entry if isinstance(entry, dict) else {"unparsed": entry} for entry in self._read_index()]
 
     def references(self) -> Iterator[tuple[str, Descriptor]]:
-        for i, entry in enumerate(self._read_index()):
-            desc = Descriptor.from_dict(entry, f"index.json entry {i}")
-            name = desc.annotations.get(mediatypes.ANNOTATION_REF_NAME)
-            if name:
-                yield name, desc
+        """(name, descriptor) of every named entry that parses; :meth:`entries` has the others."""
+        for i, entry in enumerate(self.entries()):
+            name = _ref_name(entry)
+            if not name:
+                continue
+            try:
+                desc = Descriptor.from_dict(entry, f"index.json entry {i}")
+            except InvalidArtifactError:
+                continue
+            yield name, desc
 
     def resolve(self, reference: str) -> Descriptor:
         if "@" in reference:
             return self._resolve_digest(reference.rpartition("@")[2])
-        for name, desc in self.references():
-            if name == reference:
-                return desc
+        for entry in self.entries():
+            if _ref_name(entry) == reference:
+                return Descriptor.from_dict(entry, f"the index.json entry of {reference}")
         raise NotFoundError(f"{reference} is not in the local cache")
 
     def _resolve_digest(self, digest: str) -> Descriptor:
-        path = self.blob_path(digest)
-        try:
-            with open(path, "rb") as stream:
-                data = stream.read(1 << 24)
-        except FileNotFoundError:
-            raise NotFoundError(f"manifest {digest} is not in the local cache") from None
-        try:
-            media_type = json.loads(data).get("mediaType") or mediatypes.OCI_MANIFEST
-        except (ValueError, AttributeError):
-            raise InvalidArtifactError(f"blob {digest} is not a manifest") from None
-        return Descriptor(media_type, digest, len(data))
+        split_digest(digest)
+        data = self.read_head(digest)
+        if data is None:
+            raise NotFoundError(f"manifest {digest} is not in the local cache")
+        node = parse_node(data)  # the document says what it is: a manifest or an index
+        return Descriptor(node.media_type, digest, len(data))
 
     def tag(self, desc: Descriptor, reference: str) -> None:
         self._ensure()
@@ -237,7 +303,7 @@ class OCILayout:
         )
         annotations[mediatypes.ANNOTATION_REF_NAME] = reference
         entry = Descriptor(desc.media_type, desc.digest, desc.size, annotations, desc.artifact_type).to_dict()
-        with file_lock(self.root / ".lock"):
+        with self._lock(".lock"):
             manifests = [m for m in self._read_index() if _ref_name(m) != reference]
             manifests.append(entry)
             manifests.sort(key=lambda m: _ref_name(m) or "")
@@ -246,39 +312,67 @@ class OCILayout:
     def untag(self, reference: str) -> Descriptor:
         if not (self.root / "index.json").is_file():
             raise NotFoundError(f"{reference} is not in the local cache")
-        with file_lock(self.root / ".lock"):
+        with self._lock(".lock"):
             manifests = self._read_index()
             kept = [m for m in manifests if _ref_name(m) != reference]
             if len(kept) == len(manifests):
                 raise NotFoundError(f"{reference} is not in the local cache")
             removed = next(m for m in manifests if _ref_name(m) == reference)
             self._write_index(kept)
-        return Descriptor.from_dict(removed)
+        try:
+            return Descriptor.from_dict(removed)
+        except InvalidArtifactError:  # a broken entry can be removed too: that is how it is cleaned up
+            return Descriptor(str(removed.get("mediaType", "")), str(removed.get("digest", "")), 0)
 
     # -- garbage collection ------------------------------------------------------------------
     @contextmanager
+    def _lock(self, name: str, *, shared: bool = False) -> Iterator[None]:
+        """Hold the lock file ``name``; failing to take it is a :class:`StorageError`, what the block
+        raises passes through unchanged."""
+        with ExitStack() as stack:
+            with disk_errors("lock the cache", self.root / name):
+                stack.enter_context(file_lock(self.root / name, shared=shared))
+            yield
+
+    @contextmanager
+    def _gc_lock(self, shared: bool) -> Iterator[None]:
+        self._ensure()
+        with self._lock(".gc.lock", shared=shared):
+            yield
+
+    @contextmanager
     def writing(self) -> Iterator[None]:
         """Hold while writing blobs that no reference reaches yet, so prune leaves them alone."""
-        self._ensure()
-        with file_lock(self.root / ".gc.lock", shared=True):
+        with self._gc_lock(shared=True):
             yield
 
     @contextmanager
     def collecting(self) -> Iterator[None]:
         """Exclusive: no writer is between writing a blob and tagging it."""
-        self._ensure()
-        with file_lock(self.root / ".gc.lock"):
+        with self._gc_lock(shared=False):
             yield
 
-    def clear_ingest(self) -> int:
-        """Remove temporary files left by killed processes; call only inside :meth:`collecting`."""
+    def clear_leftovers(self) -> int:
+        """Remove what killed writers left (``.ingest/*``, ``.index.json.*.tmp``); call only inside
+        :meth:`collecting`.  Returns how many entries went."""
         removed = 0
-        for leftover in self._ingest_dir.glob("*"):
-            leftover.unlink(missing_ok=True)
-            removed += 1
+        with disk_errors("clear the cache's temporary files", self._ingest_dir):
+            for leftover in self._ingest_dir.iterdir():
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink(missing_ok=True)
+                removed += 1
+            with self._lock(".lock"):  # index.json is not being rewritten right now
+                for leftover in self.root.glob(".index.json.*.tmp"):
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
         return removed
 
+    clear_ingest = clear_leftovers
 
-def _ref_name(entry: dict[str, Any]) -> str | None:
-    annotations = entry.get("annotations")
-    return annotations.get(mediatypes.ANNOTATION_REF_NAME) if isinstance(annotations, dict) else None
+
+def _ref_name(entry: Any) -> str | None:
+    annotations = entry.get("annotations") if isinstance(entry, dict) else None
+    name = annotations.get(mediatypes.ANNOTATION_REF_NAME) if isinstance(annotations, dict) else None
+    return name if isinstance(name, str) else None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
 
+from ormb.content.target import Readable, read_up_to
 from ormb.errors import IntegrityError, NotFoundError
 from ormb.oci.descriptor import Descriptor
 from ormb.oci.digest import digest_bytes
@@ -36,14 +36,14 @@ class MemoryStore:
         return desc.digest in self.blobs
 
     @contextmanager
-    def fetch(self, desc: Descriptor) -> Iterator[BinaryIO]:
+    def fetch(self, desc: Descriptor) -> Iterator[Readable]:
         try:
             yield io.BytesIO(self.blobs[desc.digest])
         except KeyError:
             raise NotFoundError(f"blob {desc.digest} is not in memory") from None
 
-    def push(self, desc: Descriptor, content: BinaryIO) -> None:
-        data = content.read(desc.size + 1)
+    def push(self, desc: Descriptor, content: Readable) -> None:
+        data = read_up_to(content, desc.size + 1)
         if len(data) != desc.size or digest_bytes(data, desc.digest.partition(":")[0]) != desc.digest:
             raise IntegrityError(f"content for {desc.digest} does not match its digest or size")
         self.blobs[desc.digest] = data

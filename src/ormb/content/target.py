@@ -1,8 +1,14 @@
 """Target protocols: small one-job interfaces composed into a Target, as in oras-go.
 
-A *Target* fetches, pushes and checks blobs by descriptor, resolves a reference to a
-descriptor and sets a reference.  Optional abilities are separate protocols checked
-where they are used (``isinstance(target, Ingester)``).
+A *ReadOnlyTarget* fetches and checks blobs by descriptor and resolves a reference to a
+descriptor (oras-go's ``ReadOnlyTarget``: Fetcher + ExistenceChecker + Resolver); a
+*Target* also pushes blobs and sets references (+ Pusher + Tagger).  A copy reads from the
+first and writes to the second.  Optional abilities are separate protocols checked where
+they are used (``isinstance(target, Ingester)``).
+
+Content travels as a :class:`Readable`: anything with ``read(n) -> bytes`` (a file, a
+response being streamed, a reader that counts progress).  A pusher that needs to rewind
+(to retry an upload) asks for :class:`Seekable` where it needs it.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ormb.errors import IntegrityError
 from ormb.oci.descriptor import Descriptor
@@ -18,15 +24,37 @@ from ormb.oci.digest import digest_bytes
 from ormb.oci.grammar import MAX_METADATA_BLOB
 
 
+class Readable(Protocol):
+    """A stream of bytes: ``read(n)`` returns at most ``n`` bytes, ``b""`` at the end."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+@runtime_checkable
+class Seekable(Protocol):
+    """A :class:`Readable` that can be rewound (a file): lets an upload be retried from the start."""
+
+    def seekable(self) -> bool: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+
+def rewindable(content: Readable) -> Seekable | None:
+    """``content`` as a :class:`Seekable` when it really can seek, else None."""
+    return content if isinstance(content, Seekable) and content.seekable() else None
+
+
 @runtime_checkable
 class Fetcher(Protocol):
-    def fetch(self, desc: Descriptor) -> AbstractContextManager[BinaryIO]:
+    def fetch(self, desc: Descriptor) -> AbstractContextManager[Readable]:
         """Open the blob for reading; raise NotFoundError when it is missing."""
 
 
 @runtime_checkable
 class Pusher(Protocol):
-    def push(self, desc: Descriptor, content: BinaryIO) -> None:
+    def push(self, desc: Descriptor, content: Readable) -> None:
         """Store ``content``, verifying it against ``desc``; nothing is visible unless it matches."""
 
 
@@ -47,13 +75,25 @@ class Tagger(Protocol):
 
 
 @runtime_checkable
-class Target(Fetcher, Pusher, ExistenceChecker, Resolver, Tagger, Protocol):
-    """Everything a copy needs from either side."""
+class ReadOnlyTarget(Fetcher, ExistenceChecker, Resolver, Protocol):
+    """What a copy reads from (oras-go's ``ReadOnlyTarget``)."""
+
+
+@runtime_checkable
+class Target(ReadOnlyTarget, Pusher, Tagger, Protocol):
+    """What a copy writes to: a read-only target that also takes blobs and references."""
+
+
+@runtime_checkable
+class ReferenceFetcher(Protocol):
+    def fetch_reference(self, reference: str) -> tuple[Descriptor, bytes]:
+        """Resolve a reference and return the manifest's bytes with it, in one request (a registry's
+        ``GET /manifests/<tag>``); the bytes are verified against the descriptor."""
 
 
 @runtime_checkable
 class ReferencePusher(Protocol):
-    def push_reference(self, desc: Descriptor, content: BinaryIO, reference: str) -> None:
+    def push_reference(self, desc: Descriptor, content: Readable, reference: str) -> None:
         """Push a manifest and name it in one step (a registry's ``PUT /manifests/<tag>``)."""
 
 
@@ -90,12 +130,25 @@ class Ingester(Protocol):
         """A writer for a blob of unknown digest; discarded unless committed."""
 
 
+def read_up_to(stream: Readable, limit: int) -> bytes:
+    """Read until ``limit`` bytes or the end: a :class:`Readable` may return less than asked for."""
+    parts: list[bytes] = []
+    left = limit
+    while left > 0:
+        part = stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
 def fetch_bytes(target: Fetcher, desc: Descriptor, limit: int = MAX_METADATA_BLOB) -> bytes:
     """Read a small blob fully and verify it against its descriptor."""
     if desc.size > limit:
         raise IntegrityError(f"blob {desc.digest} is {desc.size} bytes; at most {limit} are allowed for metadata")
     with target.fetch(desc) as stream:
-        data = stream.read(desc.size + 1)
+        data = read_up_to(stream, desc.size + 1)
     if len(data) != desc.size or digest_bytes(data, desc.digest.partition(":")[0]) != desc.digest:
         raise IntegrityError(f"blob {desc.digest} does not match its digest or size")
     return data

@@ -1,4 +1,4 @@
-"""Model formats: the original ormb's, plus SafeTensors, GGUF and TFLite.
+"""Model formats: the original ormb's (including Pickle and Spark MLlib), plus SafeTensors, GGUF and TFLite.
 
 Each format says which files ``model/`` must hold; :func:`validate_format` checks them and
 :func:`guess_format` picks a format from file names when no ormbfile.yaml names one.
@@ -27,6 +27,8 @@ TENSOR_RT = "TensorRT"
 SKLEARN = "SKLearn"
 XGBOOST = "XGBoost"
 MLFLOW = "MLflow"
+PICKLE = "Pickle"
+MLLIB = "MLlib"
 SAFETENSORS = "SafeTensors"
 GGUF = "GGUF"
 TFLITE = "TFLite"
@@ -34,7 +36,7 @@ OTHERS = "Others"
 
 ALL_FORMATS = (
     SAVED_MODEL, ONNX, H5, PMML, CAFFE_MODEL, NET_DEF, MXNET_PARAMS, TORCH_SCRIPT, GRAPH_DEF,
-    TENSOR_RT, SKLEARN, XGBOOST, MLFLOW, SAFETENSORS, GGUF, TFLITE, OTHERS,
+    TENSOR_RT, SKLEARN, XGBOOST, MLFLOW, PICKLE, MLLIB, SAFETENSORS, GGUF, TFLITE, OTHERS,
 )
 _BY_LOWER = {name.lower(): name for name in ALL_FORMATS}
 
@@ -76,11 +78,19 @@ _RULES: dict[str, tuple[_Rule, ...]] = {
         _Rule("a *.params file", _suffix(".params")),
     ),
     TORCH_SCRIPT: (_Rule("a *.pt file", _suffix(".pt")),),
-    GRAPH_DEF: (_Rule("a *.graphdef file", _suffix(".graphdef")),),
+    # Early versions of the original saved GraphDef models as *.pb.
+    GRAPH_DEF: (_Rule("a *.graphdef (or *.pb) file", _suffix(".graphdef", ".pb")),),
     TENSOR_RT: (_Rule("a *.plan or *.engine file", _suffix(".plan", ".engine")),),
     SKLEARN: (_Rule("a *.joblib file", _suffix(".joblib")),),
     XGBOOST: (_Rule("a *.xgboost file", _suffix(".xgboost")),),
     MLFLOW: (_Rule("an MLmodel file", _named("MLmodel")),),
+    PICKLE: (_Rule("a *.pickle (or *.pkl) file", _suffix(".pickle", ".pkl")),),
+    # Spark MLlib's model.save(): metadata/part-00000 (JSON: class, Spark version, params) and data/ (Parquet);
+    # a PipelineModel keeps its stages' metadata/ and data/ below stages/.
+    MLLIB: (
+        _Rule("a metadata/ directory (Spark MLlib)", lambda p: len(p.parts) > 1 and p.parts[0] == "metadata"),
+        _Rule("a data/ directory (Spark MLlib)", lambda p: "data" in p.parts[:-1]),
+    ),
     SAFETENSORS: (_Rule("a *.safetensors file", _suffix(".safetensors")),),
     GGUF: (_Rule("a *.gguf file", _suffix(".gguf")),),
     TFLITE: (_Rule("a *.tflite file", _suffix(".tflite")),),
@@ -90,7 +100,7 @@ _RULES: dict[str, tuple[_Rule, ...]] = {
 # Guessing order: the most specific evidence first.
 _GUESS_ORDER = (
     SAVED_MODEL, NET_DEF, MLFLOW, MXNET_PARAMS, CAFFE_MODEL, ONNX, GRAPH_DEF, TORCH_SCRIPT, TENSOR_RT,
-    PMML, H5, XGBOOST, SKLEARN, SAFETENSORS, GGUF, TFLITE,
+    PMML, H5, XGBOOST, SKLEARN, PICKLE, SAFETENSORS, GGUF, TFLITE, MLLIB,
 )
 
 
@@ -160,3 +170,10 @@ def guess_format(files: Sequence[PurePosixPath]) -> str:
                 continue
             return name
     return OTHERS
+
+
+def format_files(format_name: str, files: Sequence[PurePosixPath]) -> set[PurePosixPath]:
+    """The files that make up a model of ``format_name`` (what its rules match): its weights, whatever
+    their names say (an MXNet ``*.params``, a Spark ``data/`` Parquet file, a TensorRT ``*.plan``)."""
+    rules = _RULES.get(format_name, ())
+    return {f for f in files if any(rule.matches(f) for rule in rules)}

@@ -2,6 +2,15 @@
 
 Validation is strict: an unknown key names the nearest valid key, a wrong type names the
 field path, and both show the file and line where YAML gives one.
+
+Beyond the original's fields: ``xHarborAttributes`` (accepted by later versions of the
+original, kleveross/ormb, and carried into the config as given), ``modelpack:`` (the CNCF
+ModelPack descriptor and config fields that have no ormb equivalent, written into a
+ModelPack config and checked against the spec's schema rules here), and the save settings
+``artifactFormat``, ``modelpackNames`` and ``includeHidden`` (how ``ormb save`` packs; never
+part of the config, but written back by ``ormb export`` so the directory saves again to the
+same digest).  The older spellings found in the original's examples (``dtype``,
+``optype``, ``layers`` as a list of ``{name: ...}``) are read too.
 """
 
 from __future__ import annotations
@@ -11,10 +20,21 @@ import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from ormb.errors import MetadataError
 from ormb.model.formats import canonical_format_name
@@ -26,21 +46,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, coerce_numbers_to_str=True)
 
 
-class Metric(_Strict):
-    name: str
-    value: str
+# A metric or hyper-parameter value keeps its YAML type: 0.9196 stays a number, "0.9196" a string.
+# (The original ormb reads the config with yaml.v2 into a string field, which takes numbers too.)
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 
 
-class HyperParameter(_Strict):
+class _Named(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     name: str
-    value: str
+    value: Scalar
+
+
+class Metric(_Named):
+    pass
+
+
+class HyperParameter(_Named):
+    pass
 
 
 class Tensor(_Strict):
     name: str | None = None
     size: list[int] | None = None
-    d_type: str | None = Field(default=None, alias="dType")
-    op_type: str | None = Field(default=None, alias="opType")
+    d_type: str | None = Field(default=None, alias="dType", validation_alias=AliasChoices("dType", "dtype"))
+    op_type: str | None = Field(default=None, alias="opType", validation_alias=AliasChoices("opType", "optype"))
     values: list[str] | None = None
 
 
@@ -48,6 +78,17 @@ class Signature(_Strict):
     inputs: list[Tensor] | None = None
     outputs: list[Tensor] | None = None
     layers: dict[str, int] | None = None
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_as_counts(cls, value: Any) -> Any:
+        """Early versions of the original wrote ``layers`` as a list of ``{name: ...}``: count them."""
+        if isinstance(value, list) and all(isinstance(item, dict) and set(item) == {"name"} for item in value):
+            counts: dict[str, int] = {}
+            for item in value:
+                counts[str(item["name"])] = counts.get(str(item["name"]), 0) + 1
+            return counts
+        return value
 
 
 class GitRepo(_Strict):
@@ -61,6 +102,101 @@ class Training(_Strict):
 
 class Dataset(_Strict):
     git: GitRepo | None = None
+
+
+class HarborAddition(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    content_type: str | None = Field(default=None, alias="contentType")
+    name: str
+    digest: str | None = None
+
+
+class HarborAttributes(BaseModel):
+    """``xHarborAttributes``: the schema of Harbor's "enhanced default processor" proposal, which later
+    versions of the original ormb accept.  Unknown keys (the examples also use ``denyKeyList``) are kept."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    schema_version: int = Field(default=1, alias="schemaVersion")
+    icon: str | None = None
+    additions: list[HarborAddition] | None = None
+    skip_key_list: list[str] | None = Field(default=None, alias="skipKeyList")
+
+
+Modality = Literal["text", "image", "audio", "video", "embedding", "other"]
+LanguageCode = Annotated[str, Field(pattern=r"^[a-z]{2}$")]
+
+
+class ModelCapabilities(_Strict):
+    """``modelpack.capabilities``: the ModelPack config's ``capabilities``."""
+
+    input_types: list[Modality] | None = Field(default=None, alias="inputTypes")
+    output_types: list[Modality] | None = Field(default=None, alias="outputTypes")
+    knowledge_cutoff: datetime | None = Field(default=None, alias="knowledgeCutoff")
+    reasoning: StrictBool | None = None
+    tool_usage: StrictBool | None = Field(default=None, alias="toolUsage")
+    reward: StrictBool | None = None
+    languages: list[LanguageCode] | None = None
+
+    @field_validator("knowledge_cutoff")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return as_utc(value)
+
+
+class ModelPackInfo(_Strict):
+    """The ``modelpack:`` block: ModelPack descriptor and config fields ormb's own fields do not cover.
+
+    ``name`` defaults to the repository's last component and ``version`` to nothing (never the
+    tag: the same files saved under two tags are one artifact).  Authors, description, creation
+    time and format come from the top-level ``author``, ``description``, ``created`` and ``format``.
+    """
+
+    name: str | None = Field(default=None, min_length=1)
+    version: str | None = None
+    family: str | None = None
+    title: str | None = None
+    vendor: str | None = None
+    licenses: list[str] | None = None
+    source_url: str | None = Field(default=None, alias="sourceURL")
+    revision: str | None = None
+    doc_url: str | None = Field(default=None, alias="docURL")
+    datasets_url: list[str] | None = Field(default=None, alias="datasetsURL")
+    architecture: str | None = None
+    param_size: str | None = Field(default=None, alias="paramSize")
+    precision: str | None = None
+    quantization: str | None = None
+    capabilities: ModelCapabilities | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.model_dump(by_alias=True, exclude_none=True, mode="json")
+        cutoff = self.capabilities.knowledge_cutoff if self.capabilities else None
+        if cutoff is not None:
+            data["capabilities"]["knowledgeCutoff"] = rfc3339(cutoff)
+        return data
+
+
+# Where the modelpack: block's keys go in a ModelPack config.
+MODELPACK_DESCRIPTOR_KEYS = ("name", "version", "family", "title", "vendor", "licenses", "sourceURL", "revision",
+                             "docURL", "datasetsURL")
+MODELPACK_CONFIG_KEYS = ("architecture", "paramSize", "precision", "quantization", "capabilities")
+
+# Settings of 'ormb save' that ormbfile.yaml may carry: how to pack, not what the model is.
+SAVE_SETTINGS = frozenset({"artifact_format", "modelpack_names", "include_hidden"})
+
+
+def as_utc(when: datetime | None) -> datetime | None:
+    """A time without a zone is taken as UTC (YAML's plain dates and times have none)."""
+    if when is None:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def rfc3339(when: datetime) -> str:
+    """UTC, second precision or finer, with a ``Z``: what the schemas' ``date-time`` accepts."""
+    aware = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return aware.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class Metadata(_Strict):
@@ -79,31 +215,48 @@ class Metadata(_Strict):
     signature: Signature | None = None
     training: Training | None = None
     dataset: Dataset | None = None
+    x_harbor_attributes: HarborAttributes | None = Field(default=None, alias="xHarborAttributes")
+    modelpack: ModelPackInfo | None = None
     directory_structure: list[str] | None = Field(default=None, alias="directoryStructure")
-    # ormb's own: how 'ormb save' packs the model (ormb v1alpha1 or CNCF ModelPack); not part of the config
+    # Save settings, never part of the config (see SAVE_SETTINGS):
+    # how 'ormb save' packs the model (ormb v1alpha1 or CNCF ModelPack) ...
     artifact_format: Literal["ormb", "modelpack"] | None = Field(default=None, alias="artifactFormat")
+    # ... which ModelPack names it writes (cncf: model-spec v0.0.7+; cnai: the older names Harbor <= 2.15 reads) ...
+    modelpack_names: Literal["cncf", "cnai"] | None = Field(default=None, alias="modelpackNames")
+    # ... and whether hidden files and directories (.git, .cache, .DS_Store) are packed too.
+    include_hidden: StrictBool | None = Field(default=None, alias="includeHidden")
 
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str | None) -> str | None:
         return None if value is None else canonical_format_name(value)
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """The config JSON: keys in the original's order, empty fields left out, maps sorted."""
-        data = self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"artifact_format"})
+    @field_validator("created")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return as_utc(value)
+
+    def to_json_dict(self, *, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The config JSON: keys in the original's order, empty fields left out, maps sorted.
+
+        ``exclude`` names more fields (Python names) to leave out; the save settings never appear.
+        """
+        data = self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude=set(SAVE_SETTINGS | exclude))
         if self.created is not None:
-            created = self.created if self.created.tzinfo else self.created.replace(tzinfo=timezone.utc)
-            data["created"] = created.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+            data["created"] = rfc3339(self.created)
+        if self.modelpack is not None and "modelpack" not in exclude:
+            data["modelpack"] = self.modelpack.to_json_dict()
         cleaned: dict[str, Any] = _sorted_maps({k: v for k, v in data.items() if v not in ({}, [], "")})
         return cleaned
 
-    def to_config_bytes(self) -> bytes:
-        return json.dumps(self.to_json_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    def to_config_bytes(self, *, exclude: frozenset[str] = frozenset()) -> bytes:
+        return json.dumps(self.to_json_dict(exclude=exclude), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def to_yaml(self) -> str:
-        data = self.to_json_dict()
-        data.pop("directoryStructure", None)
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        """ormbfile.yaml text: the metadata and the save settings (so the directory saves the same way again)."""
+        data = self.to_json_dict(exclude=frozenset({"directory_structure"}))
+        settings = self.model_dump(by_alias=True, exclude_none=True, include=set(SAVE_SETTINGS))
+        return yaml.safe_dump({**data, **settings}, sort_keys=False, allow_unicode=True)
 
 
 def _sorted_maps(value: Any, key: str = "") -> Any:
@@ -135,13 +288,6 @@ def parse_metadata(text: str, source: str = FILENAME) -> Metadata:
         return Metadata.model_validate(data)
     except ValidationError as exc:
         raise _metadata_error(exc, source, lines) from None
-
-
-def write_metadata(directory: Path, metadata: Metadata) -> None:
-    """Write ``directory/ormbfile.yaml`` whole or not at all (a temporary file, then a rename)."""
-    staged = directory / f".{FILENAME}.tmp"
-    staged.write_text(metadata.to_yaml(), encoding="utf-8")
-    staged.replace(directory / FILENAME)
 
 
 def parse_metadata_dict(data: Mapping[str, Any], source: str = "metadata") -> Metadata:
@@ -232,8 +378,27 @@ def metadata_from_config(data: bytes) -> Metadata:
         return Metadata()
     if not isinstance(raw, dict):
         return Metadata()
-    known = {field.alias or name for name, field in Metadata.model_fields.items()}
-    try:
-        return Metadata.model_validate({k: v for k, v in raw.items() if k in known})
-    except ValidationError:
-        return Metadata()
+    known = {field.alias or name for name, field in Metadata.model_fields.items() if name not in SAVE_SETTINGS}
+    meta = lenient_metadata({k: v for k, v in raw.items() if k in known})
+    if meta.directory_structure and any(_hidden(entry) for entry in meta.directory_structure):
+        meta = meta.model_copy(update={"include_hidden": True})  # so that an export saves again the same
+    return meta
+
+
+def lenient_metadata(data: dict[str, Any]) -> Metadata:
+    """Validate what another tool (or an older ormb) wrote, dropping the top-level fields that do not fit."""
+    data = dict(data)
+    for _ in range(len(data) + 1):
+        try:
+            return Metadata.model_validate(data)
+        except ValidationError as exc:
+            bad = {error["loc"][0] for error in exc.errors() if error["loc"]}
+            if not bad & set(data):
+                break
+            for key in bad:
+                data.pop(str(key), None)
+    return Metadata()
+
+
+def _hidden(path: str) -> bool:
+    return any(part.startswith(".") and part not in (".", "..") for part in path.split("/"))

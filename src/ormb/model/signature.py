@@ -86,4 +86,5 @@ FRAMEWORK_HINTS = {
     formats.SKLEARN: "scikit-learn", formats.XGBOOST: "XGBoost", formats.MXNET_PARAMS: "MXNet",
     formats.CAFFE_MODEL: "Caffe", formats.NET_DEF: "Caffe2", formats.TENSOR_RT: "TensorRT", formats.MLFLOW: "MLflow",
     formats.GRAPH_DEF: "TensorFlow", formats.TFLITE: "TensorFlow Lite", formats.GGUF: "llama.cpp",
+    formats.MLLIB: "Spark MLlib",
 }

@@ -1,10 +1,14 @@
-"""Unpack a tar(+gzip) layer into a directory, safely and all-or-nothing.
+"""Unpack layers into a staging tree (:mod:`ormb.model.staging`), checking every entry and byte.
 
-Entries are extracted into a staging directory inside the destination while the layer's
-bytes are hashed.  Only when every entry passed the checks and the digest matched are the
-files moved into place (``os.replace``: an existing file is replaced whole, never left with
-stale bytes).  On any failure the staging directory is removed and the destination is as
-it was before.
+Tar layers are read as a stream while their bytes are hashed; raw layers (one file each) are
+cloned from the cache where the file system can, else copied while hashed.  Every file, directory
+and link is made through the staging tree, relative to directory descriptors and never through a
+link; what a layer may not do (escape, write through a link, hard-link a file it did not write,
+special files, names that are no path) is refused with :class:`UnsafeArchiveError`.
+
+Expansion is bounded: a raw layer writes exactly its declared size; a tar layer may unpack to at
+most ``max_expand`` bytes (default :func:`expansion_limit`), counting its decompressed bytes and
+4 KiB for every entry, and checked before a file is written from the size in its header.
 """
 
 from __future__ import annotations
@@ -13,31 +17,59 @@ import fcntl
 import hashlib
 import os
 import re
-import shutil
 import tarfile
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 import zstandard
 from isal import igzip, isal_zlib
 
 from ormb.content.background import BackgroundHasher, BackgroundWriter
-from ormb.errors import IntegrityError, StorageError, UnsafeArchiveError
+from ormb.content.target import Readable
+from ormb.errors import IntegrityError, OrmbError, StorageError, UnsafeArchiveError
+from ormb.model.staging import Parts, StagingTree
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import NoProgress, ProgressListener
+from ormb.units import human_size
 
 CHUNK = 1 << 20
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
+# Expansion of a tar layer: at most EXPAND_RATIO times its size, and at least MIN_EXPAND, unless the
+# user says otherwise (--max-expand / ORMB_MAX_EXPAND).  Model weights compress by 1.1-2x; a layer that
+# unpacks to 20 times its size is a dataset of zeros or a bomb.
+EXPAND_RATIO = 20
+MIN_EXPAND = 1 << 30
+ENTRY_COST = 4096  # what an entry costs the disk besides its bytes (inode, directory entry)
+MAX_HEADER = 1 << 20  # a PAX or GNU long-name header larger than this is refused before it is read
+_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+               tarfile.GNUTYPE_LONGLINK)
 
-class _HashingReader:
+
+def expansion_limit(layer_size: int, max_expand: int | None = None) -> int:
+    """How many bytes a tar layer of ``layer_size`` may unpack to."""
+    return max_expand if max_expand is not None else max(MIN_EXPAND, EXPAND_RATIO * layer_size)
+
+
+class _Reader:
+    """``readinto`` and ``readable`` over ``read``, for the decompressors that ask for them."""
+
+    def read(self, n: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class _HashingReader(_Reader):
     """Reads from ``raw``, hashing and counting every byte, reporting progress."""
 
-    def __init__(self, raw: BinaryIO, desc: Descriptor, progress: ProgressListener, task: str) -> None:
+    def __init__(self, raw: Readable, desc: Descriptor, progress: ProgressListener, task: str) -> None:
         self._raw = raw
         self._hasher = BackgroundHasher(hashlib.new(desc.digest.partition(":")[0]))
         self.size = 0
@@ -51,14 +83,6 @@ class _HashingReader:
         self._progress.advance(self._task, len(data))
         return data
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
     def drain(self) -> None:
         while self.read(CHUNK):
             pass
@@ -70,16 +94,63 @@ class _HashingReader:
         self._hasher.close()
 
 
-@dataclass(frozen=True)
-class UnpackedFiles:
-    paths: tuple[str, ...]  # entry paths as written below the destination
+class _Budget:
+    """What a tar layer has unpacked so far (its decompressed bytes, 4 KiB per entry) against its limit."""
+
+    def __init__(self, desc: Descriptor, limit: int) -> None:
+        self._desc, self.limit = desc, limit
+        self._stream = self._entries = 0
+
+    def _check(self, ahead: int, where: str) -> None:
+        if self._stream + self._entries * ENTRY_COST + ahead > self.limit:
+            raise UnsafeArchiveError(
+                f"layer {self._desc.digest[:19]} ({human_size(self._desc.size)}) expands to more than "
+                f"{human_size(self.limit)} (at {where}); refusing",
+                "if you trust it, raise the limit: --max-expand SIZE or ORMB_MAX_EXPAND=SIZE, e.g. 500G")
+
+    def read(self, amount: int) -> None:
+        self._stream += amount
+        self._check(0, "the tar stream")
+
+    def entry(self, size: int, where: str) -> None:
+        """One more entry, whose ``size`` bytes are still to come: refused before they are written."""
+        self._entries += 1
+        self._check(size, where)
+
+
+class _Bounded:
+    """The decompressed stream, charged to the budget as it is read (headers and padding included)."""
+
+    def __init__(self, raw: Any, budget: _Budget) -> None:
+        self._raw, self._budget = raw, budget
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._raw.read(n)
+        self._budget.read(len(data))
+        return data
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """A tar header whose extended (PAX, GNU long name) data must be small: tarfile reads that data into
+    memory whole, so a header claiming gigabytes would be a memory bomb."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _CheckedTarInfo:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _META_TYPES and info.size > MAX_HEADER:
+            raise UnsafeArchiveError(f"a tar header of the layer carries {human_size(info.size)} of extended data; "
+                                     "refusing")
+        return info
 
 
 def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath | None:
     """The entry's path below the destination, ``None`` for the root entry; refuses escapes.
 
-    With ``strip`` the ``prefix`` itself is removed (``model/a.onnx`` -> ``a.onnx``).
+    With ``strip`` the ``prefix`` itself is removed (``model/a.onnx`` -> ``a.onnx``).  Backslashes
+    count as separators (a Windows-made tar); ``.`` and empty names are dropped.
     """
+    if "\0" in name:
+        raise UnsafeArchiveError(f"layer entry {name!r} has a NUL character in its name; refusing to export")
     if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
         raise UnsafeArchiveError(f"layer entry {name!r} has an absolute path; refusing to export")
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -96,33 +167,6 @@ def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath
     return relative
 
 
-def _within(root: str, path: str) -> bool:
-    return path == root or path.startswith(root + os.sep)
-
-
-@contextmanager
-def staged_directory(dest: Path) -> Iterator[Path]:
-    """A staging directory inside ``dest``; its content moves into ``dest`` only if the block succeeds.
-
-    On failure the staging directory goes, and so does ``dest`` if this call created it.
-    """
-    created = not dest.exists()
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=dest, prefix=".ormb-export-"))
-    except OSError as exc:
-        raise StorageError(f"cannot create {dest}: {exc.strerror}") from None
-    ok = False
-    try:
-        yield staging
-        _move_into_place(staging, dest)
-        ok = True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not ok and created:
-            shutil.rmtree(dest, ignore_errors=True)
-
-
 def _decompressed(reader: Any, compression: str | None) -> Any:
     if compression == "gzip":
         return igzip.IGzipFile(fileobj=reader, mode="rb")  # type: ignore[no-untyped-call]
@@ -132,25 +176,34 @@ def _decompressed(reader: Any, compression: str | None) -> Any:
 
 
 def extract_tar(
-    blob: BinaryIO,
+    blob: Readable,
     desc: Descriptor,
-    staging: Path,
+    tree: StagingTree,
     *,
+    base: Parts = (),
     prefix: str = "",
     strip_prefix: bool = False,
     compression: str | None = "gzip",
+    max_expand: int | None = None,
     progress: ProgressListener | None = None,
 ) -> list[str]:
-    """Extract a tar layer into ``staging``, checking every entry and the layer's digest."""
+    """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest.
+
+    Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.
+    """
     progress = progress or NoProgress()
     progress.start(desc.digest, desc.digest.partition(":")[2][:12], desc.size)
     reader = _HashingReader(blob, desc, progress, desc.digest)
+    budget = _Budget(desc, expansion_limit(desc.size, max_expand))
     try:
-        paths = _extract_all(_decompressed(reader, compression), staging, prefix, strip_prefix)
+        paths = _extract_all(_Bounded(_decompressed(reader, compression), budget), tree, base, prefix,
+                             strip_prefix, budget)
         reader.drain()
-    except StorageError:
+    except OrmbError:
         raise
-    except (tarfile.TarError, EOFError, OSError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
+    except RecursionError:
+        raise UnsafeArchiveError(f"layer {desc.digest} nests tar headers too deeply; refusing") from None
+    except (tarfile.TarError, EOFError, OSError, ValueError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
         reader.drain()
         if reader.digest() != desc.digest:
             raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
@@ -165,46 +218,115 @@ def extract_tar(
     return paths
 
 
-def write_raw(blob: BinaryIO, desc: Descriptor, staging: Path, relative: PurePosixPath, *,
-              clone_from: Path | None = None, progress: ProgressListener | None = None) -> None:
-    """Write a raw (untarred) layer to ``staging/relative``, verifying its digest while writing.
+def _extract_all(source: _Bounded, tree: StagingTree, base: Parts, prefix: str, strip: bool,
+                 budget: _Budget) -> list[str]:
+    inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
+    paths: dict[str, None] = {}
+    with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK, tarinfo=_CheckedTarInfo) as tar:  # type: ignore[call-overload]
+        for member in tar:
+            budget.entry(member.size if member.isreg() else 0, member.name)
+            relative = _safe_relative(member.name, prefix, strip)
+            if relative is None:
+                continue
+            parts = base + relative.parts
+            if member.isdir():
+                tree.directory(parts)
+                continue
+            if member.isreg():
+                if member.issparse():
+                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                made = _write_file(tree, parts, extracted, (member.mode & 0o755) | 0o600)
+                inodes.add((made.st_dev, made.st_ino))
+            elif member.issym():
+                tree.symlink(parts, member.linkname)
+            elif member.islnk():
+                link = _safe_relative(member.linkname, prefix, strip)
+                if link is None:
+                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
+                tree.hard_link(parts, base + link.parts, inodes)
+            else:
+                raise UnsafeArchiveError(
+                    f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
+                )
+            paths[str(relative)] = None
+    return list(paths)
+
+
+def _write_file(tree: StagingTree, parts: Parts, source: Readable, mode: int) -> os.stat_result:
+    """A new file at ``parts`` (replacing an earlier file or link of that name) with the bytes of ``source``."""
+    return _write_to(tree.create_file(parts, replace=True), tree.show(parts), source, mode)
+
+
+def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.stat_result:
+    """Write ``source`` into the new file ``fd`` and close it; read errors (the layer's) pass up unchanged,
+    write errors (the disk's) become StorageError naming ``shown``."""
+    out = open(fd, "wb")
+    ok = False
+    try:
+        _copy(source, out, shown)
+        try:
+            out.flush()
+            if mode is not None:
+                os.fchmod(fd, mode)
+            made = os.fstat(fd)
+        except OSError as exc:
+            raise StorageError(f"cannot write {shown}: {exc.strerror}") from None
+        ok = True
+    finally:
+        try:
+            out.close()
+        except OSError as exc:
+            if ok:
+                raise StorageError(f"cannot write {shown}: {exc.strerror}") from None
+    return made
+
+
+def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
+              clone_from: Path | None = None, compression: str | None = None, max_expand: int | None = None,
+              progress: ProgressListener | None = None) -> None:
+    """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
     (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
+    ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, bounded
+    like a tar layer's expansion.  A path that already exists (another layer's) is refused.
     """
     progress = progress or NoProgress()
-    target = staging / relative
-    root = os.path.realpath(staging)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot write {target}: {exc.strerror}") from None
-    if not _within(root, os.path.realpath(target.parent)):
-        raise UnsafeArchiveError(f"the file path {relative} would be written through a link outside; refusing")
-    if target.is_symlink() or target.exists():
-        raise UnsafeArchiveError(f"two layers write the file {relative}; refusing")
-    progress.start(desc.digest, str(relative), desc.size)
-    if clone_from is not None and reflink(clone_from, target):
+    progress.start(desc.digest, "/".join(parts), desc.size)
+    fd = tree.create_file(parts, replace=False)
+    if clone_from is not None and compression is None and _clone(clone_from, fd, desc.size):
+        os.close(fd)
         progress.advance(desc.digest, desc.size)
         progress.finish(desc.digest)
         return
     reader = _HashingReader(blob, desc, progress, desc.digest)
     try:
-        try:
-            out = open(target, "xb")
-        except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc.strerror}") from None
-        with out:
-            _copy(_Limited(reader, desc.size), out, target)
+        if compression is None:
+            _write_to(fd, tree.show(parts), _Limited(reader, desc.size), None)
+        else:
+            budget = _Budget(desc, expansion_limit(desc.size, max_expand))
+            try:
+                _write_to(fd, tree.show(parts), _Bounded(_decompressed(_Limited(reader, desc.size), compression),
+                                                         budget), None)
+            except OrmbError:
+                raise
+            except (OSError, EOFError, ValueError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
+                reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
+                if reader.digest() != desc.digest:
+                    raise IntegrityError(f"layer {desc.digest} ({'/'.join(parts)}) does not match its digest") from None
+                raise UnsafeArchiveError(f"layer {desc.digest} ({'/'.join(parts)}) is not valid {compression}: "
+                                         f"{exc}") from None
         extra = reader.read(1)
     finally:
         reader.close()
     if extra or reader.size != desc.size or reader.digest() != desc.digest:
-        raise IntegrityError(f"layer {desc.digest} ({relative}) does not match its digest or size")
+        raise IntegrityError(f"layer {desc.digest} ({'/'.join(parts)}) does not match its digest or size")
     progress.finish(desc.digest)
 
 
-class _Limited:
+class _Limited(_Reader):
     """At most ``limit`` bytes of ``raw``."""
 
     def __init__(self, raw: _HashingReader, limit: int) -> None:
@@ -221,88 +343,24 @@ class _Limited:
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
-def reflink(source: Path, target: Path) -> bool:
-    """Clone ``source`` to the new file ``target`` sharing its blocks; False where unsupported."""
+def _clone(source: Path, fd: int, size: int) -> bool:
+    """Make the new, empty file ``fd`` a clone of ``source`` sharing its blocks.  False where the file
+    system cannot, or where ``source`` is not ``size`` bytes: the caller then copies and verifies."""
     try:
-        with open(source, "rb") as src, open(target, "xb") as dst:
-            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+        with open(source, "rb") as src:
+            if os.fstat(src.fileno()).st_size != size:
+                return False
+            fcntl.ioctl(fd, FICLONE, src.fileno())
         return True
     except OSError:
-        target.unlink(missing_ok=True)
+        try:
+            os.ftruncate(fd, 0)  # whatever a failed clone left
+        except OSError:
+            pass
         return False
 
 
-def unpack_layer(
-    blob: BinaryIO,
-    desc: Descriptor,
-    dest: Path,
-    *,
-    prefix: str = "model/",
-    strip_prefix: bool = False,
-    gzipped: bool = True,
-    progress: ProgressListener | None = None,
-) -> UnpackedFiles:
-    """Extract the tar layer ``blob`` (described by ``desc``) into ``dest``; see the module docstring."""
-    with staged_directory(dest) as staging:
-        paths = extract_tar(blob, desc, staging, prefix=prefix, strip_prefix=strip_prefix,
-                            compression="gzip" if gzipped else None, progress=progress)
-    return UnpackedFiles(tuple(paths))
-
-
-def _extract_all(source: BinaryIO, staging: Path, prefix: str, strip: bool = False) -> list[str]:
-    root = os.path.realpath(staging)
-    regular: set[str] = set()
-    paths: list[str] = []
-    with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK) as tar:
-        for member in tar:
-            relative = _safe_relative(member.name, prefix, strip)
-            if relative is None:
-                continue
-            target = staging / relative
-            parent = os.path.realpath(target.parent)
-            if not _within(root, parent):
-                raise UnsafeArchiveError(f"layer entry {member.name!r} would be written through a link outside; refusing")
-            try:
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.is_symlink() or target.is_file():
-                    target.unlink()
-            except OSError as exc:
-                raise StorageError(f"cannot write {target}: {exc.strerror}") from None
-            if member.isreg():
-                extracted = tar.extractfile(member)
-                assert extracted is not None
-                try:
-                    out = open(target, "xb")
-                except OSError as exc:
-                    raise StorageError(f"cannot write {target}: {exc.strerror}") from None
-                with out:
-                    _copy(extracted, out, target)
-                os.chmod(target, (member.mode & 0o755) | 0o600)
-                regular.add(str(relative))
-            elif member.issym():
-                _check_symlink(member, relative)
-                os.symlink(member.linkname, target)
-            elif member.islnk():
-                link = _safe_relative(member.linkname, prefix, strip)
-                if link is None or str(link) not in regular:
-                    raise UnsafeArchiveError(
-                        f"layer entry {member.name!r} is a hard link to {member.linkname!r}, which is not a file "
-                        "extracted before it; refusing to export"
-                    )
-                os.link(staging / link, target)
-                regular.add(str(relative))
-            else:
-                raise UnsafeArchiveError(
-                    f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
-                )
-            paths.append(str(relative))
-    return paths
-
-
-def _copy(source: IO[bytes] | _Limited, out: IO[bytes], target: Path) -> None:
+def _copy(source: Readable, out: IO[bytes], shown: str) -> None:
     """Copy with the write in a background thread; read errors (the layer's fault) pass up unchanged,
     write errors (the disk's) become StorageError."""
     with BackgroundWriter(out) as writer:  # the write overlaps reading, unpacking and hashing the next chunk
@@ -310,41 +368,8 @@ def _copy(source: IO[bytes] | _Limited, out: IO[bytes], target: Path) -> None:
             try:
                 writer.write(chunk)
             except OSError as exc:
-                raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+                raise StorageError(f"cannot write {shown}: {exc.strerror}") from None
         try:
             writer.close()
         except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc.strerror}") from None
-
-
-def _check_symlink(member: tarfile.TarInfo, relative: PurePosixPath) -> None:
-    link = member.linkname
-    if link.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(link):
-        raise UnsafeArchiveError(f"layer entry {member.name!r} is a symlink to the absolute path {link!r}; refusing")
-    resolved = os.path.normpath(os.path.join(str(relative.parent), link))
-    if resolved == ".." or resolved.startswith("../"):
-        raise UnsafeArchiveError(
-            f"layer entry {member.name!r} is a symlink to {link!r}, outside the export directory; refusing"
-        )
-
-
-def _move_into_place(staging: Path, dest: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(staging):
-        relative = Path(dirpath).relative_to(staging)
-        for name in dirnames:
-            src, dst = Path(dirpath) / name, dest / relative / name
-            if src.is_symlink():
-                _replace(src, dst)
-                continue
-            if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
-                dst.unlink()
-            dst.mkdir(exist_ok=True)
-        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
-        for name in filenames:
-            _replace(Path(dirpath) / name, dest / relative / name)
-
-
-def _replace(src: Path, dst: Path) -> None:
-    if dst.is_dir() and not dst.is_symlink():
-        raise StorageError(f"cannot export {dst}: a directory of that name is in the way", "move it away first")
-    os.replace(src, dst)
+            raise StorageError(f"cannot write {shown}: {exc.strerror}") from None

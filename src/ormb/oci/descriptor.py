@@ -92,28 +92,11 @@ class Manifest:
         return canonical_json(out)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Manifest:
-        raw = load_json(data)
-        if not isinstance(raw, dict):
-            raise InvalidArtifactError("manifest is not a JSON object")
-        media_type = raw.get("mediaType") or mediatypes.OCI_MANIFEST
-        if media_type in mediatypes.INDEX_TYPES:
-            raise InvalidArtifactError("the reference points to an index of several manifests, not one model")
-        if media_type not in mediatypes.MANIFEST_TYPES or raw.get("schemaVersion") != 2:
-            raise InvalidArtifactError(f"unsupported manifest type {media_type!r}")
-        layers_raw = raw.get("layers")
-        if not isinstance(layers_raw, list):
-            raise InvalidArtifactError("manifest has no layers list")
-        subject = raw.get("subject")
-        annotations = raw.get("annotations") or {}
-        return cls(
-            config=Descriptor.from_dict(raw.get("config"), "manifest config"),
-            layers=tuple(Descriptor.from_dict(item, f"layer {i}") for i, item in enumerate(layers_raw)),
-            media_type=media_type,
-            artifact_type=raw.get("artifactType") if isinstance(raw.get("artifactType"), str) else None,
-            subject=Descriptor.from_dict(subject, "manifest subject") if subject is not None else None,
-            annotations=dict(annotations) if isinstance(annotations, dict) else {},
-        )
+    def from_bytes(cls, data: bytes, declared_type: str = "") -> Manifest:
+        """Parse strictly, the one way every walk of the graph does (:func:`ormb.oci.graph.parse_manifest`)."""
+        from ormb.oci.graph import parse_manifest  # graph builds on this module: import at call time
+
+        return parse_manifest(data, declared_type)
 
     def descriptor(self, annotations: dict[str, str] | None = None) -> Descriptor:
         data = self.to_bytes()

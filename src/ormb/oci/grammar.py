@@ -27,6 +27,7 @@ REPOSITORY_RE = re.compile(rf"{REPOSITORY}\Z", re.ASCII)
 TAG_RE = re.compile(rf"{TAG}\Z", re.ASCII)
 DIGEST_RE = re.compile(rf"{DIGEST}\Z", re.ASCII)
 HOST_RE = re.compile(rf"{HOST}\Z", re.ASCII)
+DECIMAL_RE = re.compile(r"[0-9]{1,18}\Z", re.ASCII)  # a size or count in a header: str.isdigit() takes '²' too
 
 ALGORITHMS = {"sha256": 64, "sha512": 128}  # algorithm -> hex length
 
@@ -45,6 +46,11 @@ def is_tag(value: str) -> bool:
 def is_digest(value: str) -> bool:
     """A sha256 or sha512 digest in lower-case hex: the only digests ormb can verify."""
     return DIGEST_RE.match(value) is not None
+
+
+def is_decimal(value: str) -> bool:
+    """ASCII digits that fit in 64 bits: a number in a header (Range, Retry-After, OCI-Chunk-Min-Length)."""
+    return DECIMAL_RE.match(value) is not None
 
 
 def is_host(value: str) -> bool:

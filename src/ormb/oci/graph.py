@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from ormb.errors import InvalidArtifactError
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor, load_json
+from ormb.oci.descriptor import Descriptor, Manifest, load_json
 
 # Media types under which a node may be recorded: the four manifest/index types, and the
 # generic ones that registries and older tools use when they do not say.
@@ -50,6 +50,15 @@ class Node:
             return (*head, *self.manifests)
         assert self.config is not None
         return (*head, self.config, *self.layers)
+
+    def to_manifest(self) -> Manifest:
+        """The manifest this node is; an index raises :class:`InvalidArtifactError` naming its size."""
+        if self.kind == "index":
+            raise InvalidArtifactError(f"the reference points to an index of {len(self.manifests)} manifests, "
+                                       "not one manifest")
+        assert self.config is not None
+        return Manifest(self.config, self.layers, self.media_type, self.artifact_type, self.subject,
+                        dict(self.annotations))
 
 
 def may_be_node(media_type: str) -> bool:
@@ -118,6 +127,11 @@ def parse_node(data: bytes, declared_type: str = "") -> Node:
                 subject=subject, artifact_type=artifact_type, annotations=annotations)
 
 
+def parse_manifest(data: bytes, declared_type: str = "") -> Manifest:
+    """Parse an image manifest (not an index) strictly: :func:`parse_node`, then :meth:`Node.to_manifest`."""
+    return parse_node(data, declared_type).to_manifest()
+
+
 def successors(desc: Descriptor, data: bytes) -> tuple[Descriptor, ...]:
     """The children of the node ``desc`` whose bytes are ``data``; () for a blob that is not a node.
 
@@ -141,3 +155,22 @@ def digests_mentioned(data: bytes) -> set[str]:
     Used by garbage collection to stay on the safe side: a blob a broken manifest names is kept.
     """
     return {m.decode("ascii") for m in _DIGEST_IN_TEXT.findall(data)}
+
+
+def successors_or_mentioned(desc: Descriptor, data: bytes) -> tuple[Descriptor, ...]:
+    """What a node may reach, on the safe side: for garbage collection, which must never delete a live blob.
+
+    A node that parses gives its :func:`successors`.  A blob that may be a node (see
+    :func:`may_be_node`) and is a JSON document that does not parse gives a descriptor of
+    unknown media type (``""``, so it is read in turn) for every digest it mentions.  Anything
+    else is a leaf.
+    """
+    if not may_be_node(desc.media_type):
+        return ()
+    try:
+        return parse_node(data, desc.media_type).successors()
+    except InvalidArtifactError:
+        pass
+    if desc.media_type not in NODE_TYPES and not data.lstrip()[:1] == b"{":
+        return ()  # a generic blob that is not even a JSON object: weights, text, a tar
+    return tuple(Descriptor("", digest, 0) for digest in sorted(digests_mentioned(data)))

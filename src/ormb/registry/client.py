@@ -2,6 +2,13 @@
 
 Every outside error is translated here, at one boundary, into ormb's error tree; no
 credential, token or ``Authorization`` header ever appears in a message.
+
+Credentials stay home: ``Authorization`` goes only to the registry's own origin (scheme,
+host and port, as the user named it) and, for the token request, to the realm that origin's
+challenge names.  A URL the registry hands out that points elsewhere (an upload
+``Location``, a tags ``Link``) is followed without credentials, and a challenge from
+elsewhere is not answered.  A registry on https may not send the client to an http realm.
+Redirects that urllib3 follows itself drop ``Authorization`` when the origin changes.
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.parse
-from typing import Any
+from typing import Any, NamedTuple
 
 import urllib3
 
@@ -25,6 +32,32 @@ from ormb.oci.grammar import MAX_ERROR_BODY
 from ormb.registry.auth import Challenge, TokenCache, basic_header, parse_challenge
 from ormb.registry.credentials import ANONYMOUS, Credential, CredentialStore
 from ormb.registry.transport import BodyFactory, Transport, TransportOptions
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class Origin(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def origin_of(url: str) -> Origin:
+    """(scheme, host, port) of an absolute http(s) URL, the default port filled in; ValueError otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"not an absolute http(s) URL: {url[:200]!r}")
+    return Origin(scheme, parts.hostname.lower(), parts.port or _DEFAULT_PORTS[scheme])
+
+
+def _is_token(value: str) -> bool:
+    """A token that can travel in a header: visible ASCII, no spaces, no line breaks (RFC 6750 b64token is stricter)."""
+    return bool(value) and all(33 <= ord(c) <= 126 for c in value)
 
 
 def pull_scope(repository: str) -> str:
@@ -48,6 +81,7 @@ class Registry:
         self._tokens = TokenCache()
         self._challenge: Challenge | None = None
         self._lock = threading.Lock()
+        self.origin = origin_of(self.transport.base_url)
 
     @property
     def credential(self) -> Credential:
@@ -57,7 +91,33 @@ class Registry:
         return self._credential
 
     def url(self, path: str) -> str:
+        """An absolute URL: ``path`` as it is when absolute, else on the registry's own origin."""
         return path if path.startswith(("http://", "https://")) else self.transport.base_url + path
+
+    def resolve_url(self, base: str, given: str, what: str) -> str:
+        """A URL the registry handed out (a ``Location``, a ``Link``), made absolute against ``base``;
+        a :class:`RegistryError` when it is not an http(s) URL."""
+        try:
+            url = urllib.parse.urljoin(self.url(base), given)
+            origin_of(url)
+        except ValueError:
+            raise self.bad_answer(what, f"the URL {given[:200]!r} is not an http(s) URL") from None
+        if any(c in url for c in "\r\n\0 "):
+            raise self.bad_answer(what, "the URL holds spaces or control characters")
+        return url
+
+    def is_home(self, url: str) -> bool:
+        """True when ``url`` is on the registry's own origin: only there do credentials go."""
+        try:
+            return origin_of(url) == self.origin
+        except ValueError:
+            return False
+
+    def bad_answer(self, what: str, detail: str) -> RegistryError:
+        """The registry (or whatever answers in its place) sent something malformed."""
+        return RegistryError(f"{self.host} answered {what} badly: {detail}",
+                             "the registry, or something in its place, is broken or hostile; check its address, "
+                             "or report it to its administrator")
 
     def _auth_header(self, scope: str) -> str | None:
         challenge = self._challenge
@@ -82,14 +142,21 @@ class Registry:
     ) -> urllib3.BaseHTTPResponse:
         """Send with auth; return a response whose status is in ``expect`` (body unread), else raise."""
         url = self.url(path)
+        home = self.is_home(url)
         for attempt in range(2):
             request_headers = dict(headers or {})
-            auth = self._auth_header(scope)
+            auth = self._auth_header(scope) if home else None  # credentials stay home
             if auth:
                 request_headers["Authorization"] = auth
             response = self.transport.request(method, url, request_headers, body, redirect=redirect)
             if response.status in expect:
                 return response
+            if response.status == 401 and not home:
+                _discard(response)
+                raise RegistryError(
+                    f"{self.host} sent ormb to {origin_of(url)}, which asks for credentials",
+                    f"ormb sends credentials only to {self.origin} and its token service; "
+                    "the registry is misconfigured or hostile")
             if response.status == 401:
                 challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
                 detail = _error_text(_discard(response))
@@ -123,8 +190,14 @@ class Registry:
 
     def _fetch_token(self, challenge: Challenge, scope: str) -> tuple[str, float | None]:
         realm = challenge.realm
-        if not realm.startswith(("http://", "https://")):
-            raise RegistryError(f"{self.host} sent a Bearer challenge without a usable realm")
+        try:
+            realm_origin = origin_of(realm)
+        except ValueError:
+            raise RegistryError(f"{self.host} sent a Bearer challenge without a usable realm") from None
+        if self.origin.scheme == "https" and realm_origin.scheme != "https":
+            raise RegistryError(
+                f"{self.host} (https) asks ormb to send credentials to the token service {realm_origin}, in clear",
+                "refused: a registry on https must have its token service on https; tell its administrator")
         service = challenge.params.get("service")
         credential = self.credential
         headers: dict[str, str] = {}
@@ -154,10 +227,12 @@ class Registry:
             data = json.loads(body)
             token = data.get("token") or data.get("access_token")
             lifetime = data.get("expires_in")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token, lifetime = None, None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"the token service of {self.host} answered without a token")
+        if not _is_token(token):
+            raise self.bad_answer("the token request", "the token holds spaces or control characters")
         return token, float(lifetime) if isinstance(lifetime, (int, float)) else None
 
     def _unauthorized(self, detail: str | None) -> AuthenticationError:
@@ -215,6 +290,8 @@ def _error_text(body: bytes) -> str:
     """The registry's own words: the OCI error list when there is one, else the start of the body."""
     try:
         data: Any = json.loads(body)
+    except RecursionError:
+        return "(an error document nested too deeply to read)"
     except (ValueError, UnicodeDecodeError):
         text = body.decode("utf-8", "replace").strip()
         return text[:200] if text and "<html" not in text.lower() else ""

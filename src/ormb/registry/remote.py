@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import Any
 
 import urllib3
 
+from ormb.content.target import Readable, read_up_to, rewindable
 from ormb.errors import IntegrityError, InvalidArtifactError, NetworkError, NotFoundError, RegistryError
-from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor
-from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, MAX_TAG_PAGE, UPLOAD_CHUNK, is_digest
+from ormb.oci import grammar, mediatypes
+from ormb.oci.descriptor import Descriptor, load_json
+from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, MAX_TAG_PAGE, UPLOAD_CHUNK, is_decimal, is_digest, is_tag
+from ormb.oci.graph import parse_node
 from ormb.registry.client import Registry, _discard, pull_scope, push_scope
 from ormb.registry.transport import BodyFactory
 
@@ -58,7 +59,7 @@ class _BlobReader:
                 skip -= len(chunk)
         return response
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1, /) -> bytes:
         remaining = self._desc.size - self.received
         if remaining <= 0:
             return b""
@@ -90,12 +91,15 @@ class _BlobReader:
 
 
 class RemoteRepository:
-    """Target over ``https://HOST/v2/NAME/``; see DESIGN.md section 5."""
+    """Target over ``https://HOST/v2/NAME/``; see DESIGN.md section 5.
+
+    It keeps no state between calls: :meth:`fetch_reference` returns a manifest with its
+    bytes in one request, and ``copy`` hands those bytes on explicitly.
+    """
 
     def __init__(self, registry: Registry, name: str) -> None:
         self.registry = registry
         self.name = name
-        self._resolved: dict[str, bytes] = {}  # manifests fetched by resolve(), so copy() does not ask twice
 
     def path(self, rest: str) -> str:
         return f"/v2/{self.name}/{rest}"
@@ -111,14 +115,13 @@ class RemoteRepository:
         return response.status == 200
 
     @contextmanager
-    def fetch(self, desc: Descriptor) -> Iterator[BinaryIO]:
+    def fetch(self, desc: Descriptor) -> Iterator[Readable]:
         if _is_manifest(desc):
-            data = self._resolved.pop(desc.digest, None)
-            yield io.BytesIO(data if data is not None else self._get_manifest(desc.digest)[0])
+            yield io.BytesIO(self._get_manifest(desc.digest)[0])
             return
         reader = _BlobReader(self, desc)
         try:
-            yield reader  # type: ignore[misc]
+            yield reader
         finally:
             reader.close()
 
@@ -133,43 +136,72 @@ class RemoteRepository:
             response.release_conn()
         if len(data) > MAX_MANIFEST:
             raise InvalidArtifactError(f"the manifest of {self.name}:{reference} is larger than {MAX_MANIFEST} bytes")
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
         claimed = response.headers.get("Docker-Content-Digest")
-        expected = reference if is_digest(reference) else claimed
-        if expected and expected.startswith("sha256:") and expected != digest:
+        expected = reference if is_digest(reference) else claimed if claimed and is_digest(claimed) else None
+        algorithm = expected.partition(":")[0] if expected else "sha256"
+        digest = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+        if expected and expected != digest:
             raise IntegrityError(f"the manifest {self.name}:{reference} from {self.registry.host} does not match "
                                  f"its digest (got {digest}, expected {expected})")
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        try:
-            media_type = json.loads(data).get("mediaType") or media_type
-        except (ValueError, AttributeError):
-            raise InvalidArtifactError(f"the manifest of {self.name}:{reference} is not JSON") from None
-        return data, media_type or mediatypes.OCI_MANIFEST
+        header_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        try:  # what the document says it is, read the one strict way (nesting, odd types, bad JSON)
+            node = parse_node(data, header_type)
+        except InvalidArtifactError as exc:
+            raise InvalidArtifactError(f"the manifest {self.name}:{reference} from {self.registry.host}: "
+                                       f"{exc.message}", exc.hint) from None
+        return data, node.media_type
+
+    def fetch_reference(self, reference: str) -> tuple[Descriptor, bytes]:
+        """The manifest a tag or digest names, with its bytes (verified), in one request."""
+        data, media_type = self._get_manifest(reference)
+        algorithm = reference.partition(":")[0] if is_digest(reference) else "sha256"
+        desc = Descriptor(media_type, f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}", len(data))
+        return desc, data
 
     def resolve(self, reference: str) -> Descriptor:
-        data, media_type = self._get_manifest(reference)
-        desc = Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-        self._resolved = {desc.digest: data}
-        return desc
+        return self.fetch_reference(reference)[0]
 
     def manifest_bytes(self, reference: str) -> bytes:
         return self._get_manifest(reference)[0]
 
     def tags(self, page_size: int = 100) -> Iterator[str]:
-        """Every tag, following the ``Link`` header page by page."""
-        path: str | None = self.path(f"tags/list?n={page_size}")
-        while path:
-            response = self.registry.request("GET", path, scope=pull_scope(self.name), what=f"the tags of {self.name}")
+        """Every tag, following the ``Link`` header page by page.
+
+        A link to another origin is followed without credentials (the registry client decides);
+        a link already followed ends the list; more than ``grammar.MAX_TAG_PAGES`` pages is an error.
+        """
+        what = f"the tag list of {self.name}"
+        url: str | None = self.registry.url(self.path(f"tags/list?n={page_size}"))
+        followed: set[str] = set()
+        while url is not None and url not in followed:
+            if len(followed) >= grammar.MAX_TAG_PAGES:
+                raise self.registry.bad_answer(what, f"it runs over more than {grammar.MAX_TAG_PAGES} pages")
+            followed.add(url)
+            response = self.registry.request("GET", url, scope=pull_scope(self.name), what=what)
             try:
-                body = response.read(MAX_TAG_PAGE)
+                body = response.read(MAX_TAG_PAGE + 1)
             finally:
                 response.release_conn()
-            try:
-                tags = json.loads(body).get("tags") or []
-            except (ValueError, AttributeError):
-                raise RegistryError(f"{self.registry.host} answered the tag list with something that is not JSON") from None
-            yield from tags
-            path = _next_link(response.headers.get("Link", ""))
+            if len(body) > MAX_TAG_PAGE:
+                raise self.registry.bad_answer(what, f"a page is larger than {MAX_TAG_PAGE} bytes")
+            yield from self._page_tags(body, what)
+            link = _next_link(response.headers.get("Link", ""))
+            url = self.registry.resolve_url(url, link, what) if link else None
+
+    def _page_tags(self, body: bytes, what: str) -> list[str]:
+        try:
+            data: Any = load_json(body, "tag list")
+        except InvalidArtifactError as exc:
+            raise self.registry.bad_answer(what, exc.message) from None
+        tags = data.get("tags") if isinstance(data, dict) else None
+        if tags is None and isinstance(data, dict):
+            return []  # distribution answers "tags": null for a repository without tags
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise self.registry.bad_answer(what, "'tags' is not a list of strings")
+        bad = next((t for t in tags if not is_tag(t)), None)
+        if bad is not None:
+            raise self.registry.bad_answer(what, f"{bad[:80]!r} is not a valid tag")
+        return tags
 
     def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor]:
         """Manifests whose subject is ``digest``: the referrers API, else the tag schema ``sha256-<hex>``."""
@@ -189,11 +221,13 @@ class RemoteRepository:
             except NotFoundError:
                 return []
         try:
-            entries = json.loads(body).get("manifests") or []
-        except (ValueError, AttributeError):
-            raise InvalidArtifactError(f"the referrers index of {digest} is not JSON") from None
-        found = [Descriptor.from_dict(e, "referrer") for e in entries]
-        return [d for d in found if not artifact_type or d.artifact_type == artifact_type]
+            index = parse_node(body, mediatypes.OCI_INDEX)
+        except InvalidArtifactError as exc:
+            raise InvalidArtifactError(f"the referrers index of {digest} from {self.registry.host}: {exc.message}",
+                                       exc.hint) from None
+        if index.kind != "index":
+            raise InvalidArtifactError(f"the referrers of {digest} from {self.registry.host} are not an index")
+        return [d for d in index.manifests if not artifact_type or d.artifact_type == artifact_type]
 
     # -- writing -----------------------------------------------------------------------------
     def mount(self, desc: Descriptor, source_repository: str) -> bool:
@@ -215,7 +249,7 @@ class RemoteRepository:
             _discard(cancel)
         return False
 
-    def push(self, desc: Descriptor, content: BinaryIO) -> None:
+    def push(self, desc: Descriptor, content: Readable) -> None:
         if _is_manifest(desc):
             self.push_reference(desc, content, desc.digest)
             return
@@ -230,11 +264,12 @@ class RemoteRepository:
                 return b""
         else:
             length = desc.size
-            start = content.tell() if content.seekable() else 0
+            rewind = rewindable(content)  # a file can be sent again when a retry needs it; a stream cannot
+            start = rewind.tell() if rewind is not None else 0
 
             def body() -> Iterator[bytes]:
-                if content.seekable():
-                    content.seek(start)
+                if rewind is not None:
+                    rewind.seek(start)
                 return self._chunks(content, desc.size)
         response = self.registry.request(
             "PUT", _with_query(location, digest=desc.digest), scope=push_scope(self.name),
@@ -244,7 +279,7 @@ class RemoteRepository:
         _discard(response)
         self._check_digest(response, desc)
 
-    def _chunks(self, content: BinaryIO, size: int) -> Iterator[bytes]:
+    def _chunks(self, content: Readable, size: int) -> Iterator[bytes]:
         remaining = size
         while remaining:
             data = content.read(min(CHUNK, remaining))
@@ -259,19 +294,24 @@ class RemoteRepository:
             headers={"Content-Length": "0"}, body=lambda: b"", what=f"starting an upload to {self.name}",
         )
         _discard(response)
-        self._min_chunk = int(response.headers.get("OCI-Chunk-Min-Length") or 0)
+        minimum = response.headers.get("OCI-Chunk-Min-Length") or "0"
+        if not is_decimal(minimum):
+            raise self.registry.bad_answer("starting an upload", f"OCI-Chunk-Min-Length {minimum[:40]!r} is not a size")
+        self._min_chunk = int(minimum)
         return self._location(response)
 
     def _location(self, response: urllib3.BaseHTTPResponse) -> str:
+        """Where the upload goes on: the ``Location`` made absolute (on another origin, no credentials go)."""
         location = response.headers.get("Location")
         if not location:
             raise RegistryError(f"{self.registry.host} started an upload without a Location header")
-        return urllib.parse.urljoin(self.registry.url(self.path("blobs/uploads/")), location)
+        return self.registry.resolve_url(self.path("blobs/uploads/"), location, "an upload")
 
-    def _upload_chunks(self, location: str, desc: Descriptor, content: BinaryIO) -> str:
+    def _upload_chunks(self, location: str, desc: Descriptor, content: Readable) -> str:
         chunk_size = max(self.registry.options.chunk_size or AUTO_CHUNK, self._min_chunk)
-        seekable = content.seekable()
-        base = content.tell() if seekable else 0
+        rewind = rewindable(content)
+        seekable = rewind is not None
+        base = rewind.tell() if rewind is not None else 0
         offset = 0
         while offset < desc.size:
             length = min(chunk_size, desc.size - offset)
@@ -280,7 +320,8 @@ class RemoteRepository:
             if seekable:  # stream the chunk from the file: memory stays flat whatever the chunk size
 
                 def body(start: int = offset, count: int = length) -> Iterator[bytes]:
-                    content.seek(base + start)
+                    assert rewind is not None
+                    rewind.seek(base + start)
                     return self._chunks(content, count)
             else:  # a stream (registry to registry): hold one chunk, so a retry can send it again
                 data = content.read(length)
@@ -298,7 +339,7 @@ class RemoteRepository:
             _discard(response)
             location = self._location(response)
             received = response.headers.get("Range", "")
-            if received.startswith("0-") and received[2:].isdigit() and int(received[2:]) != end and seekable:
+            if received.startswith("0-") and is_decimal(received[2:]) and int(received[2:]) != end and seekable:
                 offset = int(received[2:]) + 1  # the registry kept less than we sent: continue from what it has
                 continue
             offset = end + 1
@@ -309,8 +350,10 @@ class RemoteRepository:
         if claimed and claimed != desc.digest:
             raise IntegrityError(f"{self.registry.host} stored {claimed} for {desc.digest}")
 
-    def push_reference(self, desc: Descriptor, content: BinaryIO, reference: str) -> None:
-        data = content.read(MAX_MANIFEST + 1)
+    def push_reference(self, desc: Descriptor, content: Readable, reference: str) -> None:
+        data = read_up_to(content, MAX_MANIFEST + 1)
+        if len(data) > MAX_MANIFEST:
+            raise InvalidArtifactError(f"the manifest {desc.digest} is larger than {MAX_MANIFEST} bytes")
         response = self.registry.request(
             "PUT", self.path(f"manifests/{reference}"), scope=push_scope(self.name),
             headers={"Content-Type": desc.media_type}, body=lambda: data, expect=(201, 200),

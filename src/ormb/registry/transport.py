@@ -18,14 +18,20 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError
 
-from ormb import __version__
+from ormb._version import __version__
 from ormb.errors import NetworkError
+from ormb.oci.grammar import is_decimal
 from ormb.oci.reference import is_loopback_host
 
 USER_AGENT = f"ormb/{__version__}"
 Body: TypeAlias = "bytes | Iterable[bytes] | None"
 BodyFactory: TypeAlias = "Callable[[], Body]"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Redirects urllib3 follows itself (a blob GET sent to a CDN or S3): Authorization, Cookie and
+# Proxy-Authorization are dropped whenever scheme, host or port change (urllib3's is_same_host),
+# so credentials stay with the registry's origin.  Said here, not left to a default.
+_REDIRECTS = urllib3.Retry(total=None, connect=0, read=0, other=0, redirect=5, status=0,
+                           remove_headers_on_redirect=urllib3.Retry.DEFAULT_REMOVE_HEADERS_ON_REDIRECT)
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,7 @@ class Transport:
             try:
                 response = self.pool.request(
                     method, url, headers=headers, body=body() if body else None, preload_content=False,
-                    redirect=redirect, retries=urllib3.Retry(total=None, connect=0, read=0, other=0, redirect=5, status=0)
-                    if redirect else False,
+                    redirect=redirect, retries=_REDIRECTS if redirect else False,
                 )
             except SSLError as exc:
                 raise NetworkError(_tls_message(self.host, exc), _tls_hint(exc)) from None
@@ -126,7 +131,7 @@ class Transport:
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
         delay = self.options.backoff * (2**attempt)
-        if retry_after and retry_after.isdigit():
+        if retry_after and is_decimal(retry_after):
             delay = min(float(retry_after), 60.0)
         time.sleep(delay)
 

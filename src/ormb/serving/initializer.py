@@ -2,7 +2,8 @@
 
 This is what a KServe or Seldon Core init container runs (``ormb-storage-initializer SRC DEST``).
 The layer streams from the registry into the destination without a cache copy, verified
-while it streams; the destination is written all-or-nothing (see :mod:`ormb.model.unpack`).
+while it streams; the destination is written all-or-nothing and nothing outside it is touched (see
+:mod:`ormb.model.staging`).
 
 Layouts:
 
@@ -17,16 +18,13 @@ ModelPack models have no ``model/`` directory: their files land at ``DEST/1/`` (
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ormb.cache import load_model
 from ormb.config import Settings, load_settings
 from ormb.errors import InvalidReferenceError
-from ormb.model import modelpack, ormbformat
-from ormb.model.ormbfile import write_metadata
-from ormb.model.unpack import staged_directory, unpack_layer
+from ormb.model.export import export_model
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
@@ -69,35 +67,23 @@ def pull_and_export(
     *,
     layout: str = "triton",
     metadata: bool = True,
+    max_expand: int | None = None,
     settings: Settings | None = None,
     options: TransportOptions | None = None,
     progress: ProgressListener | None = None,
 ) -> InitializedModel:
-    """Download ``source`` and lay it out in ``destination`` for a model server."""
+    """Download ``source`` and lay it out in ``destination`` for a model server (the same export as
+    ``ormb export``, straight from the registry; ``max_expand`` as there)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     settings = settings or load_settings()
     ref = parse_source(source, settings.default_registry)
     registry = Registry(ref.registry, options or TransportOptions(), credentials_from_environment(settings))
     remote = RemoteRepository(registry, ref.repository)
-    model = load_model(remote, remote.resolve(ref.version))
+    desc, data = remote.fetch_reference(ref.version)  # one GET: the bytes are verified and reused
+    model = load_model(remote, desc, data, ref=ref)
     dest = Path(destination)
-    created = not dest.exists()
-    target = dest / "1" if layout == "triton" else dest
-    try:
-        if model.is_modelpack:  # per-file layers: the files have no model/ prefix to strip
-            with staged_directory(target) as staging:
-                paths = tuple(modelpack.write_files(remote, modelpack.layer_files(model.manifest), staging,
-                                                    progress=progress))
-        else:
-            layer = ormbformat.model_layer(model.manifest)
-            with remote.fetch(layer) as stream:
-                paths = unpack_layer(stream, layer, target, prefix="model/", strip_prefix=layout != "none",
-                                     progress=progress).paths
-        if metadata:
-            write_metadata(dest, model.metadata)
-    except BaseException:
-        if created:  # nothing half-written: a destination we made goes again
-            shutil.rmtree(dest, ignore_errors=True)
-        raise
+    paths = export_model(remote, model.manifest, dest, metadata=model.metadata if metadata else None,
+                         subdirectory="1" if layout == "triton" else "", strip_prefix=layout != "none",
+                         max_expand=max_expand, progress=progress)
     return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format)

@@ -1,0 +1,57 @@
+"""Export a model's files into a directory: one code path for ``ormb export`` and the storage initializer.
+
+Every layer (the ormb format's one tar+gzip layer; ModelPack and KitOps raw and tar layers) and the
+``ormbfile.yaml`` go into one staging tree inside the destination; the tree's links are checked
+against what is on disk; only then does anything move into place (see :mod:`ormb.model.staging`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ormb.content.target import Fetcher
+from ormb.model import modelpack, ormbformat
+from ormb.model.modelpack import LayerFile
+from ormb.model.ormbfile import FILENAME, Metadata
+from ormb.model.staging import staged_directory
+from ormb.model.unpack import extract_tar
+from ormb.oci.descriptor import Descriptor, Manifest
+from ormb.progress import ProgressListener
+
+
+def export_model(
+    source: Fetcher,
+    manifest: Manifest,
+    dest: Path,
+    *,
+    metadata: Metadata | None,
+    files: Sequence[LayerFile] | None = None,
+    subdirectory: str = "",
+    strip_prefix: bool = False,
+    local_copy: Callable[[Descriptor], Path] | None = None,
+    max_expand: int | None = None,
+    progress: ProgressListener | None = None,
+) -> tuple[str, ...]:
+    """Write the model of ``manifest`` (blobs from ``source``) into ``dest``, all or nothing.
+
+    The files go below ``dest/subdirectory`` (the ormb format's under ``model/`` unless ``strip_prefix``);
+    ``metadata``, if given, becomes ``dest/ormbfile.yaml``.  ``files`` narrows a ModelPack model to some
+    of its layers.  ``max_expand`` bounds what a tar layer may unpack to (see :mod:`ormb.model.unpack`).
+    Returns the files' paths below ``dest/subdirectory``.
+    """
+    base = (subdirectory,) if subdirectory else ()
+    with staged_directory(dest) as tree:
+        if modelpack.is_modelpack(manifest):
+            chosen = modelpack.layer_files(manifest) if files is None else files
+            paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy,
+                                          max_expand=max_expand, progress=progress)
+        else:
+            layer = ormbformat.model_layer(manifest)
+            with source.fetch(layer) as blob:
+                paths = extract_tar(blob, layer, tree, base=base, prefix="model/", strip_prefix=strip_prefix,
+                                    max_expand=max_expand, progress=progress)
+        if metadata is not None:
+            tree.write_whole((FILENAME,), metadata.to_yaml().encode("utf-8"))
+        tree.check_links()
+    return tuple(paths)
