@@ -9,6 +9,10 @@ special files, names that are no path) is refused with :class:`UnsafeArchiveErro
 Expansion is bounded: a raw layer writes exactly its declared size; a tar layer may unpack to at
 most ``max_expand`` bytes (default :func:`expansion_limit`), counting its decompressed bytes and
 4 KiB for every entry, and checked before a file is written from the size in its header.
+
+Signatures need the SHA-256 of every file a layer holds: :class:`FileHashes` collects them while
+an export writes (``hashes=``), and :func:`hash_tar` reads a tar layer the same checked way without
+writing anything (signing a model of the ormb format).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import hashlib
 import os
 import re
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -51,6 +57,28 @@ def expansion_limit(layer_size: int, max_expand: int | None = None) -> int:
     return max_expand if max_expand is not None else max(MIN_EXPAND, EXPAND_RATIO * layer_size)
 
 
+@dataclass
+class FileHashes:
+    """The SHA-256 (hex) and size of every regular file a layer holds, by its path below the layer's
+    prefix (``model/`` of the ormb format is not part of it), as the last entry of each path left it;
+    and the paths that are symbolic links (a signature covers regular files only)."""
+
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)
+    links: set[str] = field(default_factory=set)
+
+    def file(self, path: str, sha256: str, size: int) -> None:
+        self.links.discard(path)
+        self.files[path] = (sha256, size)
+
+    def link(self, path: str) -> None:
+        self.files.pop(path, None)
+        self.links.add(path)
+
+    def digests(self) -> dict[str, str]:
+        """path -> SHA-256 hex."""
+        return {path: digest for path, (digest, _) in self.files.items()}
+
+
 class _Reader:
     """``readinto`` and ``readable`` over ``read``, for the decompressors that ask for them."""
 
@@ -64,6 +92,24 @@ class _Reader:
 
     def readable(self) -> bool:
         return True
+
+
+class _FileHasher(_Reader):
+    """Reads from ``raw``, hashing (SHA-256) and counting what passes: one file's content."""
+
+    def __init__(self, raw: Readable) -> None:
+        self._raw = raw
+        self._hasher = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._hasher.update(data)
+        self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
 
 
 class _HashingReader(_Reader):
@@ -175,29 +221,23 @@ def _decompressed(reader: Any, compression: str | None) -> Any:
     return reader
 
 
-def extract_tar(
-    blob: Readable,
-    desc: Descriptor,
-    tree: StagingTree,
-    *,
-    base: Parts = (),
-    prefix: str = "",
-    strip_prefix: bool = False,
-    compression: str | None = "gzip",
-    max_expand: int | None = None,
-    progress: ProgressListener | None = None,
-) -> list[str]:
-    """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest.
+TarVisitor = Callable[[tarfile.TarFile, tarfile.TarInfo, "PurePosixPath"], None]
 
-    Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.
-    """
-    progress = progress or NoProgress()
-    progress.start(desc.digest, desc.digest.partition(":")[2][:12], desc.size)
+
+def _read_tar(blob: Readable, desc: Descriptor, visit: TarVisitor, *, prefix: str, strip_prefix: bool,
+              compression: str | None, max_expand: int | None, progress: ProgressListener) -> None:
+    """Read a tar layer as a stream, checking the layer's digest and size, every entry's name and the
+    expansion budget; ``visit`` gets each entry below the root with its safe relative path."""
     reader = _HashingReader(blob, desc, progress, desc.digest)
     budget = _Budget(desc, expansion_limit(desc.size, max_expand))
     try:
-        paths = _extract_all(_Bounded(_decompressed(reader, compression), budget), tree, base, prefix,
-                             strip_prefix, budget)
+        source = _Bounded(_decompressed(reader, compression), budget)
+        with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK, tarinfo=_CheckedTarInfo) as tar:  # type: ignore[call-overload]
+            for member in tar:
+                budget.entry(member.size if member.isreg() else 0, member.name)
+                relative = _safe_relative(member.name, prefix, strip_prefix)
+                if relative is not None:
+                    visit(tar, member, relative)
         reader.drain()
     except OrmbError:
         raise
@@ -214,44 +254,125 @@ def extract_tar(
         raise IntegrityError(
             f"layer {desc.digest} does not match: read {reader.size} bytes with digest {reader.digest()}"
         )
-    progress.finish(desc.digest)
-    return paths
 
 
-def _extract_all(source: _Bounded, tree: StagingTree, base: Parts, prefix: str, strip: bool,
-                 budget: _Budget) -> list[str]:
+def _hash_key(relative: PurePosixPath, prefix: str, stripped: bool) -> str:
+    """The path a signature names for an entry: below the prefix (``model/``), whether or not export strips it."""
+    path = str(relative)
+    return path[len(prefix):] if prefix and not stripped else path
+
+
+def extract_tar(
+    blob: Readable,
+    desc: Descriptor,
+    tree: StagingTree,
+    *,
+    base: Parts = (),
+    prefix: str = "",
+    strip_prefix: bool = False,
+    compression: str | None = "gzip",
+    max_expand: int | None = None,
+    progress: ProgressListener | None = None,
+    hashes: FileHashes | None = None,
+) -> list[str]:
+    """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest.
+
+    Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.  With ``hashes``,
+    every regular file is hashed while it is written (paths below ``prefix``).
+    """
+    progress = progress or NoProgress()
+    progress.start(desc.digest, desc.digest.partition(":")[2][:12], desc.size)
     inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
     paths: dict[str, None] = {}
-    with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK, tarinfo=_CheckedTarInfo) as tar:  # type: ignore[call-overload]
-        for member in tar:
-            budget.entry(member.size if member.isreg() else 0, member.name)
-            relative = _safe_relative(member.name, prefix, strip)
-            if relative is None:
-                continue
-            parts = base + relative.parts
-            if member.isdir():
-                tree.directory(parts)
-                continue
-            if member.isreg():
-                if member.issparse():
-                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
-                extracted = tar.extractfile(member)
-                assert extracted is not None
-                made = _write_file(tree, parts, extracted, (member.mode & 0o755) | 0o600)
-                inodes.add((made.st_dev, made.st_ino))
-            elif member.issym():
-                tree.symlink(parts, member.linkname)
-            elif member.islnk():
-                link = _safe_relative(member.linkname, prefix, strip)
-                if link is None:
-                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
-                tree.hard_link(parts, base + link.parts, inodes)
-            else:
-                raise UnsafeArchiveError(
-                    f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
-                )
-            paths[str(relative)] = None
+
+    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        parts = base + relative.parts
+        key = _hash_key(relative, prefix, strip_prefix)
+        if member.isdir():
+            tree.directory(parts)
+            return
+        if member.isreg():
+            if member.issparse():
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            hasher = _FileHasher(extracted) if hashes is not None else None
+            made = _write_file(tree, parts, hasher or extracted, (member.mode & 0o755) | 0o600)
+            inodes.add((made.st_dev, made.st_ino))
+            if hashes is not None and hasher is not None:
+                hashes.file(key, hasher.hexdigest(), hasher.size)
+        elif member.issym():
+            tree.symlink(parts, member.linkname)
+            if hashes is not None:
+                hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, prefix, strip_prefix)
+            if link is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
+            tree.hard_link(parts, base + link.parts, inodes)
+            if hashes is not None:
+                target = hashes.files.get(_hash_key(link, prefix, strip_prefix))
+                if target is None:  # hard_link() refused anything but a file this layer wrote: unreachable
+                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to no file; refusing")
+                hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(
+                f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
+            )
+        paths[str(relative)] = None
+
+    _read_tar(blob, desc, visit, prefix=prefix, strip_prefix=strip_prefix, compression=compression,
+              max_expand=max_expand, progress=progress)
+    progress.finish(desc.digest)
     return list(paths)
+
+
+def hash_tar(blob: Readable, desc: Descriptor, *, prefix: str = "", compression: str | None = "gzip",
+             max_expand: int | None = None, progress: ProgressListener | None = None) -> FileHashes:
+    """The files of a tar layer with their SHA-256, read once as export reads it (the same checks of the
+    layer's digest, of entry names and of expansion); nothing is written.
+
+    A hard link counts as its target's content; an entry that export would refuse (a special file, a
+    hard link to a file not before it, a path that is a file and a directory) is refused here too.
+    """
+    progress = progress or NoProgress()
+    hashes = FileHashes()
+    directories: set[str] = set()
+
+    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        key = _hash_key(relative, prefix, True)
+        for parent in relative.parents:
+            if parent.parts:
+                directories.add(_hash_key(parent, prefix, True))
+        if member.isdir():
+            directories.add(key)
+        elif member.isreg():
+            if member.issparse():
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing")
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            hasher = _FileHasher(extracted)
+            while hasher.read(CHUNK):
+                pass
+            hashes.file(key, hasher.hexdigest(), hasher.size)
+        elif member.issym():
+            hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, prefix, True)
+            target = hashes.files.get(str(link)) if link is not None else None
+            if target is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to {member.linkname!r}, "
+                                         "which is not a file written before it in the same layer; refusing")
+            hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(f"layer entry {member.name!r} is a device, FIFO or other special file; refusing")
+
+    _read_tar(blob, desc, visit, prefix=prefix, strip_prefix=True, compression=compression,
+              max_expand=max_expand, progress=progress)
+    clash = next((p for p in sorted(directories) if p in hashes.files or p in hashes.links), None)
+    if clash is not None:
+        raise UnsafeArchiveError(f"layer {desc.digest[:19]} makes {clash!r} both a file and a directory; refusing")
+    return hashes
 
 
 def _write_file(tree: StagingTree, parts: Parts, source: Readable, mode: int) -> os.stat_result:
@@ -285,31 +406,43 @@ def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.sta
 
 def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
               clone_from: Path | None = None, compression: str | None = None, max_expand: int | None = None,
-              progress: ProgressListener | None = None) -> None:
+              progress: ProgressListener | None = None, hashes: FileHashes | None = None,
+              key: str | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
     (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
     ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, bounded
-    like a tar layer's expansion.  A path that already exists (another layer's) is refused.
+    like a tar layer's expansion.  A path that already exists (another layer's) is refused.  With
+    ``hashes`` the file's SHA-256 is recorded under ``key`` (default: ``parts`` joined): for an
+    uncompressed SHA-256 layer it is the layer's digest, verified here; otherwise it is computed.
     """
     progress = progress or NoProgress()
     progress.start(desc.digest, "/".join(parts), desc.size)
+    algorithm, _, hexpart = desc.digest.partition(":")
+    known = compression is None and algorithm == "sha256"
+    if hashes is not None and known:
+        hashes.file(key or "/".join(parts), hexpart, desc.size)
     fd = tree.create_file(parts, replace=False)
-    if clone_from is not None and compression is None and _clone(clone_from, fd, desc.size):
+    if clone_from is not None and compression is None and (hashes is None or known) and \
+            _clone(clone_from, fd, desc.size):
         os.close(fd)
         progress.advance(desc.digest, desc.size)
         progress.finish(desc.digest)
         return
     reader = _HashingReader(blob, desc, progress, desc.digest)
+    hasher: _FileHasher | None = None
     try:
         if compression is None:
-            _write_to(fd, tree.show(parts), _Limited(reader, desc.size), None)
+            source: Readable = _Limited(reader, desc.size)
+            hasher = _FileHasher(source) if hashes is not None and not known else None
+            _write_to(fd, tree.show(parts), hasher or source, None)
         else:
             budget = _Budget(desc, expansion_limit(desc.size, max_expand))
+            source = _Bounded(_decompressed(_Limited(reader, desc.size), compression), budget)
+            hasher = _FileHasher(source) if hashes is not None else None
             try:
-                _write_to(fd, tree.show(parts), _Bounded(_decompressed(_Limited(reader, desc.size), compression),
-                                                         budget), None)
+                _write_to(fd, tree.show(parts), hasher or source, None)
             except OrmbError:
                 raise
             except (OSError, EOFError, ValueError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
@@ -323,7 +456,37 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
         reader.close()
     if extra or reader.size != desc.size or reader.digest() != desc.digest:
         raise IntegrityError(f"layer {desc.digest} ({'/'.join(parts)}) does not match its digest or size")
+    if hashes is not None and hasher is not None:
+        hashes.file(key or "/".join(parts), hasher.hexdigest(), hasher.size)
     progress.finish(desc.digest)
+
+
+def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None,
+             max_expand: int | None = None) -> tuple[str, int]:
+    """(SHA-256 hex, size) of the file a raw layer holds, read as :func:`write_raw` reads it (the layer's
+    digest and size checked, ``compression`` undone within the expansion budget); nothing is written."""
+    reader = _HashingReader(blob, desc, NoProgress(), desc.digest)
+    try:
+        source: Readable = _Limited(reader, desc.size)
+        if compression is not None:
+            source = _Bounded(_decompressed(source, compression), _Budget(desc, expansion_limit(desc.size, max_expand)))
+        hasher = _FileHasher(source)
+        try:
+            while hasher.read(CHUNK):
+                pass
+        except OrmbError:
+            raise
+        except (OSError, EOFError, ValueError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
+            reader.drain()
+            if reader.digest() != desc.digest:
+                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
+            raise UnsafeArchiveError(f"layer {desc.digest} is not valid {compression}: {exc}") from None
+        extra = reader.read(1)
+    finally:
+        reader.close()
+    if extra or reader.size != desc.size or reader.digest() != desc.digest:
+        raise IntegrityError(f"layer {desc.digest} does not match its digest or size")
+    return hasher.hexdigest(), hasher.size
 
 
 class _Limited(_Reader):

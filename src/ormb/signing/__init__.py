@@ -5,6 +5,10 @@
   :func:`verify_bundle`, and :func:`check_files` against a model's actual files.
 - :mod:`ormb.signing.referrer`: the bundle stored as an OCI referrer of the model manifest, and
   the file list a model's manifest gives (:func:`manifest_files`).
+- :mod:`ormb.signing.files`: every file of a model with its SHA-256 (from the manifest, or by
+  reading a tar layer once), and :class:`FileRecords`, the cache's memory of layers read.
+- :mod:`ormb.signing.verify`: a model's signatures found, verified and compared with its files;
+  :func:`catalog_status` for a registry's catalog page.
 
 Layering: signing sits beside ``model`` (it reads model manifests) and below ``api``.
 """
@@ -21,6 +25,7 @@ from ormb.signing.bundle import (
     sign_files,
     verify_bundle,
 )
+from ormb.signing.files import FileRecords, model_files, signed_files, tar_layer_files
 from ormb.signing.keys import (
     ALGORITHMS,
     PASSWORD_ENV,
@@ -40,12 +45,22 @@ from ormb.signing.referrer import (
     is_signature,
     manifest_files,
     signature_artifact,
-    tar_layer_files,
+)
+from ormb.signing.verify import (
+    Signature,
+    Verified,
+    catalog_status,
+    check_model,
+    manifest_hashes,
+    trusted_signatures,
+    verify_manifest,
 )
 
 __all__ = [
     "ALGORITHMS", "BUNDLE_MEDIA_TYPE", "GIT_PATHS", "PASSWORD_ENV", "PREDICATE_TYPE", "SIGNATURE_ARTIFACT_TYPE",
-    "PrivateKey", "PublicKey", "SignatureArtifact", "SignedFile", "SignedFiles", "bundle_layer", "check_files",
-    "export_ignore_paths", "generate_key_pair", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
-    "sign_files", "signature_artifact", "tar_layer_files", "trusted_keys", "verify_bundle",
+    "FileRecords", "PrivateKey", "PublicKey", "Signature", "SignatureArtifact", "SignedFile", "SignedFiles",
+    "Verified", "bundle_layer", "catalog_status", "check_files", "check_model", "export_ignore_paths",
+    "generate_key_pair", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
+    "manifest_hashes", "model_files", "sign_files", "signature_artifact", "signed_files", "tar_layer_files",
+    "trusted_keys", "trusted_signatures", "verify_bundle", "verify_manifest",
 ]

@@ -335,12 +335,14 @@ def verify_bundle(bundle: bytes, keys: Sequence[PublicKey]) -> SignedFiles:
     return SignedFiles(key, files, ignore_paths, name, f"sha256:{root}")
 
 
-def check_files(signed: SignedFiles, actual: Mapping[str, str]) -> tuple[str, ...]:
+def check_files(signed: SignedFiles, actual: Mapping[str, str], *, complete: bool = True) -> tuple[str, ...]:
     """Check that ``actual`` (path -> SHA-256, hex or ``sha256:<hex>``) holds exactly the signed files.
 
     Paths under the signature's ignore paths are not compared, as ``model_signing verify`` does
     not hash them; they are returned, so the caller can leave them out or say they are unsigned.
-    Raises :class:`VerificationError` naming the first difference in path order.
+    Raises :class:`VerificationError` naming the first difference in path order.  With
+    ``complete=False`` (a part of a model: ``export --include``) signed files may be missing, but
+    every file present must be signed, with its digest.
     """
     present: dict[str, str] = {}
     ignored: list[str] = []
@@ -352,6 +354,8 @@ def check_files(signed: SignedFiles, actual: Mapping[str, str]) -> tuple[str, ..
     differences: list[tuple[tuple[str, ...], str]] = []
     for path in set(signed.files) | set(present):
         if path not in present:
+            if not complete:
+                continue
             differences.append((sort_key(path), f"{path!r} is signed but missing from the model"))
         elif path not in signed.files:
             differences.append((sort_key(path), f"{path!r} is in the model but not in its signature"))

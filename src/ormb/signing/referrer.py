@@ -20,28 +20,20 @@ each at its ``org.cncf.model.filepath``, relative to the export directory; a raw
 *is* its file's SHA-256, so the list comes from the manifest without reading a weight byte
 (:func:`manifest_files`).  For the ormb format the files are inside one tar+gzip layer and
 relative to the export directory's ``model/``; the manifest does not say their digests, so
-they come from reading the layer once (:func:`tar_layer_files`).
+they come from reading the layer once (:mod:`ormb.signing.files`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import tarfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import BinaryIO
 
-import zstandard
-from isal import isal_zlib
-
-from ormb.errors import IntegrityError, InvalidArtifactError, UnsafeArchiveError, VerificationError
+from ormb.errors import InvalidArtifactError, VerificationError
 from ormb.model import modelpack, ormbformat
 from ormb.model.ormbfile import FILENAME as ORMBFILE
-from ormb.model.unpack import _decompressed, _HashingReader, _safe_relative
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
-from ormb.oci.grammar import IO_CHUNK, MAX_METADATA_BLOB
-from ormb.progress import NoProgress
+from ormb.oci.grammar import MAX_METADATA_BLOB
 from ormb.signing.bundle import BUNDLE_MEDIA_TYPE, GIT_PATHS, PREDICATE_TYPE, SignedFile
 
 SIGNATURE_ARTIFACT_TYPE = BUNDLE_MEDIA_TYPE
@@ -135,59 +127,3 @@ def manifest_files(manifest: Manifest) -> tuple[SignedFile, ...] | None:
 def export_ignore_paths(manifest: Manifest) -> tuple[str, ...]:
     """The ``ignore_paths`` to sign with, so ``model_signing verify`` accepts an exported directory."""
     return MODELPACK_EXPORT_IGNORE if modelpack.is_modelpack(manifest) else ORMB_EXPORT_IGNORE
-
-
-def tar_layer_files(blob: BinaryIO, layer: Descriptor, compression: str | None = "gzip",
-                    prefix: str = "model/") -> tuple[SignedFile, ...]:
-    """The files of an ormb-format tar layer, hashed while reading it once (nothing is written).
-
-    The layer's own digest and size are checked as export checks them, so only the bytes the
-    manifest names are ever signed.  Paths are those export writes below ``model/``; a hard link
-    has its target's digest.  A symlink is refused: ``model_signing`` refuses to sign or verify
-    one by default.
-    """
-    reader = _HashingReader(blob, layer, NoProgress(), layer.digest)
-    try:
-        files = _hash_entries(_decompressed(reader, compression), prefix)
-        reader.drain()
-    except (tarfile.TarError, EOFError, OSError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
-        reader.drain()
-        if reader.digest() != layer.digest:
-            raise IntegrityError(f"layer {layer.digest} does not match its digest") from None
-        raise UnsafeArchiveError(f"layer {layer.digest} is not a valid tar archive: {exc}") from None
-    finally:
-        reader.close()
-    if reader.size != layer.size or reader.digest() != layer.digest:
-        raise IntegrityError(f"layer {layer.digest} does not match: read {reader.size} bytes "
-                             f"with digest {reader.digest()}")
-    return files
-
-
-def _hash_entries(stream: BinaryIO, prefix: str) -> tuple[SignedFile, ...]:
-    digests: dict[str, SignedFile] = {}
-    with tarfile.open(fileobj=stream, mode="r|", bufsize=IO_CHUNK) as tar:
-        for member in tar:
-            relative = _safe_relative(member.name, prefix, strip=True)
-            if relative is None or member.isdir():
-                continue
-            path = str(relative)
-            if member.isreg():
-                reader = tar.extractfile(member)
-                assert reader is not None
-                hasher, size = hashlib.sha256(), 0
-                while chunk := reader.read(IO_CHUNK):
-                    hasher.update(chunk)
-                    size += len(chunk)
-                digests[path] = SignedFile(path, hasher.hexdigest(), size)
-            elif member.islnk():
-                link = _safe_relative(member.linkname, prefix, strip=True)
-                target = digests.get(str(link)) if link is not None else None
-                if target is None:
-                    raise InvalidArtifactError(f"layer entry {member.name!r} is a hard link to a file not before it")
-                digests[path] = SignedFile(path, target.sha256, target.size)
-            elif member.issym():
-                raise InvalidArtifactError(f"the model holds the symlink {path!r}; signatures cover regular files",
-                                           "replace the link by the file it points to, then save the model again")
-            else:
-                raise InvalidArtifactError(f"layer entry {member.name!r} is a device, FIFO or other special file")
-    return tuple(digests.values())
