@@ -3,7 +3,8 @@ would delete.
 
 Hypothesis builds graphs of manifests, indexes (nested), subjects, descriptors recorded as
 ``application/json``, broken nodes (truncated or mistyped JSON that still names digests),
-unnamed index.json entries and garbage blobs.  The oracle is written here from the JSON by hand:
+unnamed index.json entries (an unnamed manifest with a subject is a referrer: kept while its subject is)
+and garbage blobs.  The oracle is written here from the JSON by hand:
 a node that parses gives its children, one that does not gives every digest written in it.
 """
 
@@ -83,9 +84,20 @@ def test_prune_keeps_every_reachable_blob_and_copy_reaches_nothing_else(
             index = json.loads((settings.cache_dir / "index.json").read_text())
             index["manifests"] += [made[u % len(made)].to_dict() for u in unnamed]
             (settings.cache_dir / "index.json").write_text(json.dumps(index))
-        roots = [made[n] for n in names] + [made[u % len(made)] for u in unnamed]
+        roots = [made[n] for n in names]
+        referrers: dict[str, str] = {}  # an unnamed entry whose manifest has a subject: kept while its subject is
+        for u in unnamed:
+            data = layout.blob_path(made[u % len(made)].digest).read_bytes()
+            subject = json.loads(data).get("subject") if data.startswith(b"{") and b'"subject"' in data else None
+            if isinstance(subject, dict):
+                referrers[made[u % len(made)].digest] = subject["digest"]
+            else:
+                roots.append(made[u % len(made)])
 
         expected = _oracle(layout, roots)
+        while ready := [d for d, s in referrers.items() if s in expected and d not in expected]:
+            expected |= _oracle(layout, [Descriptor("", d, 0) for d in ready])
+            referrers = {d: s for d, s in referrers.items() if d not in ready}
         copied: set[str] = set()
         for n in names:
             target = MemoryStore()
@@ -99,6 +111,8 @@ def test_prune_keeps_every_reachable_blob_and_copy_reaches_nothing_else(
         api.prune(settings=settings)
         left = set(layout.blob_digests())
         assert expected <= left, f"prune deleted {sorted(expected - left)}"
+        orphans = set(referrers) - expected
+        assert not orphans & left, "prune kept a referrer whose subject nothing else reaches"
         assert not any(f"garbage {g}".encode() in layout.blob_path(d).read_bytes()
                        for d in left for g in range(garbage)), "garbage was kept"
 

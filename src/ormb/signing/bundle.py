@@ -297,17 +297,8 @@ def _files(predicate: dict[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
     return files, tuple(ignore_paths)
 
 
-def verify_bundle(bundle: bytes, keys: Sequence[PublicKey]) -> SignedFiles:
-    """Check that ``bundle`` is a model signature by one of ``keys``; return what it signs.
-
-    Raises :class:`VerificationError` (exit code 4) for a malformed bundle, a key not among
-    ``keys``, a signature that does not verify, or a payload that is not a model_signing 1.x
-    ``files``/SHA-256 statement.  The file list still has to be compared with the model:
-    :func:`check_files`.
-    """
-    hint, payload, signature = _envelope(bundle)
-    key = _signer(hint, payload, signature, keys)
-    # Only now, with the signature verified, is the payload's content read.
+def _statement(payload: bytes) -> tuple[str, str, dict[str, str], tuple[str, ...]]:
+    """(name, root digest hex, files, ignore paths) of a model-signing statement, checked strictly."""
     try:
         statement_raw = _object(load_json(payload, "signed statement"), "the signed statement")
     except InvalidArtifactError as exc:
@@ -332,6 +323,38 @@ def verify_bundle(bundle: bytes, keys: Sequence[PublicKey]) -> SignedFiles:
     computed = hashlib.sha256(b"".join(bytes.fromhex(d) for d in files.values())).hexdigest()
     if computed != root:
         raise _malformed("the subject digest is not the digest of the file list")
+    return name, root, files, ignore_paths
+
+
+@dataclass(frozen=True)
+class UnverifiedSignature:
+    """What a bundle claims, read WITHOUT checking its signature: for a first look (``ormb sign --attach``
+    checks that a signature was made over this model before storing it), never for a decision."""
+
+    key_hint: str | None
+    files: Mapping[str, str]
+    ignore_paths: tuple[str, ...]
+
+
+def read_unverified(bundle: bytes) -> UnverifiedSignature:
+    """The key hint and file list a bundle claims; its shape is checked, its signature is not."""
+    hint, payload, _ = _envelope(bundle)
+    _, _, files, ignore_paths = _statement(payload)
+    return UnverifiedSignature(hint, files, ignore_paths)
+
+
+def verify_bundle(bundle: bytes, keys: Sequence[PublicKey]) -> SignedFiles:
+    """Check that ``bundle`` is a model signature by one of ``keys``; return what it signs.
+
+    Raises :class:`VerificationError` (exit code 4) for a malformed bundle, a key not among
+    ``keys``, a signature that does not verify, or a payload that is not a model_signing 1.x
+    ``files``/SHA-256 statement.  The file list still has to be compared with the model:
+    :func:`check_files`.
+    """
+    hint, payload, signature = _envelope(bundle)
+    key = _signer(hint, payload, signature, keys)
+    # Only now, with the signature verified, is the payload's content read.
+    name, root, files, ignore_paths = _statement(payload)
     return SignedFiles(key, files, ignore_paths, name, f"sha256:{root}")
 
 
@@ -344,24 +367,31 @@ def check_files(signed: SignedFiles, actual: Mapping[str, str], *, complete: boo
     ``complete=False`` (a part of a model: ``export --include``) signed files may be missing, but
     every file present must be signed, with its digest.
     """
+    return compare_files(signed.files, signed.ignore_paths, actual, complete=complete)
+
+
+def compare_files(signed_files: Mapping[str, str], ignore_paths: Iterable[str], actual: Mapping[str, str], *,
+                  complete: bool = True) -> tuple[str, ...]:
+    """:func:`check_files` over a file list and its ignore paths."""
+    ignore_paths = tuple(ignore_paths)
     present: dict[str, str] = {}
     ignored: list[str] = []
     for path, digest in actual.items():
-        if is_ignored(path, signed.ignore_paths):
+        if is_ignored(path, ignore_paths):
             ignored.append(path)
         else:
             present[path] = digest[7:] if digest.startswith("sha256:") else digest
     differences: list[tuple[tuple[str, ...], str]] = []
-    for path in set(signed.files) | set(present):
+    for path in set(signed_files) | set(present):
         if path not in present:
             if not complete:
                 continue
             differences.append((sort_key(path), f"{path!r} is signed but missing from the model"))
-        elif path not in signed.files:
+        elif path not in signed_files:
             differences.append((sort_key(path), f"{path!r} is in the model but not in its signature"))
-        elif present[path] != signed.files[path]:
+        elif present[path] != signed_files[path]:
             differences.append((sort_key(path), f"{path!r} differs from the signed file "
-                                                f"(sha256 {present[path][:12]}, signed {signed.files[path][:12]})"))
+                                                f"(sha256 {present[path][:12]}, signed {signed_files[path][:12]})"))
     if differences:
         differences.sort()
         more = f"; {len(differences) - 1} more difference(s)" if len(differences) > 1 else ""
