@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ from ormb.signing import (
     verify_manifest,
 )
 from ormb.signing.bundle import compare_files, read_unverified
+from ormb.signing.verify import Verified, first_bundle
 from ormb.transfer import CopyStats, copy, copy_referrers
 
 
@@ -257,6 +260,7 @@ def export(
     max_expand: int | None = None,
     verify_key: KeyPaths | None = None,
     trust_dir: str | Path | None = None,
+    signature_file: str | Path | None = None,
     settings: Settings | None = None,
     progress: ProgressListener | None = None,
 ) -> ExportResult:
@@ -270,7 +274,10 @@ def export(
     ``$ORMB_TRUST_DIR``), a model that is unsigned, signed by another key or whose files differ from
     the signed ones is refused (:class:`VerificationError`) and nothing is written: the files are
     compared with the signature from the manifest where it says them (ModelPack), and every file
-    written is hashed and compared before anything moves into ``directory``."""
+    written is hashed and compared before anything moves into ``directory``.
+
+    ``signature_file``: also write the model's signature there (the one that verified, else the
+    first), for ``model_signing verify key --signature FILE`` on the exported files."""
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     keys = _verification_keys(verify_key, trust_dir, settings)
@@ -284,19 +291,42 @@ def export(
         raise UsageError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack artifact",
                          "export it without --include, or save it with --format modelpack to export files selectively")
     check = None
-    verified = ""
+    verified: Verified | None = None
+    bundle = b""
     if keys is not None:
         signatures = trusted_signatures(cache, model.manifest_desc, keys, what=str(ref))
-        verified = _precheck(signatures, model.manifest, str(ref))
+        _precheck(signatures, model.manifest, str(ref))
         complete = not include
 
         def check(hashes: FileHashes) -> None:
             nonlocal verified
-            verified = check_model(signatures, hashes, what=str(ref), complete=complete).fingerprint
+            verified = check_model(signatures, hashes, what=str(ref), complete=complete)
+    elif signature_file is not None:
+        bundle = first_bundle(cache, model.manifest_desc, what=str(ref))
     paths = export_model(cache, model.manifest, dest, metadata=model.metadata if metadata else None, files=files,
                          local_copy=lambda d: cache.blob_path(d.digest), max_expand=max_expand, progress=progress,
                          check=check)
-    return ExportResult(ref, model.manifest_desc.digest, dest, paths, verified)
+    if verified is not None:
+        bundle = verified.signature.bundle
+    if signature_file is not None:
+        _write_file(Path(signature_file), bundle)
+    return ExportResult(ref, model.manifest_desc.digest, dest, paths, verified.fingerprint if verified else "")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, whole or not at all (a temporary file beside it, then renamed over it)."""
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
+                                    suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.chmod(name, 0o644)
+            os.replace(name, path)
+        finally:
+            Path(name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _matches(patterns: tuple[str, ...], path: str) -> bool:

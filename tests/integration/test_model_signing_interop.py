@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,3 +184,79 @@ def test_an_ormb_format_model_signed_from_its_layer_verifies_after_export(tmp_pa
     api.export("team/classic:v1", exported, settings=settings)
     ok = model_signing("verify", "key", "--signature", signature, "--public_key", public, exported / "model")
     assert ok.returncode == 0, ok.stderr
+
+
+# -- both directions through the commands a team types ------------------------------------------
+
+ORMB = Path(sys.executable).with_name("ormb")
+
+
+def ormb(home: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ORMB_HOME": str(home), "ORMB_NO_PROGRESS": "1"}
+    for name in ("ORMB_VERIFY_KEY", "ORMB_TRUST_DIR", "ORMB_KEY_PASSWORD", "ORMB_REGISTRY"):
+        env.pop(name, None)
+    result = subprocess.run([str(ORMB), *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
+    return result
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
+    return result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["ormb", "modelpack"])
+def test_ormb_sign_push_pull_export_then_model_signing_verifies(tmp_path: Path, registry: Any, fmt: str) -> None:
+    """Training machine: ormb key generate, save, sign, push.  Serving machine: pull --verify-key,
+    export --verify-key --signature; then the standard tool verifies the exported directory."""
+    trainer, server = tmp_path / "trainer", tmp_path / "server"
+    ok(ormb(trainer, "key", "generate", tmp_path / "team.pem"))
+    src = make_model(tmp_path / "src", FILES)
+    ref = f"{registry.host}/interop/cli-{fmt}:v1"
+    ok(ormb(trainer, "save", src, ref, "--format", fmt))
+    signed = ok(ormb(trainer, "sign", ref, "--key", tmp_path / "team.pem"))
+    assert "v1: signed" in signed
+    assert "(1 signature pushed with it)" in ok(ormb(trainer, "push", ref))
+
+    ok(ormb(server, "pull", ref, "--verify-key", tmp_path / "team.pub"))
+    out, signature = tmp_path / "out", tmp_path / "model.sig"
+    ok(ormb(server, "export", ref, "-d", out, "--verify-key", tmp_path / "team.pub", "--signature", signature))
+    root = out / "model" if fmt == "ormb" else out  # the directory a model server loads
+    verified = model_signing("verify", "key", "--signature", signature, "--public_key", tmp_path / "team.pub", root)
+    assert verified.returncode == 0 and "Verification succeeded" in verified.stdout, verified.stderr
+    (root / "config.json").write_bytes(b'{"hidden": 9}')
+    tampered = model_signing("verify", "key", "--signature", signature, "--public_key", tmp_path / "team.pub", root)
+    assert tampered.returncode != 0 and "config.json" in tampered.stderr
+
+
+@pytest.mark.parametrize("fmt", ["ormb", "modelpack"])
+def test_model_signing_sign_then_ormb_attach_verify_push_pull(tmp_path: Path, registry: Any, fmt: str) -> None:
+    """model_signing signs the model's directory (model/ for the ormb format; the saved directory,
+    less ormbfile.yaml, for ModelPack); ormb saves it, attaches that signature and verifies it, in the
+    cache and after a push and a pull on another machine."""
+    trainer, server = tmp_path / "trainer", tmp_path / "server"
+    private, public = key_pair(tmp_path / "keys", "ecdsa-p256")
+    signature = tmp_path / "model.sig"
+    if fmt == "ormb":
+        src = make_model(tmp_path / "src", FILES)
+        signed_dir, extra = src / "model", []
+    else:
+        src = write_files(tmp_path / "src", {**FILES, "ormbfile.yaml": b"format: Others\nartifactFormat: modelpack\n"})
+        signed_dir, extra = src, ["--ignore-paths", src / "ormbfile.yaml"]
+    made = model_signing("sign", "key", "--private_key", private, "--signature", signature, *extra, signed_dir)
+    assert made.returncode == 0, made.stderr
+    ref = f"{registry.host}/interop/attached-{fmt}:v1"
+    ok(ormb(trainer, "save", src, ref))
+    assert "v1: signature attached" in ok(ormb(trainer, "sign", "--attach", signature, ref))
+    assert "Verified: " in ok(ormb(trainer, "verify", ref, "--key", public))
+    ok(ormb(trainer, "push", ref))
+    ok(ormb(server, "pull", ref, "--verify-key", public))
+    assert "Verified: " in ok(ormb(server, "verify", ref, "--key", public))
+    ok(ormb(server, "export", ref, "-d", tmp_path / "out", "--verify-key", public))
+
+    # a signature over another directory is refused when attached, with one line
+    other = write_files(tmp_path / "other", {"x.bin": b"x"})
+    wrong = tmp_path / "wrong.sig"
+    assert model_signing("sign", "key", "--private_key", private, "--signature", wrong, other).returncode == 0
+    refused = ormb(trainer, "sign", "--attach", wrong, ref)
+    assert refused.returncode == 4 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith(f"Error: the signature {wrong} was not made over {ref}")

@@ -214,10 +214,13 @@ def init(directory: str, force: bool) -> None:
               help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
 @max_expand_option
 @verify_options
+@click.option("--signature", "signature_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write the model's signature to FILE, for 'model_signing verify key --signature FILE'.")
 @json_option
 @click.pass_context
 def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool, include: tuple[str, ...],
-           max_expand: int | None, verify_key: tuple[str, ...], trust_dir: str | None, as_json: bool) -> None:
+           max_expand: int | None, verify_key: tuple[str, ...], trust_dir: str | None, signature_file: str | None,
+           as_json: bool) -> None:
     """Unpack REFERENCE from the local cache into a directory (model/ and ormbfile.yaml).
 
     Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe, and
@@ -225,7 +228,8 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
     """
     with _progress(ctx) as bar:
         result = api.export(reference, directory, metadata=not no_metadata, include=include, max_expand=max_expand,
-                            verify_key=verify_key or None, trust_dir=trust_dir, progress=bar)
+                            verify_key=verify_key or None, trust_dir=trust_dir, signature_file=signature_file,
+                            progress=bar)
     if as_json:
         print_json(result)
         return

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ormb.content.target import Fetcher, Readable, fetch_bytes
@@ -44,6 +44,7 @@ class Signature:
 
     referrer: Descriptor  # the signature's manifest, as the referrers list gave it
     signed: SignedFiles
+    bundle: bytes = field(repr=False, default=b"")  # as stored (what model_signing verify reads)
 
     @property
     def fingerprint(self) -> str:
@@ -83,7 +84,7 @@ def _read_signature(source: SignatureSource, entry: Descriptor, subject: Descrip
     except InvalidArtifactError as exc:
         raise VerificationError(f"a signature referrer is malformed: {exc.message}") from None
     bundle = fetch_bytes(source, bundle_layer(manifest, subject), MAX_METADATA_BLOB)
-    return Signature(entry, verify_bundle(bundle, keys))
+    return Signature(entry, verify_bundle(bundle, keys), bundle)
 
 
 def trusted_signatures(source: SignatureSource, subject: Descriptor, keys: Sequence[PublicKey], *,
@@ -163,6 +164,16 @@ def manifest_hashes(source: Fetcher, manifest: Manifest, records: FileRecords | 
     for item in listed:
         hashes.file(item.path, item.sha256, item.size or 0)
     return hashes
+
+
+def first_bundle(source: SignatureSource, subject: Descriptor, *, what: str) -> bytes:
+    """The bundle of the model's first signature, unverified (to hand to another verifier)."""
+    for entry in source.referrers(subject.digest):
+        if is_signature(entry):
+            desc = Descriptor(mediatypes.OCI_MANIFEST, entry.digest, entry.size)
+            manifest = parse_node(fetch_bytes(source, desc, MAX_MANIFEST), desc.media_type).to_manifest()
+            return fetch_bytes(source, bundle_layer(manifest, subject), MAX_METADATA_BLOB)
+    raise NotFoundError(f"{what} has no signature", "sign it with 'ormb sign REF --key KEY.pem'")
 
 
 class _Listed:
