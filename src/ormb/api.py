@@ -914,8 +914,8 @@ def verify(
     ref = _ref(reference, settings)
     public = _verification_keys(keys, trust_dir, settings)
     if public is None:
-        raise KeyFileError("no public key to verify with", "give --key KEY.pub or --trust-dir DIR (or set "
-                           "ORMB_VERIFY_KEY / ORMB_TRUST_DIR)")
+        raise KeyFileError("no public key to verify with",
+                           "give --key KEY.pub or --trust-dir DIR, or set ORMB_VERIFY_KEY or ORMB_TRUST_DIR")
     if remote:
         repository = _remote(ref, settings, options)
         desc, data = repository.fetch_reference(ref.version)

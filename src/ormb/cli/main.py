@@ -599,7 +599,7 @@ def sign(reference: str, key: str | None, attach: str | None, key_password_stdin
     """
     options = _transport(kwargs)
     if (key is None) == (attach is None):
-        raise click.UsageError("give --key KEY.pem to sign, or --attach SIG to attach a signature (one of them)")
+        raise _InputError("give --key KEY.pem to sign, or --attach SIG to attach a signature (one of them)")
     password = _key_password(key, key_password_stdin) if key is not None else None
     result = api.sign(reference, key, password=password, attach=attach, remote=remote, options=options)
     if as_json:

@@ -166,7 +166,8 @@ def load_private_key(path: str | Path, password: str | bytes | None = None,
             raise KeyFileError(f"cannot decrypt {path}: wrong password, or not a key",
                                f"check {PASSWORD_ENV} or the password you gave") from None
         if b"PUBLIC KEY" in data:
-            raise KeyFileError(f"{path} holds a public key; signing needs the private key") from None
+            raise KeyFileError(f"{path} holds a public key; signing needs the private key",
+                               "sign with the private key (KEY.pem); the public key (KEY.pub) is for verifying") from None
         raise KeyFileError(f"{path} is not a PEM private key ormb can read") from None
     _algorithm(key, str(path))
     assert isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey)
