@@ -680,3 +680,17 @@ def test_tar_layer_files_signs_only_the_bytes_the_manifest_names() -> None:
         _files_of(good + b"\0" * 512, named)
     with pytest.raises(UnsafeArchiveError, match="not a valid tar"):
         _files_of(b"not a tar at all" * 40)
+
+
+def test_tar_layer_files_refuses_a_header_bomb_as_export_does() -> None:
+    """A PAX header claiming megabytes of extended data is refused before it is read into memory (the
+    phase-1 reader had its own tar loop without export's guards and read it whole)."""
+    import io as _io
+
+    raw = _io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("model/a")
+        info.pax_headers = {"comment": "x" * (2 << 20)}
+        tar.addfile(info, _io.BytesIO(b""))
+    with pytest.raises(UnsafeArchiveError, match="extended data"):
+        _files_of(raw.getvalue())
