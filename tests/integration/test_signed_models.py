@@ -129,8 +129,15 @@ def test_sign_push_pull_verify_export_on_a_fresh_cache(tmp_path: Path, registry:
         assert code == 0 and "signed by: " in out, err
         root = dest / "model" if fmt == "ormb" else dest
         assert (root / "weights.bin").read_bytes() == WEIGHTS
-        # the other key verifies nothing
+        # the other key verifies nothing, given on the command line or by the environment
         refused(cli(capsys, "verify", ref, "--key", keys["other.pub"]), ref, "unknown key")
+        monkeypatch.setenv("ORMB_VERIFY_KEY", str(keys["other.pub"]))
+        refused(cli(capsys, "pull-and-export", ref, tmp_path / f"env-{fmt}"), "unknown key")
+        refused(cli(capsys, "export", ref, "-d", tmp_path / f"env-{fmt}"), "unknown key")
+        assert not (tmp_path / f"env-{fmt}").exists()
+        monkeypatch.setenv("ORMB_VERIFY_KEY", str(keys["team.pub"]))
+        assert cli(capsys, "pull-and-export", ref, tmp_path / f"env-{fmt}")[0] == 0
+        monkeypatch.delenv("ORMB_VERIFY_KEY")
         # prune keeps the signature while its model is there, and drops it with the model
         assert cli(capsys, "prune")[0] == 0
         assert cli(capsys, "verify", ref, "--key", keys["team.pub"])[0] == 0

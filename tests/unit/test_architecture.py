@@ -118,3 +118,18 @@ def test_public_api_is_locked() -> None:
         "load_settings", "login", "logout", "models", "parse_reference", "prune", "pull", "push", "remove", "save",
         "sign", "tag", "tags", "verify", "version",
     ]
+
+
+def test_verification_is_a_keyword_of_pull_export_and_the_initializer() -> None:
+    """``verify_key=`` and ``trust_dir=`` are part of the public API (keyword-only, default None: the
+    environment decides)."""
+    import inspect
+
+    from ormb.serving.initializer import pull_and_export
+
+    for function in (ormb.pull, ormb.export, pull_and_export):
+        parameters = inspect.signature(function).parameters
+        for name in ("verify_key", "trust_dir"):
+            assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY and parameters[name].default is None
+    assert list(inspect.signature(ormb.sign).parameters)[:2] == ["reference", "key"]
+    assert "keys" in inspect.signature(ormb.verify).parameters

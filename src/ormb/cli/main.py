@@ -125,6 +125,7 @@ def cli(debug: bool, no_progress: bool) -> None:
       ormb pull localhost:5000/team/fashion:v1              download it on another machine
       ormb export localhost:5000/team/fashion:v1 -d out     unpack it again
       ormb models                                           list the cache
+      ormb sign REF --key team.pem / ormb verify REF --key team.pub   signed models
 
     A reference without a registry host uses $ORMB_REGISTRY, else 'registry' in
     $ORMB_HOME/config.yaml, else localhost:5000.  The cache lives in $ORMB_HOME
@@ -132,9 +133,10 @@ def cli(debug: bool, no_progress: bool) -> None:
 
     \b
     Exit codes: 0 ok; 1 error (disk, permissions); 2 bad input or usage (reference,
-    ormbfile.yaml, model files, an option that does not apply); 3 not found; 4 corrupt
-    or unsafe content; 5 authentication failed or access denied; 6 the registry cannot
-    be reached or answered with an error; 70 internal error; 130 interrupted.
+    ormbfile.yaml, model files, a key file, an option that does not apply); 3 not found;
+    4 corrupt or unsafe content, or a signature check that fails; 5 authentication failed
+    or access denied; 6 the registry cannot be reached or answered with an error; 70
+    internal error; 130 interrupted.
     """
 
 
