@@ -3,9 +3,12 @@
     python bench/registry_bench.py [--size-mib 1024] [--runs 3] [--workdir /tmp/ormb-bench]
 
 curl is the client (one, then four at once, each with its own blob of --size-mib).  Both
-registries run on 127.0.0.1 with filesystem storage in --workdir, as separate processes.
-Prints a table of median MB/s (min-max) and the servers' peak RSS; writes the numbers to
-bench/results/registry.json.  Needs: curl, docker-registry (Debian), ormb installed.
+registries run on 127.0.0.1 with filesystem storage in --workdir, as separate processes, started
+afresh for every run and interleaved (ormb, distribution, distribution, ormb, ...): the machine's
+cores are shared, so medians of interleaved runs are what compares.  Prints a table of median
+MB/s (min-max), the servers' CPU seconds per GiB moved (every process of the server: gunicorn's
+arbiter and workers) and peak RSS; writes the numbers to bench/results/registry.json.
+Needs: curl, docker-registry (Debian), ormb installed.
 """
 
 from __future__ import annotations
@@ -64,17 +67,51 @@ def start_distribution(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
 def start_ormb(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     ormb = shutil.which("ormb") or str(Path(sys.executable).with_name("ormb"))
+    extra = os.environ.get("ORMB_BENCH_SERVE_ARGS", "").split()  # e.g. "--workers 2", to compare settings
     process = subprocess.Popen([ormb, "registry", "serve", "--root", str(workdir / "ormb"), "--addr",
-                                f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                f"127.0.0.1:{port}", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the access log (on by default) goes to /dev/null here: its cost is measured, its lines are not kept
     wait_for(port)
     return process, port
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (gunicorn's workers are children of its arbiter)."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        stack.extend(int(c) for c in children)
+    return found
+
+
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The largest peak RSS among the server's processes."""
+    peaks = []
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+    return max(peaks, default=float("nan"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the server's processes so far."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def make_blobs(workdir: Path, size: int, count: int) -> list[tuple[Path, str]]:
@@ -126,19 +163,20 @@ def download(port: int, repo: str, digest: str) -> float:
     return time.perf_counter() - start
 
 
-def measure(port: int, blobs: list[tuple[Path, str]], clients: int, runs: int, size: int) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {"upload": [], "download": []}
-    for run in range(runs):
-        chosen = blobs[:clients]
-        repo = f"bench/run{run}"
-        with ThreadPoolExecutor(clients) as pool:
+def measure_once(name: str, port: int, pid: int, blobs: list[tuple[Path, str]], clients: int, run: int,
+                 size: int, results: dict[str, list[float]]) -> None:
+    chosen = blobs[:clients]
+    repo = f"bench/run{run}x{clients}"
+    moved_gib = clients * size / (1 << 30)
+    with ThreadPoolExecutor(clients) as pool:
+        for op, action in (("upload", lambda b: upload(port, repo, b[0], b[1])),
+                           ("download", lambda b: download(port, repo, b[1]))):
+            cpu = cpu_seconds(pid)
             start = time.perf_counter()
-            list(pool.map(lambda b: upload(port, repo, b[0], b[1]), chosen))  # noqa: B023 - used at once
-            results["upload"].append(clients * size / MB / (time.perf_counter() - start))
-            start = time.perf_counter()
-            list(pool.map(lambda b: download(port, repo, b[1]), chosen))  # noqa: B023 - used at once
-            results["download"].append(clients * size / MB / (time.perf_counter() - start))
-    return results
+            list(pool.map(action, chosen))
+            elapsed = time.perf_counter() - start
+            results.setdefault(f"{name} {op} x{clients}", []).append(clients * size / MB / elapsed)
+            results.setdefault(f"{name} {op} x{clients} cpu", []).append((cpu_seconds(pid) - cpu) / moved_gib)
 
 
 def main() -> None:
@@ -152,35 +190,38 @@ def main() -> None:
     size = args.size_mib << 20
     print(f"generating 4 blobs of {args.size_mib} MiB in {workdir} ...", file=sys.stderr)
     blobs = make_blobs(workdir, size, 4)
-    table: dict[str, dict[str, object]] = {}
-    for name, starter in (("distribution", start_distribution), ("ormb", start_ormb)):
-        process, port = starter(workdir)
-        try:
-            baseline = peak_rss_mib(process.pid)
-            for clients in (1, 4):
-                print(f"{name}: {clients} client(s) ...", file=sys.stderr)
-                for op, values in measure(port, blobs, clients, args.runs, size).items():
-                    table[f"{name} {op} x{clients}"] = {"median": statistics.median(values), "min": min(values),
-                                                        "max": max(values), "runs": values}
-            table[f"{name} peak RSS"] = {"start_mib": baseline, "peak_mib": peak_rss_mib(process.pid)}
-        finally:
-            process.terminate()
-            process.wait(10)
-            shutil.rmtree(workdir / name, ignore_errors=True)
-    print(f"\n{args.size_mib} MiB per client, {args.runs} runs, curl as the client, 127.0.0.1, {os.cpu_count()} cores\n")
-    print("| operation | distribution MB/s | ormb MB/s | ormb / distribution |")
-    print("|---|---|---|---|")
+    results: dict[str, list[float]] = {}
+    starters = {"distribution": start_distribution, "ormb": start_ormb}
+    for run in range(args.runs):
+        order = ["ormb", "distribution"] if run % 2 == 0 else ["distribution", "ormb"]
+        for name in order:
+            process, port = starters[name](workdir)
+            try:
+                for clients in (1, 4):
+                    print(f"run {run + 1}: {name}, {clients} client(s) ...", file=sys.stderr)
+                    subprocess.run(["sync"], check=False)
+                    measure_once(name, port, process.pid, blobs, clients, run, size, results)
+                results.setdefault(f"{name} peak RSS", []).append(peak_rss_mib(process.pid))
+            finally:
+                process.terminate()
+                process.wait(30)
+                shutil.rmtree(workdir / name, ignore_errors=True)
+    print(f"\n{args.size_mib} MiB per client, {args.runs} interleaved runs, curl as the client, 127.0.0.1, "
+          f"{os.cpu_count()} cores (shared)\n")
+    print("| operation | distribution MB/s | ormb MB/s | ormb / distribution | distribution CPU s/GiB | ormb CPU s/GiB |")
+    print("|---|---|---|---|---|---|")
     for op in ("upload x1", "download x1", "upload x4", "download x4"):
-        d, o = table[f"distribution {op}"], table[f"ormb {op}"]
-        print(f"| {op} | {d['median']:.0f} ({d['min']:.0f}-{d['max']:.0f}) | {o['median']:.0f} "
-              f"({o['min']:.0f}-{o['max']:.0f}) | {float(o['median']) / float(d['median']):.2f}x |")  # type: ignore[arg-type]
+        d, o = results[f"distribution {op}"], results[f"ormb {op}"]
+        dc, oc = results[f"distribution {op} cpu"], results[f"ormb {op} cpu"]
+        print(f"| {op} | {statistics.median(d):.0f} ({min(d):.0f}-{max(d):.0f}) | {statistics.median(o):.0f} "
+              f"({min(o):.0f}-{max(o):.0f}) | {statistics.median(o) / statistics.median(d):.2f}x | "
+              f"{statistics.median(dc):.2f} | {statistics.median(oc):.2f} |")
     for name in ("distribution", "ormb"):
-        rss = table[f"{name} peak RSS"]
-        print(f"\n{name}: peak RSS {rss['peak_mib']:.0f} MiB (at start {rss['start_mib']:.0f} MiB)", end="")
+        print(f"\n{name}: peak RSS {max(results[f'{name} peak RSS']):.0f} MiB", end="")
     print()
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "registry.json").write_text(json.dumps({"size_mib": args.size_mib, "runs": args.runs, "results": table},
+    (out / "registry.json").write_text(json.dumps({"size_mib": args.size_mib, "runs": args.runs, "results": results},
                                                    indent=2))
 
 

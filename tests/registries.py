@@ -12,9 +12,12 @@ import http.client
 import http.server
 import ipaddress
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -319,20 +322,23 @@ rules:
 
 
 class EmbeddedRegistry:
-    """``ormb registry serve`` in this process (a thread), with the interface of :class:`Distribution`
-    and, for token auth, of :class:`TokenServer` (``issued``, ``expires_in``)."""
+    """``ormb registry serve`` as a real process (gunicorn), with the interface of :class:`Distribution`
+    and, for token auth, of :class:`TokenServer` (``issued``, ``expires_in``), both read from or set
+    through the process: the tokens issued come from its access log, a new lifetime restarts it."""
 
     def __init__(self, directory: Path, *, auth: str | None = None, tls: tuple[Path, Path] | None = None,
-                 port: int = 0, anonymous_pull: bool = False) -> None:
+                 port: int = 0, anonymous_pull: bool = False, **options: Any) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.auth, self.tls, self.anonymous_pull = auth, tls, anonymous_pull
-        self.port = port or free_port()
+        self.options = {"token_lifetime": 300, **options}
+        self.port = port
         self.server: Any = None
+        self.log_path = directory / "serve.log"
         self.start()
 
     def start(self) -> None:
-        from ormb.server.app import RegistryServer
+        from ormb.server.serve import RegistryServer
 
         kwargs: dict[str, Any] = {"anonymous_pull": self.anonymous_pull}
         if self.auth in ("basic", "bearer"):
@@ -345,7 +351,9 @@ class EmbeddedRegistry:
                 kwargs["policy"] = policy
         if self.tls:
             kwargs["tls_cert"], kwargs["tls_key"] = self.tls
-        self.server = RegistryServer(self.directory / "root", f"127.0.0.1:{self.port}", **kwargs).start()
+        self.server = RegistryServer(self.directory / "root", f"127.0.0.1:{self.port}", log_path=self.log_path,
+                                     **self.options, **kwargs).start()
+        self.port = self.server.port  # port 0 at first: keep the real one across restarts
 
     def stop(self) -> None:
         if self.server is not None:
@@ -353,20 +361,89 @@ class EmbeddedRegistry:
             self.server = None
 
     @property
+    def root(self) -> Path:
+        return self.directory / "root"
+
+    @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     @property
     def issued(self) -> list[tuple[str | None, str]]:
-        return self.server.config.access.issued  # type: ignore[no-any-return]
+        """(user, scope) of every /token request answered 200, from the access log."""
+        found: list[tuple[str | None, str]] = []
+        for line in self.log().splitlines():
+            match = re.search(r' (\S+) "GET /token\?(\S*)" 200 ', line)
+            if match:
+                user = None if match.group(1) == "-" else match.group(1)
+                for value in urllib.parse.parse_qs(match.group(2)).get("scope", []):
+                    found += [(user, scope) for scope in value.split(" ") if scope]
+        return found
 
     @property
     def expires_in(self) -> int:
-        return self.server.config.access.token_lifetime  # type: ignore[no-any-return]
+        return int(self.options["token_lifetime"])
 
     @expires_in.setter
     def expires_in(self, value: int) -> None:
-        self.server.config.access.token_lifetime = value
+        self.options["token_lifetime"] = value
+        self.stop()
+        self.start()
+
+
+OLD_SRC = os.environ.get("ORMB_TEST_SERVER_SRC")  # run `serve` (and `gc`) from another source tree
+CLIENT_TIMEOUT = 2
+
+
+def ormb_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for ``python -m ormb ARGS``, from ORMB_TEST_SERVER_SRC when set."""
+    return [sys.executable, "-m", "ormb", *args], {**os.environ, **({"PYTHONPATH": OLD_SRC} if OLD_SRC else {})}
+
+
+class Served:
+    """One ``ormb registry serve`` process on a free port."""
+
+    def __init__(self, root: Path, tls: tuple[Path, Path] | None = None, *extra: str) -> None:
+        self.root, self.tls, self.port = root, tls, free_port()
+        args, env = ormb_command("registry", "serve", "--root", str(root), "--addr", self.host)
+        if tls:
+            args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        if not OLD_SRC:
+            args += ["--client-timeout", str(CLIENT_TIMEOUT), "--threads", "16", *extra]
+        self.log_path = root.parent / f"serve-{self.port}.log"
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.3)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                timeout: float = 10) -> tuple[int, http.client.HTTPMessage, bytes]:
+        conn = http.client.HTTPConnection(self.host, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
 
 
 class TokenDistribution:

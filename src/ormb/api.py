@@ -356,6 +356,7 @@ class ModelSummary:
     created: datetime | None  # when this reference entered the local cache (save, pull, tag)
     size: int
     problem: str = ""  # why this reference is not one usable model (an index, a missing blob, ...); "" if it is
+    cached_size: int | None = None  # bytes of the layers the cache holds, when a partial pull left some out
 
 
 def _cached(model: LoadedModel) -> datetime | None:
@@ -396,7 +397,9 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
             out.append(ModelSummary(ref, desc.digest, "-", stamp, 0, exc.message))
             continue
         problem = "" if model.is_model else f"not a model: its config is {model.manifest.config.media_type}"
-        out.append(ModelSummary(ref, desc.digest, model.format, _cached(model), model.size, problem))
+        held = sum(layer.size for layer in model.manifest.layers if cache.exists(layer))
+        out.append(ModelSummary(ref, desc.digest, model.format, _cached(model), model.size, problem,
+                                held if held < model.size else None))
     return sorted(out, key=lambda m: (m.reference.name, m.reference.tag or "", m.reference.digest or ""))
 
 
@@ -521,8 +524,9 @@ def _registry(host: str, settings: Settings, options: TransportOptions | None,
     return Registry(host, options or TransportOptions(), credential if credential is not None else store)
 
 
-def _remote(ref: Reference, settings: Settings, options: TransportOptions | None) -> RemoteRepository:
-    return RemoteRepository(_registry(ref.registry, settings, options), ref.repository)
+def _remote(ref: Reference, settings: Settings, options: TransportOptions | None, *,
+            pushing: bool = False) -> RemoteRepository:
+    return RemoteRepository(_registry(ref.registry, settings, options), ref.repository, pushing=pushing)
 
 
 def registry_host(text: str) -> tuple[str, bool | None]:
@@ -602,7 +606,7 @@ def push(reference: str | Reference, *, settings: Settings | None = None, option
     ref = _ref(reference, settings, need_tag=True)
     cache = open_cache(settings)
     _resolve_cached(cache, ref, pushing=True)
-    remote = _remote(ref, settings, options)
+    remote = _remote(ref, settings, options, pushing=True)
     concurrency = (options or TransportOptions()).concurrency
     mount_from = _mount_sources(cache, ref, settings)
     stats = copy(cache, cache_key(ref), remote, ref.tag or "", concurrency=concurrency, progress=progress,
@@ -965,7 +969,8 @@ class CopyResult:
     referrers: tuple[str, ...]
 
 
-def _endpoint(text: str, settings: Settings, options: TransportOptions | None) -> tuple[Target, str, Reference | None]:
+def _endpoint(text: str, settings: Settings, options: TransportOptions | None,
+              pushing: bool = False) -> tuple[Target, str, Reference | None]:
     """(Target, reference in it, registry reference) for ``oci:PATH[:TAG]`` or a registry reference."""
     if text.startswith("oci:"):
         path, sep, tag = text[4:].rpartition(":")
@@ -976,7 +981,7 @@ def _endpoint(text: str, settings: Settings, options: TransportOptions | None) -
                                         "use oci:PATH or oci:PATH:TAG, the tag 1-128 ASCII letters, digits, '_.-'")
         return OCILayout(Path(path)), tag, None
     ref = parse_reference(text, settings.default_registry)
-    return _remote(ref, settings, options), ref.version, ref
+    return _remote(ref, settings, options, pushing=pushing), ref.version, ref
 
 
 def copy_model(source: str, destination: str, *, referrers: bool = False, settings: Settings | None = None,
@@ -988,7 +993,7 @@ def copy_model(source: str, destination: str, *, referrers: bool = False, settin
     """
     settings = settings or load_settings()
     src, src_ref, src_registry = _endpoint(source, settings, options)
-    dst, dst_ref, dst_registry = _endpoint(destination, settings, options)
+    dst, dst_ref, dst_registry = _endpoint(destination, settings, options, pushing=True)
     if referrers and not isinstance(src, RemoteRepository):
         raise UsageError("--referrers needs a registry as the source: an OCI layout has no referrers API",
                          "copy without --referrers, or from the registry the layout came from")

@@ -19,19 +19,19 @@ from pathlib import Path
 
 from ormb.config import Settings
 from ormb.content.layout import OCILayout
-from ormb.content.target import Fetcher, fetch_bytes
 from ormb.errors import InvalidArtifactError, InvalidReferenceError
-from ormb.model import modelpack
-from ormb.model.ormbfile import Metadata, metadata_from_config
+
+# LoadedModel, load_model and index_error live in ormb.model.loaded (the registry's catalog uses them too);
+# re-exported here for the callers that import them from the cache
+from ormb.model.loaded import LoadedModel as LoadedModel
+from ormb.model.loaded import index_error as index_error
+from ormb.model.loaded import load_model as load_model
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor, Manifest
-from ormb.oci.grammar import MAX_MANIFEST
+from ormb.oci.descriptor import Descriptor
 from ormb.oci.graph import (
     NODE_TYPES,
-    Node,
     digests_mentioned,
     may_be_node,
-    parse_node,
     successors_or_mentioned,
 )
 from ormb.oci.reference import Reference, parse_reference
@@ -39,75 +39,6 @@ from ormb.oci.reference import Reference, parse_reference
 
 def open_cache(settings: Settings) -> OCILayout:
     return OCILayout(settings.cache_dir)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A manifest with its config read: enough to list, inspect or export a model."""
-
-    manifest_desc: Descriptor
-    manifest: Manifest
-    metadata: Metadata
-    config: bytes = b""  # the config blob as stored, verified
-
-    @property
-    def size(self) -> int:
-        """Bytes of the layers, as save and push report them."""
-        return sum(layer.size for layer in self.manifest.layers)
-
-    @property
-    def format(self) -> str:
-        return self.metadata.format or "-"
-
-    @property
-    def is_modelpack(self) -> bool:
-        return modelpack.is_modelpack(self.manifest)
-
-    @property
-    def is_model(self) -> bool:
-        """An ormb model, a ModelPack or a KitOps ModelKit (not, say, a container image)."""
-        return self.manifest.config.media_type == mediatypes.ORMB_CONFIG or self.is_modelpack
-
-    def files(self) -> list[tuple[str, int | None]]:
-        """(path, size) of the model's files: per layer for ModelPack, from the metadata for ormb."""
-        if self.is_modelpack:
-            return [(str(f.path) if f.path else f"<{f.packing} layer {f.descriptor.digest[7:19]}>",
-                     f.descriptor.size) for f in modelpack.layer_files(self.manifest)]
-        return [(name, None) for name in self.metadata.directory_structure or ()]
-
-
-def index_error(node: Node, ref: Reference | None) -> InvalidArtifactError:
-    """What to say when a reference names an index: it is not one model, its members are (by digest)."""
-    where = f"{ref} is" if ref else "the reference points to"
-    members = [f"{ref.name}@{d.digest}" if ref else d.digest for d in node.manifests[:3]]
-    more = ", ..." if len(node.manifests) > 3 else ""
-    return InvalidArtifactError(
-        f"{where} an index of {len(node.manifests)} manifests, not one model",
-        f"inspect or export one of them by digest: {', '.join(members)}{more}" if members else "the index is empty",
-    )
-
-
-def load_model(target: Fetcher, manifest_desc: Descriptor, data: bytes | None = None,
-               ref: Reference | None = None) -> LoadedModel:
-    """Read the manifest (``data`` when the caller has its bytes already, verified) and its config.
-
-    ``ref`` is what the user named, for messages.  An index raises :class:`InvalidArtifactError`
-    naming its members.
-    """
-    if data is None:
-        data = fetch_bytes(target, manifest_desc, MAX_MANIFEST)
-    node = parse_node(data, manifest_desc.media_type)
-    if node.kind == "index":
-        raise index_error(node, ref)
-    manifest = node.to_manifest()
-    config = fetch_bytes(target, manifest.config)
-    if manifest.config.media_type == mediatypes.ORMB_CONFIG:
-        metadata = metadata_from_config(config)
-    elif modelpack.is_modelpack(manifest):
-        metadata = modelpack.metadata_of(manifest, config)
-    else:
-        metadata = Metadata()
-    return LoadedModel(manifest_desc, manifest, metadata, config)
 
 
 def cache_key(ref: Reference) -> str:

@@ -110,6 +110,18 @@ def test_bearer_tokens_per_scope_and_denied_push(
     assert "denied: requested access to push to repository alice/model" in str(info.value)
 
 
+def test_a_push_without_any_rights_says_push_not_pull(
+    tmp_path: Path, home: Settings, token_registry: Any,
+) -> None:
+    """Anonymous users may not even pull alice/*: the first request of a push (HEAD before upload) used to fail
+    with "pull from repository ... requires logging in", which reads as if the user had asked to pull."""
+    ref = _saved(tmp_path, home, f"{token_registry.host}/alice/nobody:v1")
+    with pytest.raises(AuthenticationError) as info:
+        api.push(ref, settings=home)
+    assert "push to repository alice/nobody" in str(info.value)
+    assert "pull" not in str(info.value).replace("pull,push", "")
+
+
 def test_a_pull_token_is_never_reused_for_a_push(
     tmp_path: Path, home: Settings, token_registry: Any,
 ) -> None:
@@ -119,7 +131,8 @@ def test_a_pull_token_is_never_reused_for_a_push(
     cache, key = open_cache(home), cache_key(parse_reference(ref, "localhost:5000"))
     start = len(token_registry.issued)
     assert not repo.exists(cache.resolve(key))  # a read: pull scope
-    copy(cache, key, repo, "v1")  # HEADs (pull) then uploads (pull,push) through the same Registry
+    pusher = RemoteRepository(registry, "alice/scopes", pushing=True)  # what push uses: pull,push to look too
+    copy(cache, key, pusher, "v1")
     scopes = [scope for _, scope in token_registry.issued[start:]]
     assert "repository:alice/scopes:pull" in scopes
     assert "repository:alice/scopes:pull,push" in scopes

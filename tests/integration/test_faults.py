@@ -102,6 +102,17 @@ def test_unreachable_host_is_one_clear_line(tmp_path: Path) -> None:
     assert "cannot reach" in str(info.value) and "connection refused" in str(info.value)
 
 
+def test_a_registry_that_is_not_running_is_reported_without_retries(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused connection to a host that never answered used to be retried with backoff (0.5+1+2+4 s of
+    silence by default) before the error; a registry that is not running is not going to start meanwhile."""
+    sleeps: list[float] = []
+    monkeypatch.setattr("ormb.registry.transport.time.sleep", sleeps.append)
+    with pytest.raises(NetworkError, match="connection refused"):
+        api.pull(f"127.0.0.1:{free_port()}/team/m:v1", settings=_home(tmp_path), options=TransportOptions())
+    assert sleeps == []
+
+
 def test_registry_dies_mid_push_then_the_same_push_completes(tmp_path: Path, registry_kind: str) -> None:
     registry = start_registry(registry_kind, tmp_path / "registry")
     proxy = FaultProxy(registry.port)

@@ -9,6 +9,8 @@ import http.client
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import urllib.parse
 from pathlib import Path
@@ -188,6 +190,13 @@ def test_partial_pull_fetches_only_matching_files(tmp_path: Path, registry: Any)
     with pytest.raises(NotFoundError, match="pulled with --include"):
         api.export(ref, tmp_path / "all", settings=server)
     assert not (tmp_path / "all").exists()
+    listed = {str(m.reference): m for m in api.models(settings=server)}[ref]  # the cache says it is partial
+    assert listed.cached_size is not None and listed.cached_size < listed.size
+    assert api.models(settings=trainer)[0].cached_size is None
+    env = {**os.environ, "ORMB_HOME": str(server.home), "ORMB_NO_PROGRESS": "1"}
+    table = subprocess.run([str(Path(sys.executable).with_name("ormb")), "models"], capture_output=True, text=True,
+                           env=env, check=True).stdout
+    assert "(partial)" in table
 
 
 def test_copy_between_repositories_and_layout_directories(tmp_path: Path, registry: Any) -> None:

@@ -90,6 +90,12 @@ def test_failures_are_one_line_and_leave_no_destination(tmp_path: Path, pushed: 
     result = subprocess.run([INITIALIZER, f"ormb://{pushed}", str(dest)], capture_output=True, text=True, env=bad)
     _one_line_failure(result, 5, "unauthorized")
     assert "wrong" not in result.stderr.replace("wrong password", "")
+    assert "ORMB_USERNAME" in result.stderr and "ormb login" not in result.stderr  # in a container, no login
+    anonymous = _env(tmp_path)
+    result = subprocess.run([INITIALIZER, f"ormb://{pushed}", str(dest)], capture_output=True, text=True,
+                            env=anonymous)
+    _one_line_failure(result, 5, "unauthorized")
+    assert "ORMB_USERNAME" in result.stderr and "ormb login" not in result.stderr
     _one_line_failure(subprocess.run([INITIALIZER, f"ormb://127.0.0.1:{free_port()}/m:v1", str(dest), "--retries", "0"],
                                      capture_output=True, text=True, env=good), 6, "cannot reach")
     _one_line_failure(subprocess.run([INITIALIZER, "s3://bucket/model", str(dest)], capture_output=True, text=True,

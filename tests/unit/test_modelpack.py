@@ -224,9 +224,15 @@ def test_cnai_names_as_modctl_compatibility_and_harbor_2_13_docs(tmp_path: Path,
 def test_export_then_save_gives_the_same_digest(tmp_path: Path, settings: Settings, artifact_format: str) -> None:
     ormbfile = ("format: SafeTensors\nauthor: Ada\ncreated: 2024-01-02T03:04:05Z\nmetrics:\n  test:\n"
                 "    - {name: acc, value: 0.9196}\nmodelpack: {family: tiny, capabilities: {reasoning: false}}\n")
-    src = make_model(tmp_path / "m", FILES, ormbfile=ormbfile)
+    src = make_model(tmp_path / "m", {**FILES, "serve.sh": b"#!/bin/sh\nexec server\n"}, ormbfile=ormbfile)
+    script = src / "model" / "serve.sh"
+    script.chmod(0o755)  # an executable stays executable through export (the file metadata's mode)
     first = api.save(src, "team/rt:v1", settings=settings, artifact_format=artifact_format)
     api.export("team/rt:v1", tmp_path / "out", settings=settings)
+    exported = tmp_path / "out" / ("model/serve.sh" if artifact_format == "ormb" else "serve.sh")
+    assert exported.stat().st_mode & 0o777 == 0o755
+    weights = next(p for p in exported.parent.iterdir() if p.suffix == ".safetensors")
+    assert weights.stat().st_mode & 0o111 == 0
     second = api.save(tmp_path / "out", "other/name:v2", settings=settings)
     assert second.digest == first.digest
     metrics = api.inspect("other/name:v2", settings=settings).metadata.metrics

@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,7 +25,7 @@ from ormb.cli.render import (
     to_jsonable,
 )
 from ormb.config import load_settings
-from ormb.errors import OrmbError
+from ormb.errors import IntegrityError, OrmbError
 from ormb.model.gzipstream import COMPRESSIONS
 from ormb.oci.reference import parse_reference
 from ormb.progress import ProgressListener
@@ -248,6 +249,8 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
 def models(as_json: bool) -> None:
     """List the models in the local cache (alias: list); CREATED is when each entered the cache.
 
+    A model pulled with --include shows how much of it is here: SIZE '12.0 MiB of 4.0 GiB (partial)'.
+
     A reference that is not one usable model (an index, a missing blob, a container image)
     is listed too, with a PROBLEM column saying what is wrong.
     """
@@ -256,9 +259,17 @@ def models(as_json: bool) -> None:
         print_json(found)
         return
     problems = any(m.problem for m in found)  # the column appears only when something is wrong
+
+    def size(m: api.ModelSummary) -> str:
+        if m.problem:
+            return "-"
+        if m.cached_size is not None:  # a partial pull (--include): say how much of the model is here
+            return f"{human_size(m.cached_size)} of {human_size(m.size)} (partial)"
+        return human_size(m.size)
+
     rows = [[m.reference.name if m.reference.registry else m.reference.repository, m.reference.tag or "<none>",
-             m.digest.partition(":")[2][:12] or "-", m.format, human_time(m.created),
-             human_size(m.size) if not m.problem else "-", *([m.problem] if problems else [])] for m in found]
+             m.digest.partition(":")[2][:12] or "-", m.format, human_time(m.created), size(m),
+             *([m.problem] if problems else [])] for m in found]
     print_table(["REPOSITORY", "TAG", "DIGEST", "FORMAT", "CREATED", "SIZE", *(["PROBLEM"] if problems else [])], rows)
 
 
@@ -685,11 +696,22 @@ def registry() -> None:
     """The embedded OCI registry: one process, blobs as files, metadata in SQLite."""
 
 
+_ROOT_OPTION = click.option("--root", type=click.Path(file_okay=False), default=None,
+                            help="The registry's storage (default: $ORMB_HOME/registry).")
+
+
+def _existing_root(root: str | None) -> Path:
+    root_dir = Path(root) if root else load_settings().home / "registry"
+    if not (root_dir / "registry.db").exists():
+        raise OrmbError(f"{root_dir} holds no registry", "give the --root that 'ormb registry serve' used")
+    return root_dir
+
+
 @registry.command()
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Where blobs and the database live (default: $ORMB_HOME/registry).")
 @click.option("--addr", default="127.0.0.1:5000", show_default=True,
-              help="HOST:PORT to listen on; loopback unless you choose otherwise.")
+              help="HOST:PORT to listen on; loopback unless you choose otherwise (port 0: any free port).")
 @click.option("--htpasswd", type=click.Path(exists=True, dir_okay=False),
               help="bcrypt htpasswd file: users must log in (create entries with 'htpasswd -B').")
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False),
@@ -699,8 +721,26 @@ def registry() -> None:
               help="How clients authenticate: tokens from this registry's /token endpoint, or Basic on each request.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key.")
+@click.option("--no-ui", is_flag=True, help="Serve the API only, without the model catalog pages.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes (each runs --threads requests at once).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Requests served at once per worker; more wait for a free thread.")
+@click.option("--max-connections", type=click.IntRange(1, 100000), default=4000, show_default=True,
+              help="Open connections per worker; beyond it new ones wait in the kernel's queue.")
+@click.option("--max-waiting", type=click.IntRange(1, 100000), default=256, show_default=True,
+              help="Requests waiting for a free thread per worker; beyond it new connections are answered 503.")
+@click.option("--client-timeout", type=click.FloatRange(0.5, 3600), default=60, show_default=True,
+              help="Seconds a client may stall mid-request (sending or receiving) before it is cut off.")
+@click.option("--keepalive", type=click.FloatRange(0.5, 3600), default=15, show_default=True,
+              help="Seconds an idle connection is kept open.")
+@click.option("--token-lifetime", type=click.IntRange(10, 86400), default=300, show_default=True,
+              help="Seconds a token from /token is valid.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="'info' logs one line per request (the access log); 'warning' only problems.")
 def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None, anonymous_pull: bool,
-          auth_scheme: str, tls_cert: str | None, tls_key: str | None) -> None:
+          auth_scheme: str, tls_cert: str | None, tls_key: str | None, no_ui: bool, workers: int, threads: int,
+          max_connections: int, max_waiting: int, client_timeout: float, keepalive: float, token_lifetime: int, log_level: str) -> None:
     """Run an OCI registry with a model catalog page at /.
 
     \b
@@ -710,14 +750,11 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
           repositories: ["alice/*"] # glob patterns
           actions: [pull, push, delete]
 
-    Stops cleanly on Ctrl-C or SIGTERM.
+    Served by gunicorn; stops cleanly on Ctrl-C or SIGTERM (requests under way are finished).
     """
-    import signal
-    import threading
-    from pathlib import Path
-
     from ormb.oci.reference import is_loopback_host
-    from ormb.server.app import RegistryServer, parse_addr
+    from ormb.server.serve import LISTENING, STOPPED, ServeOptions, parse_addr
+    from ormb.server.serve import serve as run_server
 
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -728,44 +765,59 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
         click.echo(f"warning: listening on {addr} without TLS: passwords and models cross the network in clear",
                    err=True)
     root_dir = Path(root) if root else load_settings().home / "registry"
-    server = RegistryServer(root_dir, addr, htpasswd=Path(htpasswd) if htpasswd else None,
-                            policy=Path(policy) if policy else None, anonymous_pull=anonymous_pull,
-                            tls_cert=Path(tls_cert) if tls_cert else None, tls_key=Path(tls_key) if tls_key else None,
-                            auth_scheme=auth_scheme)
-
-    def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.httpd.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    options = ServeOptions(root_dir, addr, Path(htpasswd) if htpasswd else None, Path(policy) if policy else None,
+                           anonymous_pull, Path(tls_cert) if tls_cert else None, Path(tls_key) if tls_key else None,
+                           auth_scheme, not no_ui, workers, threads, max_connections, max_waiting, client_timeout, keepalive,
+                           token_lifetime, log_level)
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
-    click.echo(f"ormb registry listening on {server.url} (storage {root_dir}, {auth})", err=True)
-    click.echo(f"model catalog: {server.url}/", err=True)
-    server.serve_forever()
-    server.httpd.server_close()
-    click.echo("ormb registry stopped", err=True)
+
+    def ready(url: str) -> None:
+        click.echo(f"{LISTENING}{url} (storage {root_dir}, {auth})", err=True)
+        if not no_ui:
+            click.echo(f"model catalog: {url}/", err=True)
+
+    run_server(options, ready, lambda: click.echo(STOPPED, err=True))
 
 
 @registry.command()
-@click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="The registry's storage (default: $ORMB_HOME/registry).")
+@_ROOT_OPTION
 @click.option("--grace", type=float, default=3600, show_default=True,
-              help="Keep unreferenced blobs younger than this many seconds (a push may be under way).")
+              help="Keep unreferenced blobs and upload sessions touched within this many seconds (a push may be under way).")
 @json_option
 def gc(root: str | None, grace: float, as_json: bool) -> None:
-    """Free blobs that no manifest references."""
-    from pathlib import Path
+    """Free blobs that no manifest references; safe while the registry serves."""
+    from ormb.server.store import Store
 
-    from ormb.server.storage import Storage
-
-    root_dir = Path(root) if root else load_settings().home / "registry"
-    if not (root_dir / "registry.db").exists():
-        raise OrmbError(f"{root_dir} holds no registry", "give the --root that 'ormb registry serve' used")
-    blobs, freed = Storage(root_dir).gc(grace)
+    result = Store(_existing_root(root)).gc(grace)
     if as_json:
-        print_json({"blobs": blobs, "bytes": freed})
+        print_json({"blobs": result.blobs, "bytes": result.bytes, "links": result.links, "uploads": result.uploads})
     else:
-        click.echo(f"Deleted {blobs} blobs, reclaimed {human_size(freed)}")
+        click.echo(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)} "
+                   f"({result.links} unreferenced links and {result.uploads} stale uploads dropped)")
+
+
+@registry.command()
+@_ROOT_OPTION
+@click.option("--repair", is_flag=True,
+              help="Forget blobs whose file is missing or corrupt (a new push uploads them again) and remove stray files.")
+@json_option
+def check(root: str | None, repair: bool, as_json: bool) -> None:
+    """Verify every blob's digest and that every database row has its file; exit 4 when something is wrong."""
+    from ormb.server.store import Store
+
+    result = Store(_existing_root(root)).check(repair)
+    if as_json:
+        print_json({"blobs": result.blobs, "missing": result.missing, "corrupt": result.corrupt,
+                    "orphans": result.orphans, "repaired": result.repaired})
+    else:
+        for kind, digests in (("missing", result.missing), ("corrupt", result.corrupt), ("no row", result.orphans)):
+            for digest in digests:
+                click.echo(f"{kind}: {digest}")
+        click.echo(f"Checked {result.blobs} blobs: {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
+                   f"{len(result.orphans)} files without a row" + (" (repaired)" if repair else ""))
+    if (result.missing or result.corrupt) and not repair:
+        raise IntegrityError(f"{len(result.missing) + len(result.corrupt)} blobs are missing or corrupt",
+                             "run 'ormb registry check --repair'; the next push of each uploads it again")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ormb.content.atomic import install_file, staged_file
 from ormb.content.background import BackgroundHasher, BackgroundWriter
 from ormb.content.locking import file_lock
 from ormb.content.target import Readable
@@ -182,21 +181,9 @@ class OCILayout:
     def ingest_file(self) -> Iterator[tuple[BinaryIO, Path]]:
         """A temporary file inside the layout; removed on exit unless installed."""
         self._ensure()
-        with disk_errors("write into the cache", self._ingest_dir):
-            fd, name = tempfile.mkstemp(dir=self._ingest_dir, prefix="blob-", suffix=".partial")
-        path = Path(name)
-        file = os.fdopen(fd, "wb")
-        try:
+        with staged_file(self._ingest_dir, "blob-", errors=lambda: disk_errors("write into the cache", self._ingest_dir)) \
+                as (file, path):
             yield file, path
-        except BaseException:
-            with suppress(OSError):  # the error on the way out is the one to report
-                file.close()
-            raise
-        else:
-            with disk_errors("write into the cache", path):  # close() flushes: a full disk may show only now
-                file.close()
-        finally:
-            path.unlink(missing_ok=True)
 
     @contextmanager
     def ingest(self) -> Iterator[_IngestWriter]:
@@ -208,11 +195,7 @@ class OCILayout:
         if target.is_file():  # content-addressed: the blob there already holds these bytes
             return
         with disk_errors(f"store {desc.digest} in the cache", path):
-            file.flush()
-            os.fsync(file.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(path, 0o644)
-            os.replace(path, target)
+            install_file(file, path, target)
 
     def delete_blob(self, digest: str) -> None:
         with disk_errors("delete a blob", self.blob_path(digest)):
@@ -252,17 +235,9 @@ class OCILayout:
         self._atomic_write(self.root / "index.json", json.dumps(index, indent=2).encode())
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
-        with disk_errors(f"write {path.name}", path):
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as file:
-                    file.write(data)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.chmod(name, 0o644)
-                os.replace(name, path)
-            finally:
-                Path(name).unlink(missing_ok=True)
+        with disk_errors(f"write {path.name}", path), staged_file(path.parent, f".{path.name}.") as (file, staged):
+            file.write(data)
+            install_file(file, staged, path)
 
     def entries(self) -> list[dict[str, Any]]:
         """index.json's entries as written, including those without a name and those that do not

@@ -235,6 +235,7 @@ class LayerFile:
     kind: str
     packing: str  # raw, tar, tar+gzip, tar+zstd; raw+gzip and raw+zstd (KitOps: one compressed file)
     title: str | None = None  # what to call a tar layer when listing files (its path annotation)
+    mode: int | None = None  # permission bits a raw layer's file gets on export (from its file metadata)
 
 
 def safe_path(value: str, where: str) -> PurePosixPath:
@@ -253,6 +254,22 @@ def safe_path(value: str, where: str) -> PurePosixPath:
 
 def _annotated_path(desc: Descriptor) -> str | None:
     return desc.annotations.get(ANNOTATION_FILEPATH) or desc.annotations.get(OLD_ANNOTATION_FILEPATH)
+
+
+def _file_mode(desc: Descriptor) -> int | None:
+    """The permission bits to give a raw layer's file, from ``org.cncf.model.file.metadata+json``'s ``mode``
+    (as a tar entry's: owner read/write always, group/others at most read and execute); None when the
+    annotation is missing or malformed (another tool's business: the file gets the default mode)."""
+    text = desc.annotations.get(ANNOTATION_FILE_METADATA) or desc.annotations.get(OLD_ANNOTATION_FILE_METADATA)
+    if not text:
+        return None
+    try:
+        mode = json.loads(text).get("mode")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+        return None
+    return (mode & 0o755) | 0o600
 
 
 def layer_files(manifest: Manifest) -> list[LayerFile]:
@@ -276,7 +293,7 @@ def layer_files(manifest: Manifest) -> list[LayerFile]:
             if key in seen:
                 raise UnsafeArchiveError(f"two layers claim the file path {key!r}; refusing")
             seen.add(key)
-            out.append(LayerFile(desc, path, kind, packing, key))
+            out.append(LayerFile(desc, path, kind, packing, key, _file_mode(desc)))
         else:
             title = str(safe_path(raw_path, f"layer {desc.digest}")) if raw_path else None
             out.append(LayerFile(desc, None, kind, packing, title))
@@ -411,8 +428,8 @@ def write_files(
                 compression = item.packing.partition("+")[2] or None
                 clone_from = local_copy(item.descriptor) if local_copy and not compression else None
                 write_raw(blob, item.descriptor, tree, base + item.path.parts, clone_from=clone_from,
-                          compression=compression, max_expand=max_expand, progress=progress, hashes=hashes,
-                          key=str(item.path))
+                          compression=compression, max_expand=max_expand, mode=item.mode, progress=progress,
+                          hashes=hashes, key=str(item.path))
                 written.append(str(item.path))
             else:
                 compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]

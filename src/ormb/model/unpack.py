@@ -406,16 +406,17 @@ def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.sta
 
 def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
               clone_from: Path | None = None, compression: str | None = None, max_expand: int | None = None,
-              progress: ProgressListener | None = None, hashes: FileHashes | None = None,
+              mode: int | None = None, progress: ProgressListener | None = None, hashes: FileHashes | None = None,
               key: str | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
     (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
     ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, bounded
-    like a tar layer's expansion.  A path that already exists (another layer's) is refused.  With
-    ``hashes`` the file's SHA-256 is recorded under ``key`` (default: ``parts`` joined): for an
-    uncompressed SHA-256 layer it is the layer's digest, verified here; otherwise it is computed.
+    like a tar layer's expansion.  ``mode``: the file's permission bits (the file metadata's).  A path
+    that already exists (another layer's) is refused.  With ``hashes`` the file's SHA-256 is recorded
+    under ``key`` (default: ``parts`` joined): for an uncompressed SHA-256 layer it is the layer's
+    digest, verified here; otherwise it is computed.
     """
     progress = progress or NoProgress()
     progress.start(desc.digest, "/".join(parts), desc.size)
@@ -426,7 +427,13 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
     fd = tree.create_file(parts, replace=False)
     if clone_from is not None and compression is None and (hashes is None or known) and \
             _clone(clone_from, fd, desc.size):
-        os.close(fd)
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+        except OSError as exc:
+            raise StorageError(f"cannot write {tree.show(parts)}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
         progress.advance(desc.digest, desc.size)
         progress.finish(desc.digest)
         return
@@ -436,13 +443,13 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
         if compression is None:
             source: Readable = _Limited(reader, desc.size)
             hasher = _FileHasher(source) if hashes is not None and not known else None
-            _write_to(fd, tree.show(parts), hasher or source, None)
+            _write_to(fd, tree.show(parts), hasher or source, mode)
         else:
             budget = _Budget(desc, expansion_limit(desc.size, max_expand))
             source = _Bounded(_decompressed(_Limited(reader, desc.size), compression), budget)
             hasher = _FileHasher(source) if hashes is not None else None
             try:
-                _write_to(fd, tree.show(parts), hasher or source, None)
+                _write_to(fd, tree.show(parts), hasher or source, mode)
             except OrmbError:
                 raise
             except (OSError, EOFError, ValueError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]

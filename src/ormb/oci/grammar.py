@@ -65,6 +65,7 @@ MAX_METADATA_BLOB = 16 << 20  # a blob read whole into memory: a config, a signa
 MAX_ERROR_BODY = 64 << 10  # of an error answer, the part read to show the registry's words
 MAX_TAG_PAGE = 16 << 20  # one page of a tag or catalog list
 MAX_TAG_PAGES = 10_000  # pages of a tag list followed before giving up
+MAX_PAGE_ENTRIES = 10_000  # entries the registry returns in one page of a tag or catalog list (a larger n is capped)
 MAX_GRAPH_DEPTH = 8  # indexes nested in indexes, followed at most this deep
 MAX_TAR_ENTRY_NAME = 4096  # bytes of a path in a layer
 MAX_SIGNATURES = 32  # signature referrers of one model read when verifying (a registry may list thousands)

@@ -72,8 +72,11 @@ class Registry:
     """A registry host: auth state shared by all its repositories."""
 
     def __init__(self, host: str, options: TransportOptions | None = None,
-                 credentials: CredentialStore | Credential | None = None) -> None:
+                 credentials: CredentialStore | Credential | None = None, *, login_hint: str | None = None) -> None:
+        """``login_hint`` says how the user gives credentials where ``ormb login`` is not the answer
+        (the storage initializer in a container reads them from the environment)."""
         self.host = host
+        self.login_hint = login_hint
         self.options = options or TransportOptions()
         self.transport = Transport(host, self.options)
         self._credential_source = credentials
@@ -240,12 +243,12 @@ class Registry:
         if self.credential.empty:
             return AuthenticationError(
                 f"unauthorized: {detail or 'authentication required'} at {self.host} (no credentials given)",
-                f"log in with 'ormb login {self.host}'",
+                self.login_hint or f"log in with 'ormb login {self.host}'",
             )
         return AuthenticationError(
             f"unauthorized: {detail or 'the registry rejected the credentials'} for user "
             f"{self.credential.username!r} at {self.host}",
-            f"check the credentials given to 'ormb login {self.host}'",
+            self.login_hint or f"check the credentials given to 'ormb login {self.host}'",
         )
 
     def error_for(self, response: urllib3.BaseHTTPResponse, what: str, scope: str = "") -> OrmbError:

@@ -97,9 +97,12 @@ class RemoteRepository:
     bytes in one request, and ``copy`` hands those bytes on explicitly.
     """
 
-    def __init__(self, registry: Registry, name: str) -> None:
+    def __init__(self, registry: Registry, name: str, *, pushing: bool = False) -> None:
         self.registry = registry
         self.name = name
+        # A repository pushed to asks for pull,push tokens even to look (HEAD before upload), as Docker does:
+        # one token instead of two, and a user without rights is told they may not push, not "pull".
+        self._look_scope = push_scope(name) if pushing else pull_scope(name)
 
     def path(self, rest: str) -> str:
         return f"/v2/{self.name}/{rest}"
@@ -108,7 +111,7 @@ class RemoteRepository:
     def exists(self, desc: Descriptor) -> bool:
         kind = "manifests" if _is_manifest(desc) else "blobs"
         response = self.registry.request(
-            "HEAD", self.path(f"{kind}/{desc.digest}"), scope=pull_scope(self.name), expect=(200, 404),
+            "HEAD", self.path(f"{kind}/{desc.digest}"), scope=self._look_scope, expect=(200, 404),
             headers={"Accept": MANIFEST_ACCEPT} if kind == "manifests" else None,
         )
         _discard(response)
@@ -127,7 +130,7 @@ class RemoteRepository:
 
     def _get_manifest(self, reference: str) -> tuple[bytes, str]:
         response = self.registry.request(
-            "GET", self.path(f"manifests/{reference}"), scope=pull_scope(self.name),
+            "GET", self.path(f"manifests/{reference}"), scope=self._look_scope,
             headers={"Accept": MANIFEST_ACCEPT}, what=f"manifest {self.name}:{reference}",
         )
         try:

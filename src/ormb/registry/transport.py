@@ -78,6 +78,7 @@ class Transport:
         if self.base_url.startswith("https"):
             pool_kw["ssl_context"] = _ssl_context(options)
         proxy = self._proxy()
+        self._answered = False  # has this host answered once? Until it has, "connection refused" is final
         self.pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **pool_kw) if proxy else urllib3.PoolManager(**pool_kw)
         )
@@ -115,11 +116,15 @@ class Transport:
                 reason = getattr(exc, "reason", None)
                 if isinstance(reason, SSLError):
                     raise NetworkError(_tls_message(self.host, reason), _tls_hint(reason)) from None
-                if attempt >= self.options.retries:
+                # A registry that has never answered and refuses the connection is not running: say so now,
+                # instead of after seconds of silent retries.  Once it has answered, a refusal is a restart
+                # under way, and worth the retries.
+                if attempt >= self.options.retries or (not self._answered and _reason(exc) == "connection refused"):
                     raise NetworkError(f"cannot reach {self.host}: {_reason(exc)}") from None
                 self._sleep(attempt, None)
                 attempt += 1
                 continue
+            self._answered = True
             if response.status in RETRY_STATUSES and attempt < self.options.retries:
                 retry_after = response.headers.get("Retry-After")
                 response.drain_conn()

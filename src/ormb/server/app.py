@@ -1,97 +1,150 @@
-"""The registry server: storage + access control + routes, started from the CLI or from Python.
+"""The registry as a WSGI application: routing, authorisation, errors and the access log.
 
->>> server = RegistryServer(Path("/tmp/registry")).start()   # a background thread
->>> server.host                                                # '127.0.0.1:5000'
->>> server.stop()
+>>> app = create_app(Store(Path("/tmp/registry")), AccessControl())   # no server, no socket
+>>> # any WSGI server runs it; ``ormb registry serve`` runs it on gunicorn (ormb.server.serve)
+
+A request is routed to one handler module per resource (``ormb.server.handlers.*``), after
+:class:`~ormb.server.authz.Authoriser` has decided.  Every outcome is an HTTP answer: the spec's
+JSON errors for refusals, 400 for a body that breaks off, 507 for a full disk, and 500 with one
+log line for anything unexpected: never a dropped connection or a traceback to the client.
 """
 
 from __future__ import annotations
 
-import http.server
-import ssl
-import threading
-from pathlib import Path
+import errno
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
 
-from ormb.errors import StorageError
-from ormb.server.access import AccessControl, load_htpasswd, load_policy
-from ormb.server.routes import RegistryConfig, RegistryHandler
-from ormb.server.storage import Storage
+from ormb.oci.grammar import is_repository
+from ormb.server.access import AccessControl
+from ormb.server.authz import CATALOG, Authoriser
+from ormb.server.context import Context, Handler
+from ormb.server.handlers import blobs, catalog_api, manifests, referrers, tags, token, uploads
+from ormb.server.http import ClientGone, Request, Response, SpecError, StartResponse, WSGIApp, send
+from ormb.server.storage_api import Storage
 
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-    tls = False
-
-
-def parse_addr(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise StorageError(f"invalid address {addr!r}", "use HOST:PORT, e.g. 127.0.0.1:5000")
-    return host.strip("[]") or "127.0.0.1", int(port)
+access_log = logging.getLogger("ormb.registry.access")
+error_log = logging.getLogger("ormb.registry")
 
 
-class RegistryServer:
-    """``ormb registry serve`` as an object."""
 
-    def __init__(
-        self,
-        root: Path,
-        addr: str = "127.0.0.1:5000",
-        *,
-        htpasswd: Path | None = None,
-        policy: Path | None = None,
-        anonymous_pull: bool = False,
-        tls_cert: Path | None = None,
-        tls_key: Path | None = None,
-        auth_scheme: str = "bearer",
-        ui: bool = True,
-    ) -> None:
-        self.storage = Storage(root)
-        access = AccessControl(
-            users=load_htpasswd(htpasswd) if htpasswd else None,
-            rules=load_policy(policy) if policy else None,
-            anonymous_pull=anonymous_pull,
-            secret=self.storage.secret,
-        )
-        self.config = RegistryConfig(self.storage, access, auth_scheme=auth_scheme)
-        if ui:
-            from ormb.server.catalog import serve_ui
+# (resource, path pattern, handlers by method); the first match wins, so uploads precede blobs
+ROUTES: list[tuple[str, re.Pattern[str], dict[str, Handler]]] = [
+    ("upload", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<arg>[^/]*)\Z"), uploads.HANDLERS),
+    ("blob", re.compile(r"/v2/(?P<name>.+)/blobs/(?P<arg>[^/]+)\Z"), blobs.HANDLERS),
+    ("manifest", re.compile(r"/v2/(?P<name>.+)/manifests/(?P<arg>[^/]+)\Z"), manifests.HANDLERS),
+    ("tags", re.compile(r"/v2/(?P<name>.+)/tags/(?P<arg>list)\Z"), tags.HANDLERS),
+    ("referrers", re.compile(r"/v2/(?P<name>.+)/referrers/(?P<arg>[^/]+)\Z"), referrers.HANDLERS),
+]
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
-            self.config.ui = serve_ui
-        handler = type("Handler", (RegistryHandler,), {"config": self.config})
-        host, port = parse_addr(addr)
+
+def action_of(resource: str, method: str) -> str:
+    """The policy action a request needs: pull, push or delete."""
+    if resource == "upload":
+        return "push"
+    return {"GET": "pull", "HEAD": "pull", "DELETE": "delete"}.get(method, "push")
+
+
+def create_app(storage: Storage, access: AccessControl, *, auth_scheme: str = "bearer", ui: bool = True,
+               service: str = "ormb-registry") -> WSGIApp:
+    """The registry over ``storage``, deciding with ``access``; a plain WSGI callable."""
+    ctx = Context(storage, Authoriser(access, auth_scheme, service), ui)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.monotonic()
+        request: Request | None = None
         try:
-            self.httpd = _Server((host, port), handler)
-        except OSError as exc:
-            raise StorageError(f"cannot listen on {addr}: {exc.strerror}", "choose another --addr") from None
-        if tls_cert and tls_key:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(tls_cert, tls_key)
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-            self.httpd.tls = True
-        self._thread: threading.Thread | None = None
+            request = Request(environ)
+            response = dispatch(ctx, request)
+        except SpecError as err:
+            response = Response.error(err)
+        except ClientGone as exc:
+            response = Response.error(SpecError(400, "BLOB_UPLOAD_INVALID", str(exc)))
+        except Exception as exc:  # the catch-all: an answer and one log line, never a dropped connection
+            response = _unexpected(exc, environ)
+        request = request or _bare_request(environ)
+        body = send(response, request, environ, start_response)
+        _log(environ, request, response, time.monotonic() - started)
+        return body
 
-    @property
-    def host(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"{host!s}:{port}"
+    return app
 
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.httpd.tls else 'http'}://{self.host}"
 
-    def start(self) -> RegistryServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="ormb-registry", daemon=True)
-        self._thread.start()
-        return self
+def dispatch(ctx: Context, request: Request) -> Response:
+    path = request.path
+    if path == "/token":
+        return token.get(ctx, request)
+    if path in ("/v2", "/v2/"):
+        ctx.authz.authorise(request, None, "pull")
+        return Response(200, b"{}", {"Content-Type": "application/json"})
+    if path == "/v2/_catalog":
+        ctx.authz.authorise(request, CATALOG, "*")
+        return catalog_api.get(ctx, request)
+    if path.startswith("/v2/"):
+        return _api(ctx, request)
+    if ctx.ui:
+        from ormb.server import pages  # Jinja2 loads only when a page is asked for
 
-    def serve_forever(self) -> None:
-        self.httpd.serve_forever()
+        answer = pages.page(ctx, request)
+        if answer is not None:
+            return answer
+    return Response(404, b"not found\n", {"Content-Type": "text/plain"})
 
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        if self._thread:
-            self._thread.join(5)
+
+def _api(ctx: Context, request: Request) -> Response:
+    found = next(((kind, m, h) for kind, pattern, h in ROUTES if (m := pattern.match(request.path))), None)
+    if found is None:
+        raise SpecError(404, "NAME_UNKNOWN", "no such API endpoint")
+    kind, match, handlers = found
+    name = match.group("name")
+    if not is_repository(name):
+        raise SpecError(400, "NAME_INVALID", f"invalid repository name {name[:300]!r}")
+    ctx.authz.authorise(request, name, action_of(kind, request.method))
+    handler = handlers.get(request.method)
+    if handler is None:
+        raise SpecError(405, "UNSUPPORTED", f"{request.method} is not supported here",
+                        {"Allow": ", ".join(sorted(handlers))})
+    return handler(ctx, request, name, match.group("arg"))
+
+
+def _unexpected(exc: Exception, environ: dict[str, Any]) -> Response:
+    full = (isinstance(exc, OSError) and exc.errno in DISK_FULL) or \
+        (isinstance(exc, sqlite3.OperationalError) and "full" in str(exc))
+    what = f"{environ.get('REQUEST_METHOD')} {str(environ.get('PATH_INFO', ''))[:200]}"
+    if full:
+        error_log.error("disk full answering %s: %s", what, exc)
+        return Response.error(SpecError(507, "UNKNOWN", "the registry's disk is full (ask the operator to free "
+                                                       "space, e.g. 'ormb registry gc')"))
+    error_log.error("internal error answering %s: %s: %s", what, type(exc).__name__, exc)
+    return Response.error(SpecError(500, "UNKNOWN", "internal error; the registry's log has the details"))
+
+
+def _bare_request(environ: dict[str, Any]) -> Request:
+    """A request to answer with when parsing the real one failed (its method decides HEAD)."""
+    safe = {k: v for k, v in environ.items() if k != "QUERY_STRING"}
+    return Request(safe)
+
+
+def _log(environ: dict[str, Any], request: Request, response: Response, seconds: float) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    if response.file is not None:
+        size = response.file_range[1]
+    else:
+        size = len(response.body) if isinstance(response.body, bytes) else 0
+    if request.method == "HEAD":
+        size = 0
+    query = environ.get("QUERY_STRING", "")
+    target = str(environ.get("PATH_INFO", ""))[:1000] + (f"?{query[:1000]}" if query else "")
+    access_log.info('%s %s "%s %s" %d %d %.3fs', environ.get("REMOTE_ADDR", "-"), request.user or "-",
+                    request.method, target, response.status, size, seconds)
+
+
+from ormb.server.serve import RegistryServer  # noqa: E402 - the Python entry point, where it always was
+
+__all__ = ["RegistryServer", "action_of", "create_app", "dispatch"]

@@ -62,6 +62,10 @@ def parse_source(source: str, default_registry: str) -> Reference:
     return parse_reference(text, default_registry)
 
 
+CREDENTIALS_HINT = ("set ORMB_USERNAME and ORMB_PASSWORD in the container's environment (e.g. from a Kubernetes "
+                    "Secret), or mount a Docker config.json as $ORMB_HOME/config.json")
+
+
 def credentials_from_environment(settings: Settings) -> Credential | CredentialStore:
     """``ORMB_USERNAME``/``ORMB_PASSWORD`` when set, else the config files (a mounted Docker config works)."""
     username, password = os.environ.get("ORMB_USERNAME"), os.environ.get("ORMB_PASSWORD")
@@ -90,7 +94,8 @@ def pull_and_export(
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     settings = settings or load_settings()
     ref = parse_source(source, settings.default_registry)
-    registry = Registry(ref.registry, options or TransportOptions(), credentials_from_environment(settings))
+    registry = Registry(ref.registry, options or TransportOptions(), credentials_from_environment(settings),
+                        login_hint=CREDENTIALS_HINT)
     remote = RemoteRepository(registry, ref.repository)
     desc, data = remote.fetch_reference(ref.version)  # one GET: the bytes are verified and reused
     model = load_model(remote, desc, data, ref=ref)

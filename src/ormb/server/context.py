@@ -1,0 +1,20 @@
+"""What every handler is given: the storage, the authorisation decision, the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ormb.server.authz import Authoriser
+from ormb.server.http import Request, Response
+from ormb.server.storage_api import Storage
+
+
+@dataclass
+class Context:
+    storage: Storage
+    authz: Authoriser
+    ui: bool = True  # serve the web catalog at /
+
+
+Handler = Callable[[Context, Request, str, str], Response]  # (context, request, repository, path argument)
