@@ -111,17 +111,28 @@ def reachable_blobs(cache: OCILayout) -> set[str]:
     return collectable(cache)[0]
 
 
+def _ref_name(entry: dict[str, object]) -> str | None:
+    annotations = entry.get("annotations")
+    name = annotations.get(mediatypes.ANNOTATION_REF_NAME) if isinstance(annotations, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def collectable(cache: OCILayout) -> tuple[set[str], set[str]]:
     """(every digest to keep, the referrer entries whose subject is gone: to drop from index.json)."""
+    subjects = {desc.digest: node.subject.digest for desc, node in cache.unnamed_nodes() if node.subject is not None}
     roots: list[Descriptor] = []
+    pending: dict[str, Descriptor] = {}  # unnamed referrers: roots only once their subject is kept
     for entry in cache.entries():
         try:
-            roots.append(Descriptor.from_dict(entry))
+            desc = Descriptor.from_dict(entry)
         except InvalidArtifactError:
             roots.extend(Descriptor("", digest, 0) for digest in digests_mentioned(json.dumps(entry).encode()))
-    subjects = {desc.digest: node.subject.digest for desc, node in cache.unnamed_nodes() if node.subject is not None}
-    pending = {d.digest: d for d in roots if d.digest in subjects}
-    keep = reachable(cache, [d for d in roots if d.digest not in pending])
+            continue
+        if desc.digest in subjects and _ref_name(entry) is None:
+            pending[desc.digest] = desc
+        else:
+            roots.append(desc)  # a named entry is a root whatever it is (a signature someone tagged, too)
+    keep = reachable(cache, roots)
     while True:  # a referrer whose subject is kept is kept, with what it reaches, until nothing changes
         ready = [d for digest, d in pending.items() if subjects[digest] in keep]
         if not ready:
