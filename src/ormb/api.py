@@ -60,13 +60,12 @@ from ormb.registry.transport import TransportOptions
 from ormb.signing import (
     FileRecords,
     PublicKey,
-    Signature,
+    check_listed,
     check_model,
     export_ignore_paths,
     generate_key_pair,
     is_signature,
     load_private_key,
-    manifest_files,
     manifest_hashes,
     model_files,
     sign_files,
@@ -295,7 +294,7 @@ def export(
     bundle = b""
     if keys is not None:
         signatures = trusted_signatures(cache, model.manifest_desc, keys, what=str(ref))
-        _precheck(signatures, model.manifest, str(ref))
+        check_listed(signatures, model.manifest, what=str(ref))
         complete = not include
 
         def check(hashes: FileHashes) -> None:
@@ -681,8 +680,9 @@ def pull(reference: str | Reference, *, include: tuple[str, ...] = (), verify_ke
     if keys is not None:
         model = load_model(remote, *root, ref=ref)
         signatures = trusted_signatures(remote, model.manifest_desc, keys, what=str(ref))
-        verified = _precheck(signatures, model.manifest, str(ref))
-        if not verified:  # the files are inside layers: compared once the layers are in the cache
+        listed = check_listed(signatures, model.manifest, what=str(ref))
+        verified = listed.fingerprint if listed else ""
+        if listed is None:  # the files are inside layers: compared once the layers are in the cache
             if include:
                 raise UsageError(f"--include with a verify key needs a model whose files the manifest lists, and {ref} "
                                  "keeps them in tar layers", "pull it without --include")
@@ -778,18 +778,6 @@ def _verification_keys(verify_key: KeyPaths | None, trust_dir: str | Path | None
     if not paths and directory is None:
         return None
     return trusted_keys(paths, directory)
-
-
-def _precheck(signatures: list[Signature], manifest: Manifest, what: str) -> str:
-    """Compare the signed files with the manifest's when it lists them (ModelPack raw layers): the
-    check before any layer is read.  Returns the key's fingerprint, or "" when the manifest cannot say."""
-    listed = manifest_files(manifest)
-    if listed is None:
-        return ""
-    hashes = FileHashes()
-    for item in listed:
-        hashes.file(item.path, item.sha256, item.size or 0)
-    return check_model(signatures, hashes, what=what).fingerprint
 
 
 @dataclass(frozen=True)

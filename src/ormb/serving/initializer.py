@@ -38,7 +38,7 @@ from ormb.registry.client import Registry
 from ormb.registry.credentials import Credential, CredentialStore
 from ormb.registry.remote import RemoteRepository
 from ormb.registry.transport import TransportOptions
-from ormb.signing import check_model, manifest_files, trusted_keys, trusted_signatures
+from ormb.signing import check_listed, check_model, trusted_keys, trusted_signatures
 
 LAYOUTS = ("triton", "mlflow", "none")
 SCHEME = "ormb://"
@@ -106,12 +106,8 @@ def pull_and_export(
     verified = ""
     if key_files or directory is not None:
         signatures = trusted_signatures(remote, model.manifest_desc, trusted_keys(key_files, directory), what=str(ref))
-        listed = manifest_files(model.manifest)
-        if listed is not None:  # ModelPack: the signed files against the manifest, before any weight byte
-            before = FileHashes()
-            for item in listed:
-                before.file(item.path, item.sha256, item.size or 0)
-            verified = check_model(signatures, before, what=str(ref)).fingerprint
+        listed = check_listed(signatures, model.manifest, what=str(ref))  # ModelPack: before any weight byte
+        verified = listed.fingerprint if listed else ""
 
         def check(hashes: FileHashes) -> None:  # what was staged, before it moves into place
             nonlocal verified

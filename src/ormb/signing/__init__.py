@@ -50,6 +50,7 @@ from ormb.signing.verify import (
     Signature,
     Verified,
     catalog_status,
+    check_listed,
     check_model,
     manifest_hashes,
     trusted_signatures,
@@ -59,7 +60,7 @@ from ormb.signing.verify import (
 __all__ = [
     "ALGORITHMS", "BUNDLE_MEDIA_TYPE", "GIT_PATHS", "PASSWORD_ENV", "PREDICATE_TYPE", "SIGNATURE_ARTIFACT_TYPE",
     "FileRecords", "PrivateKey", "PublicKey", "Signature", "SignatureArtifact", "SignedFile", "SignedFiles",
-    "Verified", "bundle_layer", "catalog_status", "check_files", "check_model", "export_ignore_paths",
+    "Verified", "bundle_layer", "catalog_status", "check_files", "check_listed", "check_model", "export_ignore_paths",
     "generate_key_pair", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
     "manifest_hashes", "model_files", "sign_files", "signature_artifact", "signed_files", "tar_layer_files",
     "trusted_keys", "trusted_signatures", "verify_bundle", "verify_manifest",

@@ -155,6 +155,18 @@ def verify_manifest(source: SignatureSource, subject: Descriptor, manifest: Mani
     return check_model(signatures, manifest_hashes(files_from or source, manifest, records), what=what)
 
 
+def check_listed(signatures: Sequence[Signature], manifest: Manifest, *, what: str) -> Verified | None:
+    """Compare the signed files with the manifest's, when it lists them (ModelPack raw layers): the check
+    before any layer is read.  None when the manifest cannot say (files inside tar layers)."""
+    listed = manifest_files(manifest)
+    if listed is None:
+        return None
+    hashes = FileHashes()
+    for item in listed:
+        hashes.file(item.path, item.sha256, item.size or 0)
+    return check_model(signatures, hashes, what=what)
+
+
 def manifest_hashes(source: Fetcher, manifest: Manifest, records: FileRecords | None = None) -> FileHashes:
     """The model's files with their digests: from the manifest alone where it can say, else read."""
     listed = manifest_files(manifest)
