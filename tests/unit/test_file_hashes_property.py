@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from test_export_property import LAYOUTS, SCRATCH, Case, _place, cases
 
 from ormb.content.memory import MemoryStore
@@ -43,6 +43,10 @@ def _on_disk(root: Path) -> FileHashes:
 @settings(max_examples=settings().max_examples * 5,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(case=cases())
+# found by this test: 'model/.' as a file or a link replaced the model/ directory on export (layout none),
+# while the files a signature names are below it; export now refuses such a layer
+@example(case=Case(False, [("tar+gzip", [("model/.", "symlink", ".")])], "export / none", False, False, "nothing"))
+@example(case=Case(False, [("tar+gzip", [("model/.", "file", b"")])], "export / none", False, False, "nothing"))
 def test_the_files_a_signature_names_are_the_files_export_writes(case: Case) -> None:
     case.clone = False  # clones copy the cache's blob file; here the bytes come from memory
     cache = MemoryStore()

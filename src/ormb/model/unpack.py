@@ -236,8 +236,13 @@ def _read_tar(blob: Readable, desc: Descriptor, visit: TarVisitor, *, prefix: st
             for member in tar:
                 budget.entry(member.size if member.isreg() else 0, member.name)
                 relative = _safe_relative(member.name, prefix, strip_prefix)
-                if relative is not None:
-                    visit(tar, member, relative)
+                if relative is None:
+                    continue
+                if prefix and not strip_prefix and str(relative) + "/" == prefix and not member.isdir():
+                    # ``model/.`` as a file or link: it would replace the model's directory, and a signature
+                    # (whose root that directory is) could not name it
+                    raise UnsafeArchiveError(f"layer entry {member.name!r} makes {prefix} a file or link; refusing")
+                visit(tar, member, relative)
         reader.drain()
     except OrmbError:
         raise
