@@ -53,8 +53,8 @@ def _optional_size(ctx: click.Context, param: click.Parameter, value: str | None
 
 max_expand_option = click.option(
     "--max-expand", callback=_optional_size, envvar="ORMB_MAX_EXPAND", metavar="SIZE",
-    help="The most one tar layer may unpack to, e.g. 500G (default: 20 times the layer's size, at least 1G; "
-         "env ORMB_MAX_EXPAND).")
+    help="The most the whole export may unpack to, all layers together, e.g. 500G (default: 20 times the "
+         "compressed bytes read, at least 1G; every entry and directory counts 4K; env ORMB_MAX_EXPAND).")
 
 
 def remote_options(command: Any) -> Any:
