@@ -235,6 +235,16 @@ def test_extended_headers_of_one_entry_are_bounded_in_total(tmp_path: Path, sett
     assert not (tmp_path / "dest").exists()
 
 
+def test_the_tarfile_internals_the_bounds_replace_still_exist() -> None:
+    """The header bounds override tarfile's per-header parser and replace its sparse-map parsers (private
+    methods, stable since Python 3.2); a Python whose tarfile renamed them must fail here, not silently
+    parse sparse maps again."""
+    for name in ("fromtarfile", "frombuf", "_proc_member", "_proc_pax", "_proc_sparse", "_proc_gnusparse_00",
+                 "_proc_gnusparse_01", "_proc_gnusparse_10", "_apply_pax_info"):
+        assert hasattr(tarfile.TarInfo, name), name
+    assert isinstance(tarfile.TarFile("x", "w", io.BytesIO()).members, list)
+
+
 # -- F5: whatever the tar reader raises is an unsafe archive ---------------------------------------
 
 

@@ -36,13 +36,11 @@ from isal import igzip
 from ormb.content.background import BackgroundHasher, BackgroundWriter, write_sliced
 from ormb.content.target import Readable
 from ormb.errors import IntegrityError, OrmbError, StorageError, UnsafeArchiveError
-from ormb.model.budget import ENTRY_COST, EXPAND_RATIO, MIN_EXPAND, ExpansionBudget
+from ormb.model.budget import ExpansionBudget
 from ormb.model.staging import Parts, StagingTree
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import NoProgress, ProgressListener
 from ormb.units import human_size
-
-__all__ = ["ENTRY_COST", "EXPAND_RATIO", "MIN_EXPAND", "extract_tar", "write_raw"]
 
 CHUNK = 1 << 20
 TAR_BUFFER = 64 << 10  # tarfile's stream buffer: it copies what is left of it on every header read
