@@ -321,10 +321,21 @@ rules:
 """
 
 
+ANONYMOUS_PULLS_EVERYTHING = """\
+  - users: [anonymous]
+    repositories: ["*"]
+    actions: [pull]
+"""
+
+
 class EmbeddedRegistry:
     """``ormb registry serve`` as a real process (gunicorn), with the interface of :class:`Distribution`
     and, for token auth, of :class:`TokenServer` (``issued``, ``expires_in``), both read from or set
-    through the process: the tokens issued come from its access log, a new lifetime restarts it."""
+    through the process: the tokens issued come from its access log, a new lifetime restarts it.
+
+    ``anonymous_pull``: anonymous users may pull every repository; said with ``--anonymous-pull``
+    for Basic auth (no policy), and with an ``anonymous`` rule in the policy for Bearer (which
+    refuses the flag)."""
 
     def __init__(self, directory: Path, *, auth: str | None = None, tls: tuple[Path, Path] | None = None,
                  port: int = 0, anonymous_pull: bool = False, **options: Any) -> None:
@@ -340,15 +351,17 @@ class EmbeddedRegistry:
     def start(self) -> None:
         from ormb.server.serve import RegistryServer
 
-        kwargs: dict[str, Any] = {"anonymous_pull": self.anonymous_pull}
+        kwargs: dict[str, Any] = {}
         if self.auth in ("basic", "bearer"):
             kwargs["htpasswd"] = htpasswd_file(self.directory)
             kwargs["auth_scheme"] = self.auth
             if self.auth == "bearer":
                 policy = self.directory / "policy.yaml"
                 if not policy.exists():  # a test may have written its own
-                    policy.write_text(POLICY)
+                    policy.write_text(POLICY + (ANONYMOUS_PULLS_EVERYTHING if self.anonymous_pull else ""))
                 kwargs["policy"] = policy
+            else:
+                kwargs["anonymous_pull"] = self.anonymous_pull
         if self.tls:
             kwargs["tls_cert"], kwargs["tls_key"] = self.tls
         self.server = RegistryServer(self.directory / "root", f"127.0.0.1:{self.port}", log_path=self.log_path,
@@ -474,5 +487,9 @@ class TokenDistribution:
 
 
 def start_registry(kind: str, directory: Path, port: int = 0) -> Distribution | EmbeddedRegistry:
-    """A registry without auth: CNCF distribution or the embedded one."""
-    return Distribution(directory, port=port) if kind == "distribution" else EmbeddedRegistry(directory, port=port)
+    """A registry without auth: CNCF distribution or the embedded one.  The embedded one also serves the
+    name ``registry.invalid``, by which test_faults reaches it through a proxy (an open ``ormb registry
+    serve`` answers only the host names it serves: DNS rebinding)."""
+    if kind == "distribution":
+        return Distribution(directory, port=port)
+    return EmbeddedRegistry(directory, port=port, public_hosts=("registry.invalid",))

@@ -92,7 +92,9 @@ def test_a_person_finds_a_model_reads_its_metadata_and_copies_the_pull_command(c
     )
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=f"http://{catalog.host}")
     page = context.new_page()
-    page.goto(f"http://{catalog.host}/")
+    page.goto(f"http://{catalog.host}/")  # the policy lets anonymous users pull public/*: the list shows those
+    assert page.locator("#repositories tbody tr").count() == 0
+    page.click("#sign-in")  # asks the browser for credentials, then back to the list
     rows = page.locator("#repositories tbody tr")
     assert sorted(rows.all_inner_texts())[0].startswith("alice/digits")
     assert rows.count() == 3
@@ -132,8 +134,12 @@ def test_the_page_obeys_the_same_auth_as_the_api(catalog: EmbeddedRegistry, brow
     from playwright.sync_api import Error
 
     anonymous = browser.new_context()  # type: ignore[attr-defined]
+    page = anonymous.new_page()
+    page.goto(f"http://{catalog.host}/")  # what anonymous users may pull (public/*: nothing here), and a way in
+    assert "alice/" not in page.content() and page.locator("#repositories tbody tr").count() == 0
+    sign_in = page.locator("#sign-in").get_attribute("href")
     with pytest.raises(Error, match="ERR_INVALID_AUTH_CREDENTIALS"):  # Chromium would ask for a login
-        anonymous.new_page().goto(f"http://{catalog.host}/")
+        page.goto(f"http://{catalog.host}{sign_in}")
     response = anonymous.request.get(f"http://{catalog.host}/model?name=alice/digits&ref=v1")
     assert response.status == 401 and "Ada Lovelace" not in response.text()
     assert response.headers["www-authenticate"].startswith("Basic")

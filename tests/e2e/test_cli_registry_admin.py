@@ -48,3 +48,18 @@ def test_gc_and_check_need_an_existing_registry(tmp_path: Path) -> None:
         result = ormb("registry", command, "--root", str(tmp_path / "nothing"))
         assert result.returncode == 1
         assert result.stderr.startswith("Error: ") and "holds no registry" in result.stderr
+
+
+def test_revoke_needs_users_or_all_and_an_existing_registry(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    Store(root)
+    for args, code, says in ((["registry", "revoke", "--root", str(root)], 2, "--all"),
+                             (["registry", "revoke", "--root", str(root), "alice", "--all"], 2, "not both"),
+                             (["registry", "revoke", "--root", str(tmp_path / "nothing"), "alice"], 1, "holds no registry")):
+        result = ormb(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == code and len(lines) == 1 and lines[0].startswith("Error: ") and says in lines[0], \
+            (args, result.returncode, result.stderr)
+    done = ormb("registry", "revoke", "--root", str(root), "alice", "bob")
+    assert done.returncode == 0 and "alice, bob" in done.stdout
+    assert Store(root).token_generations() == {"alice": 1, "bob": 1}

@@ -116,7 +116,8 @@ def world(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
         for name in NAMES:
             port = free_port()
             args = [str(BIN / "ormb"), "registry", "serve", "--root", str(tmp_path / f"store-{name}"),
-                    "--addr", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key)]
+                    "--addr", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key),
+                    "--public-host", name]  # clients reach it by that name (an open registry refuses others)
             if name == "registry.example.com":
                 args += ["--htpasswd", str(users)]
             logs.append(open(tmp_path / f"{name}.log", "wb"))  # closed after the process

@@ -6,7 +6,6 @@ import hashlib
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from ormb import api
 from ormb.config import Settings
 from ormb.errors import OrmbError
 from ormb.registry.transport import TransportOptions
+from ormb.server.serve import LISTENING
 
 pytestmark = pytest.mark.integration
 ORMB = str(Path(sys.executable).with_name("ormb"))
@@ -33,15 +33,20 @@ class ServeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServeProcess:
-        self.process = subprocess.Popen([ORMB, "registry", "serve", "--root", str(self.root),
-                                         "--addr", f"127.0.0.1:{self.port}"], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 15
+        """Start and wait for the process's own "listening" line: a TCP connect alone could reach a worker of the
+        SIGKILLed predecessor that still holds the port for a moment (and then drops the connection)."""
+        log = self.log = self.root.parent / f"serve-{self.port}.log"
+        start = log.stat().st_size if log.exists() else 0
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen([ORMB, "registry", "serve", "--root", str(self.root),
+                                             "--addr", f"127.0.0.1:{self.port}"], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+            if LISTENING in log.read_bytes()[start:].decode("utf-8", "replace"):
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ormb registry serve exited: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
         raise RuntimeError("ormb registry serve did not start")
 
     @property
@@ -154,5 +159,4 @@ def test_gc_frees_only_what_no_manifest_references(tmp_path: Path, serve: ServeP
 
 def test_sigterm_stops_cleanly(serve: ServeProcess) -> None:
     assert serve.kill(signal.SIGTERM) == 0
-    assert serve.process is not None and serve.process.stderr is not None
-    assert b"ormb registry stopped" in serve.process.stderr.read()
+    assert "ormb registry stopped" in serve.log.read_text()

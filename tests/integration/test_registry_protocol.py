@@ -371,6 +371,8 @@ def test_auth_challenges_denials_and_tokens(secured: EmbeddedRegistry) -> None:
 
 @pytest.mark.parametrize("scheme", ["basic", "bearer"])
 def test_anonymous_pull(tmp_path: Path, scheme: str) -> None:
+    """Anonymous users pull, never push: Basic with ``--anonymous-pull`` (no policy), Bearer with the
+    policy's ``anonymous`` rule (a policy and the flag together are refused: test_registry_access.py)."""
     registry = EmbeddedRegistry(tmp_path / scheme, auth=scheme, anonymous_pull=True)
     try:
         alice = Client(registry.host, "Basic " + base64.b64encode(f"alice:{USERS['alice']}".encode()).decode())

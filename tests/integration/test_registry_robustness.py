@@ -119,13 +119,13 @@ def test_a_saturated_registry_answers_503_at_once_and_recovers(tmp_path: Path) -
         for _ in range(2):  # each on its own session: one session serves one request at a time
             _, headers, _ = server.request("POST", "/v2/robust/busy/blobs/uploads/")
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
-            sock.sendall(f"PATCH {headers['Location']} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab".encode())
+            sock.sendall(f"PATCH {headers['Location']} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\nab".encode())
             stalled.append(sock)
         time.sleep(0.5)
         answers: list[bytes] = []
 
         def knock() -> None:
-            answers.append(raw(server.host, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", timeout=15, close_write=False))
+            answers.append(raw(server.host, b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n\r\n", timeout=15, close_write=False))
 
         started = time.monotonic()
         knockers = [threading.Thread(target=knock) for _ in range(8)]
@@ -150,7 +150,7 @@ def test_a_stalled_body_is_timed_out_and_the_session_stays_consistent(served: Se
     location = headers["Location"]
     assert served.request("PATCH", location, b"0123456789", {"Content-Range": "0-9"})[0] == 202
     with socket.create_connection(("127.0.0.1", served.port), timeout=CLIENT_TIMEOUT + 10) as sock:
-        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 300)
+        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 300)
         started = time.monotonic()
         answer = b""
         try:  # the socket stays open: only the server's timeout can end this
@@ -172,7 +172,7 @@ def test_a_stalled_body_is_timed_out_and_the_session_stays_consistent(served: Se
 
 def test_a_client_that_stalls_in_its_headers_is_cut_off_with_one_log_line(served: Served) -> None:
     with socket.create_connection(("127.0.0.1", served.port), timeout=CLIENT_TIMEOUT + 10) as sock:
-        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n")  # and never the blank line
         try:
             assert sock.recv(65536) == b""  # closed by the server
         except TimeoutError:
@@ -193,21 +193,21 @@ def _manifest_with(field: str, value: object) -> bytes:
 
 
 def _put(path: str, body: bytes, extra: str = "") -> bytes:
-    return (f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+    return (f"PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n"
             f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
 MALFORMED = {
-    "chunk size -1": b"PATCH {upload} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n",
-    "chunk size 1_0": b"PATCH {upload} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n"
+    "chunk size -1": b"PATCH {upload} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n",
+    "chunk size 1_0": b"PATCH {upload} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n"
                       + b"a" * 16 + b"\r\n0\r\n\r\n",
-    "Content-Length \xb2": "PATCH {upload} HTTP/1.1\r\nHost: x\r\nContent-Length: \u00b2\r\n\r\nab".encode(),
-    "Content-Length -1": b"PATCH {upload} HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\nab",
+    "Content-Length \xb2": "PATCH {upload} HTTP/1.1\r\nHost: localhost\r\nContent-Length: \u00b2\r\n\r\nab".encode(),
+    "Content-Length -1": b"PATCH {upload} HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\nab",
     "deep JSON nesting": _put("/v2/robust/bad/manifests/v1", b"[" * 200_000 + b"]" * 200_000),
     "mediaType a number": _put("/v2/robust/bad/manifests/v1", _manifest_with("mediaType", 5)),
     "mediaType a list": _put("/v2/robust/bad/manifests/v1", _manifest_with("mediaType", ["x"])),
     "artifactType an object": _put("/v2/robust/bad/manifests/v1", _manifest_with("artifactType", {"a": 1})),
-    "huge n in tag listing": b"GET /v2/robust/bad/tags/list?n=" + b"9" * 40 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "huge n in tag listing": b"GET /v2/robust/bad/tags/list?n=" + b"9" * 40 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
 }
 
 
@@ -232,7 +232,7 @@ def test_two_racing_patches_cannot_store_other_bytes_under_a_digest(served: Serv
     good, evil = b"G" * size, b"E" * size
     _, headers, _ = served.request("POST", "/v2/robust/race/blobs/uploads/")
     location = headers["Location"]
-    head = f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+    head = f"PATCH {location} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n".encode()
     a = socket.create_connection(("127.0.0.1", served.port), timeout=20)
     b = socket.create_connection(("127.0.0.1", served.port), timeout=20)
     try:
@@ -267,7 +267,7 @@ def _send(sock: socket.socket, data: bytes) -> None:
 def test_expect_100_continue_and_keep_alive(served: Served) -> None:
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
         data = b"hello"
-        sock.sendall(f"POST /v2/robust/expect/blobs/uploads/?digest={sha(data)} HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(f"POST /v2/robust/expect/blobs/uploads/?digest={sha(data)} HTTP/1.1\r\nHost: localhost\r\n"
                      f"Content-Length: {len(data)}\r\nExpect: 100-continue\r\n\r\n".encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 100")
         sock.sendall(data)
@@ -275,7 +275,7 @@ def test_expect_100_continue_and_keep_alive(served: Served) -> None:
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 201")
-        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection serves the next request
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n\r\n")  # the same connection serves the next request
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
 
 

@@ -39,7 +39,7 @@ def store(tmp_path: Path) -> Store:
 def test_gc_keeps_referenced_and_recently_touched_links_and_frees_the_rest(store: Store) -> None:
     kept, loose, remounted = upload(store, "r/a", b"kept"), upload(store, "r/a", b"loose"), upload(store, "r/a", b"re")
     record = ManifestRecord("r/a", sha(b"manifest"), "application/vnd.oci.image.manifest.v1+json", None, 8, None, {}, 0)
-    assert store.put_manifest(record, b"manifest", [], [kept], "v1") == []
+    assert store.put_manifest(record, b"manifest", [], [kept], ["v1"]) == []
     age(store, 7200)
     assert store.link("r/b", remounted)  # a mount today: its grace starts now, not when the blob was stored
     result = store.gc(3600)

@@ -26,7 +26,7 @@ from ormb.cli.render import (
     to_jsonable,
 )
 from ormb.config import load_settings
-from ormb.errors import IntegrityError, OrmbError
+from ormb.errors import IntegrityError, OrmbError, UsageError
 from ormb.model.gzipstream import COMPRESSIONS
 from ormb.oci.reference import parse_reference
 from ormb.progress import ProgressListener
@@ -553,7 +553,8 @@ def _existing_root(root: str | None) -> Path:
               help="bcrypt htpasswd file: users must log in (create entries with 'htpasswd -B').")
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False),
               help="YAML rules: which users may pull/push/delete which repository patterns.")
-@click.option("--anonymous-pull", is_flag=True, help="Let users who are not logged in pull.")
+@click.option("--anonymous-pull", is_flag=True,
+              help="Let users who are not logged in pull (without --policy; a policy says it with 'anonymous' rules).")
 @click.option("--auth-scheme", type=click.Choice(["bearer", "basic"]), default="bearer", show_default=True,
               help="How clients authenticate: tokens from this registry's /token endpoint, or Basic on each request.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
@@ -575,9 +576,16 @@ def _existing_root(root: str | None) -> Path:
               help="Seconds a token from /token is valid.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="'info' logs one line per request (the access log); 'warning' only problems.")
+@click.option("--public-host", "public_hosts", multiple=True, metavar="NAME",
+              help="A host name clients reach the registry by (a DNS name, a proxy's), besides loopback names and "
+                   "the --addr host; other Host headers are refused (DNS rebinding). Repeatable.")
+@click.option("--sparse-manifests", is_flag=True,
+              help="Accept manifests and indexes whose blobs or child manifests were not pushed (a mirror of some "
+                   "platforms of an index); pulls of the missing parts get 404.")
 def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None, anonymous_pull: bool,
           auth_scheme: str, tls_cert: str | None, tls_key: str | None, no_ui: bool, workers: int, threads: int,
-          max_connections: int, max_waiting: int, client_timeout: float, keepalive: float, token_lifetime: int, log_level: str) -> None:
+          max_connections: int, max_waiting: int, client_timeout: float, keepalive: float, token_lifetime: int,
+          log_level: str, public_hosts: tuple[str, ...], sparse_manifests: bool) -> None:
     """Run an OCI registry with a model catalog page at /.
 
     \b
@@ -605,7 +613,8 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
     options = ServeOptions(root_dir, addr, Path(htpasswd) if htpasswd else None, Path(policy) if policy else None,
                            anonymous_pull, Path(tls_cert) if tls_cert else None, Path(tls_key) if tls_key else None,
                            auth_scheme, not no_ui, workers, threads, max_connections, max_waiting, client_timeout, keepalive,
-                           token_lifetime, log_level)
+                           token_lifetime, log_level, public_hosts, sparse_manifests)
+    options.check()  # before anything is created or started
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
 
     def ready(url: str) -> None:
@@ -631,6 +640,29 @@ def gc(root: str | None, grace: float, as_json: bool) -> None:
     else:
         say(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)} "
                    f"({result.links} unreferenced links and {result.uploads} stale uploads dropped)")
+
+
+@registry.command()
+@_ROOT_OPTION
+@click.argument("users", nargs=-1)
+@click.option("--all", "everyone", is_flag=True, help="Revoke every token of every user (anonymous ones too).")
+def revoke(root: str | None, users: tuple[str, ...], everyone: bool) -> None:
+    """Invalidate the tokens already issued to USERS (access and refresh tokens), before they expire.
+
+    A running registry sees it within a second.  To lock a user out, also remove them from the
+    htpasswd file and restart the registry (tokens outlive restarts: their key is stored).
+    """
+    from ormb.server.access import EVERYONE
+    from ormb.server.store import Store
+
+    if not users and not everyone:
+        raise UsageError("name the users whose tokens to revoke, or give --all")
+    if users and everyone:
+        raise UsageError("give either user names or --all, not both")
+    store = Store(_existing_root(root))
+    for user in (EVERYONE,) if everyone else users:
+        store.revoke(user)
+    click.echo("Revoked every token" if everyone else f"Revoked the tokens of {', '.join(users)}")
 
 
 @registry.command()

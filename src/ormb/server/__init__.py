@@ -3,8 +3,10 @@
 Read in this order (docs/architecture.md has the why):
 
 - ``app.py``: ``create_app(storage, access)``, the WSGI application: routing, errors, access log;
-- ``http.py``: requests, responses, the spec's errors; ``authz.py``: the one authorisation decision;
+- ``http.py``: requests, responses, the spec's errors; ``browser.py``: Host and Origin checks (DNS
+  rebinding, cross-site requests); ``authz.py``: the one authorisation decision;
 - ``handlers/``: one module per resource; ``validate.py``: manifest checks; ``pages.py``: the web catalog;
 - ``storage_api.py``: what handlers need from storage; ``store.py``: files + SQLite, gc, check;
-- ``access.py``: users, policy, tokens; ``serve.py``: gunicorn, and ``RegistryServer`` for Python.
+- ``access.py``: users, policy, tokens (revocable); ``throttle.py``: failed logins, 429;
+- ``serve.py``: gunicorn, and ``RegistryServer`` for Python.
 """

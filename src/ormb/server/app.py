@@ -3,8 +3,9 @@
 >>> app = create_app(Store(Path("/tmp/registry")), AccessControl())   # no server, no socket
 >>> # any WSGI server runs it; ``ormb registry serve`` runs it on gunicorn (ormb.server.serve)
 
-A request is routed to one handler module per resource (``ormb.server.handlers.*``), after
-:class:`~ormb.server.authz.Authoriser` has decided.  Every outcome is an HTTP answer: the spec's
+A request is first checked by :class:`~ormb.server.browser.BrowserGuard` (a Host this registry
+serves; no state change from another site), then routed to one handler module per resource
+(``ormb.server.handlers.*``), after :class:`~ormb.server.authz.Authoriser` has decided.  Every outcome is an HTTP answer: the spec's
 JSON errors for refusals, 400 for a body that breaks off, 507 for a full disk, and 500 with one
 log line for anything unexpected: never a dropped connection or a traceback to the client.
 """
@@ -22,6 +23,7 @@ from typing import Any
 from ormb.oci.grammar import is_repository
 from ormb.server.access import AccessControl
 from ormb.server.authz import CATALOG, Authoriser
+from ormb.server.browser import BrowserGuard
 from ormb.server.context import Context, Handler
 from ormb.server.handlers import blobs, catalog_api, manifests, referrers, tags, token, uploads
 from ormb.server.http import ClientGone, Request, Response, SpecError, StartResponse, WSGIApp, send
@@ -51,15 +53,19 @@ def action_of(resource: str, method: str) -> str:
 
 
 def create_app(storage: Storage, access: AccessControl, *, auth_scheme: str = "bearer", ui: bool = True,
-               service: str = "ormb-registry") -> WSGIApp:
-    """The registry over ``storage``, deciding with ``access``; a plain WSGI callable."""
-    ctx = Context(storage, Authoriser(access, auth_scheme, service), ui)
+               service: str = "ormb-registry", guard: BrowserGuard | None = None, sparse: bool = False) -> WSGIApp:
+    """The registry over ``storage``, deciding with ``access``; a plain WSGI callable.  ``guard``
+    defaults to a registry on 127.0.0.1 (Host checked when ``access`` asks for no login); ``sparse``
+    accepts manifests whose blobs or child manifests were not pushed."""
+    ctx = Context(storage, Authoriser(access, auth_scheme, service), ui, sparse)
+    guard = guard or BrowserGuard.for_address("127.0.0.1", open_registry=not access.enabled)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.monotonic()
         request: Request | None = None
         try:
             request = Request(environ)
+            guard.check(request)
             response = dispatch(ctx, request)
         except SpecError as err:
             response = Response.error(err)
@@ -78,7 +84,7 @@ def create_app(storage: Storage, access: AccessControl, *, auth_scheme: str = "b
 def dispatch(ctx: Context, request: Request) -> Response:
     path = request.path
     if path == "/token":
-        return token.get(ctx, request)
+        return token.handle(ctx, request)  # GET and POST
     if path in ("/v2", "/v2/"):
         ctx.authz.authorise(request, None, "pull")
         return Response(200, b"{}", {"Content-Type": "application/json"})

@@ -15,6 +15,7 @@ class Context:
     storage: Storage
     authz: Authoriser
     ui: bool = True  # serve the web catalog at /
+    sparse: bool = False  # accept manifests whose blobs or child manifests were not pushed
 
 
 Handler = Callable[[Context, Request, str, str], Response]  # (context, request, repository, path argument)

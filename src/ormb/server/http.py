@@ -21,10 +21,10 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
-           400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 413: "Payload Too Large", 416: "Range Not Satisfiable",
-           429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
-           507: "Insufficient Storage"}
+           421: "Misdirected Request", 429: "Too Many Requests", 500: "Internal Server Error",
+           503: "Service Unavailable", 507: "Insufficient Storage"}
 
 
 class SpecError(Exception):
@@ -87,6 +87,11 @@ class Request:
     @property
     def scheme(self) -> str:
         return str(self.environ.get("wsgi.url_scheme", "http"))
+
+    @property
+    def client(self) -> str:
+        """The client's address (the peer of the connection)."""
+        return str(self.environ.get("REMOTE_ADDR") or "")
 
     @property
     def host(self) -> str:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ormb.errors import StorageError
+from ormb.errors import StorageError, UsageError
 
 LISTENING = "ormb registry listening on "
 STOPPED = "ormb registry stopped"
@@ -72,6 +72,19 @@ class ServeOptions:
     keepalive: float = 15.0  # idle connections are closed after this long
     token_lifetime: int = 300
     log_level: str = "info"
+    public_hosts: tuple[str, ...] = ()  # names clients reach the registry by, besides loopback and --addr
+    sparse_manifests: bool = False  # accept manifests whose blobs or child manifests were not pushed
+
+    def check(self) -> None:
+        """Refuse what cannot be served as asked: :class:`~ormb.errors.UsageError` (exit 2)."""
+        from ormb.server.access import ANONYMOUS_PULL_WITH_POLICY
+        from ormb.server.browser import split_host
+
+        if self.anonymous_pull and self.policy is not None:
+            raise ANONYMOUS_PULL_WITH_POLICY
+        for name in self.public_hosts:
+            if split_host(name) is None:
+                raise UsageError(f"--public-host {name[:100]!r} is not a host name", "give a name like models.example.org")
 
     def argv(self) -> list[str]:
         """The ``ormb registry serve`` arguments for these options."""
@@ -87,6 +100,10 @@ class ServeOptions:
             args.append("--anonymous-pull")
         if not self.ui:
             args.append("--no-ui")
+        for name in self.public_hosts:
+            args += ["--public-host", name]
+        if self.sparse_manifests:
+            args.append("--sparse-manifests")
         return args
 
 
@@ -94,21 +111,25 @@ def build_app(options: ServeOptions) -> tuple[Any, Any]:
     """(WSGI app, store) for ``options``."""
     from ormb.server.access import AccessControl, load_htpasswd, load_policy
     from ormb.server.app import create_app
+    from ormb.server.browser import BrowserGuard
     from ormb.server.store import Store
 
+    options.check()
+    users = load_htpasswd(options.htpasswd) if options.htpasswd else None
+    rules = load_policy(options.policy) if options.policy else None
     store = Store(options.root)
-    access = AccessControl(
-        users=load_htpasswd(options.htpasswd) if options.htpasswd else None,
-        rules=load_policy(options.policy) if options.policy else None,
-        anonymous_pull=options.anonymous_pull, secret=store.secret, token_lifetime=options.token_lifetime,
-    )
-    return create_app(store, access, auth_scheme=options.auth_scheme, ui=options.ui), store
+    access = AccessControl(users=users, rules=rules, anonymous_pull=options.anonymous_pull, secret=store.secret,
+                           token_lifetime=options.token_lifetime, revocations=store.token_generations)
+    guard = BrowserGuard.for_address(parse_addr(options.addr)[0], options.public_hosts, open_registry=users is None)
+    return create_app(store, access, auth_scheme=options.auth_scheme, ui=options.ui, guard=guard,
+                      sparse=options.sparse_manifests), store
 
 
 def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Callable[[], None]) -> None:
     """Run the registry in this process until SIGTERM/SIGINT (gunicorn's arbiter and its workers)."""
     from gunicorn.app.base import BaseApplication
 
+    os.umask(0o077)  # whatever the registry creates is its own (the store sets modes too)
     _tune_gunicorn()
     _raise_open_files_limit(options.max_connections * options.workers + 256)
     host, port = parse_addr(options.addr)

@@ -64,6 +64,9 @@ class BlobStore(Protocol):
     def link(self, repository: str, digest: str) -> bool:
         """Link a blob the store holds to ``repository`` (a mount); False when it holds none."""
 
+    def linked_from(self, digest: str, limit: int) -> list[str]:
+        """Up to ``limit`` repositories the blob is linked to (for a mount that names no source)."""
+
     def unlink(self, repository: str, digest: str) -> bool: ...
 
     def new_session(self, repository: str) -> str: ...
@@ -77,9 +80,10 @@ class BlobStore(Protocol):
 
 class MetadataStore(Protocol):
     def put_manifest(self, record: ManifestRecord, data: bytes, children: list[str], blobs: list[str],
-                     tag: str | None) -> list[str]:
-        """Store the manifest's bytes and rows; ``blobs`` must be linked to the repository and
-        ``children`` (index entries) be manifests of it.  Returns what is missing (nothing stored then)."""
+                     tags: list[str], *, sparse: bool = False) -> list[str]:
+        """Store the manifest's bytes and rows, tagged ``tags``; ``blobs`` must be linked to the repository
+        and ``children`` (index entries) be manifests of it.  Returns what is missing (nothing stored then);
+        ``sparse``: store it all the same (what is missing is referenced, so gc keeps it once pushed)."""
 
     def manifest(self, repository: str, digest: str) -> ManifestRecord | None: ...
 
@@ -104,6 +108,9 @@ class MetadataStore(Protocol):
     def layer_files(self, digest: str) -> list[tuple[str, int]] | None: ...
 
     def remember_layer_files(self, digest: str, files: list[tuple[str, int]]) -> None: ...
+
+    def token_generations(self) -> dict[str, int]:
+        """user -> generation of the tokens still valid (``ormb registry revoke`` bumps it)."""
 
 
 class Storage(BlobStore, MetadataStore, Protocol):

@@ -11,6 +11,9 @@
       reserve                    a few MiB kept free so gc and check can run on a full disk
       secret                     the key that signs this registry's tokens
 
+Everything is private to the registry's user: directories 0700, files 0600, whatever the umask
+(another local user reads no model, no session, no token key).
+
 The promises, and what holds each:
 
 - **A row never points at a missing or unverified file.**  A blob file is fsynced and renamed
@@ -70,6 +73,7 @@ CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, repository TEXT NOT NUL
     created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS layer_files (digest TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (digest, path));
+CREATE TABLE IF NOT EXISTS token_generations (user TEXT PRIMARY KEY, generation INTEGER NOT NULL);
 """
 # Added after the first release: when a link or an upload session was last touched (gc's grace).
 MIGRATIONS = [("blob_links", "touched"), ("uploads", "touched")]
@@ -100,9 +104,15 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        for sub in ("blobs", "uploads", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private(self.root)
+        for sub in ("blobs", "uploads", "tmp", *(f"blobs/{a}" for a in ALGORITHMS)):
+            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+            _private(self.root / sub)
         self.db_path = self.root / "registry.db"
+        os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives -wal and -shm its mode
+        for name in ("registry.db", "registry.db-wal", "registry.db-shm"):
+            _private(self.root / name)
         self._local = threading.local()
         self._hashers: dict[str, tuple[int, Any]] = {}  # session -> (size, running sha256 of those bytes)
         self._hashers_lock = threading.Lock()
@@ -226,6 +236,11 @@ class Store:
                        (repository, digest, time.time()))
         return True
 
+    def linked_from(self, digest: str, limit: int) -> list[str]:
+        rows = self.db.execute("SELECT repository FROM blob_links WHERE digest = ? ORDER BY repository LIMIT ?",
+                               (digest, limit))
+        return [r[0] for r in rows]
+
     def unlink(self, repository: str, digest: str) -> bool:
         with self.transaction() as db:
             return db.execute("DELETE FROM blob_links WHERE repository = ? AND digest = ?",
@@ -316,14 +331,14 @@ class Store:
 
     # -- manifests and tags -------------------------------------------------------------------
     def put_manifest(self, record: ManifestRecord, data: bytes, children: list[str], blobs: list[str],
-                     tag: str | None) -> list[str]:
+                     tags: list[str], *, sparse: bool = False) -> list[str]:
         now = time.time()
         with self._store_lock(), self.transaction() as db:
             missing = [d for d in blobs if db.execute(
                 "SELECT 1 FROM blob_links WHERE repository = ? AND digest = ?", (record.repository, d)).fetchone() is None]
             missing += [d for d in children if db.execute(
                 "SELECT 1 FROM manifests WHERE repository = ? AND digest = ?", (record.repository, d)).fetchone() is None]
-            if missing:
+            if missing and not sparse:
                 return missing
             db.executemany("UPDATE blob_links SET touched = ? WHERE repository = ? AND digest = ?",
                            [(now, record.repository, d) for d in blobs])
@@ -340,8 +355,8 @@ class Store:
             )
             db.executemany("INSERT OR IGNORE INTO manifest_refs VALUES (?, ?, ?)",
                            [(record.repository, record.digest, child) for child in [*blobs, *children]])
-            if tag is not None:
-                db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)", (record.repository, tag, record.digest, now))
+            db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
+                           [(record.repository, tag, record.digest, now) for tag in tags])
         return []
 
     def manifest(self, repository: str, digest: str) -> ManifestRecord | None:
@@ -410,6 +425,19 @@ class Store:
     def remember_layer_files(self, digest: str, files: list[tuple[str, int]]) -> None:
         with self.transaction() as db:
             db.executemany("INSERT OR IGNORE INTO layer_files VALUES (?, ?, ?)", [(digest, p, s) for p, s in files])
+
+    # -- token revocation ---------------------------------------------------------------------
+    def token_generations(self) -> dict[str, int]:
+        """user -> the generation of tokens that are still valid (see :meth:`revoke`)."""
+        return {r[0]: int(r[1]) for r in self.db.execute("SELECT user, generation FROM token_generations")}
+
+    def revoke(self, user: str) -> int:
+        """Invalidate every token issued to ``user`` so far (``ormb.server.access.EVERYONE``: every
+        token); returns the new generation.  A running registry sees it within a second."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO token_generations VALUES (?, 1) "
+                       "ON CONFLICT (user) DO UPDATE SET generation = generation + 1", (user,))
+            return int(db.execute("SELECT generation FROM token_generations WHERE user = ?", (user,)).fetchone()[0])
 
     # -- maintenance --------------------------------------------------------------------------
     def gc(self, grace_seconds: float = 3600) -> GcResult:
@@ -576,6 +604,18 @@ class _Session:
 
     def cancel(self) -> None:
         self._store._end_session(self.id)
+
+
+def _private(path: Path) -> None:
+    """0700 for a directory, 0600 for a file, if it is ours and more open (a registry made before)."""
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        pass  # not ours: the operator's choice
 
 
 def _disk_full(path: Path) -> bool:

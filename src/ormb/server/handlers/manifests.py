@@ -1,4 +1,8 @@
-"""``/v2/<name>/manifests/<reference>``: GET, HEAD, PUT (validated by :mod:`ormb.server.validate`), DELETE."""
+"""``/v2/<name>/manifests/<reference>``: GET, HEAD, PUT (validated by :mod:`ormb.server.validate`), DELETE.
+
+A PUT by digest may tag the manifest too, with ``?tag=a&tag=b`` (distribution-spec 1.1+dev); the
+answer names the tags set in ``OCI-Tag``.  This is how a manifest hashed with sha512 gets a tag.
+"""
 
 from __future__ import annotations
 
@@ -38,18 +42,25 @@ def put(ctx: Context, request: Request, name: str, reference: str) -> Response:
     if not is_digest(reference) and not is_tag(reference):
         raise SpecError(400, "MANIFEST_INVALID" if ":" not in reference else "DIGEST_INVALID",
                         f"invalid tag or digest {reference[:200]!r}")
+    tags = [] if is_digest(reference) else [reference]
+    if is_digest(reference):
+        tags = list(dict.fromkeys(request.query_lists.get("tag", [])))
+        bad = next((t for t in tags if not is_tag(t)), None)
+        if bad is not None:
+            raise SpecError(400, "MANIFEST_INVALID", f"invalid tag {bad[:200]!r} in ?tag=")
     data = request.read_all(MAX_MANIFEST)
     checked = validate_manifest(data, reference, request.header("Content-Type"))
     record = ManifestRecord(name, checked.digest, checked.media_type, checked.artifact_type, len(data),
                             checked.subject, checked.annotations, time.time())
-    missing = ctx.storage.put_manifest(record, data, checked.children, checked.blobs,
-                                       None if is_digest(reference) else reference)
+    missing = ctx.storage.put_manifest(record, data, checked.children, checked.blobs, tags, sparse=ctx.sparse)
     if missing:
         kind = "manifest" if missing[0] in checked.children else "blob"
         raise SpecError(400, "MANIFEST_BLOB_UNKNOWN", f"{kind} {missing[0]} is not in {name}")
     headers = {"Location": f"/v2/{name}/manifests/{checked.digest}", "Docker-Content-Digest": checked.digest}
     if checked.subject:
         headers["OCI-Subject"] = checked.subject
+    if tags and is_digest(reference):
+        headers["OCI-Tag"] = ", ".join(tags)
     return Response(201, headers=headers)
 
 

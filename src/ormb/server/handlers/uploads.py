@@ -1,5 +1,6 @@
 """``/v2/<name>/blobs/uploads/<id>``: POST (new session, single-request upload, mount), PATCH,
-PUT (the final chunk and the digest), GET (status) and DELETE (cancel).
+PUT (the final chunk and the digest), GET (status) and DELETE (cancel).  A mount without
+``from`` takes the blob from any repository the caller may pull it from.
 
 A session is held by one request at a time (the store's lock): a second concurrent request on
 it gets 416 with the session's current range, as an out-of-order chunk does.
@@ -20,6 +21,7 @@ from ormb.server.storage_api import UploadConflict, UploadWriter
 
 _CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]{1,19})-([0-9]{1,19})\Z", re.ASCII)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+MOUNT_CANDIDATES = 100  # repositories tried for a mount without ``from``
 
 
 def _location(name: str, session: str) -> str:
@@ -81,8 +83,7 @@ def post(ctx: Context, request: Request, name: str, session: str) -> Response:
     mount, source = request.query.get("mount"), request.query.get("from")
     if mount is not None:
         digest = digest_param(mount)
-        if source and is_repository(source) and ctx.authz.may(request.user, source, "pull") and \
-                ctx.storage.linked(source, digest) is not None and ctx.storage.link(name, digest):
+        if _mount(ctx, request, name, digest, source):
             return Response(201, headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
         # not visible to this user: fall back to a normal upload session (the spec's 202)
     single = request.query.get("digest")
@@ -91,6 +92,19 @@ def post(ctx: Context, request: Request, name: str, session: str) -> Response:
         return _finish(ctx, request, name, ctx.storage.new_session(name), digest, monolithic=True)
     session = ctx.storage.new_session(name)
     return Response(202, headers=_session_headers(name, session, 0))
+
+
+def _mount(ctx: Context, request: Request, name: str, digest: str, source: str | None) -> bool:
+    """Link ``digest`` into ``name`` from ``source`` (or, with no ``from``, from any repository holding it)
+    when the caller may pull it there: a mount never reveals a blob the caller could not pull."""
+    if source is None:
+        candidates = ctx.storage.linked_from(digest, MOUNT_CANDIDATES)
+    else:
+        candidates = [source] if is_repository(source) else []
+    for repository in candidates:
+        if ctx.authz.may(request.user, repository, "pull") and ctx.storage.linked(repository, digest) is not None:
+            return ctx.storage.link(name, digest)
+    return False
 
 
 def status(ctx: Context, request: Request, name: str, session: str) -> Response:
