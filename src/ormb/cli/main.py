@@ -662,7 +662,7 @@ def revoke(root: str | None, users: tuple[str, ...], everyone: bool) -> None:
     store = Store(_existing_root(root))
     for user in (EVERYONE,) if everyone else users:
         store.revoke(user)
-    click.echo("Revoked every token" if everyone else f"Revoked the tokens of {', '.join(users)}")
+    say("Revoked every token" if everyone else f"Revoked the tokens of {', '.join(users)}")
 
 
 @registry.command()
