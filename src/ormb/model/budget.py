@@ -77,6 +77,8 @@ class ExpansionBudget:
 
     @staticmethod
     def _refuse(where: str, limit: int) -> None:
+        if len(where) > 160:  # a name may be a megabyte long; the message stays one readable line
+            where = where[:80] + "..." + where[-60:]
         raise UnsafeArchiveError(
             f"the model expands to more than {human_size(limit)} (at {where}); refusing",
             "if you trust it, raise the limit: --max-expand SIZE or ORMB_MAX_EXPAND=SIZE, e.g. 500G")
