@@ -233,8 +233,9 @@ def export(
     """Unpack a cached model into ``directory`` (``model/`` plus ``ormbfile.yaml`` for the ormb format;
     the files at their paths for ModelPack, optionally only those matching ``include`` globs).
 
-    Nothing outside ``directory`` is touched whatever the layers hold (docs/security.md); a tar layer
-    may unpack to at most ``max_expand`` bytes (default: 20 times its size, at least 1 GiB)."""
+    Nothing outside ``directory`` is touched whatever the layers hold (docs/security.md); the layers
+    together may unpack to at most ``max_expand`` bytes (default: 20 times the compressed bytes read of
+    them, at least 1 GiB; see :mod:`ormb.model.budget`)."""
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     cache = open_cache(settings)

@@ -30,6 +30,10 @@ _TRANSIENT = (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutEr
               urllib3.exceptions.IncompleteRead, ConnectionError, TimeoutError)
 
 
+BLOB_MISMATCH_HINT = ("the registry's blob and manifest disagree: the artifact there is corrupt, or the registry "
+                      "is not to be trusted; tell its administrator")
+
+
 def _is_manifest(desc: Descriptor) -> bool:
     return desc.media_type in mediatypes.MANIFEST_TYPES or desc.media_type in mediatypes.INDEX_TYPES
 
@@ -50,6 +54,7 @@ class _BlobReader:
             "GET", self._repo.path(f"blobs/{self._desc.digest}"), scope=pull_scope(self._repo.name),
             headers=headers, expect=(200, 206), what=f"blob {self._desc.digest} of {self._repo.name}",
         )
+        self._check_length(response)
         if self.received and response.status == 200:  # the server ignored Range: skip what we have
             skip = self.received
             try:
@@ -63,16 +68,31 @@ class _BlobReader:
                 raise
         return response
 
+    def _check_length(self, response: urllib3.BaseHTTPResponse) -> None:
+        """A blob whose length (``Content-Length``) is not what the manifest declares is refused before it
+        is read: the manifest's size is the registry's claim, and so is the length; one is wrong."""
+        length = response.headers.get("Content-Length")
+        if length is None or not is_decimal(length) or response.headers.get("Content-Encoding"):
+            return
+        expected = self._desc.size - (self.received if response.status == 206 else 0)
+        if int(length) != expected:
+            response.release_conn()
+            raise IntegrityError(
+                f"the registry {self._repo.registry.host} sends {int(length) + self._desc.size - expected} bytes "
+                f"for blob {self._desc.digest}, whose manifest declares {self._desc.size}", BLOB_MISMATCH_HINT)
+
     def read(self, n: int = -1, /) -> bytes:
         remaining = self._desc.size - self.received
         if remaining <= 0:
-            return b""
+            return b""  # never past the declared size, whatever the registry would send
         n = remaining if n < 0 else min(n, remaining)
         while True:
             try:
                 data = self._response.read(n)
-                if not data:
-                    raise urllib3.exceptions.IncompleteRead(self.received, remaining)
+                if not data:  # the answer ended cleanly (a cut connection raises): the registry sent too little
+                    raise IntegrityError(
+                        f"the registry {self._repo.registry.host} ended blob {self._desc.digest} after "
+                        f"{self.received} of {self._desc.size} bytes its manifest declares", BLOB_MISMATCH_HINT)
                 self.received += len(data)
                 return data
             except urllib3.exceptions.DecodeError:
