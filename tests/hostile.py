@@ -9,9 +9,12 @@ served from several origins at once, with answers a test can bend.
 * ``realm``: the token service (Bearer only).
 
 Every request on every origin is recorded in ``seen`` with its ``Authorization`` header.  A
-test bends the registry with ``upload_origin``, ``blob_origin``, ``tags`` (pages and links) or
-``intercept`` (any answer, byte for byte).  A safety cap answers 400 after ``MAX_REQUESTS``
-requests, so a client that loops ends instead of hanging the suite.
+test bends the registry with ``upload_origin``, ``blob_origin``, ``blobs_chunked``, ``tags`` (pages and
+links) or ``intercept`` (any answer, byte for byte); ``blobs`` and ``manifests`` may be filled directly,
+with content no honest registry would accept.  ``bend`` rewrites any answer after it was made (a header
+made odd, a status changed).  A safety cap answers 400 after ``MAX_REQUESTS`` requests, so a client that
+loops ends instead of hanging the suite.  ``seen`` also keeps each request's body, so a test can look for
+a secret sent in a form (an identity token).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 USER, PASSWORD = "alice", "alice-secret-pw"
 TOKEN = "hostile-test-token-for-alice"
+IDENTITY_TOKEN = "hostile-identity-token-of-alice"  # a refresh token, as 'docker login' stores for OAuth registries
 MAX_REQUESTS = 2000
 
 
@@ -40,6 +44,12 @@ class Seen:
     method: str
     path: str
     authorization: str | None
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def carries(self, secret: str) -> bool:
+        """True when ``secret`` travels in this request: a header or the body."""
+        return secret.encode() in self.body or any(secret in value for _, value in self.headers)
 
 
 @dataclass
@@ -47,9 +57,20 @@ class Answer:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    raw: bytes | None = None  # sent byte for byte instead (status line, headers, body), then the connection closes
+    informational: tuple[int, ...] = ()  # 1xx answers sent first (103 Early Hints), each with a Link header
+    chunked: bool = False  # Transfer-Encoding: chunked, no Content-Length (the size is known only at the end)
+
+
+def raw_answer(status: int, headers: dict[str, str], body: bytes, *, length: int | None = None) -> Answer:
+    """An answer whose ``Content-Length`` may lie (``length``): the connection closes after ``body``."""
+    head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head += f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n"
+    return Answer(status, raw=head.encode("latin-1") + body)
 
 
 Intercept = Callable[["Origin", str, str, dict[str, str]], "Answer | None"]
+Bend = Callable[["Origin", str, str, Answer], Answer]
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
@@ -75,13 +96,30 @@ class Origin:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 answer = registry.handle(origin, self.command, self.path, dict(self.headers.items()), body)
+                if answer.raw is not None:
+                    self.wfile.write(answer.raw)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                for status in answer.informational:
+                    self.wfile.write(f"HTTP/1.1 {status} Early Hints\r\nLink: </v2/>; rel=preload\r\n\r\n".encode())
                 self.send_response(answer.status)
                 for key, value in answer.headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(answer.body)))
+                if answer.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "HEAD":
+                    return
+                if not answer.chunked:
                     self.wfile.write(answer.body)
+                    return
+                for start in range(0, len(answer.body), 1 << 16):
+                    piece = answer.body[start:start + (1 << 16)]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _serve
 
@@ -119,8 +157,10 @@ class HostileRegistry:
         self.lock = threading.Lock()
         self.upload_origin = "home"  # where POST .../blobs/uploads/ sends the client
         self.blob_origin = "home"  # where a blob GET at home is redirected (307)
+        self.blobs_chunked = False  # blobs sent with Transfer-Encoding: chunked, no Content-Length
         self.tags: Callable[[Origin, dict[str, list[str]]], tuple[list[str], str | None]] | None = None
         self.intercept: Intercept | None = None
+        self.bend: Bend | None = None  # (origin, method, path, answer) -> the answer to send instead
         self.home = Origin("home", self, "127.0.0.1", 0, tls)
         self.elsewhere = Origin("elsewhere", self, "127.0.0.1", 0, tls)
         self.other_host = Origin("other-host", self, "127.0.0.2", self.home.port, tls)
@@ -136,8 +176,9 @@ class HostileRegistry:
             origin.stop()
 
     def credentials_seen(self, *origins: str) -> list[Seen]:
-        """Requests that carried an Authorization header to any of ``origins``."""
-        return [s for s in self.seen if s.origin in origins and s.authorization]
+        """Requests that carried an Authorization header, the password or the token to any of ``origins``."""
+        return [s for s in self.seen if s.origin in origins and (
+            s.authorization or s.carries(PASSWORD) or s.carries(TOKEN) or s.carries(IDENTITY_TOKEN))]
 
     def requests_to(self, origin: str) -> list[Seen]:
         return [s for s in self.seen if s.origin == origin]
@@ -145,9 +186,14 @@ class HostileRegistry:
     # -- serving ----------------------------------------------------------------------------
     def handle(self, origin: Origin, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         with self.lock:
-            self.seen.append(Seen(origin.name, method, target, headers.get("Authorization")))
+            self.seen.append(Seen(origin.name, method, target, headers.get("Authorization"), body,
+                                  tuple(headers.items())))
             if len(self.seen) > MAX_REQUESTS:
                 return Answer(400, {}, b'{"errors":[{"code":"DENIED","message":"too many requests"}]}')
+        answer = self._answer(origin, method, target, headers, body)
+        return self.bend(origin, method, target, answer) if self.bend is not None else answer
+
+    def _answer(self, origin: Origin, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         if self.intercept is not None:
             answer = self.intercept(origin, method, target, headers)
             if answer is not None:
@@ -155,7 +201,7 @@ class HostileRegistry:
         parts = urllib.parse.urlsplit(target)
         path, query = parts.path, urllib.parse.parse_qs(parts.query)
         if origin.name == "realm":
-            return self._token(headers)
+            return self._token(method, headers, body)
         if origin.name == "home" and not self._authorized(headers):
             return self._challenge()
         return self._route(origin, method, path, query, headers, body)
@@ -174,7 +220,12 @@ class HostileRegistry:
         return Answer(401, {"WWW-Authenticate": header, "Content-Type": "application/json"},
                       b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}')
 
-    def _token(self, headers: dict[str, str]) -> Answer:
+    def _token(self, method: str, headers: dict[str, str], body: bytes) -> Answer:
+        if method == "POST":  # OAuth2 refresh-token grant: the identity token in the form
+            form = urllib.parse.parse_qs(body.decode())
+            if form.get("refresh_token") != [IDENTITY_TOKEN]:
+                return Answer(401, {}, b'{"details":"bad refresh token"}')
+            return Answer(200, {"Content-Type": "application/json"}, json.dumps({"access_token": TOKEN}).encode())
         if headers.get("Authorization") != "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode():
             return Answer(401, {}, b'{"details":"bad credentials"}')
         return Answer(200, {"Content-Type": "application/json"}, json.dumps({"token": TOKEN}).encode())
@@ -221,7 +272,8 @@ class HostileRegistry:
             return Answer(404, {}, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
         if origin.name == "home" and self.blob_origin != "home" and method == "GET":
             return Answer(307, {"Location": f"{self.origins[self.blob_origin].url}/v2/{name}/blobs/{digest}"})
-        return Answer(200, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}, data)
+        return Answer(200, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}, data,
+                      chunked=self.blobs_chunked)
 
     def _manifest(self, method: str, name: str, reference: str, headers: dict[str, str], body: bytes) -> Answer:
         if method == "PUT":

@@ -7,9 +7,9 @@ import fnmatch
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from ormb._version import __version__
@@ -43,7 +43,7 @@ from ormb.model import modelpack, ormbformat
 from ormb.model.export import export_model
 from ormb.model.files import FileListing, list_model_files
 from ormb.model.formats import guess_format, validate_format
-from ormb.model.ormbfile import FILENAME, Metadata, load_metadata, parse_metadata_dict
+from ormb.model.ormbfile import FILENAME, Metadata, as_utc, load_metadata, parse_metadata_dict
 from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.model.unpack import FileHashes
@@ -51,7 +51,7 @@ from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import MAX_METADATA_BLOB, MAX_SIGNATURES, is_host, is_tag
 from ormb.oci.graph import Node, parse_node
-from ormb.oci.reference import Reference, parse_reference
+from ormb.oci.reference import USERINFO_REFUSED, Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
 from ormb.registry.credentials import Credential, CredentialStore
@@ -266,8 +266,9 @@ def export(
     """Unpack a cached model into ``directory`` (``model/`` plus ``ormbfile.yaml`` for the ormb format;
     the files at their paths for ModelPack, optionally only those matching ``include`` globs).
 
-    Nothing outside ``directory`` is touched whatever the layers hold (docs/security.md); a tar layer
-    may unpack to at most ``max_expand`` bytes (default: 20 times its size, at least 1 GiB).
+    Nothing outside ``directory`` is touched whatever the layers hold (docs/security.md); the layers
+    together may unpack to at most ``max_expand`` bytes (default: 20 times the compressed bytes read of
+    them, at least 1 GiB; see :mod:`ormb.model.budget`).
 
     With ``verify_key`` (public key files) or ``trust_dir`` (default: ``$ORMB_VERIFY_KEY``,
     ``$ORMB_TRUST_DIR``), a model that is unsigned, signed by another key or whose files differ from
@@ -367,10 +368,9 @@ def _timestamp(stamp: object) -> datetime | None:
     if not isinstance(stamp, str) or not stamp:
         return None
     try:
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
+        return as_utc(datetime.fromisoformat(stamp.replace("Z", "+00:00")))
+    except ValueError:  # not a time, or not one in UTC (0001-01-01T00:00:00+23:59)
         return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def models(*, settings: Settings | None = None) -> list[ModelSummary]:
@@ -394,6 +394,10 @@ def models(*, settings: Settings | None = None) -> list[ModelSummary]:
             model = load_model(cache, desc)
         except OrmbError as exc:
             out.append(ModelSummary(ref, desc.digest, "-", stamp, 0, exc.message))
+            continue
+        except Exception as exc:
+            out.append(ModelSummary(ref, desc.digest, "-", stamp, 0,
+                                    f"its metadata cannot be read ({type(exc).__name__}; please report it)"))
             continue
         problem = "" if model.is_model else f"not a model: its config is {model.manifest.config.media_type}"
         held = sum(layer.size for layer in model.manifest.layers if cache.exists(layer))
@@ -540,6 +544,8 @@ def registry_host(text: str) -> tuple[str, bool | None]:
             value, plain = value[len(scheme):], is_plain
             break
     value = value.split("/", 1)[0]
+    if "@" in value:  # https://user:password@host: refused, and the text is not repeated (CI logs keep errors)
+        raise InvalidReferenceError(USERINFO_REFUSED, "give the user with -u USER and the password with --password-stdin")
     if not is_host(value):
         raise InvalidReferenceError(f"{text!r} is not a registry host",
                                     "give HOST or HOST:PORT, e.g. registry.example.com or localhost:5000")
@@ -746,10 +752,16 @@ def inspect_remote(reference: str | Reference, *, settings: Settings | None = No
 def tags(repository: str | Reference, *, settings: Settings | None = None,
          options: TransportOptions | None = None) -> list[str]:
     """The registry's tags of a repository, all pages."""
+    return list(iter_tags(repository, settings=settings, options=options))
+
+
+def iter_tags(repository: str | Reference, *, settings: Settings | None = None,
+              options: TransportOptions | None = None) -> Iterator[str]:
+    """The registry's tags of a repository as they arrive, page by page (at most ``grammar.MAX_TAGS``)."""
     settings = settings or load_settings()
     ref = repository if isinstance(repository, Reference) else parse_reference(
         repository, settings.default_registry, default_tag=False)
-    return list(_remote(ref, settings, options).tags())
+    return _remote(ref, settings, options).tags()
 
 
 # -- signing -----------------------------------------------------------------------------------

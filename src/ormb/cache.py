@@ -1,8 +1,8 @@
 """The local model cache: an OCI layout under ``$ORMB_HOME/cache`` and what it holds.
 
 Every walk of the cache's graph goes through :mod:`ormb.oci.graph`, as ``copy`` does:
-``prune`` keeps what :func:`reachable_blobs` finds (on the safe side: what it cannot parse it
-keeps, with every digest it mentions), ``models`` and ``inspect`` read a reference with
+``prune`` keeps what :func:`reachable_blobs` finds (:func:`ormb.oci.graph.reachable`: copy's
+walk on the safe side; what it cannot parse it keeps, with every digest it mentions), ``models`` and ``inspect`` read a reference with
 :func:`load_model`, which says what is wrong with a reference that is not one model.
 
 Referrers (signatures) are index.json entries without a name whose manifest has a ``subject``:
@@ -26,14 +26,9 @@ from ormb.errors import InvalidArtifactError, InvalidReferenceError
 from ormb.model.loaded import LoadedModel as LoadedModel
 from ormb.model.loaded import index_error as index_error
 from ormb.model.loaded import load_model as load_model
-from ormb.oci import mediatypes
+from ormb.oci import graph, mediatypes
 from ormb.oci.descriptor import Descriptor
-from ormb.oci.graph import (
-    NODE_TYPES,
-    digests_mentioned,
-    may_be_node,
-    successors_or_mentioned,
-)
+from ormb.oci.graph import digests_mentioned
 from ormb.oci.reference import Reference, parse_reference
 
 
@@ -83,25 +78,9 @@ def iter_references(cache: OCILayout, settings: Settings) -> Iterator[tuple[Refe
 
 
 def reachable(cache: OCILayout, roots: list[Descriptor]) -> set[str]:
-    """Every digest the roots reach, walked with :func:`successors_or_mentioned`: a node that does not
-    parse keeps every digest it mentions, and what those reach.  A missing blob is a leaf."""
-    seen: set[str] = set()
-    stack = list(roots)
-    while stack:
-        desc = stack.pop()
-        if desc.digest in seen:
-            continue
-        seen.add(desc.digest)
-        if not may_be_node(desc.media_type):
-            continue
-        if desc.media_type not in NODE_TYPES:  # generic (application/json, octet-stream): a node is a JSON object
-            head = cache.read_head(desc.digest, 64)
-            if head is None or head.lstrip()[:1] != b"{":
-                continue
-        data = cache.read_head(desc.digest)
-        if data is not None:
-            stack.extend(successors_or_mentioned(desc, data))
-    return seen
+    """Every digest the roots may reach in the cache: :func:`ormb.oci.graph.reachable`, the walk copy makes,
+    on the safe side (a node that does not parse keeps every digest it mentions).  A missing blob is a leaf."""
+    return graph.reachable(roots, cache.read_head)
 
 
 def reachable_blobs(cache: OCILayout) -> set[str]:

@@ -130,6 +130,8 @@ def copy(
     plan = _Plan(src, dst, stats, concurrency, progress, include, mount_from, complete_existing)
     node = _parse(root_desc, root_bytes)
     _copy_successors(plan, node, 0)
+    # left out: what no manifest of the graph wanted (one manifest's refusal, another's layer, is copied)
+    stats.left_out = list({d.digest: d for d in stats.left_out if not plan.moved_as_blob(d)}.values())
     if before_root is not None:
         before_root()
     pushed = Descriptor(node.media_type, root_desc.digest, root_desc.size, root_desc.annotations,
@@ -153,16 +155,22 @@ class _Plan:
     include: LayerFilter | None
     mount_from: MountSources | None
     complete_existing: bool
-    handled: set[str] = field(default_factory=set)  # digests already copied, skipped or mounted by this copy
+    handled: set[tuple[str, bool]] = field(default_factory=set)  # (digest, as a node) already met in this copy
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def claim(self, desc: Descriptor) -> bool:
-        """True the first time a digest is met in this copy: each blob is fetched at most once."""
+    def claim(self, desc: Descriptor, as_node: bool) -> bool:
+        """True the first time a digest is met in this copy in this role: each blob is moved at most once, and
+        each node walked at most once, even one that was moved as a blob before (a layer of another manifest)."""
         with self.lock:
-            if desc.digest in self.handled:
+            if (desc.digest, as_node) in self.handled:
                 return False
-            self.handled.add(desc.digest)
+            self.handled.add((desc.digest, as_node))
             return True
+
+    def moved_as_blob(self, desc: Descriptor) -> bool:
+        """True when this copy moved (or found) ``desc`` as a blob: that says nothing of its children."""
+        with self.lock:
+            return (desc.digest, False) in self.handled
 
 
 def _parse(desc: Descriptor, data: bytes) -> Node:
@@ -175,23 +183,22 @@ def _parse(desc: Descriptor, data: bytes) -> Node:
 def _wanted_children(plan: _Plan, node: Node) -> tuple[list[Descriptor], list[Descriptor]]:
     """(nodes, blobs) among the successors of ``node``: the entries of an index and a subject are
     nodes whatever their media type says; the include filter runs here, once per manifest."""
-    children = node.successors()
-    is_node = {d.digest for d in node.manifests}
-    if node.subject is not None:
-        is_node.add(node.subject.digest)
-    nodes = [c for c in children if c.digest in is_node or c.media_type in NODE_TYPES]
-    blobs = [c for c in children if c not in nodes]
+    children = node.children()
+    nodes, blobs = list(children.nodes), list(children.blobs)
     if node.kind == "manifest":
         manifest = node.to_manifest()
-        left_out = set()
-        for layer in manifest.layers:
-            if plan.include is None or plan.include(manifest, layer):
-                with plan.stats._lock:
-                    plan.stats.layers_seen[layer.digest] = layer
-            else:
-                left_out.add(layer.digest)
-                plan.stats.left_out.append(layer)
-        blobs = [b for b in blobs if b.digest not in left_out or b == manifest.config]
+        left_out: set[str] = set()
+        if plan.include is not None:  # a digest two files share (one wanted, one not) is wanted
+            include = plan.include
+            wanted = {layer.digest for layer in manifest.layers if include(manifest, layer)}
+            refused = {layer.digest: layer for layer in manifest.layers if layer.digest not in wanted}
+            with plan.stats._lock:
+                plan.stats.left_out.extend(refused.values())
+            left_out = set(refused)
+            blobs = [b for b in blobs if b.digest not in left_out or b == manifest.config]
+        with plan.stats._lock:
+            plan.stats.layers_seen.update((layer.digest, layer) for layer in manifest.layers
+                                          if layer.digest not in left_out)
     return nodes, blobs
 
 
@@ -203,7 +210,7 @@ def _copy_successors(plan: _Plan, node: Node, depth: int) -> None:
     nodes, blobs = _wanted_children(plan, node)
     for child in nodes:
         _copy_node(plan, child, depth + 1)
-    unique = [b for b in {b.digest: b for b in blobs}.values() if plan.claim(b)]
+    unique = [b for b in {b.digest: b for b in blobs}.values() if plan.claim(b, as_node=False)]
     if not unique:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(plan.concurrency, len(unique)))) as pool:
@@ -221,11 +228,11 @@ def _copy_successors(plan: _Plan, node: Node, depth: int) -> None:
 
 def _copy_node(plan: _Plan, child: Descriptor, depth: int) -> None:
     """A manifest or index below the root: its own graph first, then itself."""
-    if not plan.claim(child):
+    if not plan.claim(child, as_node=True):
         return
     src, dst, stats = plan.src, plan.dst, plan.stats
     exists = isinstance(dst, ExistenceChecker) and dst.exists(child)
-    if exists and not plan.complete_existing:
+    if exists and not plan.complete_existing and not plan.moved_as_blob(child):
         stats.skipped.append(child)
         return
     data = fetch_bytes(src, child, MAX_MANIFEST)

@@ -300,3 +300,17 @@ def test_the_catalog_page_shows_a_modelpack_model(tmp_path: Path) -> None:
             assert expected in page, expected
     finally:
         registry.stop()
+
+
+def test_partial_pull_of_a_file_identical_to_a_left_out_one(tmp_path: Path, registry: Any) -> None:
+    """F6: a.bin and b.bin are the same bytes (one blob); 'pull --include a.bin' left it out for b.bin's sake."""
+    trainer, server = _home(tmp_path, "trainer"), _home(tmp_path, "server")
+    same = os.urandom(5000)
+    ref = f"{registry.host}/partial/same:v1"
+    api.save(make_model(tmp_path / "m", {"a.bin": same, "b.bin": same}), ref, settings=trainer,
+             artifact_format="modelpack")
+    api.push(ref, settings=trainer)
+    result = api.pull(ref, include=("a.bin",), settings=server)
+    assert result.left_out == ()
+    api.export(ref, tmp_path / "a", include=("a.bin",), settings=server)
+    assert (tmp_path / "a" / "a.bin").read_bytes() == same

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hostile import PASSWORD, TOKEN, USER, Answer, HostileRegistry, Origin
+from hostile import PASSWORD, TOKEN, USER, Answer, HostileRegistry, Origin, raw_answer
 
 from conftest import make_model
 from ormb import api
 from ormb.cli.main import main
 from ormb.config import Settings
 from ormb.oci import mediatypes
-from ormb.oci.grammar import MAX_MANIFEST
+from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST
 from ormb.registry.credentials import Credential, CredentialStore
 
 pytestmark = pytest.mark.integration
@@ -80,6 +80,25 @@ CASES: dict[str, tuple[str, str, str, Answer, int]] = {
     "Retry-After in Unicode digits": ("pull-retry", "GET", MANIFEST, Answer(503, {"Retry-After": "\u00b2"}), 6),
     "chunk Range in Unicode digits": ("push", "PATCH", "/upload/", Answer(  # the Range is ignored; the bent
         202, {"Location": "/upload/x", "Range": "0-\u00b2"}), 3),       # Location then leads to an unknown upload
+    # bodies that break, or are not what their headers say (F8: exit 70 before)
+    "manifest shorter than its Content-Length": ("pull", "GET", MANIFEST, raw_answer(
+        200, {"Content-Type": mediatypes.OCI_MANIFEST}, b'{"schemaVersion": 2, "con', length=10_000), 6),
+    "manifest with a bogus Content-Encoding": ("pull", "GET", MANIFEST, Answer(
+        200, {"Content-Type": mediatypes.OCI_MANIFEST, "Content-Encoding": "gzip"}, b"not gzip"), 6),
+    "blob with a bogus Content-Encoding": ("pull", "GET", "/blobs/sha256:", Answer(
+        200, {"Content-Encoding": "gzip"}, b"not gzip"), 6),
+    "blob shorter than its Content-Length": ("pull", "GET", "/blobs/sha256:", raw_answer(200, {}, b"x", length=9999), 6),
+    "tag page shorter than its Content-Length": ("tags", "GET", "/tags/list", raw_answer(
+        200, {"Content-Type": "application/json"}, b'{"tags": ["v', length=1000), 6),
+    "tag page with a bogus Content-Encoding": ("tags", "GET", "/tags/list", Answer(
+        200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, b"not gzip"), 6),
+    "referrers shorter than its Content-Length": ("referrers", "GET", "/referrers/", raw_answer(
+        200, {"Content-Type": mediatypes.OCI_INDEX}, b'{"schema', length=1000), 6),
+    "a redirect to a Location that is not a URL": ("pull", "GET", MANIFEST, Answer(302, {"Location": "http://[::1"}), 6),
+    "a redirect to a Location with a backslash": ("pull", "GET", MANIFEST, Answer(
+        302, {"Location": "http://127.0.0.1:1\\@127.0.0.1/v2/"}), 6),
+    "a redirect to a file": ("pull", "GET", MANIFEST, Answer(302, {"Location": "file:///etc/passwd"}), 6),
+    "a redirect without a Location": ("pull", "GET", MANIFEST, Answer(302, {}), 6),
     "referrers is not a list": ("referrers", "GET", "/referrers/", _json(b'{"schemaVersion": 2, "manifests": 5}'), 4),
     "referrers nested too deeply": ("referrers", "GET", "/referrers/", _json(DEEP), 4),
 }
@@ -90,6 +109,14 @@ TOKEN_CASES: dict[str, tuple[Answer, int]] = {
     "token answer is a list": (_json(b"[]"), 6),
     "token is a number": (_json(b'{"token": 7}'), 6),
     "expires_in is NaN": (_json(b'{"token": "fine", "expires_in": NaN}'), 0),
+    "expires_in has 401 digits": (_json(b'{"token": "fine", "expires_in": 1' + b"0" * 400 + b"}"), 0),
+    "expires_in is infinite": (_json(b'{"token": "fine", "expires_in": 1e999}'), 0),
+    "expires_in is negative": (_json(b'{"token": "fine", "expires_in": -5}'), 0),
+    "expires_in is true": (_json(b'{"token": "fine", "expires_in": true}'), 0),
+    "token answer shorter than its Content-Length": (raw_answer(
+        200, {"Content-Type": "application/json"}, b'{"token": "fi', length=1000), 6),
+    "token answer with a bogus Content-Encoding": (Answer(
+        200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, b"not gzip"), 6),
 }
 
 CHALLENGE_CASES: dict[str, tuple[str, int]] = {
@@ -107,11 +134,11 @@ def hostile() -> Iterator[HostileRegistry]:
     registry.stop()
 
 
-def _pushed(tmp_path: Path, registry: HostileRegistry) -> str:
+def _pushed(tmp_path: Path, registry: HostileRegistry, size: int = 2000) -> str:
     ref = f"{registry.host}/team/m:v1"
     pusher = Settings(home=tmp_path / "pusher", default_registry="localhost:5000")
     CredentialStore(pusher.home / "config.json").store(registry.host, Credential(USER, PASSWORD))
-    api.save(make_model(tmp_path / "m", {"w.bin": os.urandom(2000)}), ref, settings=pusher)
+    api.save(make_model(tmp_path / "m", {"w.bin": os.urandom(size)}), ref, settings=pusher)
     api.push(ref, settings=pusher)
     return ref
 
@@ -199,3 +226,67 @@ def test_a_malformed_challenge_is_a_clear_error(case: str, settings: Settings, h
 
     hostile.intercept = intercept
     _check(*_exit_code(["tags", f"{hostile.host}/team/m"], capsys), expected)
+
+
+def test_a_resumed_download_that_breaks_while_skipping_is_resumed_again(
+        tmp_path: Path, settings: Settings, hostile: HostileRegistry, capsys: pytest.CaptureFixture[str]) -> None:
+    """F8: the download breaks; the registry ignores Range (200 from the start) and breaks again while ormb
+    skips what it has (exit 70 before); the third answer is whole.  The model arrives intact."""
+    ref = _pushed(tmp_path, hostile, size=3 * IO_CHUNK)  # ormb reads IO_CHUNK at a time: several reads
+    CredentialStore(settings.home / "config.json").store(hostile.host, Credential(USER, PASSWORD))
+    layer = max(hostile.blobs, key=lambda d: len(hostile.blobs[d]))
+    data = hostile.blobs[layer]
+    answers = iter([raw_answer(200, {}, data[: 2 * IO_CHUNK + 100], length=len(data)),  # 2 chunks arrive, then a break
+                    raw_answer(200, {}, data[: IO_CHUNK + 100], length=len(data))])  # Range ignored; breaks in the skip
+
+    def intercept(where: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
+        if method == "GET" and path.endswith(layer) and headers.get("Authorization"):
+            return next(answers, None)  # then the whole blob, from the start (Range still ignored)
+        return None
+
+    hostile.intercept = intercept
+    _check(*_exit_code(["pull", "--retries", "3", ref], capsys), 0)
+    assert api.export(ref, tmp_path / "out", settings=settings).files
+
+
+def test_an_early_hints_answer_is_not_taken_for_the_answer(
+        tmp_path: Path, settings: Settings, hostile: HostileRegistry, capsys: pytest.CaptureFixture[str]) -> None:
+    """``103 Early Hints`` before every answer (a CDN may send them): skipped, and the connection stays in step."""
+    ref = _pushed(tmp_path, hostile)
+    CredentialStore(settings.home / "config.json").store(hostile.host, Credential(USER, PASSWORD))
+
+    def bend(origin: Origin, method: str, path: str, answer: Answer) -> Answer:
+        answer.informational = (103, 103)
+        return answer
+
+    hostile.bend = bend
+    _check(*_exit_code(["pull", "--retries", "0", ref], capsys), 0)
+    _check(*_exit_code(["tags", f"{hostile.host}/team/m"], capsys), 0)
+
+
+RANGES: dict[str, Callable[[int, int], str]] = {
+    "per chunk, not cumulative": lambda start, end: f"0-{end - start}",  # F10: 'ormb push' looped forever
+    "never moves": lambda start, end: "0-0",
+    "more than was sent": lambda start, end: f"0-{end + 100}",
+}
+
+
+@pytest.mark.parametrize("case", list(RANGES))
+def test_a_chunk_range_that_does_not_advance_is_a_clear_error(case: str, tmp_path: Path, settings: Settings,
+                                                              hostile: HostileRegistry,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The Range a PATCH answer gives must advance, and stay within what was sent; the PATCHes are capped."""
+    CredentialStore(settings.home / "config.json").store(hostile.host, Credential(USER, PASSWORD))
+    api.save(make_model(tmp_path / "new", {"w.bin": os.urandom(6000)}), f"{hostile.host}/team/new:v1",
+             settings=settings)
+
+    def intercept(where: Origin, method: str, path: str, headers: dict[str, str]) -> Answer | None:
+        if method == "PATCH" and headers.get("Authorization"):
+            start, _, end = headers["Content-Range"].partition("-")
+            return Answer(202, {"Location": path, "Range": RANGES[case](int(start), int(end))})
+        return None
+
+    hostile.intercept = intercept
+    _check(*_exit_code(["push", "--retries", "0", "--chunk-size", "1K", f"{hostile.host}/team/new:v1"], capsys), 6)
+    patches = [s for s in hostile.seen if s.method == "PATCH" and s.authorization]
+    assert len(patches) <= 2 * 7 + 8  # 6000 random bytes gzip to at most 7 chunks of 1 KiB

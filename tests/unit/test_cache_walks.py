@@ -88,6 +88,29 @@ def test_prune_follows_a_manifest_recorded_as_plain_json(settings: Settings) -> 
     assert _blobs(settings) == before
 
 
+@pytest.mark.parametrize("position", ["index entry", "subject", "root"])
+@pytest.mark.parametrize("recorded", ["application/vnd.example.thing+json", "application/json", mediatypes.ORMB_LAYER])
+@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf", b" " * 100])
+def test_prune_reads_a_node_position_as_a_node_whatever_its_type_or_first_bytes(
+        settings: Settings, position: str, recorded: str, prefix: bytes) -> None:
+    """F4: copy reads every index entry, subject and root as a node; prune read only those whose type looked
+    like a node and whose first 64 bytes held a '{', and deleted the blobs of a manifest pulled through them."""
+    layout = OCILayout(settings.cache_dir)
+    config = _put(layout, mediatypes.ORMB_CONFIG, b'{"format":"Others"}')
+    layer = _put(layout, mediatypes.ORMB_LAYER, b"weights a tag still reaches")
+    inner = _put(layout, mediatypes.OCI_MANIFEST, prefix + Manifest(config, (layer,)).to_bytes())
+    odd = Descriptor(recorded, inner.digest, inner.size)
+    if position == "index entry":
+        layout.tag(_index(layout, odd), f"{REF}:top")
+    elif position == "subject":
+        empty = _put(layout, "application/vnd.oci.empty.v1+json", b"{}")
+        layout.tag(_put(layout, mediatypes.OCI_MANIFEST, Manifest(empty, (), subject=odd).to_bytes()), f"{REF}:top")
+    else:
+        layout.tag(odd, f"{REF}:top")
+    api.prune(settings=settings)
+    assert {config.digest, layer.digest, inner.digest} <= _blobs(settings)
+
+
 def test_prune_keeps_what_an_unnamed_index_json_entry_reaches(settings: Settings) -> None:
     """Other tools (skopeo copy without a tag, umoci) write index.json entries without a ref name."""
     layout = OCILayout(settings.cache_dir)
@@ -196,3 +219,63 @@ def test_inspect_and_export_of_an_index_name_its_manifests(tmp_path: Path, setti
     assert api.inspect(f"team/m@{second.digest}", settings=settings).digest == second.digest
     api.export(f"team/m@{second.digest}", tmp_path / "member", settings=settings)
     assert (tmp_path / "member" / "model" / "b.bin").read_bytes() == b"b"
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
+KITOPS_CONFIG = "application/vnd.kitops.modelkit.config.v1+json"
+OVERFLOW = "0001-01-01T00:00:00+23:59"
+# (config media type, config bytes, manifest annotations): one artifact each, every one hostile in its metadata
+HOSTILE_METADATA: dict[str, tuple[str, bytes, dict[str, str]]] = {
+    "ormb config nested deeply": (mediatypes.ORMB_CONFIG, DEEP.encode(), {}),
+    "ormb config, a field nested deeply": (mediatypes.ORMB_CONFIG, b'{"format": "Others", "labels": ' +
+                                           b"[" * 500 + b"]" * 500 + b"}", {}),
+    "ormb config created out of range": (mediatypes.ORMB_CONFIG, json.dumps(
+        {"format": "Others", "created": OVERFLOW}).encode(), {}),
+    "ormb config with a lone surrogate": (mediatypes.ORMB_CONFIG, b'{"format": "Others", "author": "\\ud800"}', {}),
+    "ormb config with a BOM": (mediatypes.ORMB_CONFIG, b'\xef\xbb\xbf{"format": "Others"}', {}),
+    "ModelPack authors is a number": (MODELPACK_CONFIG, json.dumps({"descriptor": {"authors": 5}}).encode(), {}),
+    "ModelPack authors is true": (MODELPACK_CONFIG, json.dumps({"descriptor": {"authors": True}}).encode(), {}),
+    "ModelPack createdAt out of range": (MODELPACK_CONFIG, json.dumps(
+        {"descriptor": {"createdAt": OVERFLOW}}).encode(), {}),
+    "ModelPack knowledgeCutoff out of range": (MODELPACK_CONFIG, json.dumps(
+        {"config": {"capabilities": {"knowledgeCutoff": OVERFLOW}}}).encode(), {}),
+    "ModelPack config nested deeply": (MODELPACK_CONFIG, b'{"descriptor": ' + DEEP.encode() + b"}", {}),
+    "ModelPack descriptor nested 500 deep": (MODELPACK_CONFIG, b'{"descriptor": {"x": ' + b"[" * 500 + b"]" * 500 +
+                                             b"}}", {}),
+    "Kitfile nested deeply": (KITOPS_CONFIG, b'{"package": ' + DEEP.encode() + b"}", {}),
+    "Kitfile authors is a number": (KITOPS_CONFIG, b'{"package": {"authors": 7}}', {}),
+    "Kitfile annotation nested deeply": (MODELPACK_CONFIG, b"{}", {"ml.kitops.modelkit.kitfile": DEEP}),
+    "ormb metadata annotation nested deeply": (MODELPACK_CONFIG, b"{}", {"io.ormb.model.metadata+json": DEEP}),
+    "ormb metadata annotation created out of range": (MODELPACK_CONFIG, b"{}", {
+        "io.ormb.model.metadata+json": json.dumps({"created": OVERFLOW})}),
+    "ormb metadata annotation with a lone surrogate": (MODELPACK_CONFIG, b"{}", {
+        "io.ormb.model.metadata+json": '{"author": "\\udfff"}'}),
+}
+
+
+def test_models_inspect_and_export_survive_any_metadata(tmp_path: Path, settings: Settings,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """F7: one artifact with hostile metadata made 'ormb models' exit 70 for the whole cache (RecursionError,
+    OverflowError, TypeError); 'inspect' and 'export' of it too.  Each is now a model like any other."""
+    from ormb.cli.main import main
+
+    api.save(make_model(tmp_path / "good", {"w.bin": b"good"}), "team/good:v1", settings=settings)
+    layout = OCILayout(settings.cache_dir)
+    layer = _put(layout, mediatypes.ORMB_LAYER, craft_layer([("model/w.bin", "file", b"w")]))
+    tags = {}
+    for i, (case, (config_type, config, notes)) in enumerate(HOSTILE_METADATA.items()):
+        manifest = Manifest(_put(layout, config_type, config), (layer,), annotations=notes)
+        layout.tag(_put(layout, mediatypes.OCI_MANIFEST, manifest.to_bytes()), f"{REF}:case{i}")
+        tags[f"case{i}"] = case
+    rows = {m.reference.tag: m for m in api.models(settings=settings)}
+    assert set(rows) == {"v1", *tags}
+    assert rows["v1"].problem == ""
+    assert main(["models"]) == 0
+    for tag, case in tags.items():
+        capsys.readouterr()
+        for argv in (["inspect", f"team/m:{tag}"], ["inspect", "--json", f"team/m:{tag}"],
+                     ["export", f"team/m:{tag}", "-d", str(tmp_path / tag)]):
+            code = main(argv)
+            err = capsys.readouterr().err
+            assert code in (0, 4) and "internal error" not in err, f"{case}: {' '.join(argv[:2])}: {err}"

@@ -1,11 +1,14 @@
 """Generated caches: prune never deletes what a reference may reach, and copy never reaches what prune
 would delete.
 
-Hypothesis builds graphs of manifests, indexes (nested), subjects, descriptors recorded as
-``application/json``, broken nodes (truncated or mistyped JSON that still names digests),
-unnamed index.json entries (an unnamed manifest with a subject is a referrer: kept while its subject is)
-and garbage blobs.  The oracle is written here from the JSON by hand:
-a node that parses gives its children, one that does not gives every digest written in it.
+Hypothesis builds graphs of manifests, indexes (nested), subjects, broken nodes (truncated or
+mistyped JSON that still names digests), unnamed index.json entries (an unnamed manifest with a
+subject is a referrer, such as a signature: kept while its subject is) and garbage blobs.  Where a
+node is referenced (an index entry, a subject, an index.json entry) its descriptor may say any
+media type: its own, ``application/json``, another node type, or a vendor type copy does not know
+(copy still reads it as a node: review finding F4).  A node's bytes may start with a UTF-8 BOM or
+whitespace (JSON allows both; F4 again).  The oracle is written here from the JSON by hand: a node
+that parses gives its children, one that does not gives every digest written in it.
 """
 
 from __future__ import annotations
@@ -26,15 +29,22 @@ from ormb.content.target import push_bytes
 from ormb.errors import InvalidArtifactError
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor
+from ormb.oci.graph import NODE_TYPES
 from ormb.transfer import copy
 
 DIGEST = re.compile(rb"sha256:[a-f0-9]{64}")
 
+vendor_types = st.from_regex(r"application/vnd\.[a-z]{1,8}\.[a-z0-9.]{1,12}(\+json)?\Z", fullmatch=True)
+recorded_as = st.one_of(  # the mediaType of the descriptors that point at a node ("" keeps its own)
+    st.just(""), st.sampled_from(["application/json", "application/octet-stream", "text/plain", *sorted(NODE_TYPES),
+                                  mediatypes.ORMB_LAYER, mediatypes.ORMB_CONFIG]), vendor_types)
+leading = st.sampled_from([b"", b"\xef\xbb\xbf", b" " * 100, b"\r\n\t " * 30, b"\xef\xbb\xbf" + b"\n" * 70])
 node_spec = st.tuples(
     st.sampled_from(["manifest", "index", "broken"]),
     st.lists(st.integers(0, 40), max_size=4),  # children: indexes into what exists so far
-    st.booleans(),  # recorded as application/json where it is referenced
+    recorded_as,
     st.booleans(),  # a manifest with a subject
+    leading,  # bytes before the JSON document
 )
 
 
@@ -43,10 +53,10 @@ node_spec = st.tuples(
        garbage=st.integers(0, 3))
 # found by this test: a manifest with a subject that is both named and an unnamed entry is a root (a
 # signature someone tagged), not a referrer waiting for its subject
-@example(layers=1, nodes=[("manifest", [], False, False), ("manifest", [], False, False),
-                          ("manifest", [], False, True)], named=[14], unnamed=[14], garbage=0)
+@example(layers=1, nodes=[("manifest", [], "", False, b""), ("manifest", [], "", False, b""),
+                          ("manifest", [], "", True, b"")], named=[14], unnamed=[14], garbage=0)
 def test_prune_keeps_every_reachable_blob_and_copy_reaches_nothing_else(
-        layers: int, nodes: list[tuple[str, list[int], bool, bool]], named: list[int], unnamed: list[int],
+        layers: int, nodes: list[tuple[str, list[int], str, bool, bytes]], named: list[int], unnamed: list[int],
         garbage: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         settings = Settings(home=Path(directory), default_registry="localhost:5000")
@@ -60,7 +70,7 @@ def test_prune_keeps_every_reachable_blob_and_copy_reaches_nothing_else(
         config = put(mediatypes.ORMB_CONFIG, b'{"format":"Others"}')
         blobs = [put(mediatypes.ORMB_LAYER, f"layer {i}".encode()) for i in range(layers)]
         made: list[Descriptor] = []
-        for i, (kind, picks, as_json, with_subject) in enumerate(nodes):
+        for i, (kind, picks, recorded, with_subject, prefix) in enumerate(nodes):
             children = [made[p % len(made)] for p in picks] if made else []
             if kind == "manifest":
                 doc: dict[str, object] = {
@@ -68,17 +78,17 @@ def test_prune_keeps_every_reachable_blob_and_copy_reaches_nothing_else(
                     "layers": [blobs[p % layers].to_dict() for p in picks] or [blobs[0].to_dict()]}
                 if with_subject and made:
                     doc["subject"] = made[-1].to_dict()
-                desc = put(mediatypes.OCI_MANIFEST, json.dumps(doc).encode())
+                desc = put(mediatypes.OCI_MANIFEST, prefix + json.dumps(doc).encode())
             elif kind == "index":
                 doc = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": [
                     c.to_dict() for c in children]}
-                desc = put(mediatypes.OCI_INDEX, json.dumps(doc).encode())
+                desc = put(mediatypes.OCI_INDEX, prefix + json.dumps(doc).encode())
             else:  # names digests, but is not a valid node: a size that is a string, then cut short
                 names = [c.digest for c in children] + [blobs[p % layers].digest for p in picks]
                 text = json.dumps({"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": [
                     {"mediaType": mediatypes.OCI_MANIFEST, "digest": d, "size": "?"} for d in names]})
-                desc = put(mediatypes.OCI_INDEX, text.encode()[: len(text) - 2] + f" #{i}".encode())
-            made.append(Descriptor("application/json", desc.digest, desc.size) if as_json else desc)
+                desc = put(mediatypes.OCI_INDEX, prefix + text.encode()[: len(text) - 2] + f" #{i}".encode())
+            made.append(Descriptor(recorded, desc.digest, desc.size) if recorded else desc)
         for g in range(garbage):
             put(mediatypes.ORMB_LAYER, f"garbage {g}".encode())
         names = sorted({n % len(made) for n in named})
@@ -91,10 +101,9 @@ def test_prune_keeps_every_reachable_blob_and_copy_reaches_nothing_else(
         roots = [made[n] for n in names]
         referrers: dict[str, str] = {}  # an unnamed entry whose manifest has a subject: kept while its subject is
         for u in unnamed:
-            data = layout.blob_path(made[u % len(made)].digest).read_bytes()
-            subject = json.loads(data).get("subject") if data.startswith(b"{") and b'"subject"' in data else None
-            if isinstance(subject, dict):
-                referrers[made[u % len(made)].digest] = subject["digest"]
+            subject = _subject(layout.blob_path(made[u % len(made)].digest).read_bytes())
+            if subject is not None and made[u % len(made)].digest not in {d.digest for d in roots}:
+                referrers[made[u % len(made)].digest] = subject
             else:
                 roots.append(made[u % len(made)])
 
@@ -131,9 +140,7 @@ def _oracle(layout: OCILayout, roots: list[Descriptor]) -> set[str]:
             continue
         seen.add(digest)
         data = layout.blob_path(digest).read_bytes()
-        if not data.startswith(b"{"):
-            continue
-        try:
+        try:  # json.loads takes bytes with a BOM and surrounding whitespace, as copy does
             doc = json.loads(data)
             children = [m["digest"] for m in doc.get("manifests", [])]
             if "config" in doc:
@@ -142,7 +149,17 @@ def _oracle(layout: OCILayout, roots: list[Descriptor]) -> set[str]:
                 children.append(doc["subject"]["digest"])
             if any(not isinstance(m.get("size"), int) for m in doc.get("manifests", [])):
                 raise ValueError("broken")
-        except ValueError:
+        except (ValueError, AttributeError, KeyError, TypeError):  # not JSON, or not a node: what it names
             children = [m.decode() for m in DIGEST.findall(data)]
         stack.extend(children)
     return seen
+
+
+def _subject(data: bytes) -> str | None:
+    """The subject digest of a manifest (a referrer when an unnamed entry names it), else None."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    subject = doc.get("subject") if isinstance(doc, dict) and "config" in doc else None
+    return subject["digest"] if isinstance(subject, dict) else None

@@ -290,3 +290,35 @@ def test_a_stream_that_returns_short_reads_is_read_whole() -> None:
     desc = Descriptor.of_bytes("application/octet-stream", b"0123456789")
     store.push(desc, Trickle(b"0123456789"))
     assert store.blobs[desc.digest] == b"0123456789"
+
+
+@pytest.mark.parametrize("complete_existing", [False, True])
+@pytest.mark.parametrize("order", ["blob first", "node first"])
+def test_a_digest_met_as_a_blob_and_as_a_node_is_walked_as_a_node(complete_existing: bool, order: str) -> None:
+    """F5: B is a layer of A (moved as bytes) and an entry of the index (a node): the copy claimed B once, by
+    digest, so B's own children were never fetched, and the tag pointed at an incomplete graph."""
+    src, dst = Tracker(), Tracker()
+    inner = _manifest(src, b"the layer only B reaches")
+    as_blob = Descriptor("application/vnd.example.blob", inner.digest, inner.size)
+    holder = Manifest(_blob(src, b'{"format":"Others"}', mediatypes.ORMB_CONFIG), (as_blob,)).to_bytes()
+    outer = _blob(src, holder, mediatypes.OCI_MANIFEST)
+    src.tag(_index(src, *((outer, inner) if order == "blob first" else (inner, outer))), "idx")
+    copy(src, "idx", dst, "idx", complete_existing=complete_existing)
+    assert _reach(src, inner) <= set(dst.blobs)
+    assert Counter(dst.pushed)[inner.digest] <= 2 and max(src.fetched.values()) <= 2
+
+
+@pytest.mark.parametrize("wanted_first", [True, False])
+def test_a_wanted_layer_identical_to_a_left_out_one_is_copied(wanted_first: bool) -> None:
+    """F6: a.bin and b.bin hold the same bytes (one digest); 'pull --include a.bin' left it out because b.bin
+    was refused, and the export of a.bin then found it missing."""
+    src, dst = Tracker(), Tracker()
+    same = _blob(src, b"identical weights")
+    a = Descriptor(same.media_type, same.digest, same.size, {"path": "a.bin"})
+    b = Descriptor(same.media_type, same.digest, same.size, {"path": "b.bin"})
+    config = _blob(src, b'{"format":"Others"}', mediatypes.ORMB_CONFIG)
+    root = _blob(src, Manifest(config, (a, b) if wanted_first else (b, a)).to_bytes(), mediatypes.OCI_MANIFEST)
+    src.tag(root, "v1")
+    stats = copy(src, "v1", dst, "v1", include=lambda manifest, layer: layer.annotations.get("path") == "a.bin")
+    assert same.digest in dst.blobs
+    assert stats.left_out == []  # nothing the destination lacks

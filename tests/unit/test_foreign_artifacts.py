@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,9 +24,11 @@ from hypothesis import strategies as st
 from ormb import api
 from ormb.config import Settings
 from ormb.content.layout import OCILayout
+from ormb.content.memory import MemoryStore
 from ormb.content.target import push_bytes
 from ormb.errors import IntegrityError, InvalidArtifactError, UnsafeArchiveError
 from ormb.model import modelpack
+from ormb.model.loaded import load_model
 from ormb.oci.descriptor import Descriptor, Manifest
 
 CONFIGS = {
@@ -117,23 +120,54 @@ def test_compressed_raw_layers_are_checked_and_refused_whole(tmp_path: Path, set
     assert not (tmp_path / "lie").exists()
 
 
-_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+_ODD_TEXT = st.sampled_from(["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59", "2020-06-01T08:00:00Z",
+                             "\ud800", "a\udfffb", "\x00", "Others", "ONNX", "", "x" * 300])
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+                     | _ODD_TEXT,
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
                      max_leaves=12)
 _KEYS = st.sampled_from(["package", "model", "config", "descriptor", "datasets", "code", "authors", "name",
-                         "format", "createdAt", "created", "licenses", "parameters", "capabilities", "paramSize"])
-_CONFIG = st.dictionaries(_KEYS, _JSON | st.dictionaries(_KEYS, _JSON, max_size=5), max_size=6)
+                         "format", "createdAt", "created", "licenses", "parameters", "capabilities", "paramSize",
+                         "knowledgeCutoff", "author", "labels", "tags", "modelpack", "signature", "layers"])
+_CONFIG = st.dictionaries(_KEYS, _JSON | st.dictionaries(_KEYS, _JSON | st.dictionaries(_KEYS, _JSON, max_size=3),
+                                                          max_size=5), max_size=6)
+_DEEP = st.integers(30, 100_000).map(lambda n: "[" * n + "]" * n)
+
+
+def _document(value: dict[str, object], shape: str, depth: str, key: str) -> str:
+    """``value`` as JSON text, or a document of the same keys with one value nested ``depth`` levels down."""
+    if shape == "as is":
+        return json.dumps(value)
+    if shape == "deep value":
+        return json.dumps({**value, key: None})[:-1] + f', "{key}-deep": {depth}}}'
+    return depth  # the whole document
+
+
+CONFIGS_READ = {**CONFIGS, "ormb": "application/vnd.caicloud.model.config.v1alpha1+json"}
+_SHAPES = st.sampled_from(["as is", "as is", "deep value", "deep document"])
 
 
 @settings(max_examples=150)
-@given(kind=st.sampled_from(sorted(CONFIGS)), config=_CONFIG, annotation=st.none() | _CONFIG)
+@given(kind=st.sampled_from(sorted(CONFIGS_READ)), config=_CONFIG, shape=_SHAPES, depth=_DEEP, key=_KEYS,
+       bom=st.booleans(), annotation=st.none() | _CONFIG, annotation_shape=_SHAPES,
+       where=st.sampled_from(["ml.kitops.modelkit.kitfile", "io.ormb.model.metadata+json"]))
 def test_any_foreign_config_gives_metadata_or_none_never_a_crash(
-    kind: str, config: dict[str, object], annotation: dict[str, object] | None,
+    kind: str, config: dict[str, object], shape: str, depth: str, key: str, bom: bool,
+    annotation: dict[str, object] | None, annotation_shape: str, where: str,
 ) -> None:
-    data = json.dumps(config).encode()
-    annotations = {"ml.kitops.modelkit.kitfile": json.dumps(annotation)} if annotation is not None else {}
-    manifest = Manifest(Descriptor.of_bytes(CONFIGS[kind], data), (), annotations=annotations)
-    meta = modelpack.metadata_of(manifest, data)
-    meta.to_config_bytes()  # and what came out is valid metadata, writable as a config and as ormbfile.yaml
-    meta.to_yaml()
-    modelpack.model_info(manifest, data)
+    """Configs of every kind (and ormb's own), and the Kitfile or ormb metadata a manifest annotation carries:
+    odd types, dates out of UTC's range, lone surrogates, BOMs, nesting far deeper than Python recurses."""
+    data = (b"\xef\xbb\xbf" if bom else b"") + _document(config, shape, depth, str(key)).encode("utf-8", "surrogatepass")
+    annotations = {where: _document(annotation, annotation_shape, depth, str(key))} if annotation is not None else {}
+    store = MemoryStore()
+    config_desc = Descriptor.of_bytes(CONFIGS_READ[kind], data)
+    store.blobs[config_desc.digest] = data
+    manifest = Manifest(config_desc, (), annotations=annotations)
+    manifest_desc = Descriptor.of_bytes(manifest.media_type, manifest.to_bytes())
+    store.blobs[manifest_desc.digest] = manifest.to_bytes()
+    model = load_model(store, manifest_desc)  # the dispatch models, inspect and export use
+    model.metadata.to_config_bytes()  # and what came out is valid metadata, writable as a config and as ormbfile.yaml
+    model.metadata.to_yaml().encode("utf-8")
+    info = modelpack.model_info(model.manifest, model.config)
+    yaml.safe_dump(info, allow_unicode=True).encode("utf-8")  # what 'ormb inspect' prints
+    json.dumps(info, ensure_ascii=False).encode("utf-8")  # and 'ormb inspect --json'

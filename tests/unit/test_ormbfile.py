@@ -210,3 +210,13 @@ def test_save_settings_stay_out_of_the_config_but_are_written_back() -> None:
 def test_a_config_with_one_bad_field_keeps_the_others() -> None:
     meta = metadata_from_config(b'{"format":"ONNX","author":"a","metrics":"not a map","artifactFormat":"x"}')
     assert (meta.format, meta.author, meta.metrics, meta.artifact_format) == ("ONNX", "a", None, None)
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"])
+def test_a_created_outside_the_range_of_utc_dates_is_a_metadata_error(when: str) -> None:
+    """F7: 0001-01-01T00:00:00+23:59 is a day before year 1 in UTC: OverflowError (exit 70) in 'ormb save'."""
+    with pytest.raises(MetadataError, match="created.*out of the range"):
+        parse_metadata(f"format: Others\ncreated: {when}\n")
+    with pytest.raises(MetadataError, match="knowledgeCutoff.*out of the range"):
+        parse_metadata(f"format: Others\nmodelpack:\n  capabilities:\n    knowledgeCutoff: {when}\n")
+    assert metadata_from_config(json.dumps({"format": "Others", "created": when}).encode()).created is None

@@ -57,3 +57,30 @@ def test_default_registry_comes_from_environment_then_config(tmp_path, monkeypat
     assert load_settings(tmp_path).default_registry == "harbor.example.com"
     monkeypatch.setenv("ORMB_REGISTRY", "zot.local:5050")
     assert load_settings(tmp_path).default_registry == "zot.local:5050"
+
+
+SECRET = "s3cr3t-pw"
+WITH_USERINFO = [
+    ["login", f"http://alice:{SECRET}@127.0.0.1:5000", "-u", "alice", "-p", "x"],
+    ["login", f"alice:{SECRET}@127.0.0.1:5000", "-u", "alice", "-p", "x"],
+    ["logout", f"https://alice:{SECRET}@registry.example.com/"],
+    ["pull", f"alice:{SECRET}@127.0.0.1:5000/team/m:v1"],
+    ["pull", f"alice:{SECRET}@127.0.0.1:5000"],
+    ["pull", f"{SECRET}@registry.example.com/team/m"],
+    ["tags", f"alice:{SECRET}@127.0.0.1:5000/team/m"],
+    ["inspect", "--remote", f"alice:{SECRET}@127.0.0.1:5000/team/m:v1"],
+    ["copy", f"alice:{SECRET}@127.0.0.1:5000/team/m:v1", "127.0.0.1:5000/team/n:v1"],
+]
+
+
+@pytest.mark.parametrize("argv", WITH_USERINFO, ids=lambda argv: argv[0] + ":" + argv[-1 if argv[0] != "login" else 1][:14])
+def test_a_password_typed_into_an_address_is_refused_and_never_repeated(
+        argv: list[str], ormb_home: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user name and password in a registry address (as a URL allows) is refused before anything is sent,
+    and the error says so without repeating them (they would land in CI logs)."""
+    from ormb.cli.main import main
+
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert SECRET not in out.err + out.out
+    assert "user name or password" in out.err

@@ -22,6 +22,8 @@ from ormb.cli.render import (
     plural,
     print_json,
     print_table,
+    say,
+    say_lines,
     to_jsonable,
 )
 from ormb.config import load_settings
@@ -53,8 +55,8 @@ def _optional_size(ctx: click.Context, param: click.Parameter, value: str | None
 
 max_expand_option = click.option(
     "--max-expand", callback=_optional_size, envvar="ORMB_MAX_EXPAND", metavar="SIZE",
-    help="The most one tar layer may unpack to, e.g. 500G (default: 20 times the layer's size, at least 1G; "
-         "env ORMB_MAX_EXPAND).")
+    help="The most the whole export may unpack to, all layers together, e.g. 500G (default: 20 times the "
+         "compressed bytes read, at least 1G; every entry and directory counts 4K; env ORMB_MAX_EXPAND).")
 
 
 def verify_options(command: Any) -> Any:
@@ -174,23 +176,23 @@ def save(ctx: click.Context, directory: str, reference: str, compression: str, a
         print_json(result)
         return
     for skipped in result.skipped:
-        click.echo(f"warning: skipped {skipped}", err=True)
+        say(f"warning: skipped {skipped}", err=True)
     if result.hidden:
         shown = ", ".join(result.hidden[:5]) + (f" and {len(result.hidden) - 5} more" if len(result.hidden) > 5 else "")
-        click.echo(f"note: left out {plural(len(result.hidden), 'hidden file or directory', 'hidden files and directories')}"
+        say(f"note: left out {plural(len(result.hidden), 'hidden file or directory', 'hidden files and directories')}"
                    f" ({shown}); --include-hidden packs them", err=True)
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+        say(f"note: {note}", err=True)
     if result.signature_filled:
-        click.echo("note: signature read from the model file", err=True)
+        say("note: signature read from the model file", err=True)
     if result.format_guessed:
-        click.echo(f"note: no format given in an ormbfile.yaml; guessed {result.format} from the file names "
+        say(f"note: no format given in an ormbfile.yaml; guessed {result.format} from the file names "
                    f"in {directory}", err=True)
-    click.echo(f"ref:       {result.reference}")
-    click.echo(f"digest:    {result.digest}")
-    click.echo(f"size:      {human_size(result.size)}")
-    click.echo(f"format:    {result.format}")
-    click.echo(f"{result.reference.tag}: saved")
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"size:      {human_size(result.size)}")
+    say(f"format:    {result.format}")
+    say(f"{result.reference.tag}: saved")
 
 
 @cli.command()
@@ -204,7 +206,7 @@ def init(directory: str, force: bool) -> None:
     installed). Edit the file, then 'ormb save'.
     """
     meta = api.init(directory, force=force)
-    click.echo(f"wrote {directory}/ormbfile.yaml (format {meta.format}"
+    say(f"wrote {directory}/ormbfile.yaml (format {meta.format}"
                f"{', signature from the model' if meta.signature else ''}); edit it, then 'ormb save'")
 
 
@@ -236,11 +238,11 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
     if as_json:
         print_json(result)
         return
-    click.echo(f"ref:       {result.reference}")
-    click.echo(f"digest:    {result.digest}")
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
     if result.verified_by:
-        click.echo(f"signed by: {result.verified_by}")
-    click.echo(f"{result.reference.tag or result.digest}: exported to {result.directory} "
+        say(f"signed by: {result.verified_by}")
+    say(f"{result.reference.tag or result.digest}: exported to {result.directory} "
                f"({plural(len(result.files), 'file')})")
 
 
@@ -285,28 +287,28 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
     if as_json:
         print_json(details)
         return
-    click.echo(f"ref:       {details.reference}")
-    click.echo(f"digest:    {details.digest}")
-    click.echo(f"size:      {human_size(details.size)}")
-    click.echo(f"format:    {details.metadata.format or '-'}")
-    click.echo(f"created:   {details.created.isoformat() if details.created else '-'}")
+    say(f"ref:       {details.reference}")
+    say(f"digest:    {details.digest}")
+    say(f"size:      {human_size(details.size)}")
+    say(f"format:    {details.metadata.format or '-'}")
+    say(f"created:   {details.created.isoformat() if details.created else '-'}")
     if details.cached:
-        click.echo(f"cached:    {details.cached.isoformat()}")
-    click.echo(f"config:    {details.config['digest']} ({details.config['mediaType']})")
+        say(f"cached:    {details.cached.isoformat()}")
+    say(f"config:    {details.config['digest']} ({details.config['mediaType']})")
     for layer in details.layers:
-        click.echo(f"layer:     {layer['digest']} ({layer['mediaType']}, {human_size(int(str(layer['size'])))})")
+        say(f"layer:     {layer['digest']} ({layer['mediaType']}, {human_size(int(str(layer['size'])))})")
     metadata: dict[str, Any] = to_jsonable(details.metadata)
     metadata.pop("directoryStructure", None)
     metadata.pop("format", None)
     if metadata:
-        click.echo("metadata:")
-        click.echo(_indented_yaml(metadata))
+        say("metadata:")
+        say_lines(_indented_yaml(metadata))
     if details.model_info:
-        click.echo("model config (as its tool wrote it):")
-        click.echo(_indented_yaml(details.model_info))
-    click.echo(f"files:     {len(details.files)}")
+        say("model config (as its tool wrote it):")
+        say_lines(_indented_yaml(details.model_info))
+    say(f"files:     {len(details.files)}")
     for name in details.files:
-        click.echo(f"  {name}")
+        say(f"  {name}")
 
 
 def _indented_yaml(value: Any) -> str:
@@ -336,7 +338,7 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
     if password and password_stdin:
         raise click.UsageError("give --password or --password-stdin, not both")
     if password:
-        click.echo("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", err=True)
+        say("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", err=True)
     if password_stdin:
         if not username:
             raise click.UsageError("--password-stdin needs --username")
@@ -350,7 +352,7 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
     if not password:
         password = click.prompt("Password", hide_input=True)
     api.login(host, username or "", password or "", options=options)
-    click.echo("Login Succeeded")
+    say("Login Succeeded")
 
 
 @cli.command()
@@ -358,7 +360,7 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
 def logout(host: str) -> None:
     """Forget the credentials stored for the registry HOST (a host or a URL, as for login)."""
     api.logout(host)
-    click.echo(f"Removing login credentials for {api.registry_host(host)[0]}")
+    say(f"Removing login credentials for {api.registry_host(host)[0]}")
 
 
 def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> None:
@@ -366,13 +368,13 @@ def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> No
         print_json(result)
         return
     for digest in result.existing:
-        click.echo(f"{digest.partition(':')[2][:12]}: Already exists")
+        say(f"{digest.partition(':')[2][:12]}: Already exists")
     for digest in result.mounted:
-        click.echo(f"{digest.partition(':')[2][:12]}: Mounted from another repository")
+        say(f"{digest.partition(':')[2][:12]}: Mounted from another repository")
     if result.left_out:
-        click.echo(f"({plural(len(result.left_out), 'layer')} left out by --include)")
+        say(f"({plural(len(result.left_out), 'layer')} left out by --include)")
     for digest in result.transferred:
-        click.echo(f"{digest.partition(':')[2][:12]}: {verb}")
+        say(f"{digest.partition(':')[2][:12]}: {verb}")
 
 
 @cli.command()
@@ -396,16 +398,16 @@ def push(ctx: click.Context, /, reference: str, chunk_size: str | None, chunked_
     options = dataclasses.replace(options, chunked_above=None if chunked_above == "never" else _size(chunked_above))
     ref = parse_reference(reference, load_settings().default_registry)
     if not as_json:
-        click.echo(f"The push refers to repository [{ref.name}]")
+        say(f"The push refers to repository [{ref.name}]")
     with _progress(ctx) as bar:
         result = api.push(ref, options=options, progress=bar)
     _render_transfer(result, "Pushed", as_json)
     if not as_json:
         if result.signatures:
-            click.echo(f"({plural(len(result.signatures), 'signature')} pushed with it)")
-        click.echo(f"{result.reference.tag}: pushed to remote "
+            say(f"({plural(len(result.signatures), 'signature')} pushed with it)")
+        say(f"{result.reference.tag}: pushed to remote "
                    f"({plural(result.layers, 'layer')}, {human_size(result.size)} total)")
-        click.echo(f"digest: {result.digest}")
+        say(f"digest: {result.digest}")
 
 
 @cli.command()
@@ -427,21 +429,21 @@ def pull(ctx: click.Context, /, reference: str, include: tuple[str, ...], verify
     options = _transport(kwargs)
     ref = parse_reference(reference, load_settings().default_registry)
     if not as_json:
-        click.echo(f"{ref.version}: Pulling from {ref.name}")
+        say(f"{ref.version}: Pulling from {ref.name}")
     with _progress(ctx) as bar:
         result = api.pull(ref, include=include, verify_key=verify_key or None, trust_dir=trust_dir, options=options,
                           progress=bar)
     _render_transfer(result, "Downloaded", as_json)
     if not as_json:
         for note in result.notes:
-            click.echo(f"note: {note}", err=True)
+            say(f"note: {note}", err=True)
         if result.signatures:
-            click.echo(f"({plural(len(result.signatures), 'signature')} came along)")
+            say(f"({plural(len(result.signatures), 'signature')} came along)")
         if result.verified_by:
-            click.echo(f"signed by: {result.verified_by}")
-        click.echo(f"digest: {result.digest}")
+            say(f"signed by: {result.verified_by}")
+        say(f"digest: {result.digest}")
         status = "Downloaded newer model" if result.updated else "Model is up to date"
-        click.echo(f"Status: {status} for {result.reference}")
+        say(f"Status: {status} for {result.reference}")
 
 
 @cli.command("copy")
@@ -464,8 +466,8 @@ def copy_command(ctx: click.Context, /, source: str, destination: str, referrers
         print_json(result)
         return
     extra = f", {plural(len(result.referrers), 'referrer')}" if referrers else ""
-    click.echo(f"Copied {_full_reference(source)} to {_full_reference(destination)}")
-    click.echo(f"digest: {result.digest} ({plural(len(result.transferred), 'blob')} sent, "
+    say(f"Copied {_full_reference(source)} to {_full_reference(destination)}")
+    say(f"digest: {result.digest} ({plural(len(result.transferred), 'blob')} sent, "
                f"{len(result.existing)} already there, {len(result.mounted)} mounted{extra})")
 
 
@@ -475,12 +477,11 @@ def copy_command(ctx: click.Context, /, source: str, destination: str, referrers
 @json_option
 def tags(repository: str, as_json: bool, **kwargs: Any) -> None:
     """List the tags of REPOSITORY on its registry."""
-    found = api.tags(repository, options=_transport(kwargs))
     if as_json:
-        print_json(found)
+        print_json(api.tags(repository, options=_transport(kwargs)))
         return
-    for tag_name in found:
-        click.echo(tag_name)
+    for tag_name in api.iter_tags(repository, options=_transport(kwargs)):  # printed as the pages arrive
+        say(tag_name)
 
 
 @cli.command()
@@ -489,7 +490,7 @@ def tags(repository: str, as_json: bool, **kwargs: Any) -> None:
 def tag(source: str, target: str) -> None:
     """Give the cached model SOURCE a second reference TARGET."""
     ref = api.tag(source, target)
-    click.echo(f"{ref.tag}: tagged {ref}")
+    say(f"{ref.tag}: tagged {ref}")
 
 
 def _full_reference(text: str) -> str:
@@ -505,7 +506,7 @@ def remove(references: tuple[str, ...]) -> None:
     """Remove references from the local cache (alias: rm); 'ormb prune' frees the space."""
     for reference in references:
         digest = api.remove(reference)
-        click.echo(f"Untagged: {_full_reference(reference)} ({digest})")
+        say(f"Untagged: {_full_reference(reference)} ({digest})")
 
 
 @cli.command()
@@ -516,7 +517,7 @@ def prune(as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
-    click.echo(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)}")
+    say(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)}")
 
 
 @cli.command()
@@ -526,7 +527,7 @@ def version(as_json: bool) -> None:
     if as_json:
         print_json({"version": api.version(), "python": sys.version.split()[0]})
     else:
-        click.echo(f"ormb {api.version()} (Python {sys.version.split()[0]})")
+        say(f"ormb {api.version()} (Python {sys.version.split()[0]})")
 
 
 @cli.command("pull-and-export")
@@ -562,12 +563,12 @@ def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout
     if as_json:
         print_json(result)
         return
-    click.echo(f"ref:       {result.reference}")
-    click.echo(f"digest:    {result.digest}")
-    click.echo(f"format:    {result.format or '-'}")
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"format:    {result.format or '-'}")
     if result.verified_by:
-        click.echo(f"signed by: {result.verified_by}")
-    click.echo(f"{result.reference.tag or result.digest}: {plural(len(result.files), 'file')} laid out for "
+        say(f"signed by: {result.verified_by}")
+    say(f"{result.reference.tag or result.digest}: {plural(len(result.files), 'file')} laid out for "
                f"{layout} in {result.directory}")
 
 
@@ -620,12 +621,12 @@ def sign(reference: str, key: str | None, attach: str | None, key_password_stdin
         return
     where = f"pushed to {result.reference.name}" if result.remote else \
         f"stored in the local cache; 'ormb push {result.reference}' carries it"
-    click.echo(f"ref:       {result.reference}")
-    click.echo(f"digest:    {result.digest}")
-    click.echo(f"signature: {result.signature} ({where})")
-    click.echo(f"key:       {result.fingerprint or '-'}")
-    click.echo(f"files:     {result.files}")
-    click.echo(f"{result.reference.tag or result.digest}: {'signature attached' if result.attached else 'signed'}")
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"signature: {result.signature} ({where})")
+    say(f"key:       {result.fingerprint or '-'}")
+    say(f"files:     {result.files}")
+    say(f"{result.reference.tag or result.digest}: {'signature attached' if result.attached else 'signed'}")
 
 
 @cli.command()
@@ -648,14 +649,14 @@ def verify(reference: str, keys: tuple[str, ...], trust_dir: str | None, remote:
     if as_json:
         print_json(result)
         return
-    click.echo(f"ref:       {result.reference}")
-    click.echo(f"digest:    {result.digest}")
-    click.echo(f"signature: {result.signature}")
-    click.echo(f"key:       {result.fingerprint} ({result.key})")
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"signature: {result.signature}")
+    say(f"key:       {result.fingerprint} ({result.key})")
     unsigned = f", {plural(len(result.ignored), 'file')} not covered ({', '.join(result.ignored[:3])})" \
         if result.ignored else ""
-    click.echo(f"files:     {result.files}{unsigned}")
-    click.echo(f"Verified: {result.reference} is signed by key {result.fingerprint[:16]} "
+    say(f"files:     {result.files}{unsigned}")
+    say(f"Verified: {result.reference} is signed by key {result.fingerprint[:16]} "
                f"({plural(result.files, 'file')} as signed)")
 
 
@@ -685,10 +686,10 @@ def key_generate(private_key: str, public_key: str | None, algorithm: str, passw
     if as_json:
         print_json(result)
         return
-    click.echo(f"private key: {result.private_key} (keep it secret{', encrypted' if password else ''})")
-    click.echo(f"public key:  {result.public_key}")
-    click.echo(f"algorithm:   {result.algorithm}")
-    click.echo(f"fingerprint: {result.fingerprint}")
+    say(f"private key: {result.private_key} (keep it secret{', encrypted' if password else ''})")
+    say(f"public key:  {result.public_key}")
+    say(f"algorithm:   {result.algorithm}")
+    say(f"fingerprint: {result.fingerprint}")
 
 
 @cli.group()
@@ -770,7 +771,7 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
         raise click.UsageError("--policy needs --htpasswd: a policy names users who log in")
     host, _ = parse_addr(addr)
     if not is_loopback_host(host) and not tls_cert:
-        click.echo(f"warning: listening on {addr} without TLS: passwords and models cross the network in clear",
+        say(f"warning: listening on {addr} without TLS: passwords and models cross the network in clear",
                    err=True)
     root_dir = Path(root) if root else load_settings().home / "registry"
     options = ServeOptions(root_dir, addr, Path(htpasswd) if htpasswd else None, Path(policy) if policy else None,
@@ -781,11 +782,11 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
 
     def ready(url: str) -> None:
-        click.echo(f"{LISTENING}{url} (storage {root_dir}, {auth})", err=True)
+        say(f"{LISTENING}{url} (storage {root_dir}, {auth})", err=True)
         if not no_ui:
-            click.echo(f"model catalog: {url}/", err=True)
+            say(f"model catalog: {url}/", err=True)
 
-    run_server(options, ready, lambda: click.echo(STOPPED, err=True))
+    run_server(options, ready, lambda: say(STOPPED, err=True))
 
 
 @registry.command()
@@ -801,7 +802,7 @@ def gc(root: str | None, grace: float, as_json: bool) -> None:
     if as_json:
         print_json({"blobs": result.blobs, "bytes": result.bytes, "links": result.links, "uploads": result.uploads})
     else:
-        click.echo(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)} "
+        say(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)} "
                    f"({result.links} unreferenced links and {result.uploads} stale uploads dropped)")
 
 
@@ -825,7 +826,7 @@ def revoke(root: str | None, users: tuple[str, ...], everyone: bool) -> None:
     store = Store(_existing_root(root))
     for user in (EVERYONE,) if everyone else users:
         store.revoke(user)
-    click.echo("Revoked every token" if everyone else f"Revoked the tokens of {', '.join(users)}")
+    say("Revoked every token" if everyone else f"Revoked the tokens of {', '.join(users)}")
 
 
 @registry.command()
@@ -844,8 +845,8 @@ def check(root: str | None, repair: bool, as_json: bool) -> None:
     else:
         for kind, digests in (("missing", result.missing), ("corrupt", result.corrupt), ("no row", result.orphans)):
             for digest in digests:
-                click.echo(f"{kind}: {digest}")
-        click.echo(f"Checked {result.blobs} blobs: {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
+                say(f"{kind}: {digest}")
+        say(f"Checked {result.blobs} blobs: {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
                    f"{len(result.orphans)} files without a row" + (" (repaired)" if repair else ""))
     if (result.missing or result.corrupt) and not repair:
         raise IntegrityError(f"{len(result.missing) + len(result.corrupt)} blobs are missing or corrupt",
@@ -859,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=args, prog_name="ormb", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("Error: interrupted", err=True)
+        say("Error: interrupted", err=True)
         return EXIT_INTERRUPTED
     except click.ClickException as exc:
         exc.show()
@@ -869,15 +870,15 @@ def main(argv: list[str] | None = None) -> int:
     except OrmbError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
+        say(f"Error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("Error: interrupted", err=True)
+        say("Error: interrupted", err=True)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"Error: internal error: {type(exc).__name__}: {exc} (run with --debug and report it)", err=True)
+        say(f"Error: internal error: {type(exc).__name__}: {exc} (run with --debug and report it)", err=True)
         return EXIT_INTERNAL
     return 0
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ormb.content.target import Fetcher
 from ormb.model import modelpack, ormbformat
+from ormb.model.budget import ExpansionBudget
 from ormb.model.modelpack import LayerFile
 from ormb.model.ormbfile import FILENAME, Metadata
 from ormb.model.staging import staged_directory
@@ -37,9 +38,9 @@ def export_model(
     """Write the model of ``manifest`` (blobs from ``source``) into ``dest``, all or nothing.
 
     The files go below ``dest/subdirectory`` (the ormb format's under ``model/`` unless ``strip_prefix``);
-    ``metadata``, if given, becomes ``dest/ormbfile.yaml``.  ``files`` narrows a ModelPack model to some
-    of its layers.  ``max_expand`` bounds what a tar layer may unpack to (see :mod:`ormb.model.unpack`).
-    Returns the files' paths below ``dest/subdirectory``.
+    ``metadata``, if given, becomes ``dest/ormbfile.yaml`` (a layer that writes that path is refused).
+    ``files`` narrows a ModelPack model to some of its layers.  ``max_expand`` bounds what the layers may
+    unpack to, in all (see :mod:`ormb.model.budget`).  Returns the files' paths below ``dest/subdirectory``.
 
     ``check``, if given, sees the SHA-256 of every file written (hashed while written; paths as a
     signature names them: below ``model/`` for the ormb format) once everything is staged and before
@@ -47,18 +48,18 @@ def export_model(
     """
     base = (subdirectory,) if subdirectory else ()
     hashes = FileHashes() if check is not None else None
-    with staged_directory(dest) as tree:
+    with staged_directory(dest, ExpansionBudget(max_expand)) as tree:
         if modelpack.is_modelpack(manifest):
             chosen = modelpack.layer_files(manifest) if files is None else files
-            paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy,
-                                          max_expand=max_expand, progress=progress, hashes=hashes)
+            paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy, progress=progress,
+                                          hashes=hashes)
         else:
             layer = ormbformat.model_layer(manifest)
             with source.fetch(layer) as blob:
                 paths = extract_tar(blob, layer, tree, base=base, prefix="model/", strip_prefix=strip_prefix,
-                                    max_expand=max_expand, progress=progress, hashes=hashes)
+                                    progress=progress, hashes=hashes)
         if metadata is not None:
-            tree.write_whole((FILENAME,), metadata.to_yaml().encode("utf-8"))
+            tree.write_metadata((FILENAME,), metadata.to_yaml().encode("utf-8"))
         tree.check_links()
         if check is not None and hashes is not None:
             check(hashes)

@@ -94,7 +94,8 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _texts(value: Any) -> list[str]:
+def texts(value: Any) -> list[str]:
+    """The non-empty strings of a list; [] for anything that is not a list (an int, a bool, a map)."""
     return [v for v in value if isinstance(v, str) and v] if isinstance(value, list) else []
 
 
@@ -107,7 +108,7 @@ def kitfile_metadata(kitfile: Mapping[str, Any]) -> dict[str, Any]:
     parameters (as hyper-parameters), and name, version and licenses in the modelpack: block."""
     package, model = section(kitfile, "package"), section(kitfile, "model")
     out: dict[str, Any] = {}
-    if authors := _texts(package.get("authors")):
+    if authors := texts(package.get("authors")):
         out["author"] = ", ".join(authors)
     if description := _text(package.get("description")) or _text(model.get("description")):
         out["description"] = description

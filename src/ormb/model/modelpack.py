@@ -51,7 +51,7 @@ from ormb.model.staging import Parts, StagingTree
 from ormb.model.tarstream import write_tar
 from ormb.model.unpack import FileHashes, extract_tar, write_raw
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor, Manifest, canonical_json
+from ormb.oci.descriptor import Descriptor, Manifest, canonical_json, json_object
 from ormb.progress import NoProgress, ProgressListener
 
 ANNOTATION_TITLE = "org.opencontainers.image.title"
@@ -239,8 +239,13 @@ class LayerFile:
 
 
 def safe_path(value: str, where: str) -> PurePosixPath:
+    """A file-path annotation as a path below the destination: relative, no ``..``, valid UTF-8."""
     if "\0" in value:
         raise UnsafeArchiveError(f"{where} has a NUL character in its file path {value!r}; refusing")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry as an escape ("\ud800")
+        raise UnsafeArchiveError(f"{where} has the file path {value!r}, which is not valid UTF-8; refusing") from None
     if not value or value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
         raise UnsafeArchiveError(f"{where} has the absolute or empty file path {value!r}; refusing")
     parts = value.replace("\\", "/").split("/")
@@ -263,10 +268,7 @@ def _file_mode(desc: Descriptor) -> int | None:
     text = desc.annotations.get(ANNOTATION_FILE_METADATA) or desc.annotations.get(OLD_ANNOTATION_FILE_METADATA)
     if not text:
         return None
-    try:
-        mode = json.loads(text).get("mode")
-    except (ValueError, AttributeError, RecursionError):
-        return None
+    mode = json_object(text, "file metadata annotation").get("mode")
     if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
         return None
     return (mode & 0o755) | 0o600
@@ -312,7 +314,7 @@ def metadata_of(manifest: Manifest, config: bytes) -> Metadata:
     data = _json_object(config)
     stored = manifest.annotations.get(ANNOTATION_ORMB_METADATA)
     if stored:
-        meta = metadata_from_config(stored.encode("utf-8"))
+        meta = metadata_from_config(stored)
         block = _modelpack_metadata(data).get("modelpack")
         if block is not None and meta.modelpack is None:
             meta = meta.model_copy(update={"modelpack": block})
@@ -323,7 +325,7 @@ def metadata_of(manifest: Manifest, config: bytes) -> Metadata:
             fields = foreign.dmr_metadata(data)
         else:
             fields = _modelpack_metadata(data)
-            kitfile = _json_object(manifest.annotations.get(foreign.KITOPS_KITFILE_ANNOTATION, "").encode("utf-8"))
+            kitfile = _json_object(manifest.annotations.get(foreign.KITOPS_KITFILE_ANNOTATION, ""))
             for key, value in foreign.kitfile_metadata(kitfile).items():  # kit pack --use-model-pack
                 fields.setdefault(key, value)
         if "format" in fields:
@@ -346,19 +348,15 @@ def _quiet_layer_files(manifest: Manifest) -> list[LayerFile]:
         return []
 
 
-def _json_object(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
+def _json_object(data: bytes | str) -> dict[str, Any]:
+    return json_object(data, "config")
 
 
 def _modelpack_metadata(config: dict[str, Any]) -> dict[str, Any]:
     """ormbfile.yaml keys for a ModelPack config (another tool's, or the block of ormb's own)."""
     descriptor, settings = foreign.section(config, "descriptor"), foreign.section(config, "config")
     out: dict[str, Any] = {}
-    authors = [a for a in descriptor.get("authors") or [] if isinstance(a, str)]
+    authors = foreign.texts(descriptor.get("authors"))
     if authors:
         out["author"] = ", ".join(authors)
     for key, target in (("description", "description"), ("createdAt", "created"), ("format", "format")):
@@ -401,7 +399,7 @@ def model_info(manifest: Manifest, config: bytes) -> dict[str, Any]:
     if manifest.config.media_type == KITOPS_CONFIG:
         return {"kitfile": data} if data else {}
     info = {key: data[key] for key in ("descriptor", "config") if isinstance(data.get(key), dict) and data[key]}
-    kitfile = _json_object(manifest.annotations.get(foreign.KITOPS_KITFILE_ANNOTATION, "").encode("utf-8"))
+    kitfile = _json_object(manifest.annotations.get(foreign.KITOPS_KITFILE_ANNOTATION, ""))
     if kitfile:
         info["kitfile"] = kitfile
     return info
@@ -414,12 +412,12 @@ def write_files(
     *,
     base: Parts = (),
     local_copy: Callable[[Descriptor], Path] | None = None,
-    max_expand: int | None = None,
     progress: ProgressListener | None = None,
     hashes: FileHashes | None = None,
 ) -> list[str]:
     """Write the layers of a per-file artifact into ``tree`` below ``base`` (see :mod:`ormb.model.staging`),
-    verifying each; ``local_copy`` names a verified local file of a blob to clone instead of copying.
+    verifying each and charging ``tree.budget``; ``local_copy`` names a verified local file of a blob to
+    clone instead of copying.  Two layers that write one path are refused, whichever kind they are.
     ``hashes`` collects every file's SHA-256 by its path below ``base``."""
     written: list[str] = []
     for item in files:
@@ -428,11 +426,11 @@ def write_files(
                 compression = item.packing.partition("+")[2] or None
                 clone_from = local_copy(item.descriptor) if local_copy and not compression else None
                 write_raw(blob, item.descriptor, tree, base + item.path.parts, clone_from=clone_from,
-                          compression=compression, max_expand=max_expand, mode=item.mode, progress=progress,
-                          hashes=hashes, key=str(item.path))
+                          compression=compression, mode=item.mode, progress=progress, hashes=hashes,
+                          key=str(item.path))
                 written.append(str(item.path))
             else:
                 compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
                 written += extract_tar(blob, item.descriptor, tree, base=base, compression=compression,
-                                       max_expand=max_expand, progress=progress, hashes=hashes)
+                                       progress=progress, hashes=hashes)
     return list(dict.fromkeys(written))

@@ -38,6 +38,7 @@ from pydantic import (
 
 from ormb.errors import MetadataError
 from ormb.model.formats import canonical_format_name
+from ormb.oci.descriptor import json_object
 
 FILENAME = "ormbfile.yaml"
 
@@ -187,10 +188,16 @@ SAVE_SETTINGS = frozenset({"artifact_format", "modelpack_names", "include_hidden
 
 
 def as_utc(when: datetime | None) -> datetime | None:
-    """A time without a zone is taken as UTC (YAML's plain dates and times have none)."""
+    """A time without a zone is taken as UTC (YAML's plain dates and times have none).
+
+    A time that is not one in UTC (``0001-01-01T00:00:00+23:59`` is a day before year 1) is a
+    ``ValueError``, which a pydantic validator reports as a validation error like any other."""
     if when is None:
         return None
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    try:
+        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{when.isoformat()} is out of the range of dates in UTC") from None
 
 
 def rfc3339(when: datetime) -> str:
@@ -370,14 +377,9 @@ def _metadata_error(exc: ValidationError, source: str, lines: Mapping[tuple[Any,
     return MetadataError("; ".join(messages), "fix ormbfile.yaml and run the command again")
 
 
-def metadata_from_config(data: bytes) -> Metadata:
+def metadata_from_config(data: bytes | str) -> Metadata:
     """Read a config blob written by ormb or another tool; unknown keys are ignored, never fatal."""
-    try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return Metadata()
-    if not isinstance(raw, dict):
-        return Metadata()
+    raw = json_object(data, "config")
     known = {field.alias or name for name, field in Metadata.model_fields.items() if name not in SAVE_SETTINGS}
     meta = lenient_metadata({k: v for k, v in raw.items() if k in known})
     if meta.directory_structure and any(_hidden(entry) for entry in meta.directory_structure):

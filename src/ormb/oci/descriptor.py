@@ -3,26 +3,70 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ormb.errors import InvalidArtifactError
 from ormb.oci import mediatypes
 from ormb.oci.digest import digest_bytes, is_digest
-from ormb.oci.grammar import MAX_MANIFEST
+from ormb.oci.grammar import MAX_JSON_DEPTH, MAX_MANIFEST, MAX_METADATA_BLOB
 
 
-def load_json(data: bytes, what: str = "manifest") -> Any:
-    """``json.loads`` that turns every way of failing (bad UTF-8, bad JSON, nesting too deep) into
-    :class:`InvalidArtifactError`."""
-    if len(data) > MAX_MANIFEST:
-        raise InvalidArtifactError(f"the {what} is {len(data)} bytes; at most {MAX_MANIFEST} are allowed")
+def load_json(data: bytes, what: str = "manifest", *, limit: int = MAX_MANIFEST) -> Any:
+    """``json.loads`` that turns every way of failing (bad UTF-8, bad JSON, nesting too deep, more than
+    ``limit`` bytes) into :class:`InvalidArtifactError`.  The one JSON reader for what comes from outside."""
+    if len(data) > limit:
+        raise InvalidArtifactError(f"the {what} is {len(data)} bytes; at most {limit} are allowed")
     try:
         return json.loads(data)
     except RecursionError:
         raise InvalidArtifactError(f"the {what} is nested too deeply to be read") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArtifactError(f"the {what} is not valid JSON: {exc}") from None
+
+
+def json_object(data: bytes | str, what: str = "document", *, limit: int = MAX_METADATA_BLOB) -> dict[str, Any]:
+    """A JSON object another tool wrote (a config, a Kitfile, an annotation), read and never trusted:
+    ``{}`` when it is not one, or is nested deeper than ``MAX_JSON_DEPTH`` (what reads it may recurse)."""
+    try:
+        value = load_json(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data, what,
+                          limit=limit)
+    except InvalidArtifactError:
+        return {}
+    if not isinstance(value, dict) or _deeper_than(value, MAX_JSON_DEPTH):
+        return {}
+    scrubbed: dict[str, Any] = _scrubbed(value)
+    return scrubbed
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrubbed(value: Any) -> Any:
+    """``value`` with every lone surrogate (``"\\ud800"`` is valid JSON, not valid UTF-8) replaced by U+FFFD,
+    so that what is read can be written again.  Recursive: called on documents no deeper than MAX_JSON_DEPTH."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_scrubbed(k): _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(item) for item in value]
+    return value
+
+
+def _deeper_than(value: Any, depth: int) -> bool:
+    """True when lists and objects in ``value`` nest more than ``depth`` levels (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if level > depth:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, level + 1) for child in item.values() if isinstance(child, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((child, level + 1) for child in item if isinstance(child, (dict, list)))
+    return False
 
 
 @dataclass(frozen=True)

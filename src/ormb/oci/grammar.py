@@ -62,10 +62,15 @@ def is_host(value: str) -> bool:
 
 MAX_MANIFEST = 4 << 20  # a manifest or index, in bytes (what distribution accepts)
 MAX_METADATA_BLOB = 16 << 20  # a blob read whole into memory: a config, a signature bundle
+MAX_JSON_DEPTH = 32  # nesting of another tool's config, Kitfile or annotation that ormb reads (manifests: any)
 MAX_ERROR_BODY = 64 << 10  # of an error answer, the part read to show the registry's words
 MAX_TAG_PAGE = 16 << 20  # one page of a tag or catalog list
 MAX_TAG_PAGES = 10_000  # pages of a tag list followed before giving up
+MAX_TAGS = 1_000_000  # tags of one repository, all pages together
+MAX_TAG_LIST_BYTES = 256 << 20  # bytes of one repository's tag list, all pages together
 MAX_PAGE_ENTRIES = 10_000  # entries the registry returns in one page of a tag or catalog list (a larger n is capped)
+MAX_TOKEN_LIFETIME = 24 * 3600  # seconds a Bearer token is reused at most, whatever its expires_in says
+MAX_REDIRECTS = 5  # redirects followed for one request (each hop's origin checked again)
 MAX_GRAPH_DEPTH = 8  # indexes nested in indexes, followed at most this deep
 MAX_TAR_ENTRY_NAME = 4096  # bytes of a path in a layer
 MAX_SIGNATURES = 32  # signature referrers of one model read when verifying (a registry may list thousands)

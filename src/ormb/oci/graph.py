@@ -6,21 +6,27 @@ index.  ``copy``, ``prune``, model listing, the registry's manifest checks and i
 all walk the graph through this module; a walk that differs from copy's is how data gets
 lost, so there is no second one.
 
-Which blobs are nodes is decided by :func:`may_be_node` from the descriptor's media type,
-and the kind of a node (manifest or index) by :func:`parse_node` from its bytes: a registry
-that sends no ``mediaType`` (a manifest recorded as ``application/json``) is still read as
-what its fields say it is.
+Which successors are nodes is decided by their position (:meth:`Node.children`): an index's
+entries and a ``subject`` are nodes whatever their descriptor's media type says, a config or a
+layer only when its media type is a manifest or index type.  The kind of a node (manifest or
+index) is decided by :func:`parse_node` from its bytes: a registry that sends no ``mediaType``
+(a manifest recorded as ``application/json``) is still read as what its fields say it is.
+
+``copy`` walks with :meth:`Node.children`; garbage collection with :func:`reachable`, the same
+split on the safe side.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ormb.errors import InvalidArtifactError
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest, load_json
+from ormb.oci.grammar import MAX_MANIFEST
 
 # Media types under which a node may be recorded: the four manifest/index types, and the
 # generic ones that registries and older tools use when they do not say.
@@ -28,6 +34,14 @@ GENERIC_TYPES = frozenset({"application/json", "application/octet-stream", "text
 NODE_TYPES = mediatypes.MANIFEST_TYPES | mediatypes.INDEX_TYPES
 
 _DIGEST_IN_TEXT = re.compile(rb"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})(?![a-f0-9])")
+
+
+@dataclass(frozen=True)
+class Children:
+    """A node's successors: ``nodes`` are read and parsed as manifests or indexes, ``blobs`` moved as bytes."""
+
+    nodes: tuple[Descriptor, ...]
+    blobs: tuple[Descriptor, ...]
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,22 @@ class Node:
             return (*head, *self.manifests)
         assert self.config is not None
         return (*head, self.config, *self.layers)
+
+    def children(self) -> Children:
+        """The successors split the way every walk reads them: the ones to read as nodes, the ones to move as bytes.
+
+        An index's entries and the subject are nodes whatever their descriptor's media type says (a
+        registry or another tool may record them as ``application/json`` or a type of its own); a
+        config or a layer is a node only when its media type is a manifest or index type.
+        """
+        nodes: list[Descriptor] = [self.subject] if self.subject is not None else []
+        if self.kind == "index":
+            return Children((*nodes, *self.manifests), ())
+        assert self.config is not None
+        blobs: list[Descriptor] = []
+        for desc in (self.config, *self.layers):
+            (nodes if desc.media_type in NODE_TYPES else blobs).append(desc)
+        return Children(tuple(nodes), tuple(blobs))
 
     def to_manifest(self) -> Manifest:
         """The manifest this node is; an index raises :class:`InvalidArtifactError` naming its size."""
@@ -157,20 +187,50 @@ def digests_mentioned(data: bytes) -> set[str]:
     return {m.decode("ascii") for m in _DIGEST_IN_TEXT.findall(data)}
 
 
-def successors_or_mentioned(desc: Descriptor, data: bytes) -> tuple[Descriptor, ...]:
-    """What a node may reach, on the safe side: for garbage collection, which must never delete a live blob.
+Reader = Callable[[str, int], "bytes | None"]  # (digest, limit) -> at most limit bytes of the blob; None: missing
+_JSON_SPACE = b" \t\r\n"
+_BOM = b"\xef\xbb\xbf"
 
-    A node that parses gives its :func:`successors`.  A blob that may be a node (see
-    :func:`may_be_node`) and is a JSON document that does not parse gives a descriptor of
-    unknown media type (``""``, so it is read in turn) for every digest it mentions.  Anything
-    else is a leaf.
+
+def _may_be_json_object(head: bytes) -> bool:
+    """True when a document starting with ``head`` may be a JSON object (a BOM and whitespace may come first)."""
+    rest = head.removeprefix(_BOM).lstrip(_JSON_SPACE)
+    return not rest or rest[:1] == b"{"
+
+
+def reachable(roots: Iterable[Descriptor], read: Reader) -> set[str]:
+    """Every digest the ``roots`` (nodes) may reach, on the safe side: what garbage collection keeps.
+
+    Walked as ``copy`` walks (:meth:`Node.children`): a root, an index entry and a subject are read
+    as nodes whatever their media type says or their bytes start with.  A node that does not parse
+    keeps every digest it mentions (:func:`digests_mentioned`), each read as a node in turn.  A
+    config or layer recorded under a type that may be a node (:func:`may_be_node`:
+    ``application/json``, ``application/octet-stream``) and holding a JSON object is read as one
+    too: copy moves it as bytes, garbage collection keeps what it may name.  A missing blob is a leaf.
     """
-    if not may_be_node(desc.media_type):
-        return ()
-    try:
-        return parse_node(data, desc.media_type).successors()
-    except InvalidArtifactError:
-        pass
-    if desc.media_type not in NODE_TYPES and not data.lstrip()[:1] == b"{":
-        return ()  # a generic blob that is not even a JSON object: weights, text, a tar
-    return tuple(Descriptor("", digest, 0) for digest in sorted(digests_mentioned(data)))
+    seen: set[str] = set()
+    read_as_node: set[str] = set()
+    stack = [(desc, True) for desc in roots]
+    while stack:
+        desc, as_node = stack.pop()
+        seen.add(desc.digest)
+        if desc.digest in read_as_node:
+            continue
+        if not as_node:
+            if may_be_node(desc.media_type):
+                head = read(desc.digest, 64)
+                if head is not None and _may_be_json_object(head):
+                    stack.append((desc, True))
+            continue
+        read_as_node.add(desc.digest)
+        data = read(desc.digest, MAX_MANIFEST + 1)
+        if data is None:
+            continue
+        try:
+            children = parse_node(data, desc.media_type).children()
+        except InvalidArtifactError:
+            stack.extend((Descriptor("", digest, 0), True) for digest in sorted(digests_mentioned(data)))
+            continue
+        stack.extend((child, True) for child in children.nodes)
+        stack.extend((child, False) for child in children.blobs)
+    return seen

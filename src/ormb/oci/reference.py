@@ -42,6 +42,10 @@ class Reference:
         return out
 
 
+USERINFO_REFUSED = "a user name or password does not belong in a registry address (refused, and not repeated here)"
+USERINFO_HINT = "log in with 'ormb login HOST -u USER --password-stdin'; credentials are then sent to HOST only"
+
+
 def is_loopback_host(host: str) -> bool:
     """``localhost``, ``127.0.0.0/8`` or ``::1``, with or without a port (``[::1]:5000``)."""
     if host.startswith("["):
@@ -70,7 +74,10 @@ def parse_reference(text: str, default_registry: str, *, default_tag: bool = Tru
     if "@" in text:
         text, _, digest = text.partition("@")
         if not is_digest(digest):
-            raise InvalidReferenceError(f"invalid reference {original!r}: {digest!r} is not a sha256/sha512 digest")
+            if digest.startswith(("sha256:", "sha512:")):  # a digest mistyped: safe to show
+                raise InvalidReferenceError(f"invalid reference {original!r}: {digest!r} is not a sha256/sha512 digest")
+            raise InvalidReferenceError(  # user:password@host/...: never repeated (CI logs keep errors)
+                f"invalid reference: what follows '@' is not a sha256/sha512 digest; {USERINFO_REFUSED}", USERINFO_HINT)
     tag = None
     last_slash = text.rfind("/")
     last_colon = text.rfind(":")

@@ -14,11 +14,14 @@ Redirects that urllib3 follows itself drop ``Authorization`` when the origin cha
 from __future__ import annotations
 
 import json
+import math
 import threading
 import urllib.parse
 from typing import Any, NamedTuple
 
 import urllib3
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from ormb.errors import (
     AuthenticationError,
@@ -28,12 +31,15 @@ from ormb.errors import (
     PermissionDeniedError,
     RegistryError,
 )
-from ormb.oci.grammar import MAX_ERROR_BODY
+from ormb.oci.grammar import MAX_ERROR_BODY, MAX_REDIRECTS, MAX_TOKEN_LIFETIME
 from ormb.registry.auth import Challenge, TokenCache, basic_header, parse_challenge
 from ormb.registry.credentials import ANONYMOUS, Credential, CredentialStore
 from ormb.registry.transport import BodyFactory, Transport, TransportOptions
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-range", "content-encoding", "digest"})
+_NOT_IN_URLS = " \\"  # never in a URL (RFC 3986); a backslash is a '/' to WHATWG parsers and part of a name to others
 
 
 class Origin(NamedTuple):
@@ -47,12 +53,32 @@ class Origin(NamedTuple):
 
 
 def origin_of(url: str) -> Origin:
-    """(scheme, host, port) of an absolute http(s) URL, the default port filled in; ValueError otherwise."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+    """(scheme, host, port) of an absolute http(s) URL, the default port filled in; ValueError otherwise.
+
+    Decided with the parser that connects (urllib3's ``parse_url``, as ``PoolManager.urlopen``
+    does), and refused when :func:`urllib.parse.urlsplit` (what ``urljoin`` and the rest of the
+    standard library use) reads another origin out of it: ``http://127.0.0.1:1\\@registry/``
+    is ``registry`` to one and ``127.0.0.1:1`` to the other, so it names no origin at all.
+    """
+    try:
+        parsed = parse_url(url)
+    except LocationParseError:
+        raise ValueError(f"not a URL: {url[:200]!r}") from None
+    scheme = (parsed.scheme or "").lower()
+    host = parsed.host or ""
+    if scheme not in _DEFAULT_PORTS or not host or parsed.port == 0:
         raise ValueError(f"not an absolute http(s) URL: {url[:200]!r}")
-    return Origin(scheme, parts.hostname.lower(), parts.port or _DEFAULT_PORTS[scheme])
+    if host.startswith("[") and host.endswith("]"):  # the pool connects to the bare IPv6 address
+        host = host[1:-1]
+    origin = Origin(scheme, host, parsed.port or _DEFAULT_PORTS[scheme])
+    try:
+        split = urllib.parse.urlsplit(url)
+        other = (split.scheme.lower(), split.hostname, split.port or _DEFAULT_PORTS.get(split.scheme.lower()))
+    except ValueError:
+        other = None
+    if other != tuple(origin):
+        raise ValueError(f"URL parsers disagree on where {url[:200]!r} leads")
+    return origin
 
 
 def _is_token(value: str) -> bool:
@@ -85,6 +111,7 @@ class Registry:
         self._challenge: Challenge | None = None
         self._lock = threading.Lock()
         self.origin = origin_of(self.transport.base_url)
+        self._home_prefix = self.transport.base_url + "/"
 
     @property
     def credential(self) -> Credential:
@@ -100,21 +127,37 @@ class Registry:
     def resolve_url(self, base: str, given: str, what: str) -> str:
         """A URL the registry handed out (a ``Location``, a ``Link``), made absolute against ``base``;
         a :class:`RegistryError` when it is not an http(s) URL."""
+        if any(c in given for c in _NOT_IN_URLS) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in given):
+            raise self.bad_answer(what, "the URL holds spaces, backslashes or control characters")
         try:
             url = urllib.parse.urljoin(self.url(base), given)
             origin_of(url)
         except ValueError:
             raise self.bad_answer(what, f"the URL {given[:200]!r} is not an http(s) URL") from None
-        if any(c in url for c in "\r\n\0 "):
-            raise self.bad_answer(what, "the URL holds spaces or control characters")
         return url
 
     def is_home(self, url: str) -> bool:
         """True when ``url`` is on the registry's own origin: only there do credentials go."""
+        if url.startswith(self._home_prefix) and "\\" not in url:  # the authority ends at that '/': no parsing
+            return True
         try:
             return origin_of(url) == self.origin
         except ValueError:
             return False
+
+    def read_body(self, response: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes:
+        """Up to ``limit`` bytes of a body, the connection released.  A connection that breaks (or a body
+        shorter than its Content-Length) is a :class:`NetworkError`; a body that is not what its
+        ``Content-Encoding`` says is the bad-answer error.  Every body ormb reads whole goes through here."""
+        try:
+            return response.read(limit) or b""
+        except urllib3.exceptions.DecodeError:
+            raise self.bad_answer(what, "its body is not the Content-Encoding it claims") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise NetworkError(f"the connection to {self.host} broke while reading {what} ({type(exc).__name__})",
+                               "run the same command again") from None
+        finally:
+            release(response)
 
     def bad_answer(self, what: str, detail: str) -> RegistryError:
         """The registry (or whatever answers in its place) sent something malformed."""
@@ -141,19 +184,19 @@ class Registry:
         body: BodyFactory | None = None,
         expect: tuple[int, ...] = (200,),
         what: str = "",
-        redirect: bool = True,
     ) -> urllib3.BaseHTTPResponse:
-        """Send with auth; return a response whose status is in ``expect`` (body unread), else raise."""
-        url = self.url(path)
-        home = self.is_home(url)
+        """Send with auth; return a response whose status is in ``expect`` (body unread), else raise.
+
+        Redirects are followed here, one hop at a time (:meth:`_follow`), so that the origin of
+        every hop decides whether it gets credentials, and a 401 is answered only when the hop that
+        sent it is the registry's own origin.
+        """
+        what = what or f"{method} {urllib.parse.urlsplit(self.url(path)).path}"
         for attempt in range(2):
-            request_headers = dict(headers or {})
-            auth = self._auth_header(scope) if home else None  # credentials stay home
-            if auth:
-                request_headers["Authorization"] = auth
-            response = self.transport.request(method, url, request_headers, body, redirect=redirect)
+            response, url, had_auth = self._follow(method, self.url(path), scope, headers, body, expect, what)
             if response.status in expect:
                 return response
+            home = self.is_home(url)
             if response.status == 401 and not home:
                 _discard(response)
                 raise RegistryError(
@@ -163,15 +206,40 @@ class Registry:
             if response.status == 401:
                 challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
                 detail = _error_text(_discard(response))
-                if attempt == 0 and challenge is not None and self._answer(challenge, scope, had_auth=bool(auth)):
+                if attempt == 0 and challenge is not None and self._answer(challenge, scope, had_auth=had_auth):
                     continue
                 if challenge is not None and challenge.scheme == "bearer" and scope:
                     if not self.credential.empty:  # a fresh token for exactly this scope, and still no
                         raise PermissionDeniedError(f"denied: requested access to {_describe(scope)} at {self.host}")
                     detail = f"{_describe(scope)} requires logging in"
                 raise self._unauthorized(detail or None)
-            raise self.error_for(response, what or f"{method} {urllib.parse.urlsplit(url).path}", scope)
+            raise self.error_for(response, what, scope, url)
         raise AssertionError("unreachable")
+
+    def _follow(self, method: str, url: str, scope: str, headers: dict[str, str] | None, body: BodyFactory | None,
+                expect: tuple[int, ...], what: str) -> tuple[urllib3.BaseHTTPResponse, str, bool]:
+        """Send, following up to ``MAX_REDIRECTS`` redirects; (final response, its URL, whether it had auth).
+
+        Each hop's URL is checked (:meth:`resolve_url`) and gets ``Authorization`` only when it is
+        home.  307/308 send the same method and body again (made anew by ``body``, the factory, so a
+        file is read again and nothing is buffered); 303, and 301/302 after a POST, become a GET
+        without a body, as browsers and urllib3 do.
+        """
+        request_headers = dict(headers or {})
+        for _ in range(MAX_REDIRECTS + 1):
+            auth = self._auth_header(scope) if self.is_home(url) else None  # credentials stay home
+            sent = {**request_headers, "Authorization": auth} if auth else request_headers
+            response = self.transport.request(method, url, sent, body)
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECTS or response.status in expect or not location:
+                return response, url, bool(auth)
+            _discard(response)
+            url = self.resolve_url(url, location, what)
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method = "GET" if method != "HEAD" else method
+                body = None
+                request_headers = {k: v for k, v in request_headers.items() if k.lower() not in _BODY_HEADERS}
+        raise self.bad_answer(what, f"it sent more than {MAX_REDIRECTS} redirects in a row")
 
     def _answer(self, challenge: Challenge, scope: str, had_auth: bool) -> bool:
         """Get what the challenge asks for; False when there is nothing new to try."""
@@ -218,10 +286,14 @@ class Registry:
                 query.append(("account", credential.username))
             sep = "&" if "?" in realm else "?"
             response = self.transport.request("GET", realm + sep + urllib.parse.urlencode(query), headers)
-        try:
-            body = response.read(MAX_ERROR_BODY)
-        finally:
-            response.release_conn()
+        if response.status in _REDIRECTS:  # never followed: the password or identity token would go along
+            _discard(response)
+            raise RegistryError(
+                f"the token service of {self.host} ({realm_origin}) answered {response.status}, a redirect to "
+                f"{_origin_text(self.resolve_url(realm, response.headers.get('Location') or '', 'the token request'))}",
+                "ormb does not follow redirects of token requests (credentials would go along); ask the registry's "
+                "administrator to name the token service's own address as the realm")
+        body = self.read_body(response, MAX_ERROR_BODY, "the token request")
         if response.status in (401, 403):
             raise self._unauthorized(_error_text(body) or None)
         if response.status != 200:
@@ -236,7 +308,7 @@ class Registry:
             raise RegistryError(f"the token service of {self.host} answered without a token")
         if not _is_token(token):
             raise self.bad_answer("the token request", "the token holds spaces or control characters")
-        return token, float(lifetime) if isinstance(lifetime, (int, float)) else None
+        return token, _lifetime(lifetime)
 
     def _unauthorized(self, detail: str | None) -> AuthenticationError:
         detail = detail.removeprefix("unauthorized: ").removeprefix("unauthorized") or None if detail else None
@@ -251,25 +323,44 @@ class Registry:
             self.login_hint or f"check the credentials given to 'ormb login {self.host}'",
         )
 
-    def error_for(self, response: urllib3.BaseHTTPResponse, what: str, scope: str = "") -> OrmbError:
+    def error_for(self, response: urllib3.BaseHTTPResponse, what: str, scope: str = "", url: str = "") -> OrmbError:
+        """The error for an answer that is not what was expected; ``url`` is where it came from."""
         body = _discard(response)
         detail = _error_text(body)
         status = response.status
+        where = self.host if not url or self.is_home(url) else f"{_origin_text(url)} (where {self.host} sent ormb)"
         if status == 401:
             return self._unauthorized(detail or None)
         if status == 403:
             if scope.startswith("repository:"):
-                return PermissionDeniedError(f"denied: requested access to {_describe(scope)} at {self.host}")
-            return PermissionDeniedError(f"denied: {what} at {self.host}: {detail or 'access denied'}")
+                return PermissionDeniedError(f"denied: requested access to {_describe(scope)} at {where}")
+            return PermissionDeniedError(f"denied: {what} at {where}: {detail or 'access denied'}")
         if status == 404:
-            return NotFoundError(f"{what}: {detail or 'not found'} at {self.host}",
+            return NotFoundError(f"{what}: {detail or 'not found'} at {where}",
                                  "check the repository name and tag; 'ormb tags REPOSITORY' lists the tags")
-        return RegistryError(f"{self.host} answered {status} to {what}: {detail or response.reason or 'no detail'}")
+        return RegistryError(f"{where} answered {status} to {what}: {detail or response.reason or 'no detail'}")
 
     def ping(self, scope: str = "") -> None:
         """``GET /v2/``: checks that a registry is there and that the credentials work."""
         response = self.request("GET", "/v2/", scope=scope, what="the API check")
         _discard(response)
+
+
+def _lifetime(value: object) -> float | None:
+    """A token's ``expires_in`` in seconds, within (0, MAX_TOKEN_LIFETIME]; None (the default) when it is
+    not a positive finite number (a bool, NaN, a string; an integer of 400 digits is capped, never a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int):
+        return float(min(value, MAX_TOKEN_LIFETIME)) if value > 0 else None
+    return min(value, float(MAX_TOKEN_LIFETIME)) if math.isfinite(value) and value > 0 else None
+
+
+def _origin_text(url: str) -> str:
+    try:
+        return str(origin_of(url))
+    except ValueError:
+        return "another address"
 
 
 def _describe(scope: str) -> str:
@@ -280,13 +371,22 @@ def _describe(scope: str) -> str:
     return f"{verb} {kind} {name}"
 
 
+def release(response: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back to the pool, or close it when its answer was not read to the end
+    (a connection with unread bytes would hand them to the next request)."""
+    if not response.closed:
+        response.close()
+    response.release_conn()
+
+
 def _discard(response: urllib3.BaseHTTPResponse) -> bytes:
+    """The start of a body that only matters as words for a message (an error, a redirect); never raises."""
     try:
         return response.read(MAX_ERROR_BODY) or b""
-    except urllib3.exceptions.HTTPError:
+    except (urllib3.exceptions.HTTPError, OSError):
         return b""
     finally:
-        response.release_conn()
+        release(response)
 
 
 def _error_text(body: bytes) -> str:

@@ -18,7 +18,7 @@ from ormb.oci import grammar, mediatypes
 from ormb.oci.descriptor import Descriptor, canonical_json, load_json
 from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, MAX_TAG_PAGE, UPLOAD_CHUNK, is_decimal, is_digest, is_tag
 from ormb.oci.graph import parse_node
-from ormb.registry.client import Registry, _discard, pull_scope, push_scope
+from ormb.registry.client import Registry, _discard, pull_scope, push_scope, release
 from ormb.registry.transport import BodyFactory
 
 MANIFEST_ACCEPT = ", ".join([
@@ -28,6 +28,10 @@ CHUNK = IO_CHUNK
 AUTO_CHUNK = UPLOAD_CHUNK  # PATCH size when a layer is chunked because it is above chunked_above
 _TRANSIENT = (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
               urllib3.exceptions.IncompleteRead, ConnectionError, TimeoutError)
+
+
+BLOB_MISMATCH_HINT = ("the registry's blob and manifest disagree: the artifact there is corrupt, or the registry "
+                      "is not to be trusted; tell its administrator")
 
 
 def _is_manifest(desc: Descriptor) -> bool:
@@ -50,44 +54,80 @@ class _BlobReader:
             "GET", self._repo.path(f"blobs/{self._desc.digest}"), scope=pull_scope(self._repo.name),
             headers=headers, expect=(200, 206), what=f"blob {self._desc.digest} of {self._repo.name}",
         )
+        self._check_length(response)
         if self.received and response.status == 200:  # the server ignored Range: skip what we have
             skip = self.received
-            while skip:
-                chunk = response.read(min(skip, CHUNK))
-                if not chunk:
-                    break
-                skip -= len(chunk)
+            try:
+                while skip:
+                    chunk = response.read(min(skip, CHUNK))
+                    if not chunk:
+                        break  # ends early: the next read resumes again
+                    skip -= len(chunk)
+            except BaseException:
+                release(response)
+                raise
         return response
+
+    def _check_length(self, response: urllib3.BaseHTTPResponse) -> None:
+        """A blob whose length (``Content-Length``) is not what the manifest declares is refused before it
+        is read: the manifest's size is the registry's claim, and so is the length; one is wrong."""
+        length = response.headers.get("Content-Length")
+        if length is None or not is_decimal(length) or response.headers.get("Content-Encoding"):
+            return
+        expected = self._desc.size - (self.received if response.status == 206 else 0)
+        if int(length) != expected:
+            response.release_conn()
+            raise IntegrityError(
+                f"the registry {self._repo.registry.host} sends {int(length) + self._desc.size - expected} bytes "
+                f"for blob {self._desc.digest}, whose manifest declares {self._desc.size}", BLOB_MISMATCH_HINT)
 
     def read(self, n: int = -1, /) -> bytes:
         remaining = self._desc.size - self.received
         if remaining <= 0:
-            return b""
+            return b""  # never past the declared size, whatever the registry would send
         n = remaining if n < 0 else min(n, remaining)
         while True:
             try:
                 data = self._response.read(n)
-                if not data:
-                    raise urllib3.exceptions.IncompleteRead(self.received, remaining)
+                if not data:  # the answer ended cleanly (a cut connection raises): the registry sent too little
+                    raise IntegrityError(
+                        f"the registry {self._repo.registry.host} ended blob {self._desc.digest} after "
+                        f"{self.received} of {self._desc.size} bytes its manifest declares", BLOB_MISMATCH_HINT)
                 self.received += len(data)
                 return data
+            except urllib3.exceptions.DecodeError:
+                release(self._response)
+                raise self._repo.registry.bad_answer(f"blob {self._desc.digest}",
+                                                     "its body is not the Content-Encoding it claims") from None
             except _TRANSIENT as exc:
-                self._response.release_conn()
-                if self.resumes >= self._repo.registry.options.retries:
-                    raise NetworkError(
-                        f"the download of {self._desc.digest} from {self._repo.registry.host} broke off "
-                        f"after {self.received} of {self._desc.size} bytes ({type(exc).__name__})",
-                        "run the same command again",
-                    ) from None
-                time.sleep(self._repo.registry.options.backoff * (2**self.resumes))
-                self.resumes += 1
+                self._resume(exc)
+
+    def _resume(self, exc: BaseException) -> None:
+        """Open the blob again from the byte reached; a download that breaks while it skips is resumed again."""
+        while True:
+            release(self._response)
+            if self.resumes >= self._repo.registry.options.retries:
+                raise NetworkError(
+                    f"the download of {self._desc.digest} from {self._repo.registry.host} broke off "
+                    f"after {self.received} of {self._desc.size} bytes ({type(exc).__name__})",
+                    "run the same command again",
+                ) from None
+            time.sleep(self._repo.registry.options.backoff * (2**self.resumes))
+            self.resumes += 1
+            try:
                 self._response = self._open()
+                return
+            except urllib3.exceptions.DecodeError:
+                raise self._repo.registry.bad_answer(f"blob {self._desc.digest}",
+                                                     "its body is not the Content-Encoding it claims") from None
+            except _TRANSIENT as again:
+                exc = again
 
     def seekable(self) -> bool:
         return False
 
     def close(self) -> None:
-        self._response.release_conn()
+        release(self._response)
 
 
 class RemoteRepository:
@@ -133,10 +173,7 @@ class RemoteRepository:
             "GET", self.path(f"manifests/{reference}"), scope=self._look_scope,
             headers={"Accept": MANIFEST_ACCEPT}, what=f"manifest {self.name}:{reference}",
         )
-        try:
-            data = response.read(MAX_MANIFEST + 1)
-        finally:
-            response.release_conn()
+        data = self.registry.read_body(response, MAX_MANIFEST + 1, f"the manifest {self.name}:{reference}")
         if len(data) > MAX_MANIFEST:
             raise InvalidArtifactError(f"the manifest of {self.name}:{reference} is larger than {MAX_MANIFEST} bytes")
         claimed = response.headers.get("Docker-Content-Digest")
@@ -171,23 +208,30 @@ class RemoteRepository:
         """Every tag, following the ``Link`` header page by page.
 
         A link to another origin is followed without credentials (the registry client decides);
-        a link already followed ends the list; more than ``grammar.MAX_TAG_PAGES`` pages is an error.
+        a link already followed ends the list; more than ``grammar.MAX_TAG_PAGES`` pages, or
+        ``grammar.MAX_TAGS`` tags, or ``grammar.MAX_TAG_LIST_BYTES`` bytes in all, is an error.
+        One page at a time is held: the caller may stream them.
         """
         what = f"the tag list of {self.name}"
         url: str | None = self.registry.url(self.path(f"tags/list?n={page_size}"))
         followed: set[str] = set()
+        count = size = 0
         while url is not None and url not in followed:
             if len(followed) >= grammar.MAX_TAG_PAGES:
                 raise self.registry.bad_answer(what, f"it runs over more than {grammar.MAX_TAG_PAGES} pages")
             followed.add(url)
             response = self.registry.request("GET", url, scope=pull_scope(self.name), what=what)
-            try:
-                body = response.read(MAX_TAG_PAGE + 1)
-            finally:
-                response.release_conn()
+            body = self.registry.read_body(response, MAX_TAG_PAGE + 1, what)
             if len(body) > MAX_TAG_PAGE:
                 raise self.registry.bad_answer(what, f"a page is larger than {MAX_TAG_PAGE} bytes")
-            yield from self._page_tags(body, what)
+            size += len(body)
+            if size > grammar.MAX_TAG_LIST_BYTES:
+                raise self.registry.bad_answer(what, f"its pages hold more than {grammar.MAX_TAG_LIST_BYTES} bytes")
+            page = self._page_tags(body, what)
+            count += len(page)
+            if count > grammar.MAX_TAGS:
+                raise self.registry.bad_answer(what, f"it lists more than {grammar.MAX_TAGS} tags")
+            yield from page
             link = _next_link(response.headers.get("Link", ""))
             url = self.registry.resolve_url(url, link, what) if link else None
 
@@ -213,10 +257,7 @@ class RemoteRepository:
             "GET", self.path(f"referrers/{digest}{query}"), scope=pull_scope(self.name), expect=(200, 404, 405),
             headers={"Accept": mediatypes.OCI_INDEX}, what=f"the referrers of {digest}",
         )
-        try:
-            body = response.read(MAX_MANIFEST + 1)
-        finally:
-            response.release_conn()
+        body = self.registry.read_body(response, MAX_MANIFEST + 1, f"the referrers of {digest}")
         if response.status != 200:  # no referrers API (e.g. CNCF distribution 2.8): the fallback tag
             tag = fallback_tag(digest)
             try:
@@ -267,12 +308,20 @@ class RemoteRepository:
                 return b""
         else:
             length = desc.size
-            rewind = rewindable(content)  # a file can be sent again when a retry needs it; a stream cannot
+            rewind = rewindable(content)  # a file can be sent again when a retry or a redirect needs it
             start = rewind.tell() if rewind is not None else 0
+            sent = False
 
             def body() -> Iterator[bytes]:
+                nonlocal sent
                 if rewind is not None:
                     rewind.seek(start)
+                elif sent:  # a stream (registry to registry) is read once
+                    raise RegistryError(
+                        f"{self.registry.host} asked for the upload of {desc.digest} to be sent again (a retry or a "
+                        "redirect), and it comes as a stream from another registry that cannot be read twice",
+                        "run the same command again, or pull the model first and push it from the cache")
+                sent = True
                 return self._chunks(content, desc.size)
         response = self.registry.request(
             "PUT", _with_query(location, digest=desc.digest), scope=push_scope(self.name),
@@ -316,7 +365,13 @@ class RemoteRepository:
         seekable = rewind is not None
         base = rewind.tell() if rewind is not None else 0
         offset = 0
+        patches = 0
+        max_patches = 2 * -(-desc.size // chunk_size) + 8  # each chunk twice (a registry that kept less), and some
         while offset < desc.size:
+            patches += 1
+            if patches > max_patches:
+                raise self.registry.bad_answer(f"the upload of {desc.digest}",
+                                               f"it took more than {max_patches} chunks without keeping the blob")
             length = min(chunk_size, desc.size - offset)
             end = offset + length - 1
             body: BodyFactory
@@ -342,9 +397,16 @@ class RemoteRepository:
             _discard(response)
             location = self._location(response)
             received = response.headers.get("Range", "")
-            if received.startswith("0-") and is_decimal(received[2:]) and int(received[2:]) != end and seekable:
-                offset = int(received[2:]) + 1  # the registry kept less than we sent: continue from what it has
-                continue
+            if received.startswith("0-") and is_decimal(received[2:]) and int(received[2:]) != end:
+                kept = int(received[2:]) + 1  # bytes the registry says it holds: more than before, at most what was sent
+                if not offset < kept <= end + 1:
+                    raise self.registry.bad_answer(
+                        f"a chunk of {desc.digest}",
+                        f"after bytes {offset}-{end} it says it holds {received!r}, which is "
+                        f"{'no progress' if kept <= offset else 'more than was sent'}")
+                if seekable:  # the registry kept less than we sent: continue from what it has
+                    offset = kept
+                    continue
             offset = end + 1
         return location
 

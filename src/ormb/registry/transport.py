@@ -7,6 +7,7 @@ for loopback hosts as Docker does; ``HTTPS_PROXY``/``NO_PROXY`` honoured.
 
 from __future__ import annotations
 
+import http.client
 import ssl
 import time
 import urllib.request
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import urllib3
+import urllib3.connection
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import SSLError
+from urllib3.exceptions import LocationValueError, SSLError
 
 from ormb._version import __version__
-from ormb.errors import NetworkError
+from ormb.errors import NetworkError, OrmbError, RegistryError
 from ormb.oci.grammar import is_decimal
 from ormb.oci.reference import is_loopback_host
 
@@ -27,13 +29,6 @@ USER_AGENT = f"ormb/{__version__}"
 Body: TypeAlias = "bytes | Iterable[bytes] | None"
 BodyFactory: TypeAlias = "Callable[[], Body]"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Redirects urllib3 follows itself (a blob GET sent to a CDN or S3): Authorization, Cookie and
-# Proxy-Authorization are dropped whenever scheme, host or port change (urllib3's is_same_host),
-# so credentials stay with the registry's origin.  Said here, not left to a default.
-_REDIRECTS = urllib3.Retry(total=None, connect=0, read=0, other=0, redirect=5, status=0,
-                           remove_headers_on_redirect=urllib3.Retry.DEFAULT_REMOVE_HEADERS_ON_REDIRECT)
-
-
 @dataclass(frozen=True)
 class TransportOptions:
     """How to reach registries.  ``plain_http=None`` means: plain HTTP for loopback only."""
@@ -65,6 +60,40 @@ def _ssl_context(options: TransportOptions) -> ssl.SSLContext:
     return context
 
 
+MAX_INFORMATIONAL = 8  # 1xx answers skipped before a final one (more: the last is taken as final, an error)
+
+
+class _FinalResponse(http.client.HTTPResponse):
+    """http.client skips ``100 Continue`` only, and would take ``103 Early Hints`` (which a CDN in front of a
+    registry may send) for the answer, leaving the real one in the socket for the next request to read.
+    Every 1xx but ``101`` is reported to :meth:`begin` as a 100, whose headers it then skips."""
+
+    _informational = 0
+
+    def _read_status(self) -> tuple[str, int, str]:
+        version, status, reason = super()._read_status()  # type: ignore[misc]
+        if 102 <= status < 200 and self._informational < MAX_INFORMATIONAL:
+            self._informational += 1
+            return version, http.client.CONTINUE, reason
+        return version, status, reason
+
+
+class _Connection(urllib3.connection.HTTPConnection):
+    response_class = _FinalResponse
+
+
+class _TLSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _FinalResponse
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
 class Transport:
     """Sends requests for one registry host; owns its connection pool."""
 
@@ -82,6 +111,7 @@ class Transport:
         self.pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **pool_kw) if proxy else urllib3.PoolManager(**pool_kw)
         )
+        self.pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
     def _proxy(self) -> str | None:
         proxies = urllib.request.getproxies_environment()
@@ -98,18 +128,26 @@ class Transport:
         url: str,
         headers: dict[str, str],
         body: BodyFactory | None = None,
-        *,
-        redirect: bool = True,
     ) -> urllib3.BaseHTTPResponse:
-        """Send, retrying transient failures; the response body is not read (stream it, then release)."""
+        """Send, retrying transient failures; the response body is not read (stream it, then release).
+
+        Redirects are not followed here: the registry client follows them one hop at a time, so that
+        it decides for each hop whether credentials go there (client.Registry.request).
+        """
         headers = {"User-Agent": USER_AGENT, **headers}
         attempt = 0
         while True:
             try:
                 response = self.pool.request(
                     method, url, headers=headers, body=body() if body else None, preload_content=False,
-                    redirect=redirect, retries=_REDIRECTS if redirect else False,
+                    redirect=False, retries=False,
                 )
+            except OrmbError:  # the body factory's own (local content that ended early, a stream sent twice)
+                raise
+            except LocationValueError:  # a URL urllib3 cannot parse (the client checks every URL it is handed)
+                raise RegistryError(f"cannot send a request to {url[:200]!r}: not a valid URL") from None
+            except ValueError as exc:  # http.client refusing a header value or a method
+                raise RegistryError(f"cannot send a request to {self.host}: {str(exc)[:200]}") from None
             except SSLError as exc:
                 raise NetworkError(_tls_message(self.host, exc), _tls_hint(exc)) from None
             except Urllib3Error as exc:
