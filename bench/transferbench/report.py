@@ -97,6 +97,11 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b and not math.isnan(a) else ""
 
 
+def _server(s: Stats) -> str:
+    """The registry's own CPU per GiB meanwhile: what a push costs on the other side (shown where it works)."""
+    return f"{s.server_cpu_per_gib:.2f}" if s.server_cpu_per_gib is not None and s.server_cpu_per_gib >= 0.05 else ""
+
+
 def _order(tool: str) -> tuple[int, str]:
     return (0 if tool.startswith("ormb") else 1 if tool.startswith("original") else 2, tool)
 
@@ -116,8 +121,8 @@ def tables(stats: dict[tuple[str, str, str], Stats], records: list[dict[str, Any
     for workload in sorted({k[0] for k in stats}, key=_workload_order):
         lines = [f"#### workload {workload}", "",
                  "| operation | tool | MB/s median (min-max) | CPU s/GiB median (min-max) | cores | peak RSS MiB "
-                 "| MB/s ÷ limit | CPU ÷ curl |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "| MB/s ÷ limit | CPU ÷ curl | registry CPU s/GiB |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for operation in OPERATIONS:
             tools = sorted((k[2] for k in stats if k[0] == workload and k[1] == operation), key=_order)
             if not tools:
@@ -129,12 +134,14 @@ def tables(stats: dict[tuple[str, str, str], Stats], records: list[dict[str, Any
                 lines.append(
                     f"| {operation} | {tool} | {_fmt(s.mbps, 0)} | {_fmt(s.cpu_per_gib, 2)} | {s.cores:.2f} "
                     f"| {s.rss_mib:.0f} | {_ratio(s.mbps[0], limit.mbps[0] if limit else None)} "
-                    f"| {_ratio(s.cpu_per_gib[0], cpu_ref.cpu_per_gib[0] if cpu_ref else None)} |")
+                    f"| {_ratio(s.cpu_per_gib[0], cpu_ref.cpu_per_gib[0] if cpu_ref else None)} "
+                    f"| {_server(s)} |")
             for reference in REFERENCES[operation]:
                 s_ref = stats.get((workload, *reference))
                 if s_ref is not None:
                     lines.append(f"| {operation} | *limit: {reference[1]}* | {_fmt(s_ref.mbps, 0)} "
-                                 f"| {_fmt(s_ref.cpu_per_gib, 2)} | {s_ref.cores:.2f} | {s_ref.rss_mib:.0f} | | |")
+                                 f"| {_fmt(s_ref.cpu_per_gib, 2)} | {s_ref.cores:.2f} | {s_ref.rss_mib:.0f} | | "
+                                 f"| {_server(s_ref)} |")
         note = background(records or [], workload)
         out.append("\n".join(lines) + (f"\n\n{note}" if note else ""))
     return "\n\n".join(out)
@@ -180,10 +187,14 @@ def goals(results: dict[str, Any]) -> list[Goal]:
                 s, limit, verify = get(workload, operation, tool), get(workload, *HASHLIB_KEY), get(workload, *VERIFY_KEY)
                 if s and limit and verify:
                     t, c = s.mbps[0] / limit.mbps[0], s.cpu_per_gib[0] / verify.cpu_per_gib[0]
+                    # sha256sum may lack SHA-NI (Debian's coreutils does): curl + hashlib is the stricter floor
+                    down = get(workload, WIRE, CURL_DOWN)
+                    strict = (f"; {s.cpu_per_gib[0] / (down.cpu_per_gib[0] + limit.cpu_per_gib[0]):.2f}x curl + "
+                              f"hashlib ({down.cpu_per_gib[0] + limit.cpu_per_gib[0]:.2f} s/GiB)") if down else ""
                     found.append(Goal(f"{label}: ≥ 0.9x read + SHA-256 MB/s, ≤ 1.2x CPU/GiB of curl + sha256sum",
                                       workload, tool,
                                       f"{t:.2f}x MB/s ({s.mbps[0]:.0f} vs {limit.mbps[0]:.0f}), {c:.2f}x CPU "
-                                      f"({s.cpu_per_gib[0]:.2f} vs {verify.cpu_per_gib[0]:.2f} s/GiB), "
+                                      f"({s.cpu_per_gib[0]:.2f} vs {verify.cpu_per_gib[0]:.2f} s/GiB){strict}; "
                                       f"{s.cores:.2f} cores", t >= 0.9 and c <= 1.2))
             save, limit = get(workload, SAVE, tool), get(workload, *HASHLIB_KEY)
             if save and limit:
@@ -227,12 +238,16 @@ def _startup_goals(startup: dict[str, Any]) -> list[Goal]:
         return []
     floor = timings.get("python -c 'import click'")
     found = []
+    def cpu(t: dict[str, list[float]]) -> float:
+        return statistics.median(u + s for u, s in zip(t["user_s"], t["sys_s"], strict=True))
+
     for label in ("ormb --version", "ormb --help"):
         if label in timings and floor:
-            r = statistics.median(timings[label]["wall_s"]) / statistics.median(floor["wall_s"])
+            wall, floor_wall = statistics.median(timings[label]["wall_s"]), statistics.median(floor["wall_s"])
             found.append(Goal(f"start-up: `{label}` ≤ 1.5x `python -c 'import click'`", "-", "ormb",
-                              f"{r:.2f}x ({statistics.median(timings[label]['wall_s']):.3f} vs "
-                              f"{statistics.median(floor['wall_s']):.3f} s)", r <= 1.5))
+                              f"{wall / floor_wall:.2f}x wall ({wall:.3f} vs {floor_wall:.3f} s); "
+                              f"{cpu(timings[label]) / cpu(floor):.2f}x CPU ({cpu(timings[label]):.3f} vs "
+                              f"{cpu(floor):.3f} s)", wall / floor_wall <= 1.5))
     models = next((k for k in timings if k.startswith("ormb models")), None)
     if models and startup.get("models", 0) >= 1000:  # the goal is about a cache of 1,000 models
         wall = statistics.median(timings[models]["wall_s"])
