@@ -49,7 +49,7 @@ from ormb.model.ormbfile import (
 from ormb.model.packing import PackedModel, stream_file
 from ormb.model.staging import Parts, StagingTree
 from ormb.model.tarstream import write_tar
-from ormb.model.unpack import extract_tar, write_raw
+from ormb.model.unpack import FileHashes, extract_tar, write_raw
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest, canonical_json, json_object
 from ormb.progress import NoProgress, ProgressListener
@@ -413,10 +413,12 @@ def write_files(
     base: Parts = (),
     local_copy: Callable[[Descriptor], Path] | None = None,
     progress: ProgressListener | None = None,
+    hashes: FileHashes | None = None,
 ) -> list[str]:
     """Write the layers of a per-file artifact into ``tree`` below ``base`` (see :mod:`ormb.model.staging`),
     verifying each and charging ``tree.budget``; ``local_copy`` names a verified local file of a blob to
-    clone instead of copying.  Two layers that write one path are refused, whichever kind they are."""
+    clone instead of copying.  Two layers that write one path are refused, whichever kind they are.
+    ``hashes`` collects every file's SHA-256 by its path below ``base``."""
     written: list[str] = []
     for item in files:
         with source.fetch(item.descriptor) as blob:
@@ -424,10 +426,11 @@ def write_files(
                 compression = item.packing.partition("+")[2] or None
                 clone_from = local_copy(item.descriptor) if local_copy and not compression else None
                 write_raw(blob, item.descriptor, tree, base + item.path.parts, clone_from=clone_from,
-                          compression=compression, mode=item.mode, progress=progress)
+                          compression=compression, mode=item.mode, progress=progress, hashes=hashes,
+                          key=str(item.path))
                 written.append(str(item.path))
             else:
                 compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
                 written += extract_tar(blob, item.descriptor, tree, base=base, compression=compression,
-                                       progress=progress)
+                                       progress=progress, hashes=hashes)
     return list(dict.fromkeys(written))

@@ -18,6 +18,10 @@ Bounds, whatever a layer holds:
   entry); sparse entries are refused before tarfile reads their map.
 - Errors: whatever tarfile or a decompressor raises on a layer is an :class:`UnsafeArchiveError` (or,
   if the layer does not match its digest, an :class:`IntegrityError`), never a crash.
+
+Signatures need the SHA-256 of every file a layer holds: :class:`FileHashes` collects them while an
+export writes (``hashes=``), and :func:`hash_tar` / :func:`hash_raw` read a layer the same checked way
+(one tar reader, :func:`_read_tar`, with the same bounds) without writing anything.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import hashlib
 import os
 import re
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, NoReturn
 
@@ -54,6 +60,28 @@ _META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfil
                tarfile.GNUTYPE_LONGLINK)
 
 
+@dataclass
+class FileHashes:
+    """The SHA-256 (hex) and size of every regular file a layer holds, by its path below the layer's
+    prefix (``model/`` of the ormb format is not part of it), as the last entry of each path left it;
+    and the paths that are symbolic links (a signature covers regular files only)."""
+
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)
+    links: set[str] = field(default_factory=set)
+
+    def file(self, path: str, sha256: str, size: int) -> None:
+        self.links.discard(path)
+        self.files[path] = (sha256, size)
+
+    def link(self, path: str) -> None:
+        self.files.pop(path, None)
+        self.links.add(path)
+
+    def digests(self) -> dict[str, str]:
+        """path -> SHA-256 hex."""
+        return {path: digest for path, (digest, _) in self.files.items()}
+
+
 class _LayerError(Exception):
     """Whatever the tar reader or a decompressor raised on the layer's bytes (``__cause__``)."""
 
@@ -71,6 +99,24 @@ class _Reader:
 
     def readable(self) -> bool:
         return True
+
+
+class _FileHasher(_Reader):
+    """Reads from ``raw``, hashing (SHA-256) and counting what passes: one file's content."""
+
+    def __init__(self, raw: Readable) -> None:
+        self._raw = raw
+        self._hasher = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._hasher.update(data)
+        self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
 
 
 class _HashingReader(_Reader):
@@ -241,32 +287,29 @@ def _layer_name(desc: Descriptor, path: str | None = None) -> str:
     return f"layer {desc.digest[:19]}" + (f" ({path})" if path else "")
 
 
-def extract_tar(
-    blob: Readable,
-    desc: Descriptor,
-    tree: StagingTree,
-    *,
-    base: Parts = (),
-    prefix: str = "",
-    strip_prefix: bool = False,
-    compression: str | None = "gzip",
-    progress: ProgressListener | None = None,
-) -> list[str]:
-    """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest;
-    the bytes it unpacks to are charged to ``tree.budget``.
+TarVisitor = Callable[[tarfile.TarFile, tarfile.TarInfo, PurePosixPath], None]
 
-    Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.
-    """
-    progress = progress or NoProgress()
-    progress.start(desc.digest, desc.digest.partition(":")[2][:12], desc.size)
-    budget = tree.budget
-    budget.start_layer(_layer_name(desc))
-    tree.begin_layer(replaceable=True)
+
+def _read_tar(blob: Readable, desc: Descriptor, visit: TarVisitor, *, prefix: str, strip_prefix: bool,
+              compression: str | None, budget: ExpansionBudget, progress: ProgressListener) -> None:
+    """Read a tar layer as a stream with every bound of the module doc, checking the layer's digest and
+    size and every entry's name; ``visit`` gets each entry below the root with its safe relative path."""
     reader = _HashingReader(blob, desc, progress, desc.digest, budget)
     try:
         try:
-            paths = _extract_all(_Bounded(_decompressed(reader, compression), budget), tree, base, prefix,
-                                 strip_prefix, desc, reader)
+            with _open_tar(_Bounded(_decompressed(reader, compression), budget)) as tar:
+                while (member := _next(tar)) is not None:
+                    budget.entry(member.name)
+                    budget.ahead(tar.offset, desc.size - reader.size, member.name)
+                    relative = _safe_relative(member.name, prefix, strip_prefix)
+                    if relative is None:
+                        continue
+                    if prefix and not strip_prefix and str(relative) + "/" == prefix and not member.isdir():
+                        # ``model/.`` as a file or link: it would replace the model's directory, and a
+                        # signature (whose root that directory is) could not name it
+                        raise UnsafeArchiveError(f"layer entry {member.name!r} makes {prefix} a file or link; "
+                                                 "refusing")
+                    visit(tar, member, relative)
             reader.drain()
         except _LayerError as wrapped:
             cause = wrapped.__cause__
@@ -280,8 +323,131 @@ def extract_tar(
         reader.verify(blob, f"layer {desc.digest}")
     finally:
         reader.close()
+
+
+def _hash_key(relative: PurePosixPath, prefix: str, stripped: bool) -> str:
+    """The path a signature names for an entry: below the prefix (``model/``), whether or not export strips it."""
+    path = str(relative)
+    return path[len(prefix):] if prefix and not stripped else path
+
+
+def extract_tar(
+    blob: Readable,
+    desc: Descriptor,
+    tree: StagingTree,
+    *,
+    base: Parts = (),
+    prefix: str = "",
+    strip_prefix: bool = False,
+    compression: str | None = "gzip",
+    progress: ProgressListener | None = None,
+    hashes: FileHashes | None = None,
+) -> list[str]:
+    """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest;
+    the bytes it unpacks to are charged to ``tree.budget``.
+
+    Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.  With ``hashes``,
+    every regular file is hashed while it is written (paths below ``prefix``).
+    """
+    progress = progress or NoProgress()
+    progress.start(desc.digest, desc.digest.partition(":")[2][:12], desc.size)
+    tree.budget.start_layer(_layer_name(desc))
+    tree.begin_layer(replaceable=True)
+    inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
+    paths: dict[str, None] = {}
+
+    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        parts = base + relative.parts
+        key = _hash_key(relative, prefix, strip_prefix)
+        if member.isdir():
+            tree.directory(parts)
+            return
+        if member.isreg():
+            if member.issparse():
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            content: Readable = _Entry(extracted)
+            hasher = _FileHasher(content) if hashes is not None else None
+            fd = tree.create_file(parts)
+            made = _write_to(fd, tree.show(parts), hasher or content, (member.mode & 0o755) | 0o600)
+            inodes.add((made.st_dev, made.st_ino))
+            if hashes is not None and hasher is not None:
+                hashes.file(key, hasher.hexdigest(), hasher.size)
+        elif member.issym():
+            tree.symlink(parts, member.linkname)
+            if hashes is not None:
+                hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, prefix, strip_prefix)
+            if link is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
+            tree.hard_link(parts, base + link.parts, inodes)
+            if hashes is not None:
+                target = hashes.files.get(_hash_key(link, prefix, strip_prefix))
+                if target is None:  # hard_link() refused anything but a file this layer wrote: unreachable
+                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to no file; refusing")
+                hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(
+                f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
+            )
+        paths[str(relative)] = None
+
+    _read_tar(blob, desc, visit, prefix=prefix, strip_prefix=strip_prefix, compression=compression,
+              budget=tree.budget, progress=progress)
     progress.finish(desc.digest)
-    return paths
+    return list(paths)
+
+
+def hash_tar(blob: Readable, desc: Descriptor, *, prefix: str = "", compression: str | None = "gzip",
+             max_expand: int | None = None, progress: ProgressListener | None = None) -> FileHashes:
+    """The files of a tar layer with their SHA-256, read once as export reads it (the same checks of the
+    layer's digest, of entry names, of header sizes and of expansion); nothing is written.
+
+    A hard link counts as its target's content; an entry that export would refuse (a special file, a
+    hard link to a file not before it, a path that is a file and a directory) is refused here too.
+    """
+    progress = progress or NoProgress()
+    budget = ExpansionBudget(max_expand)
+    budget.start_layer(_layer_name(desc))
+    hashes = FileHashes()
+    directories: set[str] = set()
+
+    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        key = _hash_key(relative, prefix, True)
+        for parent in relative.parents:
+            if parent.parts:
+                directories.add(_hash_key(parent, prefix, True))
+        if member.isdir():
+            directories.add(key)
+        elif member.isreg():
+            if member.issparse():
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing")
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            hasher = _FileHasher(_Entry(extracted))
+            while hasher.read(CHUNK):
+                pass
+            hashes.file(key, hasher.hexdigest(), hasher.size)
+        elif member.issym():
+            hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, prefix, True)
+            target = hashes.files.get(str(link)) if link is not None else None
+            if target is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to {member.linkname!r}, "
+                                         "which is not a file written before it in the same layer; refusing")
+            hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(f"layer entry {member.name!r} is a device, FIFO or other special file; refusing")
+
+    _read_tar(blob, desc, visit, prefix=prefix, strip_prefix=True, compression=compression, budget=budget,
+              progress=progress)
+    clash = next((p for p in sorted(directories) if p in hashes.files or p in hashes.links), None)
+    if clash is not None:
+        raise UnsafeArchiveError(f"layer {desc.digest[:19]} makes {clash!r} both a file and a directory; refusing")
+    return hashes
 
 
 def _next(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
@@ -320,45 +486,6 @@ def _open_tar(source: _Bounded) -> tarfile.TarFile:
         raise _LayerError() from exc
 
 
-def _extract_all(source: _Bounded, tree: StagingTree, base: Parts, prefix: str, strip: bool,
-                 desc: Descriptor, reader: _HashingReader) -> list[str]:
-    inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
-    paths: dict[str, None] = {}
-    budget = tree.budget
-    with _open_tar(source) as tar:
-        while (member := _next(tar)) is not None:
-            budget.entry(member.name)
-            budget.ahead(tar.offset, desc.size - reader.size, member.name)
-            relative = _safe_relative(member.name, prefix, strip)
-            if relative is None:
-                continue
-            parts = base + relative.parts
-            if member.isdir():
-                tree.directory(parts)
-                continue
-            if member.isreg():
-                if member.issparse():
-                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
-                extracted = tar.extractfile(member)
-                assert extracted is not None
-                fd = tree.create_file(parts)
-                made = _write_to(fd, tree.show(parts), _Entry(extracted), (member.mode & 0o755) | 0o600)
-                inodes.add((made.st_dev, made.st_ino))
-            elif member.issym():
-                tree.symlink(parts, member.linkname)
-            elif member.islnk():
-                link = _safe_relative(member.linkname, prefix, strip)
-                if link is None:
-                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
-                tree.hard_link(parts, base + link.parts, inodes)
-            else:
-                raise UnsafeArchiveError(
-                    f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
-                )
-            paths[str(relative)] = None
-    return list(paths)
-
-
 def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.stat_result:
     """Write ``source`` into the new file ``fd`` and close it; read errors (the layer's) pass up unchanged,
     write errors (the disk's) become StorageError naming ``shown``."""
@@ -385,14 +512,17 @@ def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.sta
 
 def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
               clone_from: Path | None = None, compression: str | None = None,
-              mode: int | None = None, progress: ProgressListener | None = None) -> None:
+              mode: int | None = None, progress: ProgressListener | None = None,
+              hashes: FileHashes | None = None, key: str | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
     (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
     ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, charged
     to the budget like a tar layer.  ``mode``: the file's permission bits (the file metadata's).  A path
-    that already exists (another layer's) is refused.
+    that already exists (another layer's) is refused.  With ``hashes`` the file's SHA-256 is recorded
+    under ``key`` (default: ``parts`` joined): for an uncompressed SHA-256 layer it is the layer's
+    digest, verified here; otherwise it is computed while written.
     """
     progress = progress or NoProgress()
     shown = "/".join(parts)
@@ -401,8 +531,11 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
     budget.start_layer(_layer_name(desc, shown))
     tree.begin_layer(replaceable=False)
     budget.entry(shown)
+    algorithm, _, hexpart = desc.digest.partition(":")
+    known = compression is None and algorithm == "sha256"  # the file's SHA-256 is the layer's digest
     fd = tree.create_file(parts)
-    if clone_from is not None and compression is None and _clone(clone_from, fd, desc.size):
+    if clone_from is not None and compression is None and (hashes is None or known) and \
+            _clone(clone_from, fd, desc.size):
         try:
             if mode is not None:
                 os.fchmod(fd, mode)
@@ -410,16 +543,22 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
             raise StorageError(f"cannot write {tree.show(parts)}: {exc.strerror}") from None
         finally:
             os.close(fd)
+        if hashes is not None:
+            hashes.file(key or shown, hexpart, desc.size)
         progress.advance(desc.digest, desc.size)
         progress.finish(desc.digest)
         return
     reader = _HashingReader(blob, desc, progress, desc.digest, budget if compression else None)
+    hasher: _FileHasher | None = None
     try:
         if compression is None:
-            _write_to(fd, tree.show(parts), reader, mode)
+            hasher = _FileHasher(reader) if hashes is not None and not known else None
+            _write_to(fd, tree.show(parts), hasher or reader, mode)
         else:
+            source: Readable = _Bounded(_decompressed(reader, compression), budget)
+            hasher = _FileHasher(source) if hashes is not None else None
             try:
-                _write_to(fd, tree.show(parts), _Bounded(_decompressed(reader, compression), budget), mode)
+                _write_to(fd, tree.show(parts), hasher or source, mode)
             except _LayerError as wrapped:
                 reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
                 if reader.digest() != desc.digest:
@@ -430,7 +569,38 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
         reader.verify(blob, f"layer {desc.digest} ({shown})")
     finally:
         reader.close()
+    if hashes is not None:
+        if hasher is not None:
+            hashes.file(key or shown, hasher.hexdigest(), hasher.size)
+        else:
+            hashes.file(key or shown, hexpart, desc.size)
     progress.finish(desc.digest)
+
+
+def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None,
+             max_expand: int | None = None) -> tuple[str, int]:
+    """(SHA-256 hex, size) of the file a raw layer holds, read as :func:`write_raw` reads it (the layer's
+    digest and size checked, ``compression`` undone within an expansion budget); nothing is written."""
+    budget = ExpansionBudget(max_expand)
+    budget.start_layer(_layer_name(desc))
+    reader = _HashingReader(blob, desc, NoProgress(), desc.digest, budget if compression else None)
+    try:
+        source: Readable = reader if compression is None else _Bounded(_decompressed(reader, compression), budget)
+        hasher = _FileHasher(source)
+        try:
+            while hasher.read(CHUNK):
+                pass
+        except _LayerError as wrapped:
+            reader.drain()
+            if reader.digest() != desc.digest:
+                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
+            cause = wrapped.__cause__
+            raise UnsafeArchiveError(f"layer {desc.digest} is not valid {compression}: "
+                                     f"{type(cause).__name__}: {cause}") from None
+        reader.verify(blob, f"layer {desc.digest}")
+    finally:
+        reader.close()
+    return hasher.hexdigest(), hasher.size
 
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
