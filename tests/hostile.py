@@ -9,11 +9,12 @@ served from several origins at once, with answers a test can bend.
 * ``realm``: the token service (Bearer only).
 
 Every request on every origin is recorded in ``seen`` with its ``Authorization`` header.  A
-test bends the registry with ``upload_origin``, ``blob_origin``, ``tags`` (pages and links) or
-``intercept`` (any answer, byte for byte).  ``bend`` rewrites any answer after it was made (a header
-made odd, a status changed).  A safety cap answers 400 after ``MAX_REQUESTS`` requests, so a
-client that loops ends instead of hanging the suite.  ``seen`` also keeps each request's body,
-so a test can look for a secret sent in a form (an identity token).
+test bends the registry with ``upload_origin``, ``blob_origin``, ``blobs_chunked``, ``tags`` (pages and
+links) or ``intercept`` (any answer, byte for byte); ``blobs`` and ``manifests`` may be filled directly,
+with content no honest registry would accept.  ``bend`` rewrites any answer after it was made (a header
+made odd, a status changed).  A safety cap answers 400 after ``MAX_REQUESTS`` requests, so a client that
+loops ends instead of hanging the suite.  ``seen`` also keeps each request's body, so a test can look for
+a secret sent in a form (an identity token).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Answer:
     body: bytes = b""
     raw: bytes | None = None  # sent byte for byte instead (status line, headers, body), then the connection closes
     informational: tuple[int, ...] = ()  # 1xx answers sent first (103 Early Hints), each with a Link header
+    chunked: bool = False  # Transfer-Encoding: chunked, no Content-Length (the size is known only at the end)
 
 
 def raw_answer(status: int, headers: dict[str, str], body: bytes, *, length: int | None = None) -> Answer:
@@ -104,10 +106,20 @@ class Origin:
                 self.send_response(answer.status)
                 for key, value in answer.headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(answer.body)))
+                if answer.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "HEAD":
+                    return
+                if not answer.chunked:
                     self.wfile.write(answer.body)
+                    return
+                for start in range(0, len(answer.body), 1 << 16):
+                    piece = answer.body[start:start + (1 << 16)]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _serve
 
@@ -145,6 +157,7 @@ class HostileRegistry:
         self.lock = threading.Lock()
         self.upload_origin = "home"  # where POST .../blobs/uploads/ sends the client
         self.blob_origin = "home"  # where a blob GET at home is redirected (307)
+        self.blobs_chunked = False  # blobs sent with Transfer-Encoding: chunked, no Content-Length
         self.tags: Callable[[Origin, dict[str, list[str]]], tuple[list[str], str | None]] | None = None
         self.intercept: Intercept | None = None
         self.bend: Bend | None = None  # (origin, method, path, answer) -> the answer to send instead
@@ -259,7 +272,8 @@ class HostileRegistry:
             return Answer(404, {}, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
         if origin.name == "home" and self.blob_origin != "home" and method == "GET":
             return Answer(307, {"Location": f"{self.origins[self.blob_origin].url}/v2/{name}/blobs/{digest}"})
-        return Answer(200, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}, data)
+        return Answer(200, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}, data,
+                      chunked=self.blobs_chunked)
 
     def _manifest(self, method: str, name: str, reference: str, headers: dict[str, str], body: bytes) -> Answer:
         if method == "PUT":

@@ -7,6 +7,8 @@ The public API, hand-picked::
     ormb.push("localhost:5000/team/fashion:v1")
     ormb.pull("localhost:5000/team/fashion:v1")
     ormb.export("localhost:5000/team/fashion:v1", "/models/fashion")
+    ormb.sign("localhost:5000/team/fashion:v1", "team.pem")          # then push carries the signature
+    ormb.pull("localhost:5000/team/fashion:v1", verify_key="team.pub")
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from __future__ import annotations
 from ormb._version import __version__
 from ormb.api import (
     ExportResult,
+    KeyResult,
     ModelDetails,
     ModelSummary,
     PruneResult,
     SaveResult,
+    SignResult,
     TransferResult,
+    VerifyResult,
     export,
+    generate_key,
     init,
     inspect,
     inspect_remote,
@@ -31,8 +37,10 @@ from ormb.api import (
     push,
     remove,
     save,
+    sign,
     tag,
     tags,
+    verify,
     version,
 )
 from ormb.config import Settings, load_settings
@@ -41,6 +49,7 @@ from ormb.errors import (
     IntegrityError,
     InvalidArtifactError,
     InvalidReferenceError,
+    KeyFileError,
     MetadataError,
     ModelFormatError,
     NetworkError,
@@ -51,6 +60,7 @@ from ormb.errors import (
     StorageError,
     UnsafeArchiveError,
     UsageError,
+    VerificationError,
 )
 from ormb.model.ormbfile import Metadata
 from ormb.oci.reference import Reference, parse_reference
@@ -59,9 +69,11 @@ from ormb.registry.transport import TransportOptions
 
 __all__ = [
     "AuthenticationError", "Credential", "ExportResult", "IntegrityError", "InvalidArtifactError",
-    "InvalidReferenceError", "Metadata", "MetadataError", "ModelDetails", "ModelFormatError", "ModelSummary",
-    "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError", "PruneResult", "Reference",
-    "RegistryError", "SaveResult", "Settings", "StorageError", "TransferResult", "TransportOptions",
-    "UnsafeArchiveError", "UsageError", "__version__", "export", "init", "inspect", "inspect_remote", "load_settings", "login", "logout",
-    "models", "parse_reference", "prune", "pull", "push", "remove", "save", "tag", "tags", "version",
+    "InvalidReferenceError", "KeyFileError", "KeyResult", "Metadata", "MetadataError", "ModelDetails",
+    "ModelFormatError", "ModelSummary", "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError",
+    "PruneResult", "Reference", "RegistryError", "SaveResult", "Settings", "SignResult", "StorageError",
+    "TransferResult", "TransportOptions", "UnsafeArchiveError", "UsageError", "VerificationError", "VerifyResult",
+    "__version__", "export", "generate_key", "init", "inspect", "inspect_remote", "load_settings", "login",
+    "logout", "models", "parse_reference", "prune", "pull", "push", "remove", "save", "sign", "tag", "tags",
+    "verify", "version",
 ]

@@ -439,10 +439,11 @@ def test_any_card_renders_to_markdown_tags_and_runnable_nothing(parts: list[str]
 def test_a_layer_that_decompresses_beyond_what_export_would_unpack_is_listed_only_so_far(
         c: WSGIClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gzip or zstd bomb: the listing reads as many decompressed bytes as export would unpack
-    (expansion_limit; a small one here to keep the test fast), then stops and says so."""
-    from ormb.server import model_files
+    (ormb.model.budget: 20 times the compressed bytes read, at least MIN_EXPAND; 1 MiB here to keep the
+    test fast), then stops and says so."""
+    from ormb.model import budget
 
-    monkeypatch.setattr(model_files, "expansion_limit", lambda size: 1 << 20)
+    monkeypatch.setattr(budget, "MIN_EXPAND", 1 << 20)
     layer = craft_layer([("model/a.bin", "file", b"a"), ("model/zeros.bin", "file", bytes(4 << 20)),
                          ("model/z.txt", "file", b"z")])
     push(c, "t/bomb", "v1", (ORMB_CONFIG, b'{"format":"Others"}'), [("application/tar+gzip", layer, {})])

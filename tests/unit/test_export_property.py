@@ -9,8 +9,9 @@ tree: a parent directory with a file and a sibling directory holding a secret.  
 - the export failed with an ormb error (never another exception), and the destination and the
   sentinel tree are exactly as before; or
 - it succeeded, every path under the destination resolves inside it, every hard link points at an
-  inode the export made (no name outside the destination shares it), and the sentinel tree is
-  exactly as before.
+  inode the export made (no name outside the destination shares it), the sentinel tree is exactly
+  as before, and, with a ``max_expand``, what the export added (the bytes of its new files, 4 KiB for
+  every new name, directories included) fits in it.
 
 ``HYPOTHESIS_PROFILE=deep`` runs many more examples than CI does.
 """
@@ -35,6 +36,7 @@ from conftest import compress
 from ormb.content.memory import MemoryStore
 from ormb.errors import OrmbError
 from ormb.model import modelpack
+from ormb.model.budget import ENTRY_COST
 from ormb.model.export import export_model
 from ormb.model.ormbfile import Metadata
 from ormb.model.staging import STAGING_PREFIX
@@ -47,7 +49,7 @@ ABS = "\x00ABS\x00"  # replaced by the sentinel tree's absolute path once it exi
 # names that are refused on sight (``..``, too long, reserved) are rare, so most examples go deep.
 COMPONENTS = ["a", "b", "sub", "model", "1", ".", "ormbfile.yaml", ".ormbfile.yaml.tmp", "é", "日本", "c\\d", " ",
               "\u202e"]
-RARE_COMPONENTS = ["..", "", "x" * 300, STAGING_PREFIX + "x"]
+RARE_COMPONENTS = ["..", "", "x" * 300, STAGING_PREFIX + "x", "/".join(["deep"] * 40)]
 LINK_TARGETS = ["..", "../..", ".", "a", "b", "../a", "a/b", "b/..", "b/../..", "sub/../..", "../sibling/secret",
                 "../../sibling/secret", "../../sibling", "../../../sibling", "model/a", "../model", "ormbfile.yaml",
                 "../ormbfile.yaml", "1", "../1/a", "a/", "./a/./b"]
@@ -126,6 +128,10 @@ def entries(draw: st.DrawFn, model_prefix: bool) -> list[tuple[str, str, str | b
 ENTRIES = {True: entries(True), False: entries(False)}
 
 
+# Mostly the default budget; sometimes one these examples can exceed (4 KiB an entry, every directory too)
+MAX_EXPAND = st.sampled_from([None] * 6 + [16 << 10, 64 << 10, 256 << 10])
+
+
 @dataclass
 class Case:
     modelpack: bool
@@ -134,13 +140,15 @@ class Case:
     metadata: bool
     clone: bool
     existing: str  # what the destination holds before: "nothing", "files", "planted links"
+    max_expand: int | None = None  # the export's budget (None: the default, far above these examples)
 
 
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
     if draw(st.booleans()):
         return Case(False, [("tar+gzip", draw(ENTRIES[True]))], draw(st.sampled_from(sorted(LAYOUTS))),
-                    draw(st.booleans()), False, draw(st.sampled_from(["nothing", "files", "planted links"])))
+                    draw(st.booleans()), False, draw(st.sampled_from(["nothing", "files", "planted links"])),
+                    draw(MAX_EXPAND))
     layers: list[tuple[str, object]] = []
     for _ in range(draw(st.integers(1, 3))):
         packing = draw(st.sampled_from(["raw", "raw", "tar", "tar+gzip", "tar+zstd"]))
@@ -149,7 +157,7 @@ def cases(draw: st.DrawFn) -> Case:
         else:
             layers.append((packing, draw(ENTRIES[False])))
     return Case(True, layers, draw(st.sampled_from(["export / none", "triton"])), draw(st.booleans()),
-                draw(st.booleans()), draw(st.sampled_from(["nothing", "files", "planted links"])))
+                draw(st.booleans()), draw(st.sampled_from(["nothing", "files", "planted links"])), draw(MAX_EXPAND))
 
 
 def _tar(members: list[tuple[str, str, str | bytes]], root: str) -> bytes:
@@ -308,7 +316,7 @@ def test_export_never_touches_anything_outside_the_destination(case: Case) -> No
         try:
             export_model(cache, manifest, dest, metadata=Metadata(author="a") if case.metadata else None,
                          subdirectory=subdirectory, strip_prefix=strip,
-                         local_copy=_blob_file if case.clone else None)
+                         local_copy=_blob_file if case.clone else None, max_expand=case.max_expand)
         except OrmbError as exc:
             event(f"refused: {type(exc).__name__}: {_reason(str(exc))}")
             assert _snapshot(top, skip="dest") == sentinel
@@ -317,13 +325,46 @@ def test_export_never_touches_anything_outside_the_destination(case: Case) -> No
         event(f"exported ({_links(dest)})")
         assert _snapshot(top, skip="dest") == sentinel
         _check_success(dest, planted, sentinel_inodes | existed)
+        if case.max_expand is not None:
+            _check_budget(dest, before or {}, _raw_files(case, subdirectory), case.max_expand)
+
+
+def _raw_files(case: Case, subdirectory: str) -> set[str]:
+    """Where the uncompressed raw layers' files are in the destination (their bytes are not expansion)."""
+    out = set()
+    for packing, content in case.layers:
+        if case.modelpack and packing == "raw":
+            assert isinstance(content, tuple)
+            path = str(modelpack.safe_path(content[0], "a raw layer"))
+            out.add(f"{subdirectory}/{path}" if subdirectory else path)
+    return out
+
+
+def _check_budget(dest: Path, before: dict[str, tuple[object, ...]], raw: set[str], limit: int) -> None:
+    """What the export added fits in its budget: the bytes of its new files (not the raw layers', which are
+    read, not unpacked) and ENTRY_COST for every new name, directories included; the metadata is free."""
+    added, inodes = 0, set()
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            relative = str(path.relative_to(dest))
+            facts = _facts(path)
+            if relative == "ormbfile.yaml" or (relative in before and before[relative][:3] == facts[:3]):
+                continue  # the metadata, or there before (same type, mode, inode)
+            added += ENTRY_COST
+            st_ = path.lstat()
+            if stat.S_ISREG(st_.st_mode) and relative not in raw and st_.st_ino not in inodes:
+                inodes.add(st_.st_ino)
+                added += st_.st_size
+    assert added <= limit, f"the export added {added} bytes' worth, over its budget of {limit}"
 
 
 def _reason(message: str) -> str:
     for fragment in ("nothing is written through", "points outside", "points to nothing", "absolute",
                      "'..'", "outside model/", "hard link", "special file", "two entries", "reserved",
                      "not a valid name", "replace the directory", "goes through the file", "loop", "NUL",
-                     "in the way", "a file;", "a directory where"):
+                     "in the way", "a file;", "a directory where", "expands to more than", "two layers",
+                     "metadata"):
         if fragment in message:
             return fragment
     return message[:60]

@@ -112,7 +112,7 @@ def test_modelpack_entries_named_like_staging_or_a_directory_at_the_ormbfile_are
     with pytest.raises(UnsafeArchiveError, match="reserved"):
         api.export(REF, tmp_path / "a", settings=settings)
     place_modelpack(settings.cache_dir, REF, [("tar", craft_tar([("ormbfile.yaml/x", "file", b"x")]), {})])
-    with pytest.raises(UnsafeArchiveError, match="directory where ormbfile.yaml goes"):
+    with pytest.raises(UnsafeArchiveError, match="a layer writes ormbfile.yaml, where the export writes the model's"):
         api.export(REF, tmp_path / "b", settings=settings)
     api.export(REF, tmp_path / "c", metadata=False, settings=settings)  # without metadata it is just a directory
     assert (tmp_path / "c" / "ormbfile.yaml" / "x").read_bytes() == b"x"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from ormb.cli.render import (
     plural,
     print_json,
     print_table,
+    say,
+    say_lines,
     to_jsonable,
 )
 from ormb.config import load_settings
@@ -29,6 +32,7 @@ from ormb.model.gzipstream import COMPRESSIONS
 from ormb.oci.reference import parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.transport import TransportOptions
+from ormb.signing.keys import ALGORITHMS, PASSWORD_ENV
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -51,8 +55,19 @@ def _optional_size(ctx: click.Context, param: click.Parameter, value: str | None
 
 max_expand_option = click.option(
     "--max-expand", callback=_optional_size, envvar="ORMB_MAX_EXPAND", metavar="SIZE",
-    help="The most one tar layer may unpack to, e.g. 500G (default: 20 times the layer's size, at least 1G; "
-         "env ORMB_MAX_EXPAND).")
+    help="The most the whole export may unpack to, all layers together, e.g. 500G (default: 20 times the "
+         "compressed bytes read, at least 1G; every entry and directory counts 4K; env ORMB_MAX_EXPAND).")
+
+
+def verify_options(command: Any) -> Any:
+    """--verify-key and --trust-dir: refuse a model not signed by one of these keys."""
+    command = click.option(
+        "--trust-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+        help="Refuse a model not signed by one of the public keys (*.pub, *.pem) in DIR (env ORMB_TRUST_DIR).")(command)
+    return click.option(
+        "--verify-key", "verify_key", multiple=True, type=click.Path(dir_okay=False), metavar="KEY.pub",
+        help="Refuse (exit 4, nothing written) a model that is unsigned, signed by another key, or whose files "
+             "differ from the signed ones; repeatable (env ORMB_VERIFY_KEY, ':'-separated).")(command)
 
 
 def remote_options(command: Any) -> Any:
@@ -113,6 +128,7 @@ def cli(debug: bool, no_progress: bool) -> None:
       ormb pull localhost:5000/team/fashion:v1              download it on another machine
       ormb export localhost:5000/team/fashion:v1 -d out     unpack it again
       ormb models                                           list the cache
+      ormb sign REF --key team.pem / ormb verify REF --key team.pub   signed models
 
     A reference without a registry host uses $ORMB_REGISTRY, else 'registry' in
     $ORMB_HOME/config.yaml, else localhost:5000.  The cache lives in $ORMB_HOME
@@ -120,9 +136,10 @@ def cli(debug: bool, no_progress: bool) -> None:
 
     \b
     Exit codes: 0 ok; 1 error (disk, permissions); 2 bad input or usage (reference,
-    ormbfile.yaml, model files, an option that does not apply); 3 not found; 4 corrupt
-    or unsafe content; 5 authentication failed or access denied; 6 the registry cannot
-    be reached or answered with an error; 70 internal error; 130 interrupted.
+    ormbfile.yaml, model files, a key file, an option that does not apply); 3 not found;
+    4 corrupt or unsafe content, or a signature check that fails; 5 authentication failed
+    or access denied; 6 the registry cannot be reached or answered with an error; 70
+    internal error; 130 interrupted.
     """
 
 
@@ -159,23 +176,23 @@ def save(ctx: click.Context, directory: str, reference: str, compression: str, a
         print_json(result)
         return
     for skipped in result.skipped:
-        click.echo(f"warning: skipped {skipped}", err=True)
+        say(f"warning: skipped {skipped}", err=True)
     if result.hidden:
         shown = ", ".join(result.hidden[:5]) + (f" and {len(result.hidden) - 5} more" if len(result.hidden) > 5 else "")
-        click.echo(f"note: left out {plural(len(result.hidden), 'hidden file or directory', 'hidden files and directories')}"
+        say(f"note: left out {plural(len(result.hidden), 'hidden file or directory', 'hidden files and directories')}"
                    f" ({shown}); --include-hidden packs them", err=True)
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+        say(f"note: {note}", err=True)
     if result.signature_filled:
-        click.echo("note: signature read from the model file", err=True)
+        say("note: signature read from the model file", err=True)
     if result.format_guessed:
-        click.echo(f"note: no format given in an ormbfile.yaml; guessed {result.format} from the file names "
+        say(f"note: no format given in an ormbfile.yaml; guessed {result.format} from the file names "
                    f"in {directory}", err=True)
-    click.echo(f"ref:       {result.reference}")
-    click.echo(f"digest:    {result.digest}")
-    click.echo(f"size:      {human_size(result.size)}")
-    click.echo(f"format:    {result.format}")
-    click.echo(f"{result.reference.tag}: saved")
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"size:      {human_size(result.size)}")
+    say(f"format:    {result.format}")
+    say(f"{result.reference.tag}: saved")
 
 
 @cli.command()
@@ -189,7 +206,7 @@ def init(directory: str, force: bool) -> None:
     installed). Edit the file, then 'ormb save'.
     """
     meta = api.init(directory, force=force)
-    click.echo(f"wrote {directory}/ormbfile.yaml (format {meta.format}"
+    say(f"wrote {directory}/ormbfile.yaml (format {meta.format}"
                f"{', signature from the model' if meta.signature else ''}); edit it, then 'ormb save'")
 
 
@@ -201,10 +218,14 @@ def init(directory: str, force: bool) -> None:
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
 @max_expand_option
+@verify_options
+@click.option("--signature", "signature_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write the model's signature to FILE, for 'model_signing verify key --signature FILE'.")
 @json_option
 @click.pass_context
 def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool, include: tuple[str, ...],
-           max_expand: int | None, as_json: bool) -> None:
+           max_expand: int | None, verify_key: tuple[str, ...], trust_dir: str | None, signature_file: str | None,
+           as_json: bool) -> None:
     """Unpack REFERENCE from the local cache into a directory (model/ and ormbfile.yaml).
 
     Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe, and
@@ -212,13 +233,16 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
     """
     with _progress(ctx) as bar:
         result = api.export(reference, directory, metadata=not no_metadata, include=include, max_expand=max_expand,
+                            verify_key=verify_key or None, trust_dir=trust_dir, signature_file=signature_file,
                             progress=bar)
     if as_json:
         print_json(result)
         return
-    click.echo(f"ref:       {result.reference}")
-    click.echo(f"digest:    {result.digest}")
-    click.echo(f"{result.reference.tag or result.digest}: exported to {result.directory} "
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    if result.verified_by:
+        say(f"signed by: {result.verified_by}")
+    say(f"{result.reference.tag or result.digest}: exported to {result.directory} "
                f"({plural(len(result.files), 'file')})")
 
 
@@ -263,28 +287,28 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
     if as_json:
         print_json(details)
         return
-    click.echo(f"ref:       {details.reference}")
-    click.echo(f"digest:    {details.digest}")
-    click.echo(f"size:      {human_size(details.size)}")
-    click.echo(f"format:    {details.metadata.format or '-'}")
-    click.echo(f"created:   {details.created.isoformat() if details.created else '-'}")
+    say(f"ref:       {details.reference}")
+    say(f"digest:    {details.digest}")
+    say(f"size:      {human_size(details.size)}")
+    say(f"format:    {details.metadata.format or '-'}")
+    say(f"created:   {details.created.isoformat() if details.created else '-'}")
     if details.cached:
-        click.echo(f"cached:    {details.cached.isoformat()}")
-    click.echo(f"config:    {details.config['digest']} ({details.config['mediaType']})")
+        say(f"cached:    {details.cached.isoformat()}")
+    say(f"config:    {details.config['digest']} ({details.config['mediaType']})")
     for layer in details.layers:
-        click.echo(f"layer:     {layer['digest']} ({layer['mediaType']}, {human_size(int(str(layer['size'])))})")
+        say(f"layer:     {layer['digest']} ({layer['mediaType']}, {human_size(int(str(layer['size'])))})")
     metadata: dict[str, Any] = to_jsonable(details.metadata)
     metadata.pop("directoryStructure", None)
     metadata.pop("format", None)
     if metadata:
-        click.echo("metadata:")
-        click.echo(_indented_yaml(metadata))
+        say("metadata:")
+        say_lines(_indented_yaml(metadata))
     if details.model_info:
-        click.echo("model config (as its tool wrote it):")
-        click.echo(_indented_yaml(details.model_info))
-    click.echo(f"files:     {len(details.files)}")
+        say("model config (as its tool wrote it):")
+        say_lines(_indented_yaml(details.model_info))
+    say(f"files:     {len(details.files)}")
     for name in details.files:
-        click.echo(f"  {name}")
+        say(f"  {name}")
 
 
 def _indented_yaml(value: Any) -> str:
@@ -314,7 +338,7 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
     if password and password_stdin:
         raise click.UsageError("give --password or --password-stdin, not both")
     if password:
-        click.echo("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", err=True)
+        say("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", err=True)
     if password_stdin:
         if not username:
             raise click.UsageError("--password-stdin needs --username")
@@ -328,7 +352,7 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
     if not password:
         password = click.prompt("Password", hide_input=True)
     api.login(host, username or "", password or "", options=options)
-    click.echo("Login Succeeded")
+    say("Login Succeeded")
 
 
 @cli.command()
@@ -336,7 +360,7 @@ def login(host: str, username: str | None, password: str | None, password_stdin:
 def logout(host: str) -> None:
     """Forget the credentials stored for the registry HOST (a host or a URL, as for login)."""
     api.logout(host)
-    click.echo(f"Removing login credentials for {api.registry_host(host)[0]}")
+    say(f"Removing login credentials for {api.registry_host(host)[0]}")
 
 
 def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> None:
@@ -344,13 +368,13 @@ def _render_transfer(result: api.TransferResult, verb: str, as_json: bool) -> No
         print_json(result)
         return
     for digest in result.existing:
-        click.echo(f"{digest.partition(':')[2][:12]}: Already exists")
+        say(f"{digest.partition(':')[2][:12]}: Already exists")
     for digest in result.mounted:
-        click.echo(f"{digest.partition(':')[2][:12]}: Mounted from another repository")
+        say(f"{digest.partition(':')[2][:12]}: Mounted from another repository")
     if result.left_out:
-        click.echo(f"({plural(len(result.left_out), 'layer')} left out by --include)")
+        say(f"({plural(len(result.left_out), 'layer')} left out by --include)")
     for digest in result.transferred:
-        click.echo(f"{digest.partition(':')[2][:12]}: {verb}")
+        say(f"{digest.partition(':')[2][:12]}: {verb}")
 
 
 @cli.command()
@@ -374,36 +398,52 @@ def push(ctx: click.Context, /, reference: str, chunk_size: str | None, chunked_
     options = dataclasses.replace(options, chunked_above=None if chunked_above == "never" else _size(chunked_above))
     ref = parse_reference(reference, load_settings().default_registry)
     if not as_json:
-        click.echo(f"The push refers to repository [{ref.name}]")
+        say(f"The push refers to repository [{ref.name}]")
     with _progress(ctx) as bar:
         result = api.push(ref, options=options, progress=bar)
     _render_transfer(result, "Pushed", as_json)
     if not as_json:
-        click.echo(f"{result.reference.tag}: pushed to remote "
+        if result.signatures:
+            say(f"({plural(len(result.signatures), 'signature')} pushed with it)")
+        say(f"{result.reference.tag}: pushed to remote "
                    f"({plural(result.layers, 'layer')}, {human_size(result.size)} total)")
-        click.echo(f"digest: {result.digest}")
+        say(f"digest: {result.digest}")
 
 
 @cli.command()
 @click.argument("reference")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
+@verify_options
 @remote_options
 @json_option
 @click.pass_context
-def pull(ctx: click.Context, /, reference: str, include: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
-    """Download REFERENCE from its registry into the local cache, verifying every byte."""
+def pull(ctx: click.Context, /, reference: str, include: tuple[str, ...], verify_key: tuple[str, ...],
+         trust_dir: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Download REFERENCE from its registry into the local cache, verifying every byte.
+
+    The model's signatures come along. With --verify-key or --trust-dir the model must be signed by
+    one of those keys over exactly its files; a ModelPack model is checked before any layer is
+    downloaded.
+    """
     options = _transport(kwargs)
     ref = parse_reference(reference, load_settings().default_registry)
     if not as_json:
-        click.echo(f"{ref.version}: Pulling from {ref.name}")
+        say(f"{ref.version}: Pulling from {ref.name}")
     with _progress(ctx) as bar:
-        result = api.pull(ref, include=include, options=options, progress=bar)
+        result = api.pull(ref, include=include, verify_key=verify_key or None, trust_dir=trust_dir, options=options,
+                          progress=bar)
     _render_transfer(result, "Downloaded", as_json)
     if not as_json:
-        click.echo(f"digest: {result.digest}")
+        for note in result.notes:
+            say(f"note: {note}", err=True)
+        if result.signatures:
+            say(f"({plural(len(result.signatures), 'signature')} came along)")
+        if result.verified_by:
+            say(f"signed by: {result.verified_by}")
+        say(f"digest: {result.digest}")
         status = "Downloaded newer model" if result.updated else "Model is up to date"
-        click.echo(f"Status: {status} for {result.reference}")
+        say(f"Status: {status} for {result.reference}")
 
 
 @cli.command("copy")
@@ -426,8 +466,8 @@ def copy_command(ctx: click.Context, /, source: str, destination: str, referrers
         print_json(result)
         return
     extra = f", {plural(len(result.referrers), 'referrer')}" if referrers else ""
-    click.echo(f"Copied {_full_reference(source)} to {_full_reference(destination)}")
-    click.echo(f"digest: {result.digest} ({plural(len(result.transferred), 'blob')} sent, "
+    say(f"Copied {_full_reference(source)} to {_full_reference(destination)}")
+    say(f"digest: {result.digest} ({plural(len(result.transferred), 'blob')} sent, "
                f"{len(result.existing)} already there, {len(result.mounted)} mounted{extra})")
 
 
@@ -441,7 +481,7 @@ def tags(repository: str, as_json: bool, **kwargs: Any) -> None:
         print_json(api.tags(repository, options=_transport(kwargs)))
         return
     for tag_name in api.iter_tags(repository, options=_transport(kwargs)):  # printed as the pages arrive
-        click.echo(tag_name)
+        say(tag_name)
 
 
 @cli.command()
@@ -450,7 +490,7 @@ def tags(repository: str, as_json: bool, **kwargs: Any) -> None:
 def tag(source: str, target: str) -> None:
     """Give the cached model SOURCE a second reference TARGET."""
     ref = api.tag(source, target)
-    click.echo(f"{ref.tag}: tagged {ref}")
+    say(f"{ref.tag}: tagged {ref}")
 
 
 def _full_reference(text: str) -> str:
@@ -466,7 +506,7 @@ def remove(references: tuple[str, ...]) -> None:
     """Remove references from the local cache (alias: rm); 'ormb prune' frees the space."""
     for reference in references:
         digest = api.remove(reference)
-        click.echo(f"Untagged: {_full_reference(reference)} ({digest})")
+        say(f"Untagged: {_full_reference(reference)} ({digest})")
 
 
 @cli.command()
@@ -477,7 +517,7 @@ def prune(as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
-    click.echo(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)}")
+    say(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)}")
 
 
 @cli.command()
@@ -487,7 +527,7 @@ def version(as_json: bool) -> None:
     if as_json:
         print_json({"version": api.version(), "python": sys.version.split()[0]})
     else:
-        click.echo(f"ormb {api.version()} (Python {sys.version.split()[0]})")
+        say(f"ormb {api.version()} (Python {sys.version.split()[0]})")
 
 
 @cli.command("pull-and-export")
@@ -497,32 +537,159 @@ def version(as_json: bool) -> None:
               help="triton: DEST/1/<files> (also TF Serving); mlflow: DEST/<files>; none: DEST/model/<files>.")
 @click.option("--no-metadata", is_flag=True, help="Do not write DEST/ormbfile.yaml.")
 @max_expand_option
+@verify_options
 @remote_options
 @json_option
 @click.pass_context
 def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout: str, no_metadata: bool,
-                    max_expand: int | None, as_json: bool, **kwargs: Any) -> None:
+                    max_expand: int | None, verify_key: tuple[str, ...], trust_dir: str | None, as_json: bool,
+                    **kwargs: Any) -> None:
     """Fetch SOURCE (ormb://HOST/REPO:TAG or HOST/REPO:TAG) from its registry into DESTINATION for a model server.
 
     This is the storage initializer of KServe and Seldon Core init containers (also installed
     as 'ormb-storage-initializer SRC DEST'). Nothing goes through the local cache. Credentials:
     ORMB_USERNAME and ORMB_PASSWORD, else 'ormb login' or a mounted Docker config.json
-    (DOCKER_CONFIG). TLS is verified unless --insecure.
+    (DOCKER_CONFIG). TLS is verified unless --insecure. With --verify-key (ORMB_VERIFY_KEY) the
+    signature is checked before the weights are downloaded (ModelPack) or before they move into
+    DESTINATION (ormb format).
     """
     from ormb.serving.initializer import pull_and_export as run_initializer
 
     options = _transport(kwargs)
     with _progress(ctx) as bar:
         result = run_initializer(source, destination, layout=layout, metadata=not no_metadata,
-                                 max_expand=max_expand, options=options, progress=bar)
+                                 max_expand=max_expand, verify_key=verify_key or None, trust_dir=trust_dir,
+                                 options=options, progress=bar)
     if as_json:
         print_json(result)
         return
-    click.echo(f"ref:       {result.reference}")
-    click.echo(f"digest:    {result.digest}")
-    click.echo(f"format:    {result.format or '-'}")
-    click.echo(f"{result.reference.tag or result.digest}: {plural(len(result.files), 'file')} laid out for "
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"format:    {result.format or '-'}")
+    if result.verified_by:
+        say(f"signed by: {result.verified_by}")
+    say(f"{result.reference.tag or result.digest}: {plural(len(result.files), 'file')} laid out for "
                f"{layout} in {result.directory}")
+
+
+def _key_password(key: str, from_stdin: bool) -> str | None:
+    """The private key's password: standard input with --key-password-stdin, else $ORMB_KEY_PASSWORD (read by
+    the library), else asked for without echo when the key is encrypted and there is a terminal."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if os.environ.get(PASSWORD_ENV) is not None or not sys.stdin.isatty():
+        return None
+    try:
+        with open(key, "rb") as handle:
+            encrypted = b"ENCRYPTED" in handle.read(64 << 10)
+    except OSError:
+        return None  # the library says what is wrong with the file
+    return click.prompt(f"Password for {key}", hide_input=True, err=True) if encrypted else None
+
+
+@cli.command()
+@click.argument("reference")
+@click.option("--key", type=click.Path(dir_okay=False), metavar="KEY.pem",
+              help="The private key to sign with (PEM: ECDSA P-256/P-384/P-521 or Ed25519; may be encrypted).")
+@click.option("--attach", type=click.Path(dir_okay=False, exists=True), metavar="SIG",
+              help="Attach a signature made by 'model_signing sign key' over the model's directory instead.")
+@click.option("--key-password-stdin", is_flag=True,
+              help="Read the key's password from standard input (else $ORMB_KEY_PASSWORD, else asked for).")
+@click.option("--remote", is_flag=True, help="Sign the model in its registry and store the signature there "
+              "(default: the local cache; 'ormb push' then carries it).")
+@remote_options
+@json_option
+def sign(reference: str, key: str | None, attach: str | None, key_password_stdin: bool, remote: bool, as_json: bool,
+         **kwargs: Any) -> None:
+    """Sign REFERENCE (OpenSSF model signing) and store the signature next to it as an OCI referrer.
+
+    \b
+    The signature lists every file of the model with its SHA-256, as 'ormb export' lays them out;
+    'model_signing verify key' accepts it on the exported directory. No weight byte is read for a
+    ModelPack model. Make a key with 'ormb key generate'.
+    \b
+      ormb sign localhost:5000/team/fashion:v1 --key team.pem
+      ormb sign --attach model.sig localhost:5000/team/fashion:v1
+    """
+    options = _transport(kwargs)
+    if (key is None) == (attach is None):
+        raise _InputError("give --key KEY.pem to sign, or --attach SIG to attach a signature (one of them)")
+    password = _key_password(key, key_password_stdin) if key is not None else None
+    result = api.sign(reference, key, password=password, attach=attach, remote=remote, options=options)
+    if as_json:
+        print_json(result)
+        return
+    where = f"pushed to {result.reference.name}" if result.remote else \
+        f"stored in the local cache; 'ormb push {result.reference}' carries it"
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"signature: {result.signature} ({where})")
+    say(f"key:       {result.fingerprint or '-'}")
+    say(f"files:     {result.files}")
+    say(f"{result.reference.tag or result.digest}: {'signature attached' if result.attached else 'signed'}")
+
+
+@cli.command()
+@click.argument("reference")
+@click.option("--key", "keys", multiple=True, type=click.Path(dir_okay=False), metavar="KEY.pub",
+              help="A public key the signature may be made with; repeatable (env ORMB_VERIFY_KEY).")
+@click.option("--trust-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Any public key (*.pub, *.pem) in DIR may have made the signature (env ORMB_TRUST_DIR).")
+@click.option("--remote", is_flag=True, help="Check the model and its signatures in the registry, not the cache.")
+@remote_options
+@json_option
+def verify(reference: str, keys: tuple[str, ...], trust_dir: str | None, remote: bool, as_json: bool,
+           **kwargs: Any) -> None:
+    """Check that REFERENCE is signed by a trusted key over exactly its files (exit 4 if not).
+
+    Same paths, same SHA-256, none missing, none added. A ModelPack model in a registry is checked
+    without downloading a weight byte.
+    """
+    result = api.verify(reference, keys=keys or None, trust_dir=trust_dir, remote=remote, options=_transport(kwargs))
+    if as_json:
+        print_json(result)
+        return
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"signature: {result.signature}")
+    say(f"key:       {result.fingerprint} ({result.key})")
+    unsigned = f", {plural(len(result.ignored), 'file')} not covered ({', '.join(result.ignored[:3])})" \
+        if result.ignored else ""
+    say(f"files:     {result.files}{unsigned}")
+    say(f"Verified: {result.reference} is signed by key {result.fingerprint[:16]} "
+               f"({plural(result.files, 'file')} as signed)")
+
+
+@cli.group()
+def key() -> None:
+    """Signing keys: make a pair for 'ormb sign' and 'ormb verify'."""
+
+
+@key.command("generate")
+@click.argument("private_key", metavar="KEY.pem", type=click.Path(dir_okay=False))
+@click.option("--public", "public_key", type=click.Path(dir_okay=False), metavar="KEY.pub",
+              help="Where the public key goes (default: KEY.pub beside KEY.pem).")
+@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default="ecdsa-p256", show_default=True,
+              help="ecdsa-p256 is what model_signing and cosign verify everywhere; model_signing cannot verify ed25519.")
+@click.option("--password-stdin", is_flag=True, help="Encrypt the private key with a password read from standard input.")
+@json_option
+def key_generate(private_key: str, public_key: str | None, algorithm: str, password_stdin: bool, as_json: bool) -> None:
+    """Make a key pair: KEY.pem (private, mode 0600: keep it secret) and KEY.pub (give it to who verifies).
+
+    Never overwrites a file. The fingerprint printed is how ormb, the signature and model_signing
+    name the key (sha256sum KEY.pub).
+    """
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    if password_stdin and not password:
+        raise _InputError("--password-stdin read an empty password")
+    result = api.generate_key(private_key, public_key, algorithm=algorithm, password=password)
+    if as_json:
+        print_json(result)
+        return
+    say(f"private key: {result.private_key} (keep it secret{', encrypted' if password else ''})")
+    say(f"public key:  {result.public_key}")
+    say(f"algorithm:   {result.algorithm}")
+    say(f"fingerprint: {result.fingerprint}")
 
 
 @cli.group()
@@ -605,7 +772,7 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
         raise click.UsageError("--policy needs --htpasswd: a policy names users who log in")
     host, _ = parse_addr(addr)
     if not is_loopback_host(host) and not tls_cert:
-        click.echo(f"warning: listening on {addr} without TLS: passwords and models cross the network in clear",
+        say(f"warning: listening on {addr} without TLS: passwords and models cross the network in clear",
                    err=True)
     root_dir = Path(root) if root else load_settings().home / "registry"
     options = ServeOptions(root_dir, addr, Path(htpasswd) if htpasswd else None, Path(policy) if policy else None,
@@ -618,22 +785,22 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
 
     def ready(listening: Listening) -> None:
         where = f"bound to {listening.bound}" + (f", {listening.kind}" if listening.kind else "")
-        click.echo(f"{LISTENING}{listening.url} ({where}; storage {root_dir}, {auth})", err=True)
+        say(f"{LISTENING}{listening.url} ({where}; storage {root_dir}, {auth})", err=True)
         short = ", or NAME:TAG for short (the default registry)" if listening.host == default_registry else ""
         local = " on this machine" if listening.kind == "every address" else ""
         flag = listening.client_flag
         how = f" (with {flag}: ormb's default for this name is the other scheme)" if flag else ""
         login = f"; log in with 'ormb login {flag + ' ' if flag else ''}{listening.host}'" if htpasswd else ""
-        click.echo(f"models are named {listening.host}/NAME:TAG{local}{short}{how}{login}", err=True)
+        say(f"models are named {listening.host}/NAME:TAG{local}{short}{how}{login}", err=True)
         for name in public_hosts:
-            click.echo(f"clients elsewhere: {name.lower()}/NAME:TAG (--public-host)", err=True)
+            say(f"clients elsewhere: {name.lower()}/NAME:TAG (--public-host)", err=True)
         if listening.kind == "every address" and not public_hosts:
-            click.echo("clients elsewhere: this machine's name or address; say which with --public-host NAME, "
+            say("clients elsewhere: this machine's name or address; say which with --public-host NAME, "
                        "and the catalog copies it", err=True)
         if not no_ui:
-            click.echo(f"model catalog: {listening.url}/", err=True)
+            say(f"model catalog: {listening.url}/", err=True)
 
-    run_server(options, ready, lambda: click.echo(STOPPED, err=True))
+    run_server(options, ready, lambda: say(STOPPED, err=True))
 
 
 @registry.command()
@@ -649,7 +816,7 @@ def gc(root: str | None, grace: float, as_json: bool) -> None:
     if as_json:
         print_json({"blobs": result.blobs, "bytes": result.bytes, "links": result.links, "uploads": result.uploads})
     else:
-        click.echo(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)} "
+        say(f"Deleted {result.blobs} blobs, reclaimed {human_size(result.bytes)} "
                    f"({result.links} unreferenced links and {result.uploads} stale uploads dropped)")
 
 
@@ -673,7 +840,7 @@ def revoke(root: str | None, users: tuple[str, ...], everyone: bool) -> None:
     store = Store(_existing_root(root))
     for user in (EVERYONE,) if everyone else users:
         store.revoke(user)
-    click.echo("Revoked every token" if everyone else f"Revoked the tokens of {', '.join(users)}")
+    say("Revoked every token" if everyone else f"Revoked the tokens of {', '.join(users)}")
 
 
 @registry.command()
@@ -692,8 +859,8 @@ def check(root: str | None, repair: bool, as_json: bool) -> None:
     else:
         for kind, digests in (("missing", result.missing), ("corrupt", result.corrupt), ("no row", result.orphans)):
             for digest in digests:
-                click.echo(f"{kind}: {digest}")
-        click.echo(f"Checked {result.blobs} blobs: {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
+                say(f"{kind}: {digest}")
+        say(f"Checked {result.blobs} blobs: {len(result.missing)} missing, {len(result.corrupt)} corrupt, "
                    f"{len(result.orphans)} files without a row" + (" (repaired)" if repair else ""))
     if (result.missing or result.corrupt) and not repair:
         raise IntegrityError(f"{len(result.missing) + len(result.corrupt)} blobs are missing or corrupt",
@@ -707,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=args, prog_name="ormb", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("Error: interrupted", err=True)
+        say("Error: interrupted", err=True)
         return EXIT_INTERRUPTED
     except click.ClickException as exc:
         exc.show()
@@ -717,15 +884,15 @@ def main(argv: list[str] | None = None) -> int:
     except OrmbError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
+        say(f"Error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("Error: interrupted", err=True)
+        say("Error: interrupted", err=True)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"Error: internal error: {type(exc).__name__}: {exc} (run with --debug and report it)", err=True)
+        say(f"Error: internal error: {type(exc).__name__}: {exc} (run with --debug and report it)", err=True)
         return EXIT_INTERNAL
     return 0
 

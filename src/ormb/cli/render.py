@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -62,11 +63,61 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with everything a terminal could act on escaped, as ``repr()`` writes it: control characters
+    (C0 including newline and tab, DEL, C1), format characters (bidi overrides, zero-width), line and
+    paragraph separators, surrogates (bytes of a name that were not UTF-8) and other non-printable
+    characters.  Every line the CLI prints goes through here, so a name from a layer or a registry is
+    shown as data and cannot move the cursor, retitle the terminal or forge a second ``Error:`` line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def say(message: str = "", err: bool = False) -> None:
+    """One line of output (stdout, or stderr with ``err``), escaped by :func:`printable`."""
+    click.echo(printable(message), err=err)
+
+
+def say_lines(text: str) -> None:
+    """Several lines of output, each escaped by :func:`printable`."""
+    click.echo("\n".join(printable(line) for line in text.split("\n")))
+
+
+def _json_escaped(char: str) -> str:
+    code = ord(char)
+    if code > 0xFFFF:  # a UTF-16 surrogate pair, as JSON spells characters beyond the BMP
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def to_json(value: Any) -> str:
+    """``value`` as JSON that is valid UTF-8 and safe on a terminal: readable Unicode stays as it is,
+    anything :func:`printable` would escape (a lone surrogate: a byte of a name that was not UTF-8) is a
+    ``\\uXXXX`` escape, which JSON parsers read back as the same string."""
+    text = json.dumps(to_jsonable(value), indent=2, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else _json_escaped(c) for c in text)  # raw newlines: the indent
+
+
 def print_json(value: Any) -> None:
-    click.echo(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False))
+    click.echo(to_json(value))
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     for line in [headers, *rows]:
         click.echo("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
@@ -90,7 +141,7 @@ class RichProgress:
         self._progress.stop()
 
     def start(self, task: str, description: str, total: int | None) -> None:
-        self._tasks[task] = self._progress.add_task(description, total=total)
+        self._tasks[task] = self._progress.add_task(escape(printable(description)), total=total)
 
     def advance(self, task: str, amount: int) -> None:
         if task in self._tasks:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from ormb.content.target import Fetcher
 from ormb.model import modelpack, ormbformat
+from ormb.model.budget import ExpansionBudget
 from ormb.model.modelpack import LayerFile
 from ormb.model.ormbfile import FILENAME, Metadata
 from ormb.model.staging import staged_directory
-from ormb.model.unpack import extract_tar
+from ormb.model.unpack import FileHashes, extract_tar
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.progress import ProgressListener
 
@@ -32,26 +33,34 @@ def export_model(
     local_copy: Callable[[Descriptor], Path] | None = None,
     max_expand: int | None = None,
     progress: ProgressListener | None = None,
+    check: Callable[[FileHashes], None] | None = None,
 ) -> tuple[str, ...]:
     """Write the model of ``manifest`` (blobs from ``source``) into ``dest``, all or nothing.
 
     The files go below ``dest/subdirectory`` (the ormb format's under ``model/`` unless ``strip_prefix``);
-    ``metadata``, if given, becomes ``dest/ormbfile.yaml``.  ``files`` narrows a ModelPack model to some
-    of its layers.  ``max_expand`` bounds what a tar layer may unpack to (see :mod:`ormb.model.unpack`).
-    Returns the files' paths below ``dest/subdirectory``.
+    ``metadata``, if given, becomes ``dest/ormbfile.yaml`` (a layer that writes that path is refused).
+    ``files`` narrows a ModelPack model to some of its layers.  ``max_expand`` bounds what the layers may
+    unpack to, in all (see :mod:`ormb.model.budget`).  Returns the files' paths below ``dest/subdirectory``.
+
+    ``check``, if given, sees the SHA-256 of every file written (hashed while written; paths as a
+    signature names them: below ``model/`` for the ormb format) once everything is staged and before
+    anything moves into place; what it raises leaves ``dest`` as it was (a signature check).
     """
     base = (subdirectory,) if subdirectory else ()
-    with staged_directory(dest) as tree:
+    hashes = FileHashes() if check is not None else None
+    with staged_directory(dest, ExpansionBudget(max_expand)) as tree:
         if modelpack.is_modelpack(manifest):
             chosen = modelpack.layer_files(manifest) if files is None else files
-            paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy,
-                                          max_expand=max_expand, progress=progress)
+            paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy, progress=progress,
+                                          hashes=hashes)
         else:
             layer = ormbformat.model_layer(manifest)
             with source.fetch(layer) as blob:
                 paths = extract_tar(blob, layer, tree, base=base, prefix="model/", strip_prefix=strip_prefix,
-                                    max_expand=max_expand, progress=progress)
+                                    progress=progress, hashes=hashes)
         if metadata is not None:
-            tree.write_whole((FILENAME,), metadata.to_yaml().encode("utf-8"))
+            tree.write_metadata((FILENAME,), metadata.to_yaml().encode("utf-8"))
         tree.check_links()
+        if check is not None and hashes is not None:
+            check(hashes)
     return tuple(paths)

@@ -49,7 +49,7 @@ from ormb.model.ormbfile import (
 from ormb.model.packing import PackedModel, stream_file
 from ormb.model.staging import Parts, StagingTree
 from ormb.model.tarstream import write_tar
-from ormb.model.unpack import extract_tar, write_raw
+from ormb.model.unpack import FileHashes, extract_tar, write_raw
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest, canonical_json, json_object
 from ormb.progress import NoProgress, ProgressListener
@@ -258,8 +258,13 @@ class LayerFile:
 
 
 def safe_path(value: str, where: str) -> PurePosixPath:
+    """A file-path annotation as a path below the destination: relative, no ``..``, valid UTF-8."""
     if "\0" in value:
         raise UnsafeArchiveError(f"{where} has a NUL character in its file path {value!r}; refusing")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry as an escape ("\ud800")
+        raise UnsafeArchiveError(f"{where} has the file path {value!r}, which is not valid UTF-8; refusing") from None
     if not value or value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
         raise UnsafeArchiveError(f"{where} has the absolute or empty file path {value!r}; refusing")
     parts = value.replace("\\", "/").split("/")
@@ -426,11 +431,13 @@ def write_files(
     *,
     base: Parts = (),
     local_copy: Callable[[Descriptor], Path] | None = None,
-    max_expand: int | None = None,
     progress: ProgressListener | None = None,
+    hashes: FileHashes | None = None,
 ) -> list[str]:
     """Write the layers of a per-file artifact into ``tree`` below ``base`` (see :mod:`ormb.model.staging`),
-    verifying each; ``local_copy`` names a verified local file of a blob to clone instead of copying."""
+    verifying each and charging ``tree.budget``; ``local_copy`` names a verified local file of a blob to
+    clone instead of copying.  Two layers that write one path are refused, whichever kind they are.
+    ``hashes`` collects every file's SHA-256 by its path below ``base``."""
     written: list[str] = []
     for item in files:
         with source.fetch(item.descriptor) as blob:
@@ -438,10 +445,11 @@ def write_files(
                 compression = item.packing.partition("+")[2] or None
                 clone_from = local_copy(item.descriptor) if local_copy and not compression else None
                 write_raw(blob, item.descriptor, tree, base + item.path.parts, clone_from=clone_from,
-                          compression=compression, max_expand=max_expand, mode=item.mode, progress=progress)
+                          compression=compression, mode=item.mode, progress=progress, hashes=hashes,
+                          key=str(item.path))
                 written.append(str(item.path))
             else:
                 compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
                 written += extract_tar(blob, item.descriptor, tree, base=base, compression=compression,
-                                       max_expand=max_expand, progress=progress)
+                                       progress=progress, hashes=hashes)
     return list(dict.fromkeys(written))

@@ -8,6 +8,7 @@ from typing import Protocol
 from ormb.errors import StorageError
 from ormb.model.files import ModelFile
 from ormb.model.ormbfile import Metadata
+from ormb.model.unpack import FileHashes
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import ProgressListener
 
@@ -24,6 +25,8 @@ class PackedModel:
     config: Descriptor
     layers: tuple[Descriptor, ...]
     metadata: Metadata
+    # the ormb format: each file's SHA-256, computed while packing, by path below model/ (for signing)
+    files: FileHashes | None = None
 
 
 def stream_file(entry: ModelFile, sink: Sink, progress: ProgressListener, task: str) -> None:

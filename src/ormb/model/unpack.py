@@ -6,9 +6,22 @@ and link is made through the staging tree, relative to directory descriptors and
 link; what a layer may not do (escape, write through a link, hard-link a file it did not write,
 special files, names that are no path) is refused with :class:`UnsafeArchiveError`.
 
-Expansion is bounded: a raw layer writes exactly its declared size; a tar layer may unpack to at
-most ``max_expand`` bytes (default :func:`expansion_limit`), counting its decompressed bytes and
-4 KiB for every entry, and checked before a file is written from the size in its header.
+Bounds, whatever a layer holds:
+
+- Disk: the export's :class:`~ormb.model.budget.ExpansionBudget` (one for all layers), charged with
+  every decompressed byte as it is read and every entry and directory, and checked before a file is
+  written from the size in its header.  No layer is read past its declared size.
+- Memory: the tar is read entry by entry and tarfile's list of entries is emptied as it goes (in
+  ``r|`` mode it keeps every entry with its headers); the extended headers before one entry (PAX, GNU
+  long names) may hold ``MAX_HEADER`` bytes in all and nest ``MAX_HEADER_CHAIN`` deep; global PAX
+  headers ``MAX_GLOBAL`` bytes and ``MAX_GLOBAL_KEYS`` keys in all (tarfile copies them into every
+  entry); sparse entries are refused before tarfile reads their map.
+- Errors: whatever tarfile or a decompressor raises on a layer is an :class:`UnsafeArchiveError` (or,
+  if the layer does not match its digest, an :class:`IntegrityError`), never a crash.
+
+Signatures need the SHA-256 of every file a layer holds: :class:`FileHashes` collects them while an
+export writes (``hashes=``), and :func:`hash_tar` / :func:`hash_raw` read a layer the same checked way
+(one tar reader, :func:`_read_tar`, with the same bounds) without writing anything.
 """
 
 from __future__ import annotations
@@ -18,37 +31,59 @@ import hashlib
 import os
 import re
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import zstandard
-from isal import igzip, isal_zlib
+from isal import igzip
 
-from ormb.content.background import BackgroundHasher, BackgroundWriter
+from ormb.content.background import BackgroundHasher, BackgroundWriter, write_sliced
 from ormb.content.target import Readable
 from ormb.errors import IntegrityError, OrmbError, StorageError, UnsafeArchiveError
+from ormb.model.budget import ExpansionBudget
 from ormb.model.staging import Parts, StagingTree
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import NoProgress, ProgressListener
 from ormb.units import human_size
 
 CHUNK = 1 << 20
+TAR_BUFFER = 64 << 10  # tarfile's stream buffer: it copies what is left of it on every header read
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
-# Expansion of a tar layer: at most EXPAND_RATIO times its size, and at least MIN_EXPAND, unless the
-# user says otherwise (--max-expand / ORMB_MAX_EXPAND).  Model weights compress by 1.1-2x; a layer that
-# unpacks to 20 times its size is a dataset of zeros or a bomb.
-EXPAND_RATIO = 20
-MIN_EXPAND = 1 << 30
-ENTRY_COST = 4096  # what an entry costs the disk besides its bytes (inode, directory entry)
-MAX_HEADER = 1 << 20  # a PAX or GNU long-name header larger than this is refused before it is read
+MAX_HEADER = 1 << 20  # extended header data (PAX, GNU long names) before one entry, in all
+MAX_HEADER_CHAIN = 32  # extended headers before one entry (tar, GNU tar and Go write at most three)
+MAX_GLOBAL = 64 << 10  # global PAX header data in one layer, in all (git archive writes 52 bytes)
+MAX_GLOBAL_KEYS = 64
 _META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                tarfile.GNUTYPE_LONGLINK)
 
 
-def expansion_limit(layer_size: int, max_expand: int | None = None) -> int:
-    """How many bytes a tar layer of ``layer_size`` may unpack to."""
-    return max_expand if max_expand is not None else max(MIN_EXPAND, EXPAND_RATIO * layer_size)
+@dataclass
+class FileHashes:
+    """The SHA-256 (hex) and size of every regular file a layer holds, by its path below the layer's
+    prefix (``model/`` of the ormb format is not part of it), as the last entry of each path left it;
+    and the paths that are symbolic links (a signature covers regular files only)."""
+
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)
+    links: set[str] = field(default_factory=set)
+
+    def file(self, path: str, sha256: str, size: int) -> None:
+        self.links.discard(path)
+        self.files[path] = (sha256, size)
+
+    def link(self, path: str) -> None:
+        self.files.pop(path, None)
+        self.links.add(path)
+
+    def digests(self) -> dict[str, str]:
+        """path -> SHA-256 hex."""
+        return {path: digest for path, (digest, _) in self.files.items()}
+
+
+class _LayerError(Exception):
+    """Whatever the tar reader or a decompressor raised on the layer's bytes (``__cause__``)."""
 
 
 class _Reader:
@@ -66,21 +101,48 @@ class _Reader:
         return True
 
 
-class _HashingReader(_Reader):
-    """Reads from ``raw``, hashing and counting every byte, reporting progress."""
+class _FileHasher(_Reader):
+    """Reads from ``raw``, hashing (SHA-256) and counting what passes: one file's content."""
 
-    def __init__(self, raw: Readable, desc: Descriptor, progress: ProgressListener, task: str) -> None:
+    def __init__(self, raw: Readable) -> None:
         self._raw = raw
-        self._hasher = BackgroundHasher(hashlib.new(desc.digest.partition(":")[0]))
+        self._hasher = hashlib.sha256()
         self.size = 0
-        self._progress = progress
-        self._task = task
 
     def read(self, n: int = -1) -> bytes:
         data = self._raw.read(n)
         self._hasher.update(data)
         self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+
+class _HashingReader(_Reader):
+    """Reads at most the declared size of ``raw``, hashing and counting every byte, reporting progress,
+    and crediting the budget (for layers whose unpacked bytes are charged)."""
+
+    def __init__(self, raw: Readable, desc: Descriptor, progress: ProgressListener, task: str,
+                 budget: ExpansionBudget | None = None) -> None:
+        self._raw = raw
+        self._desc = desc
+        self._hasher = BackgroundHasher(hashlib.new(desc.digest.partition(":")[0]))
+        self.size = 0
+        self._progress = progress
+        self._task = task
+        self._budget = budget
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._desc.size - self.size
+        if left <= 0:
+            return b""
+        data = self._raw.read(left if n < 0 else min(n, left))
+        self._hasher.update(data)
+        self.size += len(data)
         self._progress.advance(self._task, len(data))
+        if self._budget is not None:
+            self._budget.read(len(data))
         return data
 
     def drain(self) -> None:
@@ -93,54 +155,96 @@ class _HashingReader(_Reader):
     def close(self) -> None:
         self._hasher.close()
 
-
-class _Budget:
-    """What a tar layer has unpacked so far (its decompressed bytes, 4 KiB per entry) against its limit."""
-
-    def __init__(self, desc: Descriptor, limit: int) -> None:
-        self._desc, self.limit = desc, limit
-        self._stream = self._entries = 0
-
-    def _check(self, ahead: int, where: str) -> None:
-        if self._stream + self._entries * ENTRY_COST + ahead > self.limit:
-            raise UnsafeArchiveError(
-                f"layer {self._desc.digest[:19]} ({human_size(self._desc.size)}) expands to more than "
-                f"{human_size(self.limit)} (at {where}); refusing",
-                "if you trust it, raise the limit: --max-expand SIZE or ORMB_MAX_EXPAND=SIZE, e.g. 500G")
-
-    def read(self, amount: int) -> None:
-        self._stream += amount
-        self._check(0, "the tar stream")
-
-    def entry(self, size: int, where: str) -> None:
-        """One more entry, whose ``size`` bytes are still to come: refused before they are written."""
-        self._entries += 1
-        self._check(size, where)
+    def verify(self, raw: Readable, what: str) -> None:
+        """After the last byte: the blob is exactly its declared size and digest."""
+        if raw.read(1):
+            raise IntegrityError(f"{what} has more bytes than the {self._desc.size} its manifest declares")
+        if self.size != self._desc.size or self.digest() != self._desc.digest:
+            raise IntegrityError(f"{what} does not match: read {self.size} bytes with digest {self.digest()}")
 
 
 class _Bounded:
-    """The decompressed stream, charged to the budget as it is read (headers and padding included)."""
+    """The decompressed stream of a layer, charged to the budget as it is read (headers and padding
+    included); a failure of the decompressor is the layer's (:class:`_LayerError`)."""
 
-    def __init__(self, raw: Any, budget: _Budget) -> None:
+    def __init__(self, raw: Any, budget: ExpansionBudget) -> None:
         self._raw, self._budget = raw, budget
+        self.total = 0
 
     def read(self, n: int = -1) -> bytes:
-        data: bytes = self._raw.read(n)
-        self._budget.read(len(data))
+        try:
+            data: bytes = self._raw.read(n)
+        except OrmbError:
+            raise
+        except Exception as exc:
+            raise _LayerError() from exc
+        self.total += len(data)
+        self._budget.stream(self.total)
         return data
 
 
+def _refuse_sparse(*_args: object) -> NoReturn:
+    raise UnsafeArchiveError("a tar entry of the layer is a sparse file; refusing")
+
+
 class _CheckedTarInfo(tarfile.TarInfo):
-    """A tar header whose extended (PAX, GNU long name) data must be small: tarfile reads that data into
-    memory whole, so a header claiming gigabytes would be a memory bomb."""
+    """tarfile's header parser with bounds: tarfile reads extended header data into memory whole, nests a
+    call per header, copies global PAX keys into every entry and parses a sparse map of any length."""
 
     @classmethod
-    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _CheckedTarInfo:
-        info = super().frombuf(buf, encoding, errors)
-        if info.type in _META_TYPES and info.size > MAX_HEADER:
-            raise UnsafeArchiveError(f"a tar header of the layer carries {human_size(info.size)} of extended data; "
-                                     "refusing")
-        return info
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _CheckedTarInfo:
+        limits: _HeaderLimits | None = tarfile_.__dict__.get("_ormb_limits")
+        if limits is None:  # the first header, read by TarFile.__init__
+            limits = tarfile_._ormb_limits = _HeaderLimits()  # type: ignore[attr-defined]
+        buf = tarfile_.fileobj.read(tarfile.BLOCKSIZE)
+        obj = cls.frombuf(buf, tarfile_.encoding, tarfile_.errors)
+        obj.offset = tarfile_.fileobj.tell() - tarfile.BLOCKSIZE
+        limits.header(obj, tarfile_)
+        try:
+            return obj._proc_member(tarfile_)  # type: ignore[attr-defined,no-any-return]
+        finally:
+            limits.done()
+
+    # tarfile's sparse parsers (GNU 0.0, 0.1, 1.0, old GNU 'S'): refused before they read the map
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_sparse = _refuse_sparse
+
+    def _apply_pax_info(self, pax_headers: dict[str, str], encoding: str, errors: str) -> None:
+        if any(key.startswith("GNU.sparse.") for key in pax_headers):  # a sparse file by any other header
+            _refuse_sparse()
+        super()._apply_pax_info(pax_headers, encoding, errors)  # type: ignore[misc]
+
+
+class _HeaderLimits:
+    """The extended headers seen before the entry being read, and the global ones of the whole layer."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.extended = 0
+        self.globals = 0
+
+    def header(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        if self.depth == 0:
+            self.extended = 0
+        self.depth += 1
+        if len(tar.pax_headers) > MAX_GLOBAL_KEYS:
+            raise UnsafeArchiveError(f"the layer's global PAX headers set more than {MAX_GLOBAL_KEYS} keys; refusing")
+        if info.type not in _META_TYPES:
+            return
+        if self.depth > MAX_HEADER_CHAIN:
+            raise UnsafeArchiveError(f"a tar entry of the layer nests more than {MAX_HEADER_CHAIN} extended headers "
+                                     "(too deeply); refusing")
+        self.extended += info.size
+        if self.extended > MAX_HEADER:
+            raise UnsafeArchiveError(f"a tar entry of the layer carries more than {human_size(MAX_HEADER)} of extended "
+                                     "data in its headers; refusing")
+        if info.type == tarfile.XGLTYPE:
+            self.globals += info.size
+            if self.globals > MAX_GLOBAL:
+                raise UnsafeArchiveError(f"the layer's global PAX headers hold more than {human_size(MAX_GLOBAL)}; "
+                                         "refusing")
+
+    def done(self) -> None:
+        self.depth -= 1
 
 
 def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath | None:
@@ -151,6 +255,10 @@ def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath
     """
     if "\0" in name:
         raise UnsafeArchiveError(f"layer entry {name!r} has a NUL character in its name; refusing to export")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        raise UnsafeArchiveError(f"layer entry {name!r} has a name this system cannot encode; refusing") from None
     if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
         raise UnsafeArchiveError(f"layer entry {name!r} has an absolute path; refusing to export")
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -168,13 +276,61 @@ def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath
 
 
 def decompressed(reader: Any, compression: str | None) -> Any:
-    """A reader of ``reader``'s bytes decompressed (``gzip``, ``zstd``, or None: as they are);
-    unbounded: the caller counts what it reads (the catalog reads documents and listings this way)."""
+    """A reader of ``reader``'s bytes decompressed (``gzip``, ``zstd``, or None: as they are); unbounded:
+    the caller counts what it reads (export through its budget; the catalog's listings too)."""
     if compression == "gzip":
         return igzip.IGzipFile(fileobj=reader, mode="rb")  # type: ignore[no-untyped-call]
     if compression == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
     return reader
+
+
+def _layer_name(desc: Descriptor, path: str | None = None) -> str:
+    return f"layer {desc.digest[:19]}" + (f" ({path})" if path else "")
+
+
+TarVisitor = Callable[[tarfile.TarFile, tarfile.TarInfo, PurePosixPath], None]
+
+
+def _read_tar(blob: Readable, desc: Descriptor, visit: TarVisitor, *, prefix: str, strip_prefix: bool,
+              compression: str | None, budget: ExpansionBudget, progress: ProgressListener) -> None:
+    """Read a tar layer as a stream with every bound of the module doc, checking the layer's digest and
+    size and every entry's name; ``visit`` gets each entry below the root with its safe relative path."""
+    reader = _HashingReader(blob, desc, progress, desc.digest, budget)
+    try:
+        try:
+            with _open_tar(_Bounded(decompressed(reader, compression), budget)) as tar:
+                while (member := _next(tar)) is not None:
+                    budget.entry(member.name)
+                    budget.ahead(tar.offset, desc.size - reader.size, member.name)
+                    relative = _safe_relative(member.name, prefix, strip_prefix)
+                    if relative is None:
+                        continue
+                    if prefix and not strip_prefix and str(relative) + "/" == prefix and not member.isdir():
+                        # ``model/.`` as a file or link: it would replace the model's directory, and a
+                        # signature (whose root that directory is) could not name it
+                        raise UnsafeArchiveError(f"layer entry {member.name!r} makes {prefix} a file or link; "
+                                                 "refusing")
+                    visit(tar, member, relative)
+            reader.drain()
+        except _LayerError as wrapped:
+            cause = wrapped.__cause__
+            reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
+            if reader.digest() != desc.digest:
+                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
+            if isinstance(cause, RecursionError):
+                raise UnsafeArchiveError(f"layer {desc.digest} nests tar headers too deeply; refusing") from None
+            raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: "
+                                     f"{type(cause).__name__}: {cause}") from None
+        reader.verify(blob, f"layer {desc.digest}")
+    finally:
+        reader.close()
+
+
+def _hash_key(relative: PurePosixPath, prefix: str, stripped: bool) -> str:
+    """The path a signature names for an entry: below the prefix (``model/``), whether or not export strips it."""
+    path = str(relative)
+    return path[len(prefix):] if prefix and not stripped else path
 
 
 def extract_tar(
@@ -186,79 +342,150 @@ def extract_tar(
     prefix: str = "",
     strip_prefix: bool = False,
     compression: str | None = "gzip",
-    max_expand: int | None = None,
     progress: ProgressListener | None = None,
+    hashes: FileHashes | None = None,
 ) -> list[str]:
-    """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest.
+    """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest;
+    the bytes it unpacks to are charged to ``tree.budget``.
 
-    Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.
+    Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.  With ``hashes``,
+    every regular file is hashed while it is written (paths below ``prefix``).
     """
     progress = progress or NoProgress()
     progress.start(desc.digest, desc.digest.partition(":")[2][:12], desc.size)
-    reader = _HashingReader(blob, desc, progress, desc.digest)
-    budget = _Budget(desc, expansion_limit(desc.size, max_expand))
-    try:
-        paths = _extract_all(_Bounded(decompressed(reader, compression), budget), tree, base, prefix,
-                             strip_prefix, budget)
-        reader.drain()
-    except OrmbError:
-        raise
-    except RecursionError:
-        raise UnsafeArchiveError(f"layer {desc.digest} nests tar headers too deeply; refusing") from None
-    except (tarfile.TarError, EOFError, OSError, ValueError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
-        reader.drain()
-        if reader.digest() != desc.digest:
-            raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
-        raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: {exc}") from None
-    finally:
-        reader.close()
-    if reader.size != desc.size or reader.digest() != desc.digest:
-        raise IntegrityError(
-            f"layer {desc.digest} does not match: read {reader.size} bytes with digest {reader.digest()}"
-        )
-    progress.finish(desc.digest)
-    return paths
-
-
-def _extract_all(source: _Bounded, tree: StagingTree, base: Parts, prefix: str, strip: bool,
-                 budget: _Budget) -> list[str]:
+    tree.budget.start_layer(_layer_name(desc))
+    tree.begin_layer(replaceable=True)
     inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
     paths: dict[str, None] = {}
-    with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK, tarinfo=_CheckedTarInfo) as tar:  # type: ignore[call-overload]
-        for member in tar:
-            budget.entry(member.size if member.isreg() else 0, member.name)
-            relative = _safe_relative(member.name, prefix, strip)
-            if relative is None:
-                continue
-            parts = base + relative.parts
-            if member.isdir():
-                tree.directory(parts)
-                continue
-            if member.isreg():
-                if member.issparse():
-                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
-                extracted = tar.extractfile(member)
-                assert extracted is not None
-                made = _write_file(tree, parts, extracted, (member.mode & 0o755) | 0o600)
-                inodes.add((made.st_dev, made.st_ino))
-            elif member.issym():
-                tree.symlink(parts, member.linkname)
-            elif member.islnk():
-                link = _safe_relative(member.linkname, prefix, strip)
-                if link is None:
-                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
-                tree.hard_link(parts, base + link.parts, inodes)
-            else:
-                raise UnsafeArchiveError(
-                    f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
-                )
-            paths[str(relative)] = None
+
+    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        parts = base + relative.parts
+        key = _hash_key(relative, prefix, strip_prefix)
+        if member.isdir():
+            tree.directory(parts)
+            return
+        if member.isreg():
+            if member.issparse():
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            content: Readable = _Entry(extracted)
+            hasher = _FileHasher(content) if hashes is not None else None
+            fd = tree.create_file(parts)
+            made = _write_to(fd, tree.show(parts), hasher or content, (member.mode & 0o755) | 0o600)
+            inodes.add((made.st_dev, made.st_ino))
+            if hashes is not None and hasher is not None:
+                hashes.file(key, hasher.hexdigest(), hasher.size)
+        elif member.issym():
+            tree.symlink(parts, member.linkname)
+            if hashes is not None:
+                hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, prefix, strip_prefix)
+            if link is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
+            tree.hard_link(parts, base + link.parts, inodes)
+            if hashes is not None:
+                target = hashes.files.get(_hash_key(link, prefix, strip_prefix))
+                if target is None:  # hard_link() refused anything but a file this layer wrote: unreachable
+                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to no file; refusing")
+                hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(
+                f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
+            )
+        paths[str(relative)] = None
+
+    _read_tar(blob, desc, visit, prefix=prefix, strip_prefix=strip_prefix, compression=compression,
+              budget=tree.budget, progress=progress)
+    progress.finish(desc.digest)
     return list(paths)
 
 
-def _write_file(tree: StagingTree, parts: Parts, source: Readable, mode: int) -> os.stat_result:
-    """A new file at ``parts`` (replacing an earlier file or link of that name) with the bytes of ``source``."""
-    return _write_to(tree.create_file(parts, replace=True), tree.show(parts), source, mode)
+def hash_tar(blob: Readable, desc: Descriptor, *, prefix: str = "", compression: str | None = "gzip",
+             max_expand: int | None = None, progress: ProgressListener | None = None) -> FileHashes:
+    """The files of a tar layer with their SHA-256, read once as export reads it (the same checks of the
+    layer's digest, of entry names, of header sizes and of expansion); nothing is written.
+
+    A hard link counts as its target's content; an entry that export would refuse (a special file, a
+    hard link to a file not before it, a path that is a file and a directory) is refused here too.
+    """
+    progress = progress or NoProgress()
+    budget = ExpansionBudget(max_expand)
+    budget.start_layer(_layer_name(desc))
+    hashes = FileHashes()
+    directories: set[str] = set()
+
+    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        key = _hash_key(relative, prefix, True)
+        for parent in relative.parents:
+            if parent.parts:
+                directories.add(_hash_key(parent, prefix, True))
+        if member.isdir():
+            directories.add(key)
+        elif member.isreg():
+            if member.issparse():
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing")
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            hasher = _FileHasher(_Entry(extracted))
+            while hasher.read(CHUNK):
+                pass
+            hashes.file(key, hasher.hexdigest(), hasher.size)
+        elif member.issym():
+            hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, prefix, True)
+            target = hashes.files.get(str(link)) if link is not None else None
+            if target is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to {member.linkname!r}, "
+                                         "which is not a file written before it in the same layer; refusing")
+            hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(f"layer entry {member.name!r} is a device, FIFO or other special file; refusing")
+
+    _read_tar(blob, desc, visit, prefix=prefix, strip_prefix=True, compression=compression, budget=budget,
+              progress=progress)
+    clash = next((p for p in sorted(directories) if p in hashes.files or p in hashes.links), None)
+    if clash is not None:
+        raise UnsafeArchiveError(f"layer {desc.digest[:19]} makes {clash!r} both a file and a directory; refusing")
+    return hashes
+
+
+def _next(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """The next entry; tarfile's list of the entries read so far is emptied (it would keep them all)."""
+    try:
+        member = tar.next()
+    except (OrmbError, _LayerError):
+        raise
+    except Exception as exc:
+        raise _LayerError() from exc
+    tar.members.clear()  # type: ignore[attr-defined]
+    return member
+
+
+class _Entry(_Reader):
+    """A regular entry's bytes; whatever the tar reader raises is the layer's fault."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._raw.read(n)
+        except (OrmbError, _LayerError):
+            raise
+        except Exception as exc:
+            raise _LayerError() from exc
+
+
+def _open_tar(source: _Bounded) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=source, mode="r|", bufsize=TAR_BUFFER, tarinfo=_CheckedTarInfo)  # type: ignore[call-overload,no-any-return]
+    except (OrmbError, _LayerError):
+        raise
+    except Exception as exc:
+        raise _LayerError() from exc
 
 
 def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.stat_result:
@@ -286,20 +513,31 @@ def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.sta
 
 
 def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
-              clone_from: Path | None = None, compression: str | None = None, max_expand: int | None = None,
-              mode: int | None = None, progress: ProgressListener | None = None) -> None:
+              clone_from: Path | None = None, compression: str | None = None,
+              mode: int | None = None, progress: ProgressListener | None = None,
+              hashes: FileHashes | None = None, key: str | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
     (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
-    ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, bounded
-    like a tar layer's expansion.  ``mode``: the file's permission bits (the file metadata's).  A path
-    that already exists (another layer's) is refused.
+    ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, charged
+    to the budget like a tar layer.  ``mode``: the file's permission bits (the file metadata's).  A path
+    that already exists (another layer's) is refused.  With ``hashes`` the file's SHA-256 is recorded
+    under ``key`` (default: ``parts`` joined): for an uncompressed SHA-256 layer it is the layer's
+    digest, verified here; otherwise it is computed while written.
     """
     progress = progress or NoProgress()
-    progress.start(desc.digest, "/".join(parts), desc.size)
-    fd = tree.create_file(parts, replace=False)
-    if clone_from is not None and compression is None and _clone(clone_from, fd, desc.size):
+    shown = "/".join(parts)
+    progress.start(desc.digest, shown, desc.size)
+    budget = tree.budget
+    budget.start_layer(_layer_name(desc, shown))
+    tree.begin_layer(replaceable=False)
+    budget.entry(shown)
+    algorithm, _, hexpart = desc.digest.partition(":")
+    known = compression is None and algorithm == "sha256"  # the file's SHA-256 is the layer's digest
+    fd = tree.create_file(parts)
+    if clone_from is not None and compression is None and (hashes is None or known) and \
+            _clone(clone_from, fd, desc.size):
         try:
             if mode is not None:
                 os.fchmod(fd, mode)
@@ -307,46 +545,64 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
             raise StorageError(f"cannot write {tree.show(parts)}: {exc.strerror}") from None
         finally:
             os.close(fd)
+        if hashes is not None:
+            hashes.file(key or shown, hexpart, desc.size)
         progress.advance(desc.digest, desc.size)
         progress.finish(desc.digest)
         return
-    reader = _HashingReader(blob, desc, progress, desc.digest)
+    reader = _HashingReader(blob, desc, progress, desc.digest, budget if compression else None)
+    hasher: _FileHasher | None = None
     try:
         if compression is None:
-            _write_to(fd, tree.show(parts), _Limited(reader, desc.size), mode)
+            hasher = _FileHasher(reader) if hashes is not None and not known else None
+            _write_to(fd, tree.show(parts), hasher or reader, mode)
         else:
-            budget = _Budget(desc, expansion_limit(desc.size, max_expand))
+            source: Readable = _Bounded(decompressed(reader, compression), budget)
+            hasher = _FileHasher(source) if hashes is not None else None
             try:
-                _write_to(fd, tree.show(parts), _Bounded(decompressed(_Limited(reader, desc.size), compression),
-                                                         budget), mode)
-            except OrmbError:
-                raise
-            except (OSError, EOFError, ValueError, isal_zlib.error, zstandard.ZstdError) as exc:  # type: ignore[misc]
+                _write_to(fd, tree.show(parts), hasher or source, mode)
+            except _LayerError as wrapped:
                 reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
                 if reader.digest() != desc.digest:
-                    raise IntegrityError(f"layer {desc.digest} ({'/'.join(parts)}) does not match its digest") from None
-                raise UnsafeArchiveError(f"layer {desc.digest} ({'/'.join(parts)}) is not valid {compression}: "
-                                         f"{exc}") from None
-        extra = reader.read(1)
+                    raise IntegrityError(f"layer {desc.digest} ({shown}) does not match its digest") from None
+                cause = wrapped.__cause__
+                raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
+                                         f"{type(cause).__name__}: {cause}") from None
+        reader.verify(blob, f"layer {desc.digest} ({shown})")
     finally:
         reader.close()
-    if extra or reader.size != desc.size or reader.digest() != desc.digest:
-        raise IntegrityError(f"layer {desc.digest} ({'/'.join(parts)}) does not match its digest or size")
+    if hashes is not None:
+        if hasher is not None:
+            hashes.file(key or shown, hasher.hexdigest(), hasher.size)
+        else:
+            hashes.file(key or shown, hexpart, desc.size)
     progress.finish(desc.digest)
 
 
-class _Limited(_Reader):
-    """At most ``limit`` bytes of ``raw``."""
-
-    def __init__(self, raw: _HashingReader, limit: int) -> None:
-        self._raw, self._left = raw, limit
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        data = self._raw.read(self._left if n < 0 else min(n, self._left))
-        self._left -= len(data)
-        return data
+def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None,
+             max_expand: int | None = None) -> tuple[str, int]:
+    """(SHA-256 hex, size) of the file a raw layer holds, read as :func:`write_raw` reads it (the layer's
+    digest and size checked, ``compression`` undone within an expansion budget); nothing is written."""
+    budget = ExpansionBudget(max_expand)
+    budget.start_layer(_layer_name(desc))
+    reader = _HashingReader(blob, desc, NoProgress(), desc.digest, budget if compression else None)
+    try:
+        source: Readable = reader if compression is None else _Bounded(decompressed(reader, compression), budget)
+        hasher = _FileHasher(source)
+        try:
+            while hasher.read(CHUNK):
+                pass
+        except _LayerError as wrapped:
+            reader.drain()
+            if reader.digest() != desc.digest:
+                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
+            cause = wrapped.__cause__
+            raise UnsafeArchiveError(f"layer {desc.digest} is not valid {compression}: "
+                                     f"{type(cause).__name__}: {cause}") from None
+        reader.verify(blob, f"layer {desc.digest}")
+    finally:
+        reader.close()
+    return hasher.hexdigest(), hasher.size
 
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -370,14 +626,24 @@ def _clone(source: Path, fd: int, size: int) -> bool:
 
 
 def _copy(source: Readable, out: IO[bytes], shown: str) -> None:
-    """Copy with the write in a background thread; read errors (the layer's fault) pass up unchanged,
+    """Copy with the write in a background thread (a file of one chunk is written at once: a thread
+    per small file costs more than it saves); read errors (the layer's fault) pass up unchanged,
     write errors (the disk's) become StorageError."""
+    chunk = source.read(CHUNK)
+    following = source.read(CHUNK) if chunk else b""
+    if not following:
+        try:
+            write_sliced(out, chunk)
+        except OSError as exc:
+            raise StorageError(f"cannot write {shown}: {exc.strerror}") from None
+        return
     with BackgroundWriter(out) as writer:  # the write overlaps reading, unpacking and hashing the next chunk
-        while chunk := source.read(CHUNK):
+        while chunk:
             try:
                 writer.write(chunk)
             except OSError as exc:
                 raise StorageError(f"cannot write {shown}: {exc.strerror}") from None
+            chunk, following = following, (source.read(CHUNK) if following else b"")
         try:
             writer.close()
         except OSError as exc:

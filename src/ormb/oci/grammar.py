@@ -74,6 +74,7 @@ MAX_TOKEN_LIFETIME = 24 * 3600  # seconds a Bearer token is reused at most, what
 MAX_REDIRECTS = 5  # redirects followed for one request (each hop's origin checked again)
 MAX_GRAPH_DEPTH = 8  # indexes nested in indexes, followed at most this deep
 MAX_TAR_ENTRY_NAME = 4096  # bytes of a path in a layer
+MAX_SIGNATURES = 32  # signature referrers of one model read when verifying (a registry may list thousands)
 
 # -- chunk sizes -----------------------------------------------------------------------------
 

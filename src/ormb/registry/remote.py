@@ -15,7 +15,7 @@ import urllib3
 from ormb.content.target import Readable, read_up_to, rewindable
 from ormb.errors import IntegrityError, InvalidArtifactError, NetworkError, NotFoundError, RegistryError
 from ormb.oci import grammar, mediatypes
-from ormb.oci.descriptor import Descriptor, load_json
+from ormb.oci.descriptor import Descriptor, canonical_json, load_json
 from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, MAX_TAG_PAGE, UPLOAD_CHUNK, is_decimal, is_digest, is_tag
 from ormb.oci.graph import parse_node
 from ormb.registry.client import Registry, _discard, pull_scope, push_scope, release
@@ -28,6 +28,10 @@ CHUNK = IO_CHUNK
 AUTO_CHUNK = UPLOAD_CHUNK  # PATCH size when a layer is chunked because it is above chunked_above
 _TRANSIENT = (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
               urllib3.exceptions.IncompleteRead, ConnectionError, TimeoutError)
+
+
+BLOB_MISMATCH_HINT = ("the registry's blob and manifest disagree: the artifact there is corrupt, or the registry "
+                      "is not to be trusted; tell its administrator")
 
 
 def _is_manifest(desc: Descriptor) -> bool:
@@ -50,6 +54,7 @@ class _BlobReader:
             "GET", self._repo.path(f"blobs/{self._desc.digest}"), scope=pull_scope(self._repo.name),
             headers=headers, expect=(200, 206), what=f"blob {self._desc.digest} of {self._repo.name}",
         )
+        self._check_length(response)
         if self.received and response.status == 200:  # the server ignored Range: skip what we have
             skip = self.received
             try:
@@ -63,16 +68,31 @@ class _BlobReader:
                 raise
         return response
 
+    def _check_length(self, response: urllib3.BaseHTTPResponse) -> None:
+        """A blob whose length (``Content-Length``) is not what the manifest declares is refused before it
+        is read: the manifest's size is the registry's claim, and so is the length; one is wrong."""
+        length = response.headers.get("Content-Length")
+        if length is None or not is_decimal(length) or response.headers.get("Content-Encoding"):
+            return
+        expected = self._desc.size - (self.received if response.status == 206 else 0)
+        if int(length) != expected:
+            response.release_conn()
+            raise IntegrityError(
+                f"the registry {self._repo.registry.host} sends {int(length) + self._desc.size - expected} bytes "
+                f"for blob {self._desc.digest}, whose manifest declares {self._desc.size}", BLOB_MISMATCH_HINT)
+
     def read(self, n: int = -1, /) -> bytes:
         remaining = self._desc.size - self.received
         if remaining <= 0:
-            return b""
+            return b""  # never past the declared size, whatever the registry would send
         n = remaining if n < 0 else min(n, remaining)
         while True:
             try:
                 data = self._response.read(n)
-                if not data:
-                    raise urllib3.exceptions.IncompleteRead(self.received, remaining)
+                if not data:  # the answer ended cleanly (a cut connection raises): the registry sent too little
+                    raise IntegrityError(
+                        f"the registry {self._repo.registry.host} ended blob {self._desc.digest} after "
+                        f"{self.received} of {self._desc.size} bytes its manifest declares", BLOB_MISMATCH_HINT)
                 self.received += len(data)
                 return data
             except urllib3.exceptions.DecodeError:
@@ -239,7 +259,7 @@ class RemoteRepository:
         )
         body = self.registry.read_body(response, MAX_MANIFEST + 1, f"the referrers of {digest}")
         if response.status != 200:  # no referrers API (e.g. CNCF distribution 2.8): the fallback tag
-            tag = digest.replace(":", "-")
+            tag = fallback_tag(digest)
             try:
                 body = self.manifest_bytes(tag)
             except NotFoundError:
@@ -396,6 +416,9 @@ class RemoteRepository:
             raise IntegrityError(f"{self.registry.host} stored {claimed} for {desc.digest}")
 
     def push_reference(self, desc: Descriptor, content: Readable, reference: str) -> None:
+        """PUT the manifest under ``reference``.  A manifest with a ``subject`` on a registry without the
+        referrers API (no ``OCI-Subject`` in the answer, e.g. CNCF distribution 2.8) is also added to
+        the subject's fallback index, the tag ``sha256-<hex>`` (distribution spec v1.1, as oras-go does)."""
         data = read_up_to(content, MAX_MANIFEST + 1)
         if len(data) > MAX_MANIFEST:
             raise InvalidArtifactError(f"the manifest {desc.digest} is larger than {MAX_MANIFEST} bytes")
@@ -406,10 +429,40 @@ class RemoteRepository:
         )
         _discard(response)
         self._check_digest(response, desc)
+        if b'"subject"' in data and not response.headers.get("OCI-Subject"):
+            node = parse_node(data, desc.media_type)
+            if node.subject is not None:
+                kind = desc.artifact_type or node.artifact_type or (node.config.media_type if node.config else None)
+                self._index_referrer(node.subject.digest, Descriptor(node.media_type, desc.digest, len(data),
+                                                                     node.annotations, kind))
+
+    def _index_referrer(self, subject: str, referrer: Descriptor) -> None:
+        """Add ``referrer`` to the fallback index of ``subject`` (read, add, write back; a referrer
+        listed already is not added twice)."""
+        tag = fallback_tag(subject)
+        try:
+            existing = list(parse_node(self.manifest_bytes(tag), mediatypes.OCI_INDEX).manifests)
+        except NotFoundError:
+            existing = []
+        except InvalidArtifactError as exc:
+            raise InvalidArtifactError(f"the referrers index {self.name}:{tag} on {self.registry.host} is not an index: "
+                                       f"{exc.message}", "delete that tag, then push again") from None
+        if any(d.digest == referrer.digest for d in existing):
+            return
+        index = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX,
+                 "manifests": [d.to_dict() for d in (*existing, referrer)]}
+        body = canonical_json(index)
+        self.push_reference(Descriptor.of_bytes(mediatypes.OCI_INDEX, body), io.BytesIO(body), tag)
 
     def tag(self, desc: Descriptor, reference: str) -> None:
         data = self.manifest_bytes(desc.digest)
         self.push_reference(desc, io.BytesIO(data), reference)
+
+
+def fallback_tag(digest: str) -> str:
+    """The referrers tag schema: ``<alg>-<hex>`` (distribution spec v1.1, "Referrers Tag Schema")."""
+    algorithm, _, hexpart = digest.partition(":")
+    return f"{algorithm[:32]}-{hexpart[:64]}"
 
 
 def _with_query(url: str, **params: str) -> str:

@@ -6,8 +6,9 @@ whatever its pusher made it:
 
 - a tar layer (ormb's ``application/tar+gzip``; another tool's ``tar``, ``tar+gzip``, ``tar+zstd``
   per-file layers) is listed once, up to :data:`LISTING_CAP` files, :data:`MEMBERS_CAP` members and
-  as many decompressed bytes as ``ormb export`` would unpack from it
-  (:func:`ormb.model.unpack.expansion_limit`), and the listing is remembered by the store;
+  as many decompressed bytes as ``ormb export`` would unpack from it (:class:`ormb.model.budget.ExpansionBudget`:
+  measured against the compressed bytes actually read, never the declared size), and the listing is
+  remembered by the store;
   while listing, the documents at the model's top level (``README.md``, ``LICENSE`` ...) are read,
   up to :data:`~ormb.server.modelcard.CARD_CAP` bytes each, and remembered with it, so later views
   read nothing from the layer;
@@ -29,10 +30,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ormb.errors import NotFoundError, OrmbError
+from ormb.errors import NotFoundError, OrmbError, UnsafeArchiveError
 from ormb.model import modelpack
+from ormb.model.budget import ExpansionBudget
 from ormb.model.loaded import LoadedModel
-from ormb.model.unpack import decompressed, expansion_limit
+from ormb.model.unpack import decompressed
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor
 from ormb.oci.grammar import is_digest
@@ -201,7 +203,9 @@ class ModelFiles:
         capped = False
         try:
             with self._content.fetch(layer) as blob:
-                stream = _Budget(decompressed(blob, compression), expansion_limit(layer.size))
+                budget = ExpansionBudget()
+                budget.start_layer(digest)
+                stream = _Budget(decompressed(_Counted(blob, budget), compression), budget)
                 with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20) as tar:
                     for count, member in enumerate(tar, 1):
                         if member.isreg():  # names as text a page can show (tar names may be any bytes)
@@ -230,20 +234,42 @@ class _OverBudget(Exception):
     """A layer decompressed to more than export would unpack from it."""
 
 
-class _Budget(io.RawIOBase):
-    """Reads of a decompressed stream, counted: past ``limit`` bytes, :class:`_OverBudget`."""
+class _Counted(io.RawIOBase):
+    """The compressed bytes of a layer, charged to the budget as they are read (its credit)."""
 
-    def __init__(self, stream: Any, limit: int) -> None:
-        self._stream, self._left = stream, limit
+    def __init__(self, raw: Any, budget: ExpansionBudget) -> None:
+        self._raw, self._budget = raw, budget
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = bytes(self._raw.read(size if size >= 0 else 1 << 20))
+        self._budget.read(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _Budget(io.RawIOBase):
+    """Reads of a decompressed stream, charged to the budget: past its limit, :class:`_OverBudget`."""
+
+    def __init__(self, stream: Any, budget: ExpansionBudget) -> None:
+        self._stream, self._budget, self._total = stream, budget, 0
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
         data = bytes(self._stream.read(size if size >= 0 else 1 << 20))
-        self._left -= len(data)
-        if self._left < 0:
-            raise _OverBudget
+        self._total += len(data)
+        try:
+            self._budget.stream(self._total)
+        except UnsafeArchiveError:
+            raise _OverBudget from None
         return data
 
     def readinto(self, buffer: Any) -> int:

@@ -1,0 +1,1 @@
+"""The pieces of ``bench/transfer_bench.py``: measuring a command, workloads, the registry, the tools, the report."""
