@@ -9,8 +9,9 @@ the repository shown, through :func:`ormb.model.loaded.load_model` (only the fie
 manifest's media type defines; an index's entries only as links into the same repository).
 
 What a page renders is capped, with a link to the next part: :data:`PER_PAGE` rows, and a
-layer's file listing is read only up to :data:`LISTING_CAP` files (a hostile layer may list
-millions).
+model's file listing is read only up to :data:`LISTING_CAP` files (a hostile layer may list
+millions); the config's tables (signature, metrics, hyper-parameters) show their first
+:data:`PER_PAGE` rows and say how many more there are.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from ormb.oci.graph import parse_node
 from ormb.server.context import Context
 from ormb.server.handlers.manifests import resolve
 from ormb.server.http import Request, Response, SpecError
-from ormb.server.model_files import LICENCE_NAMES, LISTING_CAP, ModelFiles, RepositoryContent
+from ormb.server.model_files import LISTING_CAP, ModelFiles, RepositoryContent
 from ormb.server.modelcard import CARD_CAP, render_card
 from ormb.server.storage_api import ManifestRecord
 from ormb.units import human_size
 
 PER_PAGE = 1000  # rows a page renders (files, tags, repositories, index entries); a link shows the next ones
+UNREADABLE_SHOWN = 10  # layers named as unreadable on a model page; the rest are counted
 
 _env = Environment(loader=PackageLoader("ormb.server", "templates"), autoescape=select_autoescape(["html"]))
 
@@ -194,7 +196,8 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     model: dict[str, Any] = {"kind": "unknown", "config_type": "", "media_type": record.media_type, "files": [],
                              "fields": [], "inputs": [], "outputs": [], "metrics": [], "hyper_parameters": [],
                              "size": record.layers_size, "entries": [], "more": False, "listing_capped": False,
-                             "card": None, "licence": None}
+                             "card": None, "licence": None, "unreadable": [], "unreadable_more": 0,
+                             "signature_left_out": 0, "metrics_left_out": 0, "hyper_parameters_left_out": 0}
     if record.media_type not in mediatypes.MANIFEST_TYPES:
         entries = _index_entries(ctx, name, record)
         model.update(kind="index", entries=entries[start:start + PER_PAGE], more=len(entries) > start + PER_PAGE)
@@ -220,13 +223,21 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
             text = str(value)
             model["fields"].append((label, text, text if label in LINKED_FIELDS and _web_address(text) else None))
     if meta.signature:
-        model["inputs"] = [t.model_dump(by_alias=True) for t in meta.signature.inputs or []]
-        model["outputs"] = [t.model_dump(by_alias=True) for t in meta.signature.outputs or []]
-    model["metrics"] = [(stage, m.name, m.value) for stage, items in (meta.metrics or {}).items() for m in items]
-    model["hyper_parameters"] = [(h.name, h.value) for h in meta.hyper_parameters or []]
+        inputs, outputs = meta.signature.inputs or [], meta.signature.outputs or []
+        model["inputs"] = [t.model_dump(by_alias=True) for t in inputs[:PER_PAGE]]
+        model["outputs"] = [t.model_dump(by_alias=True) for t in outputs[:PER_PAGE - len(model["inputs"])]]
+        model["signature_left_out"] = len(inputs) + len(outputs) - len(model["inputs"]) - len(model["outputs"])
+    metrics = [(stage, m) for stage, items in (meta.metrics or {}).items() for m in items]
+    model["metrics"] = [(stage, m.name, m.value) for stage, m in metrics[:PER_PAGE]]
+    model["metrics_left_out"] = len(metrics) - len(model["metrics"])
+    hyper_parameters = meta.hyper_parameters or []
+    model["hyper_parameters"] = [(h.name, h.value) for h in hyper_parameters[:PER_PAGE]]
+    model["hyper_parameters_left_out"] = len(hyper_parameters) - len(model["hyper_parameters"])
     files = ModelFiles(ctx, name, loaded)
     model.update(files=files.files[start:start + PER_PAGE], more=len(files.files) > start + PER_PAGE,
-                 listing_capped=files.capped, licence=files.document_path(LICENCE_NAMES))
+                 listing_capped=files.capped, licence=files.licence_path(),
+                 unreadable=[digest[:19] for digest in files.unreadable[:UNREADABLE_SHOWN]],
+                 unreadable_more=max(0, len(files.unreadable) - UNREADABLE_SHOWN))
     card = files.card()
     file_url = "/file?" + urllib.parse.urlencode({"name": name, "ref": record.digest}) + "&path="
     if card is not None:
