@@ -283,3 +283,49 @@ def test_the_config_tables_are_capped_and_say_how_many_rows_are_left_out(counted
         assert body.count("<tr>") <= PER_PAGE + 1, table
         assert re.search(rf'id="{table}-left-out"[^>]*>[^<]*{more:,}', text), table
 
+
+
+# -- 5: DNS rebinding wherever anonymous users may read ----------------------------------------------------
+
+RULES = st.lists(st.tuples(st.sampled_from([("alice",), ("*",), ("anonymous",), ("alice", "anonymous")]),
+                           st.sampled_from([("*",), ("public/*",)]),
+                           st.sets(st.sampled_from(["pull", "push", "delete"]), min_size=1)), max_size=3)
+
+
+@given(st.one_of(st.just("open"), st.just("logins"), st.just("anonymous-pull"), RULES))
+def test_a_foreign_host_is_refused_whenever_anonymous_users_may_do_anything(setup: Any) -> None:
+    """``ormb registry serve`` as an operator starts it (build_app): the open registry, logins only, logins
+    with --anonymous-pull, or logins with any policy.  A page on evil.example rebound to the registry's
+    address reads as anonymous: its Host is refused (421) whenever anonymous users may do anything; a
+    registry whose every action needs a login answers any Host (a rebinding page has no credentials)."""
+    import yaml
+
+    from ormb.server.serve import ServeOptions, build_app
+
+    with tempfile.TemporaryDirectory() as root:
+        directory = Path(root)
+        options = ServeOptions(root=directory / "registry", auth_scheme="basic")
+        if setup != "open":
+            hashed = bcrypt_hash("pw")
+            (directory / "htpasswd").write_text(f"alice:{hashed}\n")
+            options.htpasswd = directory / "htpasswd"
+        if setup == "anonymous-pull":
+            options.anonymous_pull = True
+        if isinstance(setup, list):
+            rules = [{"users": list(u), "repositories": list(r), "actions": sorted(a)} for u, r, a in setup]
+            (directory / "policy.yaml").write_text(yaml.safe_dump({"rules": rules}))
+            options.policy = directory / "policy.yaml"
+        anonymous = setup in ("open", "anonymous-pull") or (
+            isinstance(setup, list) and any("anonymous" in users for users, _, _ in setup))
+        app, _ = build_app(options)
+        client = WSGIClient(app)
+        for target in ("/", "/v2/_catalog", "/v2/"):
+            status = client("GET", target, headers={"Host": "evil.example:5000"})[0]
+            assert (status == 421) == anonymous, (setup, target, status)
+        assert client("GET", "/v2/", headers={"Host": "localhost:5000"})[0] != 421
+
+
+def bcrypt_hash(password: str) -> str:
+    import bcrypt
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
