@@ -282,6 +282,8 @@ def test_the_config_tables_are_capped_and_say_how_many_rows_are_left_out(counted
         body = text.split(f'<table id="{table}">')[1].split("</table>")[0]
         assert body.count("<tr>") <= PER_PAGE + 1, table
         assert re.search(rf'id="{table}-left-out"[^>]*>[^<]*{more:,}', text), table
+    again, opened = counted.view("/model?name=t/cfg&ref=v1")
+    assert again.count("<tr>") == text.count("<tr>") and opened == []  # the config is not read again
 
 
 

@@ -36,16 +36,15 @@ import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from ormb.errors import NotFoundError, OrmbError, UnsafeArchiveError
 from ormb.model import modelpack
 from ormb.model.budget import ExpansionBudget
-from ormb.model.loaded import LoadedModel
 from ormb.model.tarheaders import CheckedTarInfo
 from ormb.model.unpack import _safe_relative, decompressed
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor
+from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import MAX_TAR_ENTRY_NAME, is_digest
 from ormb.server.context import Context
 from ormb.server.modelcard import CARD_CAP
@@ -67,6 +66,19 @@ LICENCE_NAMES = ("license", "license.md", "license.txt", "licence", "licence.md"
                  "copying.md", "copying.txt")
 _DOCUMENT_NAMES = frozenset(CARD_NAMES + LICENCE_NAMES)
 _KINDS = (CARD_NAMES, LICENCE_NAMES)
+
+
+class ModelShape(Protocol):
+    """What the listing reads of a model (a :class:`~ormb.model.loaded.LoadedModel`, or what the catalog
+    keeps of one)."""
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    @property
+    def is_modelpack(self) -> bool: ...
+
+    def files(self) -> list[tuple[str, int | None]]: ...
 
 
 class RepositoryContent:
@@ -150,7 +162,7 @@ class _Listing:
 class ModelFiles:
     """The files of one model of one repository, as the catalog lists them, and its card and licence."""
 
-    def __init__(self, ctx: Context, repository: str, model: LoadedModel) -> None:
+    def __init__(self, ctx: Context, repository: str, model: ModelShape) -> None:
         self._ctx, self._repository, self._model = ctx, repository, model
         self._content = RepositoryContent(ctx, repository)
         self.top = "" if model.is_modelpack else "model"

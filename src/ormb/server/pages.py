@@ -17,8 +17,11 @@ millions); the config's tables (signature, metrics, hyper-parameters) show their
 from __future__ import annotations
 
 import secrets
+import threading
 import urllib.parse
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,9 +29,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ormb.errors import OrmbError
 from ormb.model import modelpack
-from ormb.model.loaded import load_model
+from ormb.model.loaded import LoadedModel, load_model
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor
+from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import is_decimal, is_digest, is_repository
 from ormb.oci.graph import parse_node
 from ormb.server.context import Context
@@ -122,10 +125,12 @@ def file_page(ctx: Context, request: Request) -> Response:
         return _missing(ctx, request, f"repository {name}")
     try:
         record = resolve(ctx, name, reference)
-        loaded = load_model(RepositoryContent(ctx, name), Descriptor(record.media_type, record.digest, record.size))
-    except (SpecError, OrmbError):
+    except SpecError:
         return _missing(ctx, request, f"{name}:{reference}")
-    document = ModelFiles(ctx, name, loaded).document(path)
+    described = _described(ctx, name, record) if record.media_type in mediatypes.MANIFEST_TYPES else None
+    if described is None:
+        return _missing(ctx, request, f"{name}:{reference}")
+    document = ModelFiles(ctx, name, described).document(path)
     if document is None:
         return _html("missing.html", status=404, what=f"file {path!r} of {name}:{reference} to show (the catalog "
                      "shows a model's card and licence; pull the model for its other files)", **_viewer(ctx, user))
@@ -202,11 +207,71 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
         entries = _index_entries(ctx, name, record)
         model.update(kind="index", entries=entries[start:start + PER_PAGE], more=len(entries) > start + PER_PAGE)
         return model
+    described = _described(ctx, name, record)
+    if described is None:
+        return model
+    model.update(described.fields)
+    files = ModelFiles(ctx, name, described)
+    model.update(files=files.files[start:start + PER_PAGE], more=len(files.files) > start + PER_PAGE,
+                 listing_capped=files.capped, licence=files.licence_path(),
+                 unreadable=[digest[:19] for digest in files.unreadable[:UNREADABLE_SHOWN]],
+                 unreadable_more=max(0, len(files.unreadable) - UNREADABLE_SHOWN))
+    card = files.card()
+    file_url = "/file?" + urllib.parse.urlencode({"name": name, "ref": record.digest}) + "&path="
+    if card is not None:
+        model["card"] = {"path": card.path, "html": render_card(card.text, card.path, file_url), "cut": card.cut,
+                         "url": file_url + urllib.parse.quote(card.path, safe="/")}
+    if model["licence"]:
+        model["licence_url"] = file_url + urllib.parse.quote(model["licence"], safe="/")
+    return model
+
+
+def _described(ctx: Context, name: str, record: ManifestRecord) -> _Description | None:
+    """The model as ``ormb inspect`` reads it (:func:`load_model`, through the repository's own content),
+    kept by manifest digest (a config of 16 MiB takes seconds to read); None when it cannot be read."""
+    key = (name, record.digest)
+    with _DESCRIBED_LOCK:
+        kept = _DESCRIBED.setdefault(ctx.storage, {})
+        found = kept.pop(key, None)
+        if found is not None:
+            kept[key] = found  # the most recently used last
+            return found
     try:
         loaded = load_model(RepositoryContent(ctx, name), Descriptor(record.media_type, record.digest, record.size))
     except OrmbError:
-        return model
+        return None
+    described = _Description(_describe(loaded), loaded.manifest, loaded.is_modelpack,
+                             tuple(loaded.files()[:LISTING_CAP]) if not loaded.is_modelpack else ())
+    with _DESCRIBED_LOCK:
+        kept[key] = described
+        while len(kept) > DESCRIBED_KEPT:
+            del kept[next(iter(kept))]
+    return described
+
+
+@dataclass(frozen=True)
+class _Description:
+    """What the model page shows of a manifest and its config (fields, capped tables), and what
+    :class:`ModelFiles` reads of them: kept, so a later view does not read the config again."""
+
+    fields: dict[str, Any]
+    manifest: Manifest
+    is_modelpack: bool
+    listed: tuple[tuple[str, int | None], ...]  # an ormb config's own file list (directoryStructure), capped
+
+    def files(self) -> list[tuple[str, int | None]]:
+        return list(self.listed)
+
+
+DESCRIBED_KEPT = 16  # model descriptions kept per worker and store, the most recently viewed
+_DESCRIBED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], _Description]] = weakref.WeakKeyDictionary()
+_DESCRIBED_LOCK = threading.Lock()
+
+
+def _describe(loaded: LoadedModel) -> dict[str, Any]:
+    """The model page's fields and tables of a model (each table up to PER_PAGE rows)."""
     meta = loaded.metadata
+    model: dict[str, Any] = {"fields": []}
     model.update(kind="modelpack" if loaded.is_modelpack else "ormb", config_type=loaded.manifest.config.media_type,
                  artifact_kind=modelpack.artifact_kind(loaded.manifest))
     block = meta.modelpack
@@ -233,18 +298,6 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     hyper_parameters = meta.hyper_parameters or []
     model["hyper_parameters"] = [(h.name, h.value) for h in hyper_parameters[:PER_PAGE]]
     model["hyper_parameters_left_out"] = len(hyper_parameters) - len(model["hyper_parameters"])
-    files = ModelFiles(ctx, name, loaded)
-    model.update(files=files.files[start:start + PER_PAGE], more=len(files.files) > start + PER_PAGE,
-                 listing_capped=files.capped, licence=files.licence_path(),
-                 unreadable=[digest[:19] for digest in files.unreadable[:UNREADABLE_SHOWN]],
-                 unreadable_more=max(0, len(files.unreadable) - UNREADABLE_SHOWN))
-    card = files.card()
-    file_url = "/file?" + urllib.parse.urlencode({"name": name, "ref": record.digest}) + "&path="
-    if card is not None:
-        model["card"] = {"path": card.path, "html": render_card(card.text, card.path, file_url), "cut": card.cut,
-                         "url": file_url + urllib.parse.quote(card.path, safe="/")}
-    if model["licence"]:
-        model["licence_url"] = file_url + urllib.parse.quote(model["licence"], safe="/")
     return model
 
 
