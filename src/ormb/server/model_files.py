@@ -9,8 +9,8 @@ whatever its pusher made it:
   bounded extended and global headers, PAX records checked in linear time, sparse maps refused), once per
   model view however often the manifest names it, and its listing is remembered by the store, whether it
   was read to the end, stopped at a cap or failed (a failure is shown as such, never retried);
-- the files of one model, all layers together, are listed up to :data:`LISTING_CAP` rows and
-  :data:`LISTING_BYTES` bytes of names (a name is shown up to :data:`MAX_NAME_SHOWN` characters); the
+- the files of one model, all layers together, are listed up to :data:`LISTING_CAP` rows (and as many
+  tar layers) and :data:`LISTING_BYTES` bytes of names (a name is shown up to :data:`MAX_NAME_SHOWN` characters); the
   layers after that are not read at all, and the page says the list was cut;
 - the decompressed bytes read for one view are bounded as ``ormb export`` bounds one export
   (:class:`ormb.model.budget.ExpansionBudget`: measured against the compressed bytes actually read, never
@@ -170,12 +170,14 @@ class ModelFiles:
         self.unreadable: list[str] = []  # digests of the tar layers that could not be read
         self.files: list[tuple[str, int | None]] = []
         self._names = 0  # bytes of the names in files
+        self._layers = 0  # tar layers listed
         self._budget = ExpansionBudget()  # decompressed bytes of this view, all layers
         self._stopped = False  # the budget ran out after other layers: the next view goes on
         self._chosen: dict[tuple[str, ...], _Chosen] = {}  # kind -> the model's document of that kind
         self._read: dict[tuple[str, str], bytes] = {}  # (layer digest, member) -> the start read in this view
+        self._listed: list[tuple[str, list[tuple[str, int]], dict[str, bytes]]] = []  # to remember, at the end
         self._list()
-        self._keep_chosen()
+        self._remember()
 
     # -- the list ---------------------------------------------------------------------------------
     def _list(self) -> None:
@@ -220,9 +222,10 @@ class ModelFiles:
 
     def _add_tar(self, layer: Descriptor, compression: str | None, order: int) -> bool:
         """List a tar layer's files (unless the model's list is full); True when it needs no row of its own."""
-        if self._full() or self._stopped:
+        if self._full() or self._stopped or self._layers >= LISTING_CAP:
             self.capped = True
             return True
+        self._layers += 1  # a layer with no file costs a read too
         listing = self._tar_listing(layer, compression, order)
         if listing.ending == "stopped":
             self._stopped = self.capped = True
@@ -259,16 +262,18 @@ class ModelFiles:
         best = self._chosen.get(names)
         return best is None or rank < best.key[0]
 
-    def _keep_chosen(self) -> None:
-        """Remember the chosen documents read in this view with their layers' listings: nothing else."""
+    def _remember(self) -> None:
+        """Remember the listings read in this view and, of the documents, only the chosen ones (one commit)."""
         for chosen in self._chosen.values():
             member = chosen.source.member
             if member is None:
                 continue
             data = self._read.get((chosen.source.layer.digest, member))
             if data is not None:
-                self._ctx.storage.remember_layer_files(chosen.source.layer.digest, [], {member: data})
+                self._listed.append((chosen.source.layer.digest, [], {member: data}))
         self._read.clear()
+        self._ctx.storage.remember_layer_listings(self._listed)
+        self._listed = []
 
     def card(self) -> Document | None:
         chosen = self._chosen.get(CARD_NAMES)
@@ -325,7 +330,7 @@ class ModelFiles:
         if listing.ending in ("stopped", "missing"):
             return _Listing(listing.files, listing.ending if listing.ending == "stopped" else "complete")
         ending = {"capped": [CAPPED], "failed": [FAILED]}.get(listing.ending, [] if listing.files else [EMPTY])
-        storage.remember_layer_files(digest, [*listing.files, *ending])
+        self._listed.append((digest, [*listing.files, *ending], {}))
         return listing
 
     def _read_tar(self, layer: Descriptor, compression: str | None, budget: ExpansionBudget, *,
