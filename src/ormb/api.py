@@ -71,8 +71,8 @@ from ormb.signing import (
     sign_files,
     signature_artifact,
     signed_files,
-    trusted_keys,
     trusted_signatures,
+    verification_keys,
     verify_manifest,
 )
 from ormb.signing.bundle import compare_files, read_unverified
@@ -783,13 +783,10 @@ def _key_paths(value: KeyPaths | None) -> tuple[str | Path, ...]:
 
 def _verification_keys(verify_key: KeyPaths | None, trust_dir: str | Path | None,
                        settings: Settings) -> tuple[PublicKey, ...] | None:
-    """The public keys a pull or export must verify with, or None when it need not verify.  The
-    arguments win over ``$ORMB_VERIFY_KEY``/``$ORMB_TRUST_DIR`` (in ``settings``)."""
-    paths = _key_paths(verify_key) or settings.verify_keys
-    directory = trust_dir if trust_dir is not None else settings.trust_dir
-    if not paths and directory is None:
-        return None
-    return trusted_keys(paths, directory)
+    """The public keys a pull or export must verify with, or None when it need not verify
+    (:func:`ormb.signing.keys.verification_keys`: the arguments win over the environment)."""
+    return verification_keys(_key_paths(verify_key), trust_dir, env_keys=settings.verify_keys,
+                             env_trust_dir=settings.trust_dir, env_problem=settings.verify_env_problem)
 
 
 @dataclass(frozen=True)
@@ -893,8 +890,7 @@ class VerifyResult:
     fingerprint: str  # of the trusted key whose signature matched
     key: str  # where that key came from (its file)
     signature: str  # the signature referrer's digest
-    files: int  # files compared
-    ignored: tuple[str, ...]  # files the signature leaves out (its ignore paths)
+    files: int  # files compared: every file of the model
     remote: bool
 
 
@@ -931,7 +927,7 @@ def verify(
         verified = verify_manifest(cache, model.manifest_desc, model.manifest, public, what=str(ref),
                                    records=file_records(settings))
     return VerifyResult(ref, model.manifest_desc.digest, verified.fingerprint, verified.key_source,
-                        verified.signature.referrer.digest, verified.files, verified.ignored, remote)
+                        verified.signature.referrer.digest, verified.files, remote)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,13 @@ from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.registry.client import Registry
 from ormb.registry.credentials import CredentialStore
 from ormb.registry.remote import RemoteRepository
-from ormb.signing import SIGNATURE_ARTIFACT_TYPE, bundle_layer, generate_key_pair, signature_artifact
+from ormb.signing import (
+    GIT_PATHS,
+    SIGNATURE_ARTIFACT_TYPE,
+    bundle_layer,
+    generate_key_pair,
+    signature_artifact,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -177,16 +183,23 @@ def _attach(remote: RemoteRepository, subject: Descriptor, bundle: bytes) -> Non
 def tamper(remote: RemoteRepository, trainer: Settings, ref: str, fmt: str, change: str) -> None:
     """An attacker who can push: re-push the model under its tag with a file added or changed, and
     attach the original (valid) signature to the new manifest."""
-    bundle = _signature_of(trainer, ref)
-    cache = OCILayout(trainer.cache_dir)
-    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
-    config = (original.config, fetch_bytes(cache, original.config))
-    tag = ref.rsplit(":", 1)[1]
     files = dict(FILES)
     if change == "added":
         files["extra.bin"] = b"import os; os.system('...')"
     else:
         files["weights.bin"] = WEIGHTS[:-1] + b"!"
+    repush(remote, trainer, ref, fmt, files)
+
+
+def repush(remote: RemoteRepository, trainer: Settings, ref: str, fmt: str, files: dict[str, bytes]) -> Descriptor:
+    """Re-push the model under its tag with exactly ``files`` (one raw layer each for ModelPack, one
+    ``model/`` tar+gzip layer for the ormb format), its config and annotations kept, and attach the
+    trainer's original (valid) signature to the new manifest."""
+    bundle = _signature_of(trainer, ref)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    config = (original.config, fetch_bytes(cache, original.config))
+    tag = ref.rsplit(":", 1)[1]
     if fmt == "ormb":
         layer = craft_layer([(f"model/{path}", "file", data) for path, data in sorted(files.items())])
         layers = [(Descriptor.of_bytes(mediatypes.ORMB_LAYER, layer), layer)]
@@ -197,6 +210,7 @@ def tamper(remote: RemoteRepository, trainer: Settings, ref: str, fmt: str, chan
                                                {modelpack.ANNOTATION_FILEPATH: path}), data))
     subject = _push_model(remote, tag, config, layers, original.artifact_type, original.annotations)
     _attach(remote, subject, bundle)
+    return subject
 
 
 SCENARIOS = {
@@ -278,3 +292,90 @@ def test_bytes_corrupted_on_the_wire_are_refused_and_nothing_is_written(
             assert cli(capsys, "pull", via_proxy, "--verify-key", keys["team.pub"])[0] == 0
     finally:
         proxy.stop()
+
+
+# One file under each of the signature's ignore paths (model_signing's GIT_PATHS).  A '.git/config'
+# with core.fsmonitor runs its command on the next 'git status' in the exported directory.
+GIT_CONFIG = b'[core]\n\tfsmonitor = "touch /tmp/ormb-fsmonitor-ran; false"\n'
+UNSIGNED_GIT_FILES = {".git": ".git/config", ".gitattributes": ".gitattributes", ".github": ".github/workflows/ci.yml",
+                      ".gitignore": ".gitignore"}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_files_under_the_signatures_ignore_paths_are_refused(tmp_path: Path, registry: Any, fmt: str,
+                                                             keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A pusher re-pushes the signed model with a file under .git, .gitattributes, .github or .gitignore
+    (which a model signature leaves out) and re-attaches the genuine signature: every verifying command
+    refuses it (the phase-1 code accepted all of them and wrote the files)."""
+    assert set(UNSIGNED_GIT_FILES) == set(GIT_PATHS)
+    for ignored, path in UNSIGNED_GIT_FILES.items():
+        name = f"git-{fmt}-{ignored.strip('.')}"
+        ref, trainer = publish(tmp_path, registry.host, name, fmt, keys["team.pem"], monkeypatch)
+        remote = repository(registry.host, f"signed/{name}", tmp_path)
+        repush(remote, trainer, ref, fmt, {**FILES, path: GIT_CONFIG})
+        server = home(tmp_path, f"server-{name}", monkeypatch)
+        api.prune(settings=server)
+        fragment = f"{path!r} is in the model but not in its signature"
+        before = cache_state(server)
+        refused(cli(capsys, "pull", ref, "--verify-key", keys["team.pub"]), fragment)
+        assert cache_state(server) == before, f"{path}: the refused pull wrote into the cache"
+        refused(cli(capsys, "verify", ref, "--key", keys["team.pub"], "--remote"), fragment)
+        dest = tmp_path / f"init-{name}"
+        refused(cli(capsys, "pull-and-export", ref, dest, "--layout", "mlflow", "--verify-key", keys["team.pub"]),
+                fragment)
+        assert not dest.exists()
+        assert cli(capsys, "pull", ref)[0] == 0  # without a key: the user's choice
+        refused(cli(capsys, "verify", ref, "--key", keys["team.pub"]), fragment)
+        dest = tmp_path / f"export-{name}"
+        refused(cli(capsys, "export", ref, "-d", dest, "--verify-key", keys["team.pub"]), fragment)
+        assert not dest.exists()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_layers_ormbfile_yaml_is_refused_even_with_no_metadata(tmp_path: Path, registry: Any, fmt: str,
+                                                                 keys: dict[str, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """ormbfile.yaml is left out of a ModelPack signature because ormb's export writes it; a *layer*
+    holding it is not ormb's file: refused whether or not the export writes metadata (with
+    --no-metadata the phase-1 code accepted the layer's file; the ormb format always refused it)."""
+    name = f"ormbfile-{fmt}"
+    ref, trainer = publish(tmp_path, registry.host, name, fmt, keys["team.pem"], monkeypatch)
+    remote = repository(registry.host, f"signed/{name}", tmp_path)
+    repush(remote, trainer, ref, fmt, {**FILES, "ormbfile.yaml": b"format: PyTorch\nauthor: attacker\n"})
+    home(tmp_path, f"server-{name}", monkeypatch)
+    fragment = "'ormbfile.yaml' is in the model but not in its signature"
+    for metadata in ((), ("--no-metadata",)):
+        dest = tmp_path / f"init-{name}{len(metadata)}"
+        layout = "mlflow" if fmt == "modelpack" else "none"  # the layer's file beside the one export writes
+        refused(cli(capsys, "pull-and-export", ref, dest, "--layout", layout, *metadata,
+                    "--verify-key", keys["team.pub"]), fragment)
+        assert not dest.exists()
+    refused(cli(capsys, "pull", ref, "--verify-key", keys["team.pub"]), fragment)
+    assert cli(capsys, "pull", ref)[0] == 0
+    refused(cli(capsys, "verify", ref, "--key", keys["team.pub"]), fragment)
+    for metadata in ((), ("--no-metadata",)):
+        dest = tmp_path / f"export-{name}{len(metadata)}"
+        refused(cli(capsys, "export", ref, "-d", dest, *metadata, "--verify-key", keys["team.pub"]), fragment)
+        assert not dest.exists()
+
+
+@pytest.mark.parametrize("variable, value", [("ORMB_VERIFY_KEY", ""), ("ORMB_VERIFY_KEY", ":"),
+                                             ("ORMB_VERIFY_KEY", " "), ("ORMB_TRUST_DIR", "")])
+def test_a_verify_environment_naming_no_key_fails_closed(tmp_path: Path, registry: Any, variable: str, value: str,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A deployment whose key secret came out empty: the old code read it as "do not verify" and wrote an
+    unsigned model into the server's directory.  Every verifying command is a usage error (exit 2) now,
+    before anything is fetched or written."""
+    ref, _ = publish(tmp_path, registry.host, "empty-env", "modelpack", None, monkeypatch)  # unsigned
+    server = home(tmp_path, "server-empty-env", monkeypatch)
+    monkeypatch.setenv(variable, value)
+    for args, dest in ((("pull-and-export", ref, tmp_path / "init"), tmp_path / "init"), (("pull", ref), None),
+                       (("export", ref, "-d", tmp_path / "export"), tmp_path / "export")):
+        code, out, err = cli(capsys, *args)
+        assert code == 2, (args, code, out, err)
+        assert err.startswith("Error: ") and f"{variable} is set but" in err and len(err.strip().splitlines()) == 1
+        assert dest is None or not dest.exists()
+    assert cache_state(server) == (None, set())

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -23,6 +24,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from conftest import make_model
+from ormb.config import TRUST_DIR_ENV, VERIFY_KEY_ENV, verification_environment
 from ormb.content.memory import MemoryStore
 from ormb.content.target import fetch_bytes
 from ormb.errors import (
@@ -30,6 +32,7 @@ from ormb.errors import (
     InvalidArtifactError,
     KeyFileError,
     UnsafeArchiveError,
+    UsageError,
     VerificationError,
 )
 from ormb.model import modelpack, ormbformat
@@ -57,6 +60,7 @@ from ormb.signing import (
     signature_artifact,
     tar_layer_files,
     trusted_keys,
+    verification_keys,
     verify_bundle,
 )
 from ormb.signing.bundle import is_ignored, pae, sort_key
@@ -138,7 +142,7 @@ def test_round_trip_for_each_key_type(kind: str, keys: dict[str, tuple[PrivateKe
     signed = verify_bundle(sign_files(FILES, private), [public])
     assert signed.key == public
     assert dict(signed.files) == dict(FILES)
-    assert check_files(signed, dict(FILES)) == ()
+    check_files(signed, dict(FILES))
 
 
 def test_fingerprint_is_the_bundle_hint_and_the_sha256_of_the_pem_file(tmp_path: Path) -> None:
@@ -269,8 +273,10 @@ def test_trust_dir_holds_exactly_the_public_keys_anyone_of_which_may_verify(tmp_
 
 def test_bundle_has_model_signings_shape(p256: tuple[PrivateKey, PublicKey]) -> None:
     private, _ = p256
-    bundle = json.loads(sign_files(FILES + [(".gitattributes", sha(b"g")), (".git/config", sha(b"c"))], private,
-                                   name="tiny"))
+    for git_file in (".gitattributes", ".git/config"):  # a signature leaves them out: such a model is not signed
+        with pytest.raises(InvalidArtifactError, match=f"the model holds '{re.escape(git_file)}'"):
+            sign_files(FILES + [(git_file, sha(b"g"))], private)
+    bundle = json.loads(sign_files(FILES, private, name="tiny"))
     assert bundle["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
     assert bundle["verificationMaterial"] == {"publicKey": {"hint": private.public.fingerprint}, "tlogEntries": []}
     envelope = bundle["dsseEnvelope"]
@@ -283,7 +289,7 @@ def test_bundle_has_model_signings_shape(p256: tuple[PrivateKey, PublicKey]) -> 
         "method": "files", "hash_type": "sha256", "allow_symlinks": False, "ignore_paths": sorted(GIT_PATHS)}
     resources = statement["predicate"]["resources"]
     assert [r["name"] for r in resources] == ["config.json", "sub/tokenizer.json", "weights.safetensors"]
-    assert all(r["algorithm"] == "sha256" for r in resources)  # the git files are left out, as model_signing does
+    assert all(r["algorithm"] == "sha256" for r in resources)
     root = hashlib.sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources)).hexdigest()
     assert statement["subject"] == [{"name": "tiny", "digest": {"sha256": root}}]
 
@@ -466,12 +472,15 @@ def test_check_files_names_the_first_difference(p256: tuple[PrivateKey, PublicKe
             check_files(signed, files)
         assert err.value.exit_code == 4 and "\n" not in str(err.value)
     oci_digests = {p: f"sha256:{d}" for p, d in FILES}
-    assert check_files(signed, oci_digests) == ()
-    with_git = {**actual, ".gitattributes": sha(b"g"), ".git/HEAD": sha(b"h"), "sub/.gitignore": sha(b"i")}
-    with pytest.raises(VerificationError, match="'sub/.gitignore' is in the model"):  # only the root's git files
-        check_files(signed, with_git)
-    del with_git["sub/.gitignore"]
-    assert check_files(signed, with_git) == (".git/HEAD", ".gitattributes")
+    check_files(signed, oci_digests)
+    # a file under the signature's ignore paths is not signed, so it is refused like any other unsigned
+    # file (model_signing would skip it; an unsigned .git/config runs code on 'git status')
+    for path in (".git/HEAD", ".git/config", ".gitattributes", ".github/workflows/ci.yml", ".gitignore"):
+        with pytest.raises(VerificationError, match=f"'{re.escape(path)}' is in the model but not in its "
+                                                    "signature \\(a path model signatures leave out"):
+            check_files(signed, {**actual, path: sha(b"g")})
+    with pytest.raises(VerificationError, match="'sub/.gitignore' is in the model but not in its signature \\(it"):
+        check_files(signed, {**actual, "sub/.gitignore": sha(b"i")})
 
 
 def test_ignored_paths_cover_their_subtree_only() -> None:
@@ -495,7 +504,7 @@ def test_property_round_trip_and_every_single_change_is_caught(paths: list[str],
     assert signed.files == files
     # model_signing's order: PurePosixPath order, which is by components, not by string
     assert list(signed.files) == [str(p) for p in sorted(map(PurePosixPath, paths))] == sorted(paths, key=sort_key)
-    assert check_files(signed, files) == ()
+    check_files(signed, files)
     if paths:
         victim = data.draw(st.sampled_from(paths))
         with pytest.raises(VerificationError, match="missing"):
@@ -592,15 +601,20 @@ def test_modelpack_files_come_from_the_manifest_alone(tmp_path: Path, p256: tupl
     assert {f.path: f.size for f in files} == {p: len(d) for p, d in {**MODEL, ".gitattributes":
                                                                       b"*.safetensors lfs"}.items()}
     assert export_ignore_paths(manifest) == (*GIT_PATHS, "ormbfile.yaml")
+    # a model holding a file a signature leaves out is not signed: no verifier could accept it
+    with pytest.raises(InvalidArtifactError, match="the model holds '.gitattributes', which a model signature "
+                                                   "leaves out"):
+        sign_files(files, p256[0], ignore_paths=export_ignore_paths(manifest))
+    files = tuple(f for f in files if f.path != ".gitattributes")
     signed = verify_bundle(sign_files(files, p256[0], ignore_paths=export_ignore_paths(manifest)), [p256[1]])
-    assert set(signed.files) == set(MODEL)  # .gitattributes left out, as model_signing leaves it out
-    assert check_files(signed, {f.path: f.sha256 for f in files}) == (".gitattributes",)
+    assert set(signed.files) == set(MODEL) and signed.ignore_paths == (*sorted(GIT_PATHS), "ormbfile.yaml")
+    check_files(signed, {f.path: f.sha256 for f in files})
     # a layer added to the manifest is a file added to the model
     added = Manifest(manifest.config, (*manifest.layers, Descriptor(
         modelpack.layer_type("weight"), "sha256:" + sha(b"evil"), 4, {modelpack.ANNOTATION_FILEPATH: "evil.pkl"})),
         artifact_type=manifest.artifact_type)
     with pytest.raises(VerificationError, match="'evil.pkl' is in the model but not in its signature"):
-        check_files(signed, {f.path: f.sha256 for f in manifest_files(added) or ()})
+        check_files(signed, {f.path: f.sha256 for f in manifest_files(added) or () if f.path != ".gitattributes"})
     # a layer whose file is not knowable from the manifest: None, read the layer instead
     for media_type, digest in [(modelpack.layer_type("weight", "tar"), "sha256:" + sha(b"t")),
                                (modelpack.layer_type("weight"), "sha512:" + "0" * 128)]:
@@ -694,3 +708,32 @@ def test_tar_layer_files_refuses_a_header_bomb_as_export_does() -> None:
         tar.addfile(info, _io.BytesIO(b""))
     with pytest.raises(UnsafeArchiveError, match="extended data"):
         _files_of(raw.getvalue())
+
+
+# -- the environment that says "verify" fails closed (review finding 5) ------------------------------
+
+@given(entries=st.lists(st.sampled_from(["", " ", "\t", "k.pub", "/keys/a.pub", "~/b.pem"]), min_size=1, max_size=4),
+       trust_dir=st.one_of(st.none(), st.sampled_from(["", "  ", "/trust"])))
+def test_property_a_verify_environment_naming_no_key_is_a_usage_error(entries: list[str],
+                                                                      trust_dir: str | None) -> None:
+    """ORMB_VERIFY_KEY='' (a Kubernetes secret that did not fill in), ':', ' ', 'a.pub:' or ORMB_TRUST_DIR='':
+    the old code read each as "no key" and pulled/exported without verifying.  Now: exit 2, never open."""
+    environ = {VERIFY_KEY_ENV: os.pathsep.join(entries)}
+    if trust_dir is not None:
+        environ[TRUST_DIR_ENV] = trust_dir
+    keys, directory, problem = verification_environment(environ)
+    blank = any(not e.strip() for e in entries) or (trust_dir is not None and not trust_dir.strip())
+    assert bool(problem) == blank
+    if blank:
+        with pytest.raises(UsageError) as err:
+            verification_keys(env_keys=keys, env_trust_dir=directory, env_problem=problem)
+        assert err.value.exit_code == 2 and "no key to verify with" in err.value.message
+    assert all(str(k).strip() for k in keys)
+
+
+def test_unset_verify_environment_means_no_verification_and_arguments_win(tmp_path: Path) -> None:
+    assert verification_environment({}) == ((), None, "")
+    assert verification_keys(env_problem="") is None
+    generate_key_pair(tmp_path / "k.pem", tmp_path / "k.pub")
+    keys = verification_keys([tmp_path / "k.pub"], env_problem="ORMB_VERIFY_KEY is set but empty ('')")
+    assert keys is not None and len(keys) == 1  # --verify-key on the command line is used; the environment unread

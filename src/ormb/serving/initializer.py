@@ -38,7 +38,7 @@ from ormb.registry.client import Registry
 from ormb.registry.credentials import Credential, CredentialStore
 from ormb.registry.remote import RemoteRepository
 from ormb.registry.transport import TransportOptions
-from ormb.signing import check_listed, check_model, trusted_keys, trusted_signatures
+from ormb.signing import check_listed, check_model, trusted_signatures, verification_keys
 
 LAYOUTS = ("triton", "mlflow", "none")
 SCHEME = "ormb://"
@@ -94,18 +94,19 @@ def pull_and_export(
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     settings = settings or load_settings()
     ref = parse_source(source, settings.default_registry)
+    key_files = (verify_key,) if isinstance(verify_key, str | Path) else tuple(verify_key or ())
+    keys = verification_keys(key_files, trust_dir, env_keys=settings.verify_keys, env_trust_dir=settings.trust_dir,
+                             env_problem=settings.verify_env_problem)
     registry = Registry(ref.registry, options or TransportOptions(), credentials_from_environment(settings),
                         login_hint=CREDENTIALS_HINT)
     remote = RemoteRepository(registry, ref.repository)
     desc, data = remote.fetch_reference(ref.version)  # one GET: the bytes are verified and reused
     model = load_model(remote, desc, data, ref=ref)
     dest = Path(destination)
-    key_files = (verify_key,) if isinstance(verify_key, str | Path) else tuple(verify_key or ()) or settings.verify_keys
-    directory = trust_dir if trust_dir is not None else settings.trust_dir
     check = None
     verified = ""
-    if key_files or directory is not None:
-        signatures = trusted_signatures(remote, model.manifest_desc, trusted_keys(key_files, directory), what=str(ref))
+    if keys is not None:
+        signatures = trusted_signatures(remote, model.manifest_desc, keys, what=str(ref))
         listed = check_listed(signatures, model.manifest, what=str(ref))  # ModelPack: before any weight byte
         verified = listed.fingerprint if listed else ""
 

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from ormb.errors import KeyFileError
+from ormb.errors import KeyFileError, UsageError
 
 PASSWORD_ENV = "ORMB_KEY_PASSWORD"
 MAX_KEY_FILE = 64 << 10  # bytes; a PEM key is a few hundred
@@ -242,3 +242,25 @@ def trusted_keys(keys: Iterable[str | Path] = (), trust_dir: str | Path | None =
     if not found:
         raise KeyFileError("no public key to verify with", "give --key KEY.pub or --trust-dir DIR")
     return unique_keys(found)
+
+
+def verification_keys(key_files: Iterable[str | Path] = (), trust_dir: str | Path | None = None, *,
+                      env_keys: Iterable[str | Path] = (), env_trust_dir: str | Path | None = None,
+                      env_problem: str = "") -> tuple[PublicKey, ...] | None:
+    """The keys a pull, export or the storage initializer must verify with, or None when it need not.
+
+    The arguments (``--verify-key``, ``--trust-dir``) win over the environment (``$ORMB_VERIFY_KEY``,
+    ``$ORMB_TRUST_DIR``, read by :func:`ormb.config.verification_environment`).  An environment that
+    says "verify" but names no key (``env_problem``: set, but empty) is a :class:`UsageError`, never
+    "no verification": it fails closed.
+    """
+    files = tuple(key_files)
+    if files or trust_dir is not None:
+        return trusted_keys(files, trust_dir)
+    if env_problem:
+        raise UsageError(f"{env_problem}, so there is no key to verify with",
+                         "set it to the public key file(s) the model must be signed with, or unset it")
+    env_files = tuple(env_keys)
+    if not env_files and env_trust_dir is None:
+        return None
+    return trusted_keys(env_files, env_trust_dir)

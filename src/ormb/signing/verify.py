@@ -26,7 +26,7 @@ from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import MAX_MANIFEST, MAX_METADATA_BLOB, MAX_SIGNATURES
 from ormb.oci.graph import parse_node
-from ormb.signing.bundle import SignedFiles, check_files, is_ignored, verify_bundle
+from ormb.signing.bundle import SignedFiles, check_files, verify_bundle
 from ormb.signing.files import FileRecords, model_files
 from ormb.signing.keys import PublicKey
 from ormb.signing.referrer import bundle_layer, is_signature, manifest_files
@@ -56,8 +56,7 @@ class Verified:
     """A model whose files are exactly what a trusted key signed."""
 
     signature: Signature
-    files: int  # files compared
-    ignored: tuple[str, ...]  # files of the model under the signature's ignore paths (not covered)
+    files: int  # files compared: every file of the model
 
     @property
     def fingerprint(self) -> str:
@@ -130,16 +129,15 @@ def check_model(signatures: Sequence[Signature], actual: FileHashes | Mapping[st
         actual = actual.digests()
     first: VerificationError | None = None
     for signature in signatures:
-        unsigned_links = [link for link in links if not is_ignored(link, signature.signed.ignore_paths)]
         try:
-            if unsigned_links:
-                raise VerificationError(f"the model holds the symbolic link {unsigned_links[0]!r}, which a "
+            if links:
+                raise VerificationError(f"the model holds the symbolic link {links[0]!r}, which a "
                                         "signature cannot cover", "do not use this model")
-            ignored = check_files(signature.signed, actual, complete=complete)
+            check_files(signature.signed, actual, complete=complete)
         except VerificationError as exc:
             first = first or _refusal(what, exc)
             continue
-        return Verified(signature, len(actual) - len(ignored), ignored)
+        return Verified(signature, len(actual))
     assert first is not None, "check_model needs at least one signature"
     raise first
 
