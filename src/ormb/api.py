@@ -248,6 +248,11 @@ class ExportResult:
     directory: Path
     files: tuple[str, ...]
     verified_by: str = ""  # the fingerprint of the key whose signature the files matched (when verifying)
+    notes: tuple[str, ...] = ()  # what the user may want to know (e.g. that no ormbfile.yaml was written)
+
+
+UNSIGNED_METADATA_NOTE = (f"{FILENAME} was not written: no signature covers it (it is made from the model's config), "
+                          "and a verified export writes only signed files")
 
 
 def export(
@@ -277,7 +282,9 @@ def export(
     written is hashed and compared before anything moves into ``directory``.
 
     ``signature_file``: also write the model's signature there (the one that verified, else the
-    first), for ``model_signing verify key --signature FILE`` on the exported files."""
+    first), for ``model_signing verify key --signature FILE`` on the exported files.  A verified export
+    writes only signed files: no ``ormbfile.yaml`` (a note says so), and ``directory`` may hold nothing
+    but the model's paths (:class:`UsageError` otherwise)."""
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     keys = _verification_keys(verify_key, trust_dir, settings)
@@ -303,14 +310,16 @@ def export(
             verified = check_model(signatures, hashes, what=str(ref), complete=complete)
     elif signature_file is not None:
         bundle = first_bundle(cache, model.manifest_desc, what=str(ref))
-    paths = export_model(cache, model.manifest, dest, metadata=model.metadata if metadata else None, files=files,
+    write_metadata = metadata and check is None
+    paths = export_model(cache, model.manifest, dest, metadata=model.metadata if write_metadata else None, files=files,
                          local_copy=lambda d: cache.blob_path(d.digest), max_expand=max_expand, progress=progress,
                          check=check)
     if verified is not None:
         bundle = verified.signature.bundle
     if signature_file is not None:
         _write_file(Path(signature_file), bundle)
-    return ExportResult(ref, model.manifest_desc.digest, dest, paths, verified.fingerprint if verified else "")
+    notes = (UNSIGNED_METADATA_NOTE,) if metadata and not write_metadata else ()
+    return ExportResult(ref, model.manifest_desc.digest, dest, paths, verified.fingerprint if verified else "", notes)
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -379,3 +379,51 @@ def test_a_verify_environment_naming_no_key_fails_closed(tmp_path: Path, registr
         assert err.startswith("Error: ") and f"{variable} is set but" in err and len(err.strip().splitlines()) == 1
         assert dest is None or not dest.exists()
     assert cache_state(server) == (None, set())
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_verified_export_writes_exactly_the_signed_files(tmp_path: Path, registry: Any, fmt: str,
+                                                           keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Everything a verified export writes is a signed file: the old code also wrote ormbfile.yaml, made from
+    the model's config, which no signature covers (anyone who can push may change it), and merged the
+    signed files into whatever the directory held, so a leftover 'modeling_custom.py' sat beside them looking
+    verified.  Now: no ormbfile.yaml (a note says so), and a directory holding anything the export does not
+    replace is refused (exit 2, left as it was); re-exporting over the same model's files works."""
+    ref, _ = publish(tmp_path, registry.host, f"only-signed-{fmt}", fmt, keys["team.pem"], monkeypatch)
+    home(tmp_path, f"server-only-signed-{fmt}", monkeypatch)
+    assert cli(capsys, "pull", ref, "--verify-key", keys["team.pub"])[0] == 0
+    signed = {(f"model/{p}" if fmt == "ormb" else p): data for p, data in FILES.items()}
+    runs = [("export", ref, "-d", "{dest}", "--verify-key", keys["team.pub"]),
+            ("pull-and-export", ref, "{dest}", "--layout", "none" if fmt == "ormb" else "mlflow",
+             "--verify-key", keys["team.pub"])]
+    for n, run in enumerate(runs):
+        dest = tmp_path / f"dest-{fmt}-{n}"
+        args = [str(dest) if a == "{dest}" else a for a in run]
+        code, out, err = cli(capsys, *args)
+        assert code == 0, err
+        assert "note: ormbfile.yaml was not written: no signature covers it" in err
+        assert _tree(dest) == signed
+        assert cli(capsys, *args)[0] == 0  # the same model over itself: every path replaced
+        assert _tree(dest) == signed
+        leftover = dest / ("model" if fmt == "ormb" else "") / "modeling_custom.py"
+        leftover.write_text("import os; os.system('id')\n")
+        before = _tree(dest)
+        code, out, err = cli(capsys, *args)
+        assert code == 2, (code, out, err)
+        assert err.startswith("Error: ") and "modeling_custom.py" in err and len(err.strip().splitlines()) == 1
+        assert _tree(dest) == before
+        leftover.unlink()
+        (dest / "extra-dir").mkdir()  # an empty directory of someone else's is not the model's either
+        assert cli(capsys, *args)[0] == 2
+        (dest / "extra-dir").rmdir()
+    # without a key, export behaves as before: metadata written, other files left alone
+    dest = tmp_path / f"plain-{fmt}"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    assert cli(capsys, "export", ref, "-d", dest)[0] == 0
+    assert (dest / "ormbfile.yaml").exists() and (dest / "notes.txt").read_text() == "mine"

@@ -244,6 +244,8 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
         say(f"signed by: {result.verified_by}")
     say(f"{result.reference.tag or result.digest}: exported to {result.directory} "
                f"({plural(len(result.files), 'file')})")
+    for note in result.notes:
+        say(f"note: {note}", err=True)
 
 
 @cli.command()
@@ -570,6 +572,8 @@ def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout
         say(f"signed by: {result.verified_by}")
     say(f"{result.reference.tag or result.digest}: {plural(len(result.files), 'file')} laid out for "
                f"{layout} in {result.directory}")
+    for note in result.notes:
+        say(f"note: {note}", err=True)
 
 
 def _key_password(key: str, from_stdin: bool) -> str | None:

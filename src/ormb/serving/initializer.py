@@ -18,7 +18,8 @@ With a verify key (``--verify-key``/``$ORMB_VERIFY_KEY``, ``--trust-dir``/``$ORM
 model must carry a signature by one of those keys over exactly its files.  The signature is found
 and verified first, and a ModelPack model's file list compared from its manifest, all before a weight
 byte is downloaded; files inside tar layers (the ormb format) are hashed while they are staged and
-compared before anything moves into ``DEST``.  A refused model leaves ``DEST`` as it was.
+compared before anything moves into ``DEST``.  A refused model leaves ``DEST`` as it was.  A verified
+export writes only signed files: no ``ormbfile.yaml``, and ``DEST`` may hold nothing but the model's paths.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ormb.cache import load_model
 from ormb.config import Settings, load_settings
 from ormb.errors import InvalidReferenceError
 from ormb.model.export import export_model
+from ormb.model.ormbfile import FILENAME
 from ormb.model.unpack import FileHashes
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
@@ -52,6 +54,7 @@ class InitializedModel:
     files: tuple[str, ...]
     format: str | None
     verified_by: str = ""  # with a verify key: the fingerprint of the key whose signature matched
+    notes: tuple[str, ...] = ()  # what the user may want to know (e.g. that no ormbfile.yaml was written)
 
 
 def parse_source(source: str, default_registry: str) -> Reference:
@@ -113,7 +116,10 @@ def pull_and_export(
         def check(hashes: FileHashes) -> None:  # what was staged, before it moves into place
             nonlocal verified
             verified = check_model(signatures, hashes, what=str(ref)).fingerprint
-    paths = export_model(remote, model.manifest, dest, metadata=model.metadata if metadata else None,
+    write_metadata = metadata and check is None  # a verified export writes only signed files
+    paths = export_model(remote, model.manifest, dest, metadata=model.metadata if write_metadata else None,
                          subdirectory="1" if layout == "triton" else "", strip_prefix=layout != "none",
                          max_expand=max_expand, progress=progress, check=check)
-    return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format, verified)
+    notes = (f"{FILENAME} was not written: no signature covers it (it is made from the model's config), and a "
+             "verified export writes only signed files",) if metadata and not write_metadata else ()
+    return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format, verified, notes)
