@@ -215,7 +215,7 @@ def save(
         else:
             packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
         if packed.files is not None:  # computed while packing: 'ormb sign' will not read the layer again
-            file_records(settings).put(packed.layers[0], ORMB_PREFIX, packed.files)
+            file_records(settings).put(packed.layers[0], ORMB_PREFIX, "gzip", packed.files)
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
         ref, packed.manifest.digest, sum(d.size for d in packed.layers), format_name, guessed,
@@ -704,8 +704,10 @@ def pull(reference: str | Reference, *, include: tuple[str, ...] = (), verify_ke
 
             def before_root() -> None:
                 nonlocal verified
-                hashes = model_files(cache, model.manifest, file_records(settings))
+                records = file_records(settings).pending()  # remembered only once the model verified
+                hashes = model_files(cache, model.manifest, records)
                 verified = check_model(signatures, hashes, what=str(ref)).fingerprint
+                records.commit()
     try:
         with cache.writing():  # complete_existing: a manifest in the cache may be a partial pull's, its layers missing
             stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress,

@@ -737,3 +737,147 @@ def test_unset_verify_environment_means_no_verification_and_arguments_win(tmp_pa
     generate_key_pair(tmp_path / "k.pem", tmp_path / "k.pub")
     keys = verification_keys([tmp_path / "k.pub"], env_problem="ORMB_VERIFY_KEY is set but empty ('')")
     assert keys is not None and len(keys) == 1  # --verify-key on the command line is used; the environment unread
+
+
+# -- one rule for what a model's layers add up to: the verifier's is export's (review finding 3) ----------
+
+_LAYER_PATHS = ["a", "b", "c/d", "c", "a/x"]
+
+
+@given(layers=st.lists(st.tuples(st.sampled_from(["raw", "tar"]),
+                                 st.lists(st.sampled_from(_LAYER_PATHS), min_size=1, max_size=3, unique=True),
+                                 st.integers(0, 3)), min_size=1, max_size=4))
+def test_property_the_verifier_accepts_exactly_the_layers_export_writes(
+        layers: list[tuple[str, list[str], int]]) -> None:
+    """A raw layer shadowed by a later tar layer at the same path (the old verifier merged them, last one
+    winning, while export refuses two layers writing one path), two raw layers at one path, a file in one
+    layer that is a directory in another: whatever the layers, the files the verifier computes are refused
+    exactly when export refuses the model, and are otherwise exactly the files export writes."""
+    import tempfile
+
+    from ormb.content.target import push_bytes
+    from ormb.model.export import export_model
+    from ormb.signing.files import model_files
+    from ormb.signing.verify import manifest_hashes
+    store = MemoryStore()
+    descs = []
+    for kind, paths, variant in layers:
+        if kind == "raw":
+            for path in paths[:1]:
+                data = f"{path}:{variant}".encode()
+                desc = Descriptor.of_bytes(modelpack.layer_type("weight"), data, {modelpack.ANNOTATION_FILEPATH: path})
+                push_bytes(store, desc, data)
+                descs.append(desc)
+        else:
+            data = _tar([_member(p, data=f"{p}:{variant}".encode()) for p in paths])
+            desc = Descriptor.of_bytes(modelpack.layer_type("weight", "tar"), data)
+            push_bytes(store, desc, data)
+            descs.append(desc)
+    manifest = Manifest(_MODELPACK_TEMPLATE.config, tuple(descs), artifact_type=_MODELPACK_TEMPLATE.artifact_type)
+    verified: dict[str, str] | None
+    try:
+        verified = manifest_hashes(store, manifest).digests()
+        assert model_files(store, manifest).digests() == verified
+    except UnsafeArchiveError:
+        verified = None
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp) / "out"
+        try:
+            export_model(store, manifest, dest, metadata=None)
+        except UnsafeArchiveError:
+            assert verified is None, f"the verifier accepted {verified}, export refused"
+            return
+        exported = {str(p.relative_to(dest)): sha(p.read_bytes()) for p in dest.rglob("*") if p.is_file()}
+    assert verified == exported
+
+
+def _modelpack_template() -> Manifest:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        return _modelpack(Path(tmp), {"w": b"w"})[2]
+
+
+_MODELPACK_TEMPLATE = _modelpack_template()
+
+
+class _Source:
+    """A signature source over a store and a referrers list (what a registry lists, in its order)."""
+
+    def __init__(self, store: MemoryStore, entries: list[Descriptor]) -> None:
+        self.store, self.entries, self.asked = store, entries, 0
+
+    def fetch(self, desc: Descriptor) -> Any:
+        self.asked += 1
+        return self.store.fetch(desc)
+
+    def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor]:
+        return [e for e in self.entries if artifact_type is None or e.artifact_type == artifact_type]
+
+
+# -- file records: keyed by how a layer was read, written only after a model verified (finding 2) ----
+
+def _polyglot(plain: list[Any], inner: list[Any]) -> bytes:
+    """One blob, two archives: a plain tar holding ``plain`` whose first header (a PAX header, name
+    unused) starts with a zstd skippable frame spanning the plain tar; read as zstd, the frame is
+    skipped and the next frame is a tar holding ``inner``."""
+    import struct
+
+    import zstandard
+    first = tarfile.TarInfo("PAXHEADER")
+    first.type, first.size = tarfile.XHDTYPE, 0
+    header = bytearray(first.tobuf(tarfile.USTAR_FORMAT))
+    rest = _tar(plain)
+    header[0:8] = struct.pack("<II", 0x184D2A50, 512 - 8 + len(rest))
+    header[148:156] = b"        "
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + rest + zstandard.ZstdCompressor().compress(_tar(inner))
+
+
+def test_a_polyglot_layer_read_two_ways_gets_two_records(tmp_path: Path) -> None:
+    """The old records were keyed by (layer digest, prefix): after a verified pull of a blob served as a plain
+    'tar' layer (files X), the same blob served as 'tar+zstd' (files Y) was verified from X's record."""
+    from ormb.content.target import push_bytes
+    from ormb.signing.files import FileRecords, model_files
+    signed, evil = b'{"trust_remote_code": false}', b'{"trust_remote_code": true}'
+    blob = _polyglot([_member("config.json", data=signed)], [_member("config.json", data=evil)])
+    store = MemoryStore()
+    records = FileRecords(tmp_path / "records")
+    found = {}
+    for packing in ("tar", "tar+zstd"):
+        desc = Descriptor.of_bytes(modelpack.layer_type("code", packing), blob)
+        push_bytes(store, desc, blob)
+        manifest = Manifest(_MODELPACK_TEMPLATE.config, (desc,), artifact_type=_MODELPACK_TEMPLATE.artifact_type)
+        found[packing] = model_files(store, manifest, records).digests()
+        assert model_files(store, manifest, records).digests() == found[packing]  # now from the record
+    assert found == {"tar": {"config.json": sha(signed)}, "tar+zstd": {"config.json": sha(evil)}}
+    assert len(list((tmp_path / "records" / "sha256").iterdir())) == 2
+
+
+def test_records_of_a_refused_model_are_never_written(tmp_path: Path, p256: tuple[PrivateKey, PublicKey]) -> None:
+    """A layer read while verifying is remembered only once its model verified (the old code stored what a
+    refused layer held, before the check)."""
+    from ormb.content.target import push_bytes
+    from ormb.signing import signature_artifact
+    from ormb.signing.files import FileRecords
+    from ormb.signing.verify import verify_manifest
+    layer_bytes = _tar([_member("a.txt", data=b"A")])
+    desc = Descriptor.of_bytes(modelpack.layer_type("code", "tar"), layer_bytes)
+    store = MemoryStore()
+    push_bytes(store, desc, layer_bytes)
+    manifest = Manifest(_MODELPACK_TEMPLATE.config, (desc,), artifact_type=_MODELPACK_TEMPLATE.artifact_type)
+    data = manifest.to_bytes()
+    subject = Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data)
+    push_bytes(store, subject, data)
+    records = FileRecords(tmp_path / "records")
+    for files, ok in (([("other.txt", sha(b"B"))], False), ([("a.txt", sha(b"A"))], True)):
+        artifact = signature_artifact(subject, sign_files(files, p256[0]))
+        for blob_desc, content in (artifact.config, artifact.bundle, (artifact.descriptor, artifact.manifest_bytes)):
+            push_bytes(store, blob_desc, content)
+        source = _Source(store, [artifact.descriptor])
+        if ok:
+            verify_manifest(source, subject, manifest, [p256[1]], what="m", records=records)
+            assert len(list((tmp_path / "records" / "sha256").iterdir())) == 1
+        else:
+            with pytest.raises(VerificationError, match="'a.txt' is in the model but not in its signature"):
+                verify_manifest(source, subject, manifest, [p256[1]], what="m", records=records)
+            assert not (tmp_path / "records").exists()

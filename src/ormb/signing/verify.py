@@ -26,8 +26,8 @@ from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import MAX_MANIFEST, MAX_METADATA_BLOB, MAX_SIGNATURES
 from ormb.oci.graph import parse_node
-from ormb.signing.bundle import SignedFiles, check_files, verify_bundle
-from ormb.signing.files import FileRecords, model_files
+from ormb.signing.bundle import SignedFile, SignedFiles, check_files, verify_bundle
+from ormb.signing.files import FileRecords, model_files, union_of_layers
 from ormb.signing.keys import PublicKey
 from ormb.signing.referrer import bundle_layer, is_signature, manifest_files
 
@@ -150,7 +150,11 @@ def verify_manifest(source: SignatureSource, subject: Descriptor, manifest: Mani
     reading its layers from ``files_from`` (default ``source``), with ``records`` as a memory.
     """
     signatures = trusted_signatures(source, subject, keys, what=what)
-    return check_model(signatures, manifest_hashes(files_from or source, manifest, records), what=what)
+    pending = records.pending() if records is not None else None
+    verified = check_model(signatures, manifest_hashes(files_from or source, manifest, pending), what=what)
+    if pending is not None:
+        pending.commit()  # what a refused model's layers hold is never remembered
+    return verified
 
 
 def check_listed(signatures: Sequence[Signature], manifest: Manifest, *, what: str) -> Verified | None:
@@ -159,10 +163,18 @@ def check_listed(signatures: Sequence[Signature], manifest: Manifest, *, what: s
     listed = manifest_files(manifest)
     if listed is None:
         return None
-    hashes = FileHashes()
+    return check_model(signatures, listed_hashes(listed), what=what)
+
+
+def listed_hashes(listed: Sequence[SignedFile]) -> FileHashes:
+    """The files a manifest lists (one raw layer each), put together by export's rule: one path is
+    written by one layer only (:func:`union_of_layers`), so two layers at one path are refused."""
+    layers = []
     for item in listed:
-        hashes.file(item.path, item.sha256, item.size or 0)
-    return check_model(signatures, hashes, what=what)
+        one = FileHashes()
+        one.file(item.path, item.sha256, item.size or 0)
+        layers.append((f"the layer of {item.path}", one))
+    return union_of_layers(layers)
 
 
 def manifest_hashes(source: Fetcher, manifest: Manifest, records: FileRecords | None = None) -> FileHashes:
@@ -170,10 +182,7 @@ def manifest_hashes(source: Fetcher, manifest: Manifest, records: FileRecords | 
     listed = manifest_files(manifest)
     if listed is None:
         return model_files(source, manifest, records)
-    hashes = FileHashes()
-    for item in listed:
-        hashes.file(item.path, item.sha256, item.size or 0)
-    return hashes
+    return listed_hashes(listed)
 
 
 def first_bundle(source: SignatureSource, subject: Descriptor, *, what: str) -> bytes:
@@ -220,7 +229,10 @@ def catalog_status(fetcher: Fetcher, manifest_desc: Descriptor, manifest: Manife
         if listed is None and not read_layers:
             return None, (f"signed by key {signatures[0].fingerprint[:16]}, but its files were not compared: "
                           "they are inside a tar layer")
-        verified = check_model(signatures, manifest_hashes(fetcher, manifest, records), what=what)
+        pending = records.pending() if records is not None else None
+        verified = check_model(signatures, manifest_hashes(fetcher, manifest, pending), what=what)
+        if pending is not None:
+            pending.commit()
     except OrmbError as exc:
         return None, exc.message
     return verified.fingerprint, ""
