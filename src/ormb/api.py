@@ -49,7 +49,7 @@ from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.model.unpack import FileHashes
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
-from ormb.oci.grammar import MAX_METADATA_BLOB, MAX_SIGNATURES, is_host, is_tag
+from ormb.oci.grammar import MAX_SIGNATURE_BUNDLE, MAX_SIGNATURES, is_host, is_tag
 from ormb.oci.graph import Node, parse_node
 from ormb.oci.reference import USERINFO_REFUSED, Reference, parse_reference
 from ormb.progress import ProgressListener
@@ -76,6 +76,7 @@ from ormb.signing import (
     verify_manifest,
 )
 from ormb.signing.bundle import compare_files, read_unverified
+from ormb.signing.referrer import SIGNATURE_ARTIFACT_TYPE, shape_problem
 from ormb.signing.verify import Verified, first_bundle
 from ormb.transfer import CopyStats, copy, copy_referrers
 
@@ -725,12 +726,15 @@ def _pull_signatures(remote: RemoteRepository, cache: OCILayout, subject: str, c
 
     Without a verify key, a registry that cannot list them does not fail the pull: it is a note.
     """
-    def is_bundle(desc: Descriptor, node: Node) -> bool:
-        return is_signature(desc) and all(layer.size <= MAX_METADATA_BLOB for layer in node.layers)
+    def is_bundle(desc: Descriptor, node: Node) -> bool:  # checked before its blobs are fetched
+        try:
+            return is_signature(desc) and not shape_problem(node.to_manifest())
+        except InvalidArtifactError:
+            return False
     try:
         with cache.writing():
             return copy_referrers(remote, cache, subject, accept=is_bundle, limit=MAX_SIGNATURES,
-                                  concurrency=concurrency), ()
+                                  artifact_type=SIGNATURE_ARTIFACT_TYPE, concurrency=concurrency), ()
     except OrmbError as exc:
         if required:
             raise
@@ -880,7 +884,7 @@ def _attachable(path: Path, files: dict[str, str], ref: Reference) -> tuple[byte
     directory (or of the directory holding ``ormbfile.yaml`` and ``model/``) is refused now."""
     try:
         with open(path, "rb") as handle:
-            bundle = handle.read(MAX_METADATA_BLOB + 1)
+            bundle = handle.read(MAX_SIGNATURE_BUNDLE + 1)
     except OSError as exc:
         raise StorageError(f"cannot read the signature {path}: {exc.strerror}") from None
     claimed = read_unverified(bundle)

@@ -427,3 +427,62 @@ def test_a_verified_export_writes_exactly_the_signed_files(tmp_path: Path, regis
     (dest / "notes.txt").write_text("mine")
     assert cli(capsys, "export", ref, "-d", dest)[0] == 0
     assert (dest / "ormbfile.yaml").exists() and (dest / "notes.txt").read_text() == "mine"
+
+
+def test_junk_referrers_cost_a_bounded_number_of_requests_and_never_hide_the_signature(
+        tmp_path: Path, registry: Any, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Anyone who can push attaches 150 referrers of another type, 40 junk "signatures" and one "signature"
+    with 60 layers.  The old pull fetched every listed manifest (with or without a key), copied the 60
+    layers into the cache, and with a key read only the first 32 signatures, so a genuine one listed after
+    the junk made the model "unsigned".  Now only signatures are asked for (?artifactType=, filtered again
+    for the fallback index), a many-layered one is refused from its manifest, and the genuine one is found."""
+    ref, _ = publish(tmp_path, registry.host, "junk", "modelpack", keys["team.pem"], monkeypatch)
+    remote = repository(registry.host, "signed/junk", tmp_path)
+    found = remote.resolve("v1")
+    subject = Descriptor(found.media_type, found.digest, found.size)
+    empty = (Descriptor.of_bytes(mediatypes.OCI_EMPTY, b"{}"), b"{}")
+    push_bytes(remote, *empty)
+    sboms = []
+    for i in range(150):
+        node = Manifest(empty[0], (empty[0],), artifact_type="application/x-sbom", subject=subject,
+                        annotations={"n": str(i)})
+        data = node.to_bytes()
+        sboms.append(Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data))
+        push_bytes(remote, sboms[-1], data)
+    for i in range(40):
+        _attach(remote, subject, b'{"junk": %d}' % i)
+    layers = []
+    for i in range(60):
+        data = b"layer %d" % i
+        desc = Descriptor.of_bytes("application/vnd.dev.sigstore.bundle.v0.3+json", data)
+        push_bytes(remote, desc, data)
+        layers.append(desc)
+    node = Manifest(empty[0], tuple(layers), artifact_type=SIGNATURE_ARTIFACT_TYPE, subject=subject)
+    data = node.to_bytes()
+    push_bytes(remote, Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data), data)
+    if not isinstance(registry, EmbeddedRegistry):  # the fallback index: put the genuine signature last
+        tag = "sha256-" + subject.digest.partition(":")[2]
+        index = json.loads(fetch_bytes(remote, remote.resolve(tag)))
+        genuine = [m for m in index["manifests"] if m.get("annotations", {}).get("n") is None][:1]
+        index["manifests"] = [m for m in index["manifests"] if m not in genuine] + genuine
+        data = json.dumps(index).encode()
+        remote.push_reference(Descriptor.of_bytes(mediatypes.OCI_INDEX, data), io.BytesIO(data), tag)
+    proxy = FaultProxy(registry.port)
+    try:
+        via = ref.replace(registry.host, f"127.0.0.1:{proxy.port}")
+        for name, args in (("plain", ()), ("key", ("--verify-key", keys["team.pub"]))):
+            server = home(tmp_path, f"server-junk-{name}", monkeypatch)
+            before = len(proxy.requests)
+            code, out, err = cli(capsys, "pull", via, *args)
+            assert code == 0, err
+            gets = [path for method, path, _, _ in proxy.requests[before:] if method == "GET"]
+            manifests = sum("/manifests/" in p for p in gets)
+            # the model, the referrers listing (the fallback index is a manifest), the 42 signature manifests
+            # (once to verify, once to copy): none of the 150 others
+            assert manifests <= 3 + 2 * 42, manifests
+            assert not any(sbom.digest in p for p in gets for sbom in sboms)
+            assert not any(layer.digest in p for p in gets for layer in layers)
+            assert all(layer.digest not in cache_state(server)[1] for layer in layers)
+    finally:
+        proxy.stop()

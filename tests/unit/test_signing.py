@@ -63,7 +63,7 @@ from ormb.signing import (
     verification_keys,
     verify_bundle,
 )
-from ormb.signing.bundle import is_ignored, pae, sort_key
+from ormb.signing.bundle import BUNDLE_MEDIA_TYPE, is_ignored, pae, sort_key
 from ormb.signing.keys import fingerprint
 
 KEY_TYPES: dict[str, Callable[[], Any]] = {
@@ -881,3 +881,107 @@ def test_records_of_a_refused_model_are_never_written(tmp_path: Path, p256: tupl
             with pytest.raises(VerificationError, match="'a.txt' is in the model but not in its signature"):
                 verify_manifest(source, subject, manifest, [p256[1]], what="m", records=records)
             assert not (tmp_path / "records").exists()
+
+
+# -- referrers: only signatures asked for, a bounded number read, one bundle each (findings 4 and 8) ----
+
+def _signed_model(p256: tuple[PrivateKey, PublicKey]) -> tuple[MemoryStore, Descriptor, Manifest, Descriptor]:
+    """A ModelPack manifest in a store with its genuine signature; returns the signature's index entry."""
+    from ormb.content.target import push_bytes
+    store, subject, manifest = MemoryStore(), *_modelpack_template_with_store()
+    for blob_desc, content in _modelpack_blobs.items():
+        push_bytes(store, blob_desc, content)
+    artifact = signature_artifact(subject, sign_files(manifest_files(manifest) or (), p256[0]))
+    for blob_desc, content in (artifact.config, artifact.bundle, (artifact.descriptor, artifact.manifest_bytes)):
+        push_bytes(store, blob_desc, content)
+    return store, subject, manifest, artifact.descriptor
+
+
+_modelpack_blobs: dict[Descriptor, bytes] = {}
+
+
+def _modelpack_template_with_store() -> tuple[Descriptor, Manifest]:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        store, subject, manifest = _modelpack(Path(tmp), {"w.bin": b"w"})
+    for desc in (subject, manifest.config, *manifest.layers):
+        _modelpack_blobs[Descriptor(desc.media_type, desc.digest, desc.size)] = fetch_bytes(store, desc)
+    return subject, manifest
+
+
+def _junk_signatures(store: MemoryStore, subject: Descriptor, count: int, *, layers: int = 1,
+                     size: int = 0) -> list[Descriptor]:
+    from ormb.content.target import push_bytes
+    out = []
+    for i in range(count):
+        blobs = []
+        for j in range(layers):
+            data = (b'{"junk": %d, "layer": %d}' % (i, j)).ljust(size, b" ")
+            desc = Descriptor.of_bytes(BUNDLE_MEDIA_TYPE, data)
+            push_bytes(store, desc, data)
+            blobs.append(desc)
+        if layers == 1:
+            artifact = signature_artifact(subject, fetch_bytes(store, blobs[0]))
+            data, entry = artifact.manifest_bytes, artifact.descriptor
+            push_bytes(store, *artifact.config)
+        else:
+            from ormb.signing.referrer import EMPTY_CONFIG, EMPTY_DESCRIPTOR
+            push_bytes(store, EMPTY_DESCRIPTOR, EMPTY_CONFIG)
+            node = Manifest(EMPTY_DESCRIPTOR, tuple(blobs), artifact_type=BUNDLE_MEDIA_TYPE,
+                            subject=Descriptor(subject.media_type, subject.digest, subject.size))
+            data = node.to_bytes()
+            entry = node.descriptor({})
+        push_bytes(store, Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data), data)
+        out.append(entry)
+    return out
+
+
+def test_a_genuine_signature_behind_many_junk_ones_is_found(p256: tuple[PrivateKey, PublicKey]) -> None:
+    """40 junk signatures listed before the genuine one (anyone who can push may attach them, and a fallback
+    index lists them in any order): the old code read 32 and said the model was not verified."""
+    from ormb.signing import trusted_signatures
+    store, subject, _, genuine = _signed_model(p256)
+    junk = _junk_signatures(store, subject, 40)
+    found = trusted_signatures(_Source(store, [*junk, genuine]), subject, [p256[1]], what="m")
+    assert [s.referrer.digest for s in found] == [genuine.digest]
+
+
+def test_too_many_signatures_say_which_limit_was_reached(p256: tuple[PrivateKey, PublicKey]) -> None:
+    from ormb.oci.grammar import MAX_SIGNATURE_BUNDLE, MAX_SIGNATURE_BYTES, MAX_SIGNATURES
+    from ormb.signing import trusted_signatures
+    store, subject, _, genuine = _signed_model(p256)
+    junk = _junk_signatures(store, subject, MAX_SIGNATURES + 5)
+    source = _Source(store, [*junk, genuine])
+    with pytest.raises(VerificationError, match=f"ormb reads at most {MAX_SIGNATURES} \\(MAX_SIGNATURES\\)") as err:
+        trusted_signatures(source, subject, [p256[1]], what="m")
+    assert "\n" not in str(err.value) and source.asked == 2 * MAX_SIGNATURES
+    big = MAX_SIGNATURE_BYTES // MAX_SIGNATURE_BUNDLE + 2
+    store, subject, _, genuine = _signed_model(p256)
+    source = _Source(store, [*_junk_signatures(store, subject, big, size=MAX_SIGNATURE_BUNDLE - 4096), genuine])
+    with pytest.raises(VerificationError, match="MAX_SIGNATURE_BYTES"):
+        trusted_signatures(source, subject, [p256[1]], what="m")
+
+
+def test_only_signatures_are_asked_for_and_a_many_layered_one_is_never_downloaded(
+        p256: tuple[PrivateKey, PublicKey]) -> None:
+    """300 referrers of another type and a "signature" with 200 layers: the old code fetched every listed
+    manifest and would copy all 200 layers.  Now the listing asks for signatures only, and a signature
+    referrer that is not exactly one bundle is refused from its manifest, its layers unread."""
+    from ormb.content.target import push_bytes
+    from ormb.signing import trusted_signatures
+    store, subject, _, genuine = _signed_model(p256)
+    others = []
+    for i in range(300):
+        node = Manifest(Descriptor.of_bytes(mediatypes.OCI_EMPTY, b"{}"), (), artifact_type="application/x-sbom",
+                        subject=Descriptor(subject.media_type, subject.digest, subject.size), annotations={"n": str(i)})
+        data = node.to_bytes()
+        push_bytes(store, Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data), data)
+        others.append(node.descriptor({}))
+    many = _junk_signatures(store, subject, 1, layers=200)
+    source = _Source(store, [*others, *many, genuine])
+    found = trusted_signatures(source, subject, [p256[1]], what="m")
+    assert [s.referrer.digest for s in found] == [genuine.digest]
+    assert source.asked == 3  # the many-layered manifest, the genuine manifest and its bundle
+    source = _Source(store, [*others, *many])
+    with pytest.raises(VerificationError, match="must have exactly one .* layer, and has 200 layer"):
+        trusted_signatures(source, subject, [p256[1]], what="m")

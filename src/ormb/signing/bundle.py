@@ -46,7 +46,7 @@ from typing import Any
 
 from ormb.errors import InvalidArtifactError, VerificationError
 from ormb.oci.descriptor import load_json
-from ormb.oci.grammar import MAX_METADATA_BLOB, MAX_TAR_ENTRY_NAME
+from ormb.oci.grammar import MAX_SIGNATURE_BUNDLE, MAX_TAR_ENTRY_NAME
 from ormb.signing.keys import PrivateKey, PublicKey
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -217,8 +217,8 @@ def _short(fingerprint: str) -> str:
 
 def _envelope(bundle: bytes) -> tuple[str | None, bytes, bytes]:
     """(key hint, payload, signature) of a key-signed bundle, checked for shape only."""
-    if len(bundle) > MAX_METADATA_BLOB:
-        raise _malformed(f"it is {len(bundle)} bytes, more than the {MAX_METADATA_BLOB} a signature may have")
+    if len(bundle) > MAX_SIGNATURE_BUNDLE:
+        raise _malformed(f"it is {len(bundle)} bytes, more than the {MAX_SIGNATURE_BUNDLE} a signature may have")
     try:
         raw = _object(load_json(bundle, "signature"), "the bundle")
     except InvalidArtifactError as exc:

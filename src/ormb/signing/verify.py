@@ -7,8 +7,9 @@ from the manifest, before a weight byte is downloaded.  Every failure is one
 :class:`VerificationError` line that names the model.
 
 Who may be hostile: the registry and anyone who can push (they choose the referrers, the bundles,
-the manifest and the layers).  A registry may list any number of referrers: at most
-``grammar.MAX_SIGNATURES`` are read.  A signature counts only when it verifies with a trusted key
+the manifest and the layers).  A registry may list any number of referrers: only signatures are asked
+for (``?artifactType=``), at most ``grammar.MAX_SIGNATURES`` of them are read, ``MAX_SIGNATURE_BYTES``
+in all, each with exactly one bundle layer; a refusal says which limit it reached.  A signature counts only when it verifies with a trusted key
 *and* its file list is exactly the model's (same paths, same digests, none missing, none added).
 """
 
@@ -24,12 +25,12 @@ from ormb.errors import InvalidArtifactError, NotFoundError, OrmbError, Verifica
 from ormb.model.unpack import FileHashes
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
-from ormb.oci.grammar import MAX_MANIFEST, MAX_METADATA_BLOB, MAX_SIGNATURES
+from ormb.oci.grammar import MAX_MANIFEST, MAX_SIGNATURE_BUNDLE, MAX_SIGNATURE_BYTES, MAX_SIGNATURES
 from ormb.oci.graph import parse_node
 from ormb.signing.bundle import SignedFile, SignedFiles, check_files, verify_bundle
 from ormb.signing.files import FileRecords, model_files, union_of_layers
 from ormb.signing.keys import PublicKey
-from ormb.signing.referrer import bundle_layer, is_signature, manifest_files
+from ormb.signing.referrer import SIGNATURE_ARTIFACT_TYPE, bundle_layer, is_signature, manifest_files
 
 
 class SignatureSource(Fetcher, Protocol):
@@ -74,16 +75,30 @@ def _refusal(what: str, exc: OrmbError) -> VerificationError:
 
 
 def _read_signature(source: SignatureSource, entry: Descriptor, subject: Descriptor,
-                    keys: Sequence[PublicKey]) -> Signature:
+                    keys: Sequence[PublicKey], budget: list[int]) -> Signature:
+    """Read and verify one signature referrer; ``budget`` holds the bytes still allowed (all signatures)."""
     desc = Descriptor(entry.media_type if entry.media_type in mediatypes.MANIFEST_TYPES else mediatypes.OCI_MANIFEST,
                       entry.digest, entry.size)
+    _charge(budget, desc.size)
     data = fetch_bytes(source, desc, MAX_MANIFEST)
     try:
         manifest = parse_node(data, desc.media_type).to_manifest()
     except InvalidArtifactError as exc:
         raise VerificationError(f"a signature referrer is malformed: {exc.message}") from None
-    bundle = fetch_bytes(source, bundle_layer(manifest, subject), MAX_METADATA_BLOB)
+    layer = bundle_layer(manifest, subject)
+    _charge(budget, layer.size)
+    bundle = fetch_bytes(source, layer, MAX_SIGNATURE_BUNDLE)
     return Signature(entry, verify_bundle(bundle, keys), bundle)
+
+
+class _OverBudget(Exception):
+    """The signatures read so far hold ``grammar.MAX_SIGNATURE_BYTES``: read no more."""
+
+
+def _charge(budget: list[int], size: int) -> None:
+    if size > budget[0]:
+        raise _OverBudget()
+    budget[0] -= max(size, 0)
 
 
 def trusted_signatures(source: SignatureSource, subject: Descriptor, keys: Sequence[PublicKey], *,
@@ -96,16 +111,29 @@ def trusted_signatures(source: SignatureSource, subject: Descriptor, keys: Seque
     """
     if not keys:
         raise VerificationError(f"{what}: no public key to verify with", "give --verify-key KEY.pub or --trust-dir DIR")
-    entries = [r for r in source.referrers(subject.digest) if is_signature(r)]
+    # ?artifactType= asks the registry for signatures only; a registry (or the fallback index) that
+    # ignores it lists everything, so the type is checked here again
+    entries = [r for r in source.referrers(subject.digest, SIGNATURE_ARTIFACT_TYPE) if is_signature(r)]
     if not entries:
         raise VerificationError(f"{what} is not signed: no signature is attached to its manifest {subject.digest[:19]}",
                                 "sign it with 'ormb sign REF --key KEY.pem' and push it, or ask its publisher "
                                 "for a signed model")
     found: list[Signature] = []
     refusals: list[VerificationError] = []
-    for entry in entries[:MAX_SIGNATURES]:
+    budget = [MAX_SIGNATURE_BYTES]
+    read = 0
+    limit = ""
+    for entry in entries:
+        if read >= MAX_SIGNATURES:
+            limit = f"it lists {len(entries)} signatures and ormb reads at most {MAX_SIGNATURES} (MAX_SIGNATURES)"
+            break
+        read += 1
         try:
-            found.append(_read_signature(source, entry, subject, keys))
+            found.append(_read_signature(source, entry, subject, keys, budget))
+        except _OverBudget:
+            limit = (f"the first {read - 1} of its {len(entries)} signatures hold the {MAX_SIGNATURE_BYTES >> 20} MiB "
+                     "ormb reads at most (MAX_SIGNATURE_BYTES)")
+            break
         except (VerificationError, InvalidArtifactError, NotFoundError) as exc:
             refusals.append(_refusal(what, exc))
         except OrmbError as exc:  # IntegrityError: a bundle that is not the bytes its referrer names
@@ -114,6 +142,10 @@ def trusted_signatures(source: SignatureSource, subject: Descriptor, keys: Seque
             refusals.append(_refusal(what, exc))
     if found:
         return found
+    if limit:
+        raise VerificationError(f"{what}: no signature by a trusted key among those read: {limit}",
+                                "someone attached many signatures to this model (anyone who can push may); remove "
+                                "the ones that are not yours, or ask the registry's owner to")
     # An unknown signer is the common, benign case; a signature that fails for a trusted key says more.
     telling = [r for r in refusals if "unknown key" not in r.message and "none of the" not in r.message]
     raise (telling or refusals)[0]
@@ -187,11 +219,11 @@ def manifest_hashes(source: Fetcher, manifest: Manifest, records: FileRecords | 
 
 def first_bundle(source: SignatureSource, subject: Descriptor, *, what: str) -> bytes:
     """The bundle of the model's first signature, unverified (to hand to another verifier)."""
-    for entry in source.referrers(subject.digest):
+    for entry in source.referrers(subject.digest, SIGNATURE_ARTIFACT_TYPE):
         if is_signature(entry):
             desc = Descriptor(mediatypes.OCI_MANIFEST, entry.digest, entry.size)
             manifest = parse_node(fetch_bytes(source, desc, MAX_MANIFEST), desc.media_type).to_manifest()
-            return fetch_bytes(source, bundle_layer(manifest, subject), MAX_METADATA_BLOB)
+            return fetch_bytes(source, bundle_layer(manifest, subject), MAX_SIGNATURE_BUNDLE)
     raise NotFoundError(f"{what} has no signature", "sign it with 'ormb sign REF --key KEY.pem'")
 
 
