@@ -82,6 +82,7 @@ def write_key_pair(directory: Path, name: str, kind: str = "ecdsa-p256", passwor
     encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     private, public = directory / f"{name}.pem", directory / f"{name}.pub"
     private.write_bytes(key.private_bytes(serialization.Encoding.PEM, fmt, encryption))
+    private.chmod(0o600)  # as openssl genpkey leaves it (umask 077) and ssh-keygen does
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     return private, public
@@ -208,7 +209,26 @@ def test_unusable_key_files_get_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
     (tmp_path / "text").write_text("hello")
     (tmp_path / "huge.pem").write_bytes(b"-----BEGIN " + b"A" * (1 << 20))
+    for name in ("rsa.pem", "k1.pem", "junk.pem", "text", "huge.pem"):
+        (tmp_path / name).chmod(0o600)
+    # one rule for every key file (the review found it applied unevenly, and a second PEM block ignored)
+    open_key = tmp_path / "open.pem"
+    open_key.write_bytes(private.read_bytes())
+    open_key.chmod(0o640)
+    second = write_key_pair(tmp_path / "second", "s")[1]
+    (tmp_path / "two.pub").write_bytes(public.read_bytes() + second.read_bytes())
+    (tmp_path / "two.pem").write_bytes(private.read_bytes() + private.read_bytes())
+    (tmp_path / "two.pem").chmod(0o600)
+    writable = tmp_path / "writable.pub"
+    writable.write_bytes(public.read_bytes())
+    writable.chmod(0o666)
     cases: list[tuple[Callable[[Path], object], Path, str]] = [
+        (load_private_key, open_key, "accessible to other users \\(mode 0640\\)"),
+        (load_private_key, tmp_path / "two.pem", "holds 2 PEM blocks"),
+        (load_public_key, tmp_path / "two.pub", "holds 2 PEM blocks"),
+        (load_public_key, writable, "writable by every local user"),
+        (lambda p: trusted_keys([p]), writable, "writable by every local user"),
+        (load_public_key, tmp_path, "not a regular file"),
         (load_private_key, tmp_path / "rsa.pem", "RSAPrivateKey"),
         (load_private_key, tmp_path / "k1.pem", "secp256k1"),
         (load_private_key, public, "holds a public key"),
