@@ -486,3 +486,34 @@ def test_junk_referrers_cost_a_bounded_number_of_requests_and_never_hide_the_sig
             assert all(layer.digest not in cache_state(server)[1] for layer in layers)
     finally:
         proxy.stop()
+
+
+def test_a_tar_layer_added_to_a_signed_modelpack_model_is_refused_before_it_is_downloaded(
+        tmp_path: Path, registry: Any, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A pusher adds a 4 MiB tar layer to the signed model and re-attaches the genuine signature: the old
+    pull and initializer downloaded the layer before refusing; the manifest says enough to refuse first."""
+    ref, trainer = publish(tmp_path, registry.host, "tar-added", "modelpack", keys["team.pem"], monkeypatch)
+    remote = repository(registry.host, "signed/tar-added", tmp_path)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    layers = [(d, fetch_bytes(cache, d)) for d in original.layers]
+    tar = craft_layer([("payload.bin", "file", os.urandom(4 << 20))])
+    extra = Descriptor.of_bytes(modelpack.layer_type("code", "tar+gzip"), tar)
+    subject = _push_model(remote, "v1", (original.config, fetch_bytes(cache, original.config)),
+                          [*layers, (extra, tar)], original.artifact_type, original.annotations)
+    _attach(remote, subject, _signature_of(trainer, ref))
+    proxy = FaultProxy(registry.port)
+    try:
+        via = ref.replace(registry.host, f"127.0.0.1:{proxy.port}")
+        server = home(tmp_path, "server-tar-added", monkeypatch)
+        refused(cli(capsys, "pull", via, "--verify-key", keys["team.pub"]), "every signed file is in a raw layer")
+        refused(cli(capsys, "pull-and-export", via, tmp_path / "init", "--verify-key", keys["team.pub"]),
+                "every signed file is in a raw layer")
+        assert not (tmp_path / "init").exists()
+        assert cache_state(server) == (None, set())
+        assert not [p for m, p, _, _ in proxy.requests if m == "GET" and extra.digest in p]
+        assert not [p for m, p, _, _ in proxy.requests if m == "GET" and "/blobs/" in p and
+                    any(d.digest in p for d, _ in layers)]
+    finally:
+        proxy.stop()

@@ -1005,3 +1005,30 @@ def test_only_signatures_are_asked_for_and_a_many_layered_one_is_never_downloade
     source = _Source(store, [*others, *many])
     with pytest.raises(VerificationError, match="must have exactly one .* layer, and has 200 layer"):
         trusted_signatures(source, subject, [p256[1]], what="m")
+
+
+# -- a ModelPack model with tar layers is checked from its manifest as far as it can say (finding 7) ----
+
+def test_a_manifest_with_tar_layers_is_checked_before_a_layer_is_read(p256: tuple[PrivateKey, PublicKey]) -> None:
+    """The old code compared nothing before downloading a ModelPack model that has a tar layer: a pusher
+    who re-attached a genuine signature made every verifier download every byte before the refusal."""
+    from ormb.signing import check_listed, verify_bundle
+    from ormb.signing.verify import Signature
+    subject, manifest = _modelpack_template_with_store()
+    signed = verify_bundle(sign_files(manifest_files(manifest) or (), p256[0]), [p256[1]])
+    signatures = [Signature(subject, signed)]
+    (raw,) = manifest.layers
+    tar = Descriptor(modelpack.layer_type("weight", "tar"), "sha256:" + sha(b"t"), 20 << 20)
+    changed = Descriptor(raw.media_type, "sha256:" + sha(b"other"), raw.size, raw.annotations)
+    renamed = Descriptor(raw.media_type, raw.digest, raw.size, {modelpack.ANNOTATION_FILEPATH: "x.bin"})
+
+    def shaped(*layers: Descriptor) -> Manifest:
+        return Manifest(manifest.config, layers, artifact_type=manifest.artifact_type)
+    # no blob is in any store here: a refusal that needed a layer would fail differently
+    for layers, message in (((raw, tar), "every signed file is in a raw layer, and the model has 1 more layer"),
+                            ((changed, tar), "'w.bin' differs from the signed file"),
+                            ((renamed, tar), "'x.bin' is in the model but not in its signature")):
+        with pytest.raises(VerificationError, match=message):
+            check_listed(signatures, shaped(*layers), what="m")
+    assert check_listed(signatures, shaped(tar), what="m") is None  # the tar layer may hold w.bin: read it
+    assert check_listed(signatures, shaped(raw), what="m") is not None  # every file listed: verified whole

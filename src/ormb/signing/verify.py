@@ -22,6 +22,7 @@ from typing import Protocol
 
 from ormb.content.target import Fetcher, Readable, fetch_bytes
 from ormb.errors import InvalidArtifactError, NotFoundError, OrmbError, VerificationError
+from ormb.model import modelpack
 from ormb.model.unpack import FileHashes
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
@@ -190,12 +191,41 @@ def verify_manifest(source: SignatureSource, subject: Descriptor, manifest: Mani
 
 
 def check_listed(signatures: Sequence[Signature], manifest: Manifest, *, what: str) -> Verified | None:
-    """Compare the signed files with the manifest's, when it lists them (ModelPack raw layers): the check
-    before any layer is read.  None when the manifest cannot say (files inside tar layers)."""
+    """The check before any layer is read: compare the signed files with what the manifest says.
+
+    A manifest that lists every file (ModelPack raw layers) is compared whole: the :class:`Verified` result.
+    One that keeps some files in tar (or compressed) layers is checked as far as it can say, and None is
+    returned when that part matches (the layers are then read and compared whole): every raw layer must
+    be a signed file with its digest, and a model whose raw layers already hold every signed file may not
+    have other layers (they could only add unsigned files).  The ormb format (one tar layer): None.
+    """
     listed = manifest_files(manifest)
-    if listed is None:
+    if listed is not None:
+        return check_model(signatures, listed_hashes(listed), what=what)
+    if not modelpack.is_modelpack(manifest):
         return None
-    return check_model(signatures, listed_hashes(listed), what=what)
+    raw: list[SignedFile] = []
+    other = 0
+    for item in modelpack.layer_files(manifest):
+        algorithm, _, hexpart = item.descriptor.digest.partition(":")
+        if item.packing == "raw" and item.path is not None and algorithm == "sha256":
+            raw.append(SignedFile(str(item.path), hexpart, item.descriptor.size))
+        else:
+            other += 1
+    present = listed_hashes(raw).digests()
+    first: VerificationError | None = None
+    for signature in signatures:
+        try:
+            check_files(signature.signed, present, complete=False)
+            if other and set(signature.signed.files) <= set(present):
+                raise VerificationError(f"every signed file is in a raw layer, and the model has {other} more "
+                                        "layer(s), which could only add files its signature does not list")
+        except VerificationError as exc:
+            first = first or _refusal(what, exc)
+            continue
+        return None
+    assert first is not None, "check_listed needs at least one signature"
+    raise first
 
 
 def listed_hashes(listed: Sequence[SignedFile]) -> FileHashes:
