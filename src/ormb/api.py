@@ -48,7 +48,7 @@ from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.model.unpack import FileHashes
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor, Manifest
+from ormb.oci.descriptor import Descriptor, Manifest, layers_size
 from ormb.oci.grammar import MAX_SIGNATURE_BUNDLE, MAX_SIGNATURES, is_host, is_tag
 from ormb.oci.graph import Node, parse_node
 from ormb.oci.reference import USERINFO_REFUSED, Reference, parse_reference
@@ -219,7 +219,7 @@ def save(
             file_records(settings).put(packed.layers[0], ORMB_PREFIX, "gzip", packed.files)
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
-        ref, packed.manifest.digest, sum(d.size for d in packed.layers), format_name, guessed,
+        ref, packed.manifest.digest, layers_size(packed.layers), format_name, guessed,
         len(listing.files), listing.skipped, prepared.signature_filled, prepared.notes, listing.hidden, chosen,
     )
 

@@ -764,6 +764,7 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
     Served by gunicorn; stops cleanly on Ctrl-C or SIGTERM (requests under way are finished).
     """
     from ormb.oci.reference import is_loopback_host
+    from ormb.server.names import Listening
     from ormb.server.serve import LISTENING, STOPPED, ServeOptions, parse_addr
     from ormb.server.serve import serve as run_server
 
@@ -782,11 +783,24 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
                            token_lifetime, log_level, public_hosts, sparse_manifests)
     options.check()  # before anything is created or started
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
+    default_registry = load_settings().default_registry
 
-    def ready(url: str) -> None:
-        say(f"{LISTENING}{url} (storage {root_dir}, {auth})", err=True)
+    def ready(listening: Listening) -> None:
+        where = f"bound to {listening.bound}" + (f", {listening.kind}" if listening.kind else "")
+        say(f"{LISTENING}{listening.url} ({where}; storage {root_dir}, {auth})", err=True)
+        short = ", or NAME:TAG for short (the default registry)" if listening.host == default_registry else ""
+        local = " on this machine" if listening.kind == "every address" else ""
+        flag = listening.client_flag
+        how = f" (with {flag}: ormb's default for this name is the other scheme)" if flag else ""
+        login = f"; log in with 'ormb login {flag + ' ' if flag else ''}{listening.host}'" if htpasswd else ""
+        say(f"models are named {listening.host}/NAME:TAG{local}{short}{how}{login}", err=True)
+        for name in public_hosts:
+            say(f"clients elsewhere: {name.lower()}/NAME:TAG (--public-host)", err=True)
+        if listening.kind == "every address" and not public_hosts:
+            say("clients elsewhere: this machine's name or address; say which with --public-host NAME, "
+                       "and the catalog copies it", err=True)
         if not no_ui:
-            say(f"model catalog: {url}/", err=True)
+            say(f"model catalog: {listening.url}/", err=True)
 
     run_server(options, ready, lambda: say(STOPPED, err=True))
 

@@ -226,6 +226,25 @@ def is_modelpack(manifest: Manifest) -> bool:
         manifest.config.media_type.startswith(foreign.DMR_CONFIG_PREFIX)
 
 
+def artifact_kind(manifest: Manifest) -> str:
+    """What wrote an artifact, in words (the catalog shows it): ormb's format, ModelPack with either
+    generation of names, a KitOps ModelKit, a Docker Model Runner model; '' for anything else."""
+    config = manifest.config.media_type
+    if config == mediatypes.ORMB_CONFIG:
+        return "ormb v1alpha1 (the original ormb's format)"
+    if config == KITOPS_CONFIG or manifest.artifact_type == foreign.KITOPS_ARTIFACT_TYPE:
+        return "KitOps ModelKit"
+    if config.startswith(foreign.DMR_CONFIG_PREFIX):
+        version = {foreign.DMR_CONFIG_V01: " (v0.1)", foreign.DMR_CONFIG_V02: " (v0.2)"}.get(config, "")
+        return f"Docker Model Runner{version}"
+    by_kitops = " written by KitOps" if foreign.KITOPS_KITFILE_ANNOTATION in manifest.annotations else ""
+    if config == OLD_CONFIG or manifest.artifact_type == OLD_ARTIFACT_TYPE:
+        return f"CNCF ModelPack, pre-v0.0.7 names (cnai){by_kitops}"
+    if is_modelpack(manifest):
+        return f"CNCF ModelPack{by_kitops}"
+    return ""
+
+
 @dataclass(frozen=True)
 class LayerFile:
     """A layer of a per-file artifact: where its content goes, and how it is packed."""

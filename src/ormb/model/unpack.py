@@ -275,7 +275,9 @@ def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath
     return relative
 
 
-def _decompressed(reader: Any, compression: str | None) -> Any:
+def decompressed(reader: Any, compression: str | None) -> Any:
+    """A reader of ``reader``'s bytes decompressed (``gzip``, ``zstd``, or None: as they are); unbounded:
+    the caller counts what it reads (export through its budget; the catalog's listings too)."""
     if compression == "gzip":
         return igzip.IGzipFile(fileobj=reader, mode="rb")  # type: ignore[no-untyped-call]
     if compression == "zstd":
@@ -297,7 +299,7 @@ def _read_tar(blob: Readable, desc: Descriptor, visit: TarVisitor, *, prefix: st
     reader = _HashingReader(blob, desc, progress, desc.digest, budget)
     try:
         try:
-            with _open_tar(_Bounded(_decompressed(reader, compression), budget)) as tar:
+            with _open_tar(_Bounded(decompressed(reader, compression), budget)) as tar:
                 while (member := _next(tar)) is not None:
                     budget.entry(member.name)
                     budget.ahead(tar.offset, desc.size - reader.size, member.name)
@@ -555,7 +557,7 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
             hasher = _FileHasher(reader) if hashes is not None and not known else None
             _write_to(fd, tree.show(parts), hasher or reader, mode)
         else:
-            source: Readable = _Bounded(_decompressed(reader, compression), budget)
+            source: Readable = _Bounded(decompressed(reader, compression), budget)
             hasher = _FileHasher(source) if hashes is not None else None
             try:
                 _write_to(fd, tree.show(parts), hasher or source, mode)
@@ -585,7 +587,7 @@ def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None
     budget.start_layer(_layer_name(desc))
     reader = _HashingReader(blob, desc, NoProgress(), desc.digest, budget if compression else None)
     try:
-        source: Readable = reader if compression is None else _Bounded(_decompressed(reader, compression), budget)
+        source: Readable = reader if compression is None else _Bounded(decompressed(reader, compression), budget)
         hasher = _FileHasher(source)
         try:
             while hasher.read(CHUNK):

@@ -61,6 +61,7 @@ def is_host(value: str) -> bool:
 # -- size limits -----------------------------------------------------------------------------
 
 MAX_MANIFEST = 4 << 20  # a manifest or index, in bytes (what distribution accepts)
+MAX_DESCRIPTOR_SIZE = (1 << 63) - 1  # a descriptor's size: the image spec's int64 (distribution refuses more)
 MAX_METADATA_BLOB = 16 << 20  # a blob read whole into memory: a config, a signature bundle
 MAX_JSON_DEPTH = 32  # nesting of another tool's config, Kitfile or annotation that ormb reads (manifests: any)
 MAX_ERROR_BODY = 64 << 10  # of an error answer, the part read to show the registry's words
