@@ -517,3 +517,47 @@ def test_a_tar_layer_added_to_a_signed_modelpack_model_is_refused_before_it_is_d
                     any(d.digest in p for d, _ in layers)]
     finally:
         proxy.stop()
+
+
+def test_the_catalog_shows_signed_only_for_a_trusted_signature_that_matches(
+        tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ormb registry serve --trust-key: the model page says "signed" with the key's fingerprint only when a
+    signature by a trusted key matches every file; unsigned, another key's, and a genuine signature
+    re-attached to a changed model are "not verified", with the reason; the referrers are listed.  (Before,
+    nothing wired signing.catalog_status to the pages or to serve.)"""
+    from ormb.errors import KeyFileError
+    from ormb.server.serve import ServeOptions
+    from ormb.signing import load_public_key
+
+    registry = EmbeddedRegistry(tmp_path / "catalog", trust_keys=(keys["team.pub"],))
+    try:
+        fingerprint = load_public_key(keys["team.pub"]).fingerprint
+        cases = {"ok-modelpack": ("modelpack", keys["team.pem"]), "ok-ormb": ("ormb", keys["team.pem"]),
+                 "unsigned": ("modelpack", None), "other": ("modelpack", keys["other.pem"]),
+                 "changed": ("ormb", keys["team.pem"])}
+        for name, (fmt, key) in cases.items():
+            ref, trainer = publish(tmp_path, registry.host, f"cat-{name}", fmt, key, monkeypatch)
+            if name == "changed":
+                repush(repository(registry.host, f"signed/cat-{name}", tmp_path), trainer, ref, fmt,
+                       {**FILES, "extra.py": b"import os"})
+
+        def page(name: str) -> str:
+            with urllib.request.urlopen(f"http://{registry.host}/model?name=signed/cat-{name}&ref=v1") as response:
+                return response.read().decode()
+        for name in ("ok-modelpack", "ok-ormb"):
+            html = page(name)
+            assert 'id="signed"' in html and f"key {fingerprint}" in html, name
+            remote = repository(registry.host, f"signed/cat-{name}", tmp_path)
+            (referrer,) = remote.referrers(remote.resolve("v1").digest)
+            assert 'id="referrers"' in html and SIGNATURE_ARTIFACT_TYPE in html and referrer.digest in html
+        for name, reason in (("unsigned", "is not signed"), ("other", "unknown key"),
+                             ("changed", "&#39;extra.py&#39; is in the model but not in its signature")):
+            html = page(name)
+            assert 'id="signed"' not in html and 'id="unsigned"' in html and reason in html, (name, html[-3000:])
+    finally:
+        registry.stop()
+    writable = tmp_path / "writable.pub"
+    writable.write_bytes(keys["team.pub"].read_bytes())
+    writable.chmod(0o666)
+    with pytest.raises(KeyFileError, match="writable by every local user"):
+        ServeOptions(tmp_path / "root", trust_keys=(writable,)).check()
