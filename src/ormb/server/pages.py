@@ -40,6 +40,7 @@ from ormb.server.http import Request, Response, SpecError
 from ormb.server.model_files import LISTING_CAP, ModelFiles, RepositoryContent
 from ormb.server.modelcard import CARD_CAP, render_card
 from ormb.server.storage_api import ManifestRecord
+from ormb.signing import FileRecords, catalog_status
 from ormb.units import human_size
 
 PER_PAGE = 1000  # rows a page renders (files, tags, repositories, index entries); a link shows the next ones
@@ -202,7 +203,8 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
                              "fields": [], "inputs": [], "outputs": [], "metrics": [], "hyper_parameters": [],
                              "size": record.layers_size, "entries": [], "more": False, "listing_capped": False,
                              "card": None, "licence": None, "unreadable": [], "unreadable_more": 0,
-                             "signature_left_out": 0, "metrics_left_out": 0, "hyper_parameters_left_out": 0}
+                             "signature_left_out": 0, "metrics_left_out": 0, "hyper_parameters_left_out": 0,
+                             "referrers": [], "more_referrers": 0, "signed_by": None, "unsigned_because": ""}
     if record.media_type not in mediatypes.MANIFEST_TYPES:
         entries = _index_entries(ctx, name, record)
         model.update(kind="index", entries=entries[start:start + PER_PAGE], more=len(entries) > start + PER_PAGE)
@@ -211,6 +213,7 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     if described is None:
         return model
     model.update(described.fields)
+    model.update(_signatures(ctx, name, record, described.manifest))  # signatures come and go: never kept
     files = ModelFiles(ctx, name, described)
     model.update(files=files.files[start:start + PER_PAGE], more=len(files.files) > start + PER_PAGE,
                  listing_capped=files.capped, licence=files.licence_path(),
@@ -299,6 +302,25 @@ def _describe(loaded: LoadedModel) -> dict[str, Any]:
     model["hyper_parameters"] = [(h.name, h.value) for h in hyper_parameters[:PER_PAGE]]
     model["hyper_parameters_left_out"] = len(hyper_parameters) - len(model["hyper_parameters"])
     return model
+
+
+MAX_REFERRERS_SHOWN = 100  # referrers listed on a model page (anyone who can push may attach thousands)
+
+
+def _signatures(ctx: Context, name: str, record: ManifestRecord, manifest: Manifest) -> dict[str, Any]:
+    """The model's referrers (what the registry lists for it) and whether a signature by a key the server
+    trusts (``--trust-key``/``--trust-dir``) matches its files: :func:`ormb.signing.catalog_status`,
+    reading only this repository's blobs, at most ``grammar.MAX_SIGNATURES`` signatures."""
+    listed = ctx.storage.referrers(name, record.digest)
+    entries = [Descriptor(r.media_type, r.digest, r.size, r.annotations, r.artifact_type) for r in listed]
+    shown = [{"digest": r.digest, "artifact_type": r.artifact_type or "-",
+              "created": r.annotations.get(mediatypes.ANNOTATION_CREATED, "")} for r in listed[:MAX_REFERRERS_SHOWN]]
+    records = FileRecords(ctx.file_records) if ctx.file_records is not None else None
+    signed_by, why = catalog_status(RepositoryContent(ctx, name), Descriptor(record.media_type, record.digest,
+                                                                              record.size),
+                                    manifest, entries, ctx.trusted_keys, read_layers=True, records=records)
+    return {"referrers": shown, "more_referrers": max(0, len(listed) - MAX_REFERRERS_SHOWN), "signed_by": signed_by,
+            "unsigned_because": why}
 
 
 LINKED_FIELDS = ("Source", "Documentation")

@@ -36,6 +36,7 @@ from ormb.signing.keys import (
     load_public_key,
     load_trust_dir,
     trusted_keys,
+    verification_keys,
 )
 from ormb.signing.referrer import (
     SIGNATURE_ARTIFACT_TYPE,
@@ -63,5 +64,5 @@ __all__ = [
     "Verified", "bundle_layer", "catalog_status", "check_files", "check_listed", "check_model", "export_ignore_paths",
     "generate_key_pair", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
     "manifest_hashes", "model_files", "sign_files", "signature_artifact", "signed_files", "tar_layer_files",
-    "trusted_keys", "trusted_signatures", "verify_bundle", "verify_manifest",
+    "trusted_keys", "trusted_signatures", "verification_keys", "verify_bundle", "verify_manifest",
 ]
