@@ -468,6 +468,25 @@ def test_a_foreign_host_header_is_refused_by_the_open_registry(open_registry: Se
         assert response.status in (400, 421), f"{method} {path} with Host {foreign} answered {response.status}"
 
 
+def test_a_foreign_host_cannot_read_what_anonymous_users_may_pull(tmp_path: Path, started: list[Serve],
+                                                                   policed: tuple[Serve, Serve]) -> None:
+    """DNS rebinding on a registry with logins that lets anonymous users pull (--anonymous-pull, or a
+    policy's anonymous rules): the rebound page would read as anonymous, so its Host is refused; the names
+    the registry serves still read.  Before: only the open registry checked the Host (catalog review #5)."""
+    server = serve(tmp_path, "--htpasswd", write_htpasswd(tmp_path, PASSWORDS), "--anonymous-pull",
+                   "--auth-scheme", "basic")
+    started.append(server)
+    push_model(server, "alice/internal", "v1", {"format": "Others", "author": "internal-author-5e5e"},
+               tar_gz({"model/README.md": b"# INTERNAL ONLY"}), login("alice"))
+    for registry, repo in ((server, "alice/internal"), (policed[0], "public/base"), (policed[1], "public/base")):
+        foreign = f"evil.example:{registry.port}"
+        for path in ("/", f"/model?name={repo}&ref=v1", f"/v2/{repo}/manifests/v1", "/v2/_catalog"):
+            response = call(registry, "GET", path, headers={"Host": foreign, "Origin": "http://evil.example",
+                                                            "Accept": OCI_MANIFEST})
+            assert response.status == 421, f"{path} with Host {foreign} answered {response.status}"
+        assert model_page(registry, repo, "v1").status == 200
+
+
 @pytest.mark.parametrize("host", ["localhost:{port}", "127.0.0.1:{port}", "[::1]:{port}"])
 def test_loopback_host_names_are_served(open_registry: Serve, host: str) -> None:
     """The names a local client uses (and the ``--addr`` host, 127.0.0.1 here) keep working.

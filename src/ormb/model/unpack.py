@@ -12,10 +12,9 @@ Bounds, whatever a layer holds:
   every decompressed byte as it is read and every entry and directory, and checked before a file is
   written from the size in its header.  No layer is read past its declared size.
 - Memory: the tar is read entry by entry and tarfile's list of entries is emptied as it goes (in
-  ``r|`` mode it keeps every entry with its headers); the extended headers before one entry (PAX, GNU
-  long names) may hold ``MAX_HEADER`` bytes in all and nest ``MAX_HEADER_CHAIN`` deep; global PAX
-  headers ``MAX_GLOBAL`` bytes and ``MAX_GLOBAL_KEYS`` keys in all (tarfile copies them into every
-  entry); sparse entries are refused before tarfile reads their map.
+  ``r|`` mode it keeps every entry with its headers); its headers are read by
+  :class:`ormb.model.tarheaders.CheckedTarInfo` (bounded extended and global headers, PAX records checked
+  in linear time, sparse entries refused before tarfile reads their map).
 - Errors: whatever tarfile or a decompressor raises on a layer is an :class:`UnsafeArchiveError` (or,
   if the layer does not match its digest, an :class:`IntegrityError`), never a crash.
 
@@ -34,7 +33,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import zstandard
 from isal import igzip
@@ -44,20 +43,13 @@ from ormb.content.target import Readable
 from ormb.errors import IntegrityError, OrmbError, StorageError, UnsafeArchiveError
 from ormb.model.budget import ExpansionBudget
 from ormb.model.staging import Parts, StagingTree
+from ormb.model.tarheaders import CheckedTarInfo
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import NoProgress, ProgressListener
-from ormb.units import human_size
 
 CHUNK = 1 << 20
 TAR_BUFFER = 64 << 10  # tarfile's stream buffer: it copies what is left of it on every header read
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
-
-MAX_HEADER = 1 << 20  # extended header data (PAX, GNU long names) before one entry, in all
-MAX_HEADER_CHAIN = 32  # extended headers before one entry (tar, GNU tar and Go write at most three)
-MAX_GLOBAL = 64 << 10  # global PAX header data in one layer, in all (git archive writes 52 bytes)
-MAX_GLOBAL_KEYS = 64
-_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-               tarfile.GNUTYPE_LONGLINK)
 
 
 @dataclass
@@ -181,70 +173,6 @@ class _Bounded:
         self.total += len(data)
         self._budget.stream(self.total)
         return data
-
-
-def _refuse_sparse(*_args: object) -> NoReturn:
-    raise UnsafeArchiveError("a tar entry of the layer is a sparse file; refusing")
-
-
-class _CheckedTarInfo(tarfile.TarInfo):
-    """tarfile's header parser with bounds: tarfile reads extended header data into memory whole, nests a
-    call per header, copies global PAX keys into every entry and parses a sparse map of any length."""
-
-    @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _CheckedTarInfo:
-        limits: _HeaderLimits | None = tarfile_.__dict__.get("_ormb_limits")
-        if limits is None:  # the first header, read by TarFile.__init__
-            limits = tarfile_._ormb_limits = _HeaderLimits()  # type: ignore[attr-defined]
-        buf = tarfile_.fileobj.read(tarfile.BLOCKSIZE)
-        obj = cls.frombuf(buf, tarfile_.encoding, tarfile_.errors)
-        obj.offset = tarfile_.fileobj.tell() - tarfile.BLOCKSIZE
-        limits.header(obj, tarfile_)
-        try:
-            return obj._proc_member(tarfile_)  # type: ignore[attr-defined,no-any-return]
-        finally:
-            limits.done()
-
-    # tarfile's sparse parsers (GNU 0.0, 0.1, 1.0, old GNU 'S'): refused before they read the map
-    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_sparse = _refuse_sparse
-
-    def _apply_pax_info(self, pax_headers: dict[str, str], encoding: str, errors: str) -> None:
-        if any(key.startswith("GNU.sparse.") for key in pax_headers):  # a sparse file by any other header
-            _refuse_sparse()
-        super()._apply_pax_info(pax_headers, encoding, errors)  # type: ignore[misc]
-
-
-class _HeaderLimits:
-    """The extended headers seen before the entry being read, and the global ones of the whole layer."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.extended = 0
-        self.globals = 0
-
-    def header(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
-        if self.depth == 0:
-            self.extended = 0
-        self.depth += 1
-        if len(tar.pax_headers) > MAX_GLOBAL_KEYS:
-            raise UnsafeArchiveError(f"the layer's global PAX headers set more than {MAX_GLOBAL_KEYS} keys; refusing")
-        if info.type not in _META_TYPES:
-            return
-        if self.depth > MAX_HEADER_CHAIN:
-            raise UnsafeArchiveError(f"a tar entry of the layer nests more than {MAX_HEADER_CHAIN} extended headers "
-                                     "(too deeply); refusing")
-        self.extended += info.size
-        if self.extended > MAX_HEADER:
-            raise UnsafeArchiveError(f"a tar entry of the layer carries more than {human_size(MAX_HEADER)} of extended "
-                                     "data in its headers; refusing")
-        if info.type == tarfile.XGLTYPE:
-            self.globals += info.size
-            if self.globals > MAX_GLOBAL:
-                raise UnsafeArchiveError(f"the layer's global PAX headers hold more than {human_size(MAX_GLOBAL)}; "
-                                         "refusing")
-
-    def done(self) -> None:
-        self.depth -= 1
 
 
 def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath | None:
@@ -481,7 +409,7 @@ class _Entry(_Reader):
 
 def _open_tar(source: _Bounded) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=source, mode="r|", bufsize=TAR_BUFFER, tarinfo=_CheckedTarInfo)  # type: ignore[call-overload,no-any-return]
+        return tarfile.open(fileobj=source, mode="r|", bufsize=TAR_BUFFER, tarinfo=CheckedTarInfo)  # type: ignore[call-overload,no-any-return]
     except (OrmbError, _LayerError):
         raise
     except Exception as exc:

@@ -222,6 +222,16 @@ class AccessControl:
             return self.anonymous_pull
         return any(ANONYMOUS in rule.users and "pull" in rule.actions for rule in self.rules)
 
+    @property
+    def anonymous_may_act(self) -> bool:
+        """Whether anonymous users may do anything at all: then a web page that reaches the registry by
+        DNS rebinding would act as one, so the Host must be checked (:class:`~ormb.server.browser.BrowserGuard`)."""
+        if not self.enabled:
+            return True
+        if self.rules is None:
+            return self.anonymous_pull
+        return any(ANONYMOUS in rule.users and rule.actions and rule.repositories for rule in self.rules)
+
     # -- tokens -------------------------------------------------------------------------------
     def issue(self, user: str | None, scopes: list[str]) -> tuple[str, int]:
         """An access token for what ``user`` may of ``scopes``, and its lifetime in seconds."""

@@ -60,14 +60,14 @@ def create_app(storage: Storage, access: AccessControl, *, auth_scheme: str = "b
                names: RegistryNames | None = None, trusted_keys: tuple[PublicKey, ...] = (),
                file_records: Path | None = None) -> WSGIApp:
     """The registry over ``storage``, deciding with ``access``; a plain WSGI callable.  ``guard``
-    defaults to a registry on 127.0.0.1 (Host checked when ``access`` asks for no login); ``sparse``
+    defaults to a registry on 127.0.0.1 (Host checked when ``access`` lets anonymous users do anything); ``sparse``
     accepts manifests whose blobs or child manifests were not pushed; ``names`` says what the catalog
     calls the registry (default: a registry on 127.0.0.1, ``localhost``); the catalog shows a model
     "signed" when a signature by one of ``trusted_keys`` matches its files (``file_records``: where the
     files of tar layers hashed for that are remembered)."""
     ctx = Context(storage, Authoriser(access, auth_scheme, service), ui, sparse, names or RegistryNames(),
                   trusted_keys, file_records)
-    guard = guard or BrowserGuard.for_address("127.0.0.1", open_registry=not access.enabled)
+    guard = guard or BrowserGuard.for_address("127.0.0.1", open_registry=access.anonymous_may_act)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.monotonic()

@@ -7,8 +7,10 @@ Two attacks, both against a developer's ``localhost:5000`` from a page on anothe
   the host names it serves (:meth:`BrowserGuard.host_served`), otherwise 421: loopback names and
   addresses (``localhost``, ``*.localhost``, 127.0.0.0/8, ``::1``), the ``--addr`` host (for a
   wildcard address: the machine's names and any IP address: an address cannot be rebound), and
-  every ``--public-host`` name; any port.  This holds for the open registry (no ``--htpasswd``),
-  and for any registry given ``--public-host``.
+  every ``--public-host`` name; any port.  This holds whenever anonymous users may do anything (the
+  open registry, ``--htpasswd --anonymous-pull``, a policy with ``anonymous`` rules: a rebinding page
+  acts as anonymous), and for any registry given ``--public-host``.  A registry whose every action
+  needs a login answers any Host: a rebinding page has no credentials for it.
 - **Cross-site requests** (CSRF): a form or ``fetch`` from another origin, which a browser sends
   with the Basic credentials it remembers.  A request that would change state (any method but
   GET, HEAD, OPTIONS) with an ``Origin`` that is not this registry (``null`` included), or that
@@ -71,12 +73,13 @@ def is_loopback_name(host: str) -> bool:
 class BrowserGuard:
     names: frozenset[str] = frozenset()  # host names and addresses served besides the loopback ones
     any_address: bool = False  # bound to a wildcard address: any IP-address Host is served
-    check_host: bool = True  # False: every Host is answered (an authenticated registry without --public-host)
+    check_host: bool = True  # False: every Host is answered (logins for everything, no --public-host)
     _seen: dict[str, tuple[tuple[str, str] | None, bool]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def for_address(cls, addr_host: str, public_hosts: tuple[str, ...] = (), *, open_registry: bool = True) -> BrowserGuard:
-        """The guard for a registry listening on ``addr_host`` and reached also as ``public_hosts``."""
+        """The guard for a registry listening on ``addr_host`` and reached also as ``public_hosts``;
+        ``open_registry``: anonymous users may do something (:attr:`AccessControl.anonymous_may_act`)."""
         names = {h for value in public_hosts if (found := split_host(value)) for h in (found[0],)}
         wildcard = addr_host.strip("[]") in WILDCARDS
         if wildcard:

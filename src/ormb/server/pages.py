@@ -9,15 +9,19 @@ the repository shown, through :func:`ormb.model.loaded.load_model` (only the fie
 manifest's media type defines; an index's entries only as links into the same repository).
 
 What a page renders is capped, with a link to the next part: :data:`PER_PAGE` rows, and a
-layer's file listing is read only up to :data:`LISTING_CAP` files (a hostile layer may list
-millions).
+model's file listing is read only up to :data:`LISTING_CAP` files (a hostile layer may list
+millions); the config's tables (signature, metrics, hyper-parameters) show their first
+:data:`PER_PAGE` rows and say how many more there are.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 import urllib.parse
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,7 +29,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ormb.errors import OrmbError
 from ormb.model import modelpack
-from ormb.model.loaded import load_model
+from ormb.model.loaded import LoadedModel, load_model
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import is_decimal, is_digest, is_repository
@@ -33,13 +37,14 @@ from ormb.oci.graph import parse_node
 from ormb.server.context import Context
 from ormb.server.handlers.manifests import resolve
 from ormb.server.http import Request, Response, SpecError
-from ormb.server.model_files import LICENCE_NAMES, LISTING_CAP, ModelFiles, RepositoryContent
+from ormb.server.model_files import LISTING_CAP, ModelFiles, RepositoryContent
 from ormb.server.modelcard import CARD_CAP, render_card
 from ormb.server.storage_api import ManifestRecord
 from ormb.signing import FileRecords, catalog_status
 from ormb.units import human_size
 
 PER_PAGE = 1000  # rows a page renders (files, tags, repositories, index entries); a link shows the next ones
+UNREADABLE_SHOWN = 10  # layers named as unreadable on a model page; the rest are counted
 
 _env = Environment(loader=PackageLoader("ormb.server", "templates"), autoescape=select_autoescape(["html"]))
 
@@ -121,10 +126,12 @@ def file_page(ctx: Context, request: Request) -> Response:
         return _missing(ctx, request, f"repository {name}")
     try:
         record = resolve(ctx, name, reference)
-        loaded = load_model(RepositoryContent(ctx, name), Descriptor(record.media_type, record.digest, record.size))
-    except (SpecError, OrmbError):
+    except SpecError:
         return _missing(ctx, request, f"{name}:{reference}")
-    document = ModelFiles(ctx, name, loaded).document(path)
+    described = _described(ctx, name, record) if record.media_type in mediatypes.MANIFEST_TYPES else None
+    if described is None:
+        return _missing(ctx, request, f"{name}:{reference}")
+    document = ModelFiles(ctx, name, described).document(path)
     if document is None:
         return _html("missing.html", status=404, what=f"file {path!r} of {name}:{reference} to show (the catalog "
                      "shows a model's card and licence; pull the model for its other files)", **_viewer(ctx, user))
@@ -195,20 +202,81 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     model: dict[str, Any] = {"kind": "unknown", "config_type": "", "media_type": record.media_type, "files": [],
                              "fields": [], "inputs": [], "outputs": [], "metrics": [], "hyper_parameters": [],
                              "size": record.layers_size, "entries": [], "more": False, "listing_capped": False,
-                             "card": None, "licence": None, "referrers": [], "more_referrers": 0,
-                             "signed_by": None, "unsigned_because": ""}
+                             "card": None, "licence": None, "unreadable": [], "unreadable_more": 0,
+                             "signature_left_out": 0, "metrics_left_out": 0, "hyper_parameters_left_out": 0,
+                             "referrers": [], "more_referrers": 0, "signed_by": None, "unsigned_because": ""}
     if record.media_type not in mediatypes.MANIFEST_TYPES:
         entries = _index_entries(ctx, name, record)
         model.update(kind="index", entries=entries[start:start + PER_PAGE], more=len(entries) > start + PER_PAGE)
         return model
+    described = _described(ctx, name, record)
+    if described is None:
+        return model
+    model.update(described.fields)
+    model.update(_signatures(ctx, name, record, described.manifest))  # signatures come and go: never kept
+    files = ModelFiles(ctx, name, described)
+    model.update(files=files.files[start:start + PER_PAGE], more=len(files.files) > start + PER_PAGE,
+                 listing_capped=files.capped, licence=files.licence_path(),
+                 unreadable=[digest[:19] for digest in files.unreadable[:UNREADABLE_SHOWN]],
+                 unreadable_more=max(0, len(files.unreadable) - UNREADABLE_SHOWN))
+    card = files.card()
+    file_url = "/file?" + urllib.parse.urlencode({"name": name, "ref": record.digest}) + "&path="
+    if card is not None:
+        model["card"] = {"path": card.path, "html": render_card(card.text, card.path, file_url), "cut": card.cut,
+                         "url": file_url + urllib.parse.quote(card.path, safe="/")}
+    if model["licence"]:
+        model["licence_url"] = file_url + urllib.parse.quote(model["licence"], safe="/")
+    return model
+
+
+def _described(ctx: Context, name: str, record: ManifestRecord) -> _Description | None:
+    """The model as ``ormb inspect`` reads it (:func:`load_model`, through the repository's own content),
+    kept by manifest digest (a config of 16 MiB takes seconds to read); None when it cannot be read."""
+    key = (name, record.digest)
+    with _DESCRIBED_LOCK:
+        kept = _DESCRIBED.setdefault(ctx.storage, {})
+        found = kept.pop(key, None)
+        if found is not None:
+            kept[key] = found  # the most recently used last
+            return found
     try:
         loaded = load_model(RepositoryContent(ctx, name), Descriptor(record.media_type, record.digest, record.size))
     except OrmbError:
-        return model
+        return None
+    described = _Description(_describe(loaded), loaded.manifest, loaded.is_modelpack,
+                             tuple(loaded.files()[:LISTING_CAP]) if not loaded.is_modelpack else ())
+    with _DESCRIBED_LOCK:
+        kept[key] = described
+        while len(kept) > DESCRIBED_KEPT:
+            del kept[next(iter(kept))]
+    return described
+
+
+@dataclass(frozen=True)
+class _Description:
+    """What the model page shows of a manifest and its config (fields, capped tables), and what
+    :class:`ModelFiles` reads of them: kept, so a later view does not read the config again."""
+
+    fields: dict[str, Any]
+    manifest: Manifest
+    is_modelpack: bool
+    listed: tuple[tuple[str, int | None], ...]  # an ormb config's own file list (directoryStructure), capped
+
+    def files(self) -> list[tuple[str, int | None]]:
+        return list(self.listed)
+
+
+DESCRIBED_KEPT = 16  # model descriptions kept per worker and store, the most recently viewed
+_DESCRIBED: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], _Description]] = weakref.WeakKeyDictionary()
+_DESCRIBED_LOCK = threading.Lock()
+
+
+def _describe(loaded: LoadedModel) -> dict[str, Any]:
+    """The model page's fields and tables of a model (each table up to PER_PAGE rows)."""
     meta = loaded.metadata
+    model: dict[str, Any] = {"fields": []}
     model.update(kind="modelpack" if loaded.is_modelpack else "ormb", config_type=loaded.manifest.config.media_type,
                  artifact_kind=modelpack.artifact_kind(loaded.manifest))
-    model.update(_signatures(ctx, name, record, loaded.manifest))
     block = meta.modelpack
     for label, value in (("Title", block and block.title), ("Name", block and block.name),
                          ("Version", block and block.version), ("Format", meta.format), ("Framework", meta.framework),
@@ -223,20 +291,16 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
             text = str(value)
             model["fields"].append((label, text, text if label in LINKED_FIELDS and _web_address(text) else None))
     if meta.signature:
-        model["inputs"] = [t.model_dump(by_alias=True) for t in meta.signature.inputs or []]
-        model["outputs"] = [t.model_dump(by_alias=True) for t in meta.signature.outputs or []]
-    model["metrics"] = [(stage, m.name, m.value) for stage, items in (meta.metrics or {}).items() for m in items]
-    model["hyper_parameters"] = [(h.name, h.value) for h in meta.hyper_parameters or []]
-    files = ModelFiles(ctx, name, loaded)
-    model.update(files=files.files[start:start + PER_PAGE], more=len(files.files) > start + PER_PAGE,
-                 listing_capped=files.capped, licence=files.document_path(LICENCE_NAMES))
-    card = files.card()
-    file_url = "/file?" + urllib.parse.urlencode({"name": name, "ref": record.digest}) + "&path="
-    if card is not None:
-        model["card"] = {"path": card.path, "html": render_card(card.text, card.path, file_url), "cut": card.cut,
-                         "url": file_url + urllib.parse.quote(card.path, safe="/")}
-    if model["licence"]:
-        model["licence_url"] = file_url + urllib.parse.quote(model["licence"], safe="/")
+        inputs, outputs = meta.signature.inputs or [], meta.signature.outputs or []
+        model["inputs"] = [t.model_dump(by_alias=True) for t in inputs[:PER_PAGE]]
+        model["outputs"] = [t.model_dump(by_alias=True) for t in outputs[:PER_PAGE - len(model["inputs"])]]
+        model["signature_left_out"] = len(inputs) + len(outputs) - len(model["inputs"]) - len(model["outputs"])
+    metrics = [(stage, m) for stage, items in (meta.metrics or {}).items() for m in items]
+    model["metrics"] = [(stage, m.name, m.value) for stage, m in metrics[:PER_PAGE]]
+    model["metrics_left_out"] = len(metrics) - len(model["metrics"])
+    hyper_parameters = meta.hyper_parameters or []
+    model["hyper_parameters"] = [(h.name, h.value) for h in hyper_parameters[:PER_PAGE]]
+    model["hyper_parameters_left_out"] = len(hyper_parameters) - len(model["hyper_parameters"])
     return model
 
 

@@ -146,7 +146,8 @@ def build_app(options: ServeOptions) -> tuple[Any, Any]:
     store = Store(options.root)
     access = AccessControl(users=users, rules=rules, anonymous_pull=options.anonymous_pull, secret=store.secret,
                            token_lifetime=options.token_lifetime, revocations=store.token_generations)
-    guard = BrowserGuard.for_address(parse_addr(options.addr)[0], options.public_hosts, open_registry=users is None)
+    guard = BrowserGuard.for_address(parse_addr(options.addr)[0], options.public_hosts,
+                                     open_registry=access.anonymous_may_act)
     return create_app(store, access, auth_scheme=options.auth_scheme, ui=options.ui, guard=guard,
                       sparse=options.sparse_manifests, names=registry_names(options), trusted_keys=options.trusted(),
                       file_records=store.root / "signed-files"), store

@@ -112,6 +112,9 @@ class MetadataStore(Protocol):
                              documents: dict[str, bytes] | None = None) -> None:
         """Remember a tar layer's listing, and the start of the documents read with it (the catalog's)."""
 
+    def remember_layer_listings(self, listings: list[tuple[str, list[tuple[str, int]], dict[str, bytes]]]) -> None:
+        """:meth:`remember_layer_files` for several layers (digest, files, documents), in one transaction."""
+
     def layer_document(self, digest: str, path: str) -> bytes | None:
         """What :meth:`remember_layer_files` kept of the member ``path`` of the layer ``digest``."""
 

@@ -452,10 +452,16 @@ class Store:
 
     def remember_layer_files(self, digest: str, files: list[tuple[str, int]],
                              documents: dict[str, bytes] | None = None) -> None:
-        with self.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO layer_files VALUES (?, ?, ?)", [(digest, p, s) for p, s in files])
-            db.executemany("INSERT OR REPLACE INTO layer_documents VALUES (?, ?, ?)",
-                           [(digest, p, data) for p, data in (documents or {}).items()])
+        self.remember_layer_listings([(digest, files, documents or {})])
+
+    def remember_layer_listings(self, listings: list[tuple[str, list[tuple[str, int]], dict[str, bytes]]]) -> None:
+        if not listings:
+            return
+        with self.transaction() as db:  # one commit (and fsync) for all the layers a page read
+            for digest, files, documents in listings:
+                db.executemany("INSERT OR IGNORE INTO layer_files VALUES (?, ?, ?)", [(digest, p, s) for p, s in files])
+                db.executemany("INSERT OR REPLACE INTO layer_documents VALUES (?, ?, ?)",
+                               [(digest, p, data) for p, data in documents.items()])
 
     def layer_document(self, digest: str, path: str) -> bytes | None:
         row = self.db.execute("SELECT data FROM layer_documents WHERE digest = ? AND path = ?", (digest, path)).fetchone()
