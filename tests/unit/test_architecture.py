@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "server": {"server", "oci", "errors", "model", "content", "units"},
     "serving": {"serving", "cache", "config", "errors", "model", "oci", "progress", "registry"},
     "api": {"_version", "cache", "config", "content", "errors", "model", "oci", "progress", "registry", "transfer"},
-    "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving", "units"},
+    "cli": {"_version", "cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving", "units"},
     "__main__": {"cli"},
     "__init__": {"_version", "api", "config", "errors", "model", "oci", "registry"},
 }

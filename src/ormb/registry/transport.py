@@ -12,7 +12,6 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import urllib3
@@ -24,25 +23,12 @@ from ormb._version import __version__
 from ormb.errors import NetworkError, OrmbError, RegistryError
 from ormb.oci.grammar import is_decimal
 from ormb.oci.reference import is_loopback_host
+from ormb.registry.options import TransportOptions as TransportOptions  # where it lived before
 
 USER_AGENT = f"ormb/{__version__}"
 Body: TypeAlias = "bytes | Iterable[bytes] | None"
 BodyFactory: TypeAlias = "Callable[[], Body]"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-@dataclass(frozen=True)
-class TransportOptions:
-    """How to reach registries.  ``plain_http=None`` means: plain HTTP for loopback only."""
-
-    plain_http: bool | None = None
-    insecure: bool = False
-    ca_file: str | None = None
-    retries: int = 4
-    backoff: float = 0.5
-    connect_timeout: float = 10.0
-    read_timeout: float = 120.0
-    chunk_size: int | None = None  # chunked uploads of this size for every blob
-    chunked_above: int | None = 4 << 30  # blobs larger than this are uploaded in chunks (None: never)
-    concurrency: int = 4
 
 
 def scheme_for(host: str, options: TransportOptions) -> str:
