@@ -52,21 +52,10 @@ def ensure_cache(scratch: Path, count: int = MODELS) -> Path:
     return home
 
 
-def bytecode_env(scratch: Path, **extra: str) -> dict[str, str]:
-    """The environment start-up is measured in: compiled bytecode cached (in ``scratch/pycache``, for every
-    module of every command alike), as an installed package has it.  Without this, a shell that sets
-    ``PYTHONDONTWRITEBYTECODE`` (as this project's sessions do) makes every run compile ormb's own modules
-    from source, while click's come precompiled from pip: 30-40 ms of the phase-1 baseline were that."""
-    env = clean_env(**extra)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(scratch / "pycache")
-    return env
-
-
 def measure(scratch: Path, runs: int, models: int = MODELS) -> dict[str, Any]:
     home = ensure_cache(scratch, models)
     python, ormb = sys.executable, str(BIN / "ormb")
-    env = bytecode_env(scratch, ORMB_HOME=str(home), ORMB_NO_PROGRESS="1")
+    env = clean_env(ORMB_HOME=str(home), ORMB_NO_PROGRESS="1")
     commands = {
         "python -c pass": [python, "-c", "pass"],
         "python -c 'import click'": [python, "-c", "import click"],
@@ -85,18 +74,18 @@ def measure(scratch: Path, runs: int, models: int = MODELS) -> dict[str, Any]:
             timings[label]["wall_s"].append(m.wall_s)
             timings[label]["user_s"].append(m.user_s)
             timings[label]["sys_s"].append(m.sys_s)
-    return {"models": models, "timings": timings, "importtime": importtime(scratch, runs=min(runs, 5))}
+    return {"models": models, "timings": timings, "importtime": importtime(runs=min(runs, 5))}
 
 
 LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
-def importtime(scratch: Path, runs: int) -> list[dict[str, Any]]:
+def importtime(runs: int) -> list[dict[str, Any]]:
     """``python -X importtime -c 'import ormb.cli.main'``: per module the median over ``runs``, heaviest first."""
     seen: dict[str, dict[str, Any]] = {}
     for _ in range(runs):
         result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import ormb.cli.main"],
-                                capture_output=True, text=True, check=True, env=bytecode_env(scratch))
+                                capture_output=True, text=True, check=True, env=clean_env())
         for match in LINE.finditer(result.stderr):
             row = seen.setdefault(match[4], {"module": match[4], "depth": (len(match[3]) - 1) // 2,
                                              "self": [], "cumulative": []})
