@@ -314,7 +314,7 @@ class RemoteRepository:
             start = rewind.tell() if rewind is not None else 0
             sent = False
 
-            def body() -> Iterator[bytes]:
+            def body() -> Iterator[bytes | FileRegion]:
                 nonlocal sent
                 if rewind is not None:
                     rewind.seek(start)
@@ -385,7 +385,7 @@ class RemoteRepository:
             body: BodyFactory
             if seekable:  # stream the chunk from the file: memory stays flat whatever the chunk size
 
-                def body(start: int = offset, count: int = length) -> Iterator[bytes]:
+                def body(start: int = offset, count: int = length) -> Iterator[bytes | FileRegion]:
                     assert rewind is not None
                     rewind.seek(base + start)
                     return self._chunks(content, count)

@@ -205,8 +205,9 @@ class Transport:
         attempt = 0
         while True:
             try:
-                response = self.pool.request(
-                    method, url, headers=headers, body=body() if body else None, preload_content=False,
+                response = self.pool.request(  # a FileRegion piece reaches our connections' send() as it is
+                    method, url, headers=headers, body=body() if body else None,  # type: ignore[arg-type]
+                    preload_content=False,
                     redirect=False, retries=False,
                 )
             except OrmbError:  # the body factory's own (local content that ended early, a stream sent twice)
