@@ -69,18 +69,23 @@ class _IngestWriter:
         self._file = file
         self._path = path
         self._writer = writer
-        self._hasher = hashlib.sha256()
+        self._hasher = BackgroundHasher(hashlib.sha256())  # hashing overlaps reading (and the caller's work)
         self.size = 0
         self.committed: Descriptor | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._hasher.update(data)
+        chunk = bytes(data)  # one copy (none for bytes): the caller may reuse its buffer; both threads read this
+        self._hasher.update(chunk)
         try:
-            self._writer.write(data)  # copies: the caller may reuse its buffer
+            self._writer.write(chunk)
         except OSError as exc:
             raise storage_error("write into the cache", self._path, exc) from None
         self.size += len(data)
         return len(data)
+
+    def close(self) -> None:
+        """Stop the hashing thread (committed or not)."""
+        self._hasher.close()
 
     def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
         with disk_errors("write into the cache", self._path):
@@ -153,7 +158,7 @@ class OCILayout:
         with self.ingest_file() as (file, path):
             size = 0
             try:
-                with BackgroundWriter(file) as writer:
+                with BackgroundWriter(file, writeback=True) as writer:
                     while chunk := content.read(CHUNK):
                         hasher.update(chunk)
                         try:
@@ -185,8 +190,12 @@ class OCILayout:
 
     @contextmanager
     def ingest(self) -> Iterator[_IngestWriter]:
-        with self.ingest_file() as (file, path), BackgroundWriter(file) as writer:
-            yield _IngestWriter(self, file, path, writer)
+        with self.ingest_file() as (file, path), BackgroundWriter(file, writeback=True) as writer:
+            ingest = _IngestWriter(self, file, path, writer)
+            try:
+                yield ingest
+            finally:
+                ingest.close()
 
     def _install(self, file: BinaryIO, path: Path, desc: Descriptor) -> None:
         target = self.blob_path(desc.digest)
