@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, BinaryIO
 
 from ormb.content.atomic import install_file, staged_file
 from ormb.content.background import BackgroundHasher, BackgroundWriter
+from ormb.content.filecopy import WRITE_ERRORS, CopyEnded, KernelCopy
 from ormb.content.locking import file_lock
 from ormb.content.target import Readable
 from ormb.errors import IntegrityError, InvalidArtifactError, NotFoundError, OrmbError, StorageError
@@ -179,6 +181,64 @@ class OCILayout:
                     f"expected {desc.size} bytes"
                 )
             self._install(file, path, desc)
+
+    def ingest_copy(self, source: BinaryIO, size: int, media_type: str, annotations: dict[str, str] | None = None,
+                    *, name: str, advance: Callable[[int], None] | None = None) -> Descriptor:
+        """Store the ``size`` bytes of the regular file ``source`` as a blob, copied by the kernel (a reflink
+        where the file system can, else ``copy_file_range``: see :mod:`ormb.content.filecopy`) while this
+        thread hashes the copy as it grows.  The digest is of the bytes stored, whatever happens to
+        ``source`` meanwhile; a source that is not ``size`` bytes (it changed while being saved) is a
+        :class:`StorageError` naming ``name``, and nothing is stored.  ``advance`` is told of each piece."""
+        if isinstance(size, bool) or size < 0:
+            raise ValueError(f"bad size {size!r}")
+        changed = StorageError(f"{name} changed size while it was being saved", "save again once the file is complete")
+        with self.ingest_file() as (file, path):
+            src, dst = source.fileno(), file.fileno()
+            copy = KernelCopy(src, dst, size)
+            hasher = hashlib.sha256()
+            buffer = bytearray(CHUNK)
+            view = memoryview(buffer)
+            offset = 0
+            try:
+                while offset < size:
+                    try:
+                        ready = copy.ready(offset)
+                    except CopyEnded:
+                        raise changed from None
+                    except OSError as exc:
+                        raise self._copy_error(exc, name, path) from None
+                    while offset < ready:
+                        with disk_errors("read back a blob written into the cache", path):
+                            n = os.preadv(dst, [view[: min(CHUNK, ready - offset)]], offset)
+                        if n <= 0:
+                            raise StorageError(f"cannot read back {path}: it ended early")
+                        hasher.update(view[:n])
+                        offset += n
+                        if advance is not None:
+                            advance(n)
+            except BaseException:
+                copy.cancel()
+                raise
+            try:
+                copy.join()
+            except OSError as exc:
+                raise self._copy_error(exc, name, path) from None
+            try:
+                longer = os.fstat(src).st_size != size or bool(os.pread(src, 1, size))
+            except OSError as exc:
+                raise StorageError(f"cannot read {name}: {exc.strerror}") from None
+            if longer:
+                raise changed
+            desc = Descriptor(media_type, f"sha256:{hasher.hexdigest()}", size, annotations or {})
+            self._install(file, path, desc)
+            return desc
+
+    @staticmethod
+    def _copy_error(exc: OSError, name: str, path: Path) -> StorageError:
+        """A failed kernel copy: the cache's fault (full, read-only) or the source's."""
+        if exc.errno in WRITE_ERRORS:
+            return storage_error("write into the cache", path, exc)
+        return StorageError(f"cannot read {name}: {exc.strerror or exc}")
 
     @contextmanager
     def ingest_file(self) -> Iterator[tuple[BinaryIO, Path]]:

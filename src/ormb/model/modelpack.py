@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ormb.content.target import Fetcher, Pusher, push_bytes
+from ormb.content.target import Fetcher, FileIngester, Pusher, push_bytes
 from ormb.content.writer import open_blob_writer
 from ormb.errors import InvalidArtifactError, UnsafeArchiveError
 from ormb.model import classify as kinds
@@ -46,7 +46,7 @@ from ormb.model.ormbfile import (
     metadata_from_config,
     rfc3339,
 )
-from ormb.model.packing import PackedModel, stream_file
+from ormb.model.packing import PackedModel, copy_file, stream_file
 from ormb.model.staging import Parts, StagingTree
 from ormb.model.tarstream import write_tar
 from ormb.model.unpack import extract_tar, write_raw
@@ -208,6 +208,8 @@ def _pack_file(item: _Planned, names: Names, target: Pusher, progress: ProgressL
                    ANNOTATION_TITLE: str(entry.relative)}
     if item.kind.guessed and names.untested:
         annotations[names.untested] = "true"
+    if item.packing == "raw" and isinstance(target, FileIngester):  # the cache: copied by the kernel, hashed from the copy
+        return copy_file(entry, target, names.layer(item.kind.kind, item.packing), annotations, progress, "pack")
     with open_blob_writer(target) as writer:
         if item.packing == "tar":
             write_tar([entry], writer, prefix="", progress=progress, task="pack")
