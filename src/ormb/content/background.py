@@ -135,3 +135,48 @@ class BackgroundHasher:
             self._queue.put(_DONE)
             self._thread.join()
             self._finished = True
+
+
+class FileDigest:
+    """The digest of the first ``size`` bytes of the open file ``fd``, computed in a thread while the caller does
+    something else with the file (the kernel copies it: see :mod:`ormb.model.unpack`).  The file is read with
+    ``pread`` into one reused buffer; ``fd`` must stay open until :meth:`result` or :meth:`stop` returned."""
+
+    def __init__(self, fd: int, size: int, algorithm: str, chunk: int = 1 << 20) -> None:
+        import hashlib
+
+        self._fd, self._size, self._chunk = fd, size, chunk
+        self._hasher = hashlib.new(algorithm)
+        self._name = algorithm
+        self._read = 0
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ormb-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import os
+
+        buffer = bytearray(self._chunk)
+        view = memoryview(buffer)
+        try:
+            while self._read < self._size and not self._stop:
+                n = os.preadv(self._fd, [view[: min(self._chunk, self._size - self._read)]], self._read)
+                if n <= 0:
+                    return
+                self._hasher.update(view[:n])
+                self._read += n
+        except BaseException as exc:
+            self._error = exc
+
+    def result(self) -> tuple[int, str]:
+        """(bytes read, ``algorithm:hex``) once the thread is done; its read error, if any."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._read, f"{self._name}:{self._hasher.hexdigest()}"
+
+    def stop(self) -> None:
+        """Stop early (the caller failed) and wait for the thread."""
+        self._stop = True
+        self._thread.join()

@@ -74,6 +74,35 @@ def copy_range(source: int, dest: int, offset: int, count: int) -> int:
     return done
 
 
+def copy_out(source: int, offset: int, dest: int, count: int) -> int:
+    """Append ``count`` bytes at ``offset`` of ``source`` to ``dest`` at its file position (which moves on):
+    copy_file_range, else sendfile (file to file, another file system too), else pread/write.  Returns what
+    was copied, less than ``count`` only when the source ends first."""
+    done = 0
+    method = 0  # 0: copy_file_range, 1: sendfile, 2: by hand
+    while done < count:
+        want = min(count - done, STEP)
+        try:
+            if method == 0:
+                n = os.copy_file_range(source, dest, want, offset + done)
+            elif method == 1:
+                n = os.sendfile(dest, source, offset + done, want)
+            else:
+                data = os.pread(source, min(want, _FALLBACK_CHUNK), offset + done)
+                n = os.write(dest, data) if data else 0
+                if data and n != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            if method < 2 and exc.errno in _UNSUPPORTED:
+                method += 1
+                continue
+            raise
+        if n == 0:
+            break
+        done += n
+    return done
+
+
 class KernelCopy:
     """Copies ``size`` bytes of ``source`` into the empty file ``dest`` (both from offset 0) in a thread:
     a reflink when the file system allows, else :func:`copy_range` in ``STEP`` pieces, starting each

@@ -50,7 +50,7 @@ def export_model(
             layer = ormbformat.model_layer(manifest)
             with source.fetch(layer) as blob:
                 paths = extract_tar(blob, layer, tree, base=base, prefix="model/", strip_prefix=strip_prefix,
-                                    progress=progress)
+                                    progress=progress, local=local_copy(layer) if local_copy else None)
         if metadata is not None:
             tree.write_metadata((FILENAME,), metadata.to_yaml().encode("utf-8"))
         tree.check_links()

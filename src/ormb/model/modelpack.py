@@ -417,19 +417,19 @@ def write_files(
     progress: ProgressListener | None = None,
 ) -> list[str]:
     """Write the layers of a per-file artifact into ``tree`` below ``base`` (see :mod:`ormb.model.staging`),
-    verifying each and charging ``tree.budget``; ``local_copy`` names a verified local file of a blob to
-    clone instead of copying.  Two layers that write one path are refused, whichever kind they are."""
+    verifying each and charging ``tree.budget``; ``local_copy`` names the cache's (trusted) copy of a blob to
+    copy from by the kernel instead of streaming and hashing it.  Two layers that write one path are refused, whichever kind they are."""
     written: list[str] = []
     for item in files:
         with source.fetch(item.descriptor) as blob:
             if item.packing.startswith("raw") and item.path is not None:
                 compression = item.packing.partition("+")[2] or None
-                clone_from = local_copy(item.descriptor) if local_copy and not compression else None
+                clone_from = local_copy(item.descriptor) if local_copy else None
                 write_raw(blob, item.descriptor, tree, base + item.path.parts, clone_from=clone_from,
                           compression=compression, mode=item.mode, progress=progress)
                 written.append(str(item.path))
             else:
                 compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
                 written += extract_tar(blob, item.descriptor, tree, base=base, compression=compression,
-                                       progress=progress)
+                                       progress=progress, local=local_copy(item.descriptor) if local_copy else None)
     return list(dict.fromkeys(written))

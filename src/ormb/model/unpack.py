@@ -22,28 +22,26 @@ Bounds, whatever a layer holds:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, NoReturn
+from typing import IO, NoReturn
 
-import zstandard
-from isal import igzip
-
-from ormb.content.background import BackgroundHasher, BackgroundWriter, write_sliced
+from ormb.content.background import BackgroundHasher, BackgroundWriter, FileDigest, write_sliced
+from ormb.content.filecopy import WRITE_ERRORS, clone, copy_out
 from ormb.content.target import Readable
 from ormb.errors import IntegrityError, OrmbError, StorageError, UnsafeArchiveError
 from ormb.model.budget import ExpansionBudget
+from ormb.model.payload import LayerError, PayloadView, local, payload_pieces, streamed
 from ormb.model.staging import Parts, StagingTree
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import NoProgress, ProgressListener
 from ormb.units import human_size
 
 CHUNK = 1 << 20
-TAR_BUFFER = 64 << 10  # tarfile's stream buffer: it copies what is left of it on every header read
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 MAX_HEADER = 1 << 20  # extended header data (PAX, GNU long names) before one entry, in all
@@ -58,22 +56,7 @@ class _LayerError(Exception):
     """Whatever the tar reader or a decompressor raised on the layer's bytes (``__cause__``)."""
 
 
-class _Reader:
-    """``readinto`` and ``readable`` over ``read``, for the decompressors that ask for them."""
-
-    def read(self, n: int = -1) -> bytes:
-        raise NotImplementedError
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-
-class _HashingReader(_Reader):
+class _HashingReader:
     """Reads at most the declared size of ``raw``, hashing and counting every byte, reporting progress,
     and crediting the budget (for layers whose unpacked bytes are charged)."""
 
@@ -115,26 +98,6 @@ class _HashingReader(_Reader):
             raise IntegrityError(f"{what} has more bytes than the {self._desc.size} its manifest declares")
         if self.size != self._desc.size or self.digest() != self._desc.digest:
             raise IntegrityError(f"{what} does not match: read {self.size} bytes with digest {self.digest()}")
-
-
-class _Bounded:
-    """The decompressed stream of a layer, charged to the budget as it is read (headers and padding
-    included); a failure of the decompressor is the layer's (:class:`_LayerError`)."""
-
-    def __init__(self, raw: Any, budget: ExpansionBudget) -> None:
-        self._raw, self._budget = raw, budget
-        self.total = 0
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            data: bytes = self._raw.read(n)
-        except OrmbError:
-            raise
-        except Exception as exc:
-            raise _LayerError() from exc
-        self.total += len(data)
-        self._budget.stream(self.total)
-        return data
 
 
 def _refuse_sparse(*_args: object) -> NoReturn:
@@ -229,14 +192,6 @@ def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath
     return relative
 
 
-def _decompressed(reader: Any, compression: str | None) -> Any:
-    if compression == "gzip":
-        return igzip.IGzipFile(fileobj=reader, mode="rb")  # type: ignore[no-untyped-call]
-    if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
-    return reader
-
-
 def _layer_name(desc: Descriptor, path: str | None = None) -> str:
     return f"layer {desc.digest[:19]}" + (f" ({path})" if path else "")
 
@@ -251,9 +206,15 @@ def extract_tar(
     strip_prefix: bool = False,
     compression: str | None = "gzip",
     progress: ProgressListener | None = None,
+    local: Path | None = None,
 ) -> list[str]:
     """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest;
     the bytes it unpacks to are charged to ``tree.budget``.
+
+    ``local`` is the cache's copy of the blob: the file contents of a stored-gzip (ormb's) or plain layer are
+    copied from it by the kernel (:class:`ormb.model.payload.Region`) instead of passing through Python, while a
+    thread checks its digest; nothing moves out of the staging tree unless it matches.  Without it (or when it
+    is missing or not the declared size) ``blob`` streams and is hashed as it is read.
 
     Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.
     """
@@ -262,14 +223,23 @@ def extract_tar(
     budget = tree.budget
     budget.start_layer(_layer_name(desc))
     tree.begin_layer(replaceable=True)
+    fd = _open_local(local, desc.size) if local is not None else None
+    if fd is not None:
+        try:
+            paths = _extract_local(fd, desc, tree, base, prefix, strip_prefix, compression, progress)
+        finally:
+            os.close(fd)
+        progress.finish(desc.digest)
+        return paths
     reader = _HashingReader(blob, desc, progress, desc.digest, budget)
     try:
         try:
-            paths = _extract_all(_Bounded(_decompressed(reader, compression), budget), tree, base, prefix,
-                                 strip_prefix, desc, reader)
+            view = PayloadView(payload_pieces(streamed(reader.read), compression), budget)
+            paths = _extract_all(view, tree, base, prefix, strip_prefix, desc, lambda: reader.size)
+            view.drain()  # past the tar's end marker to the gzip trailer: its CRC-32 and length are checked
             reader.drain()
-        except _LayerError as wrapped:
-            cause = wrapped.__cause__
+        except (_LayerError, LayerError) as wrapped:
+            cause = wrapped.__cause__ or wrapped
             reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
             if reader.digest() != desc.digest:
                 raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
@@ -284,11 +254,71 @@ def extract_tar(
     return paths
 
 
+def _open_local(path: Path, size: int) -> int | None:
+    """The cache's copy of a blob opened for reading, if it is there and ``size`` bytes; else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size == size:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _extract_local(fd: int, desc: Descriptor, tree: StagingTree, base: Parts, prefix: str, strip: bool,
+                   compression: str | None, progress: ProgressListener) -> list[str]:
+    """:func:`extract_tar` from the cache's copy ``fd``: file contents copied by the kernel, the blob's digest
+    computed meanwhile in a thread (:class:`~ormb.content.background.FileDigest`) and checked at the end."""
+    budget = tree.budget
+
+    def consumed(n: int) -> None:
+        budget.read(n)
+        progress.advance(desc.digest, n)
+
+    source = local(fd, desc.size, consumed)
+    digest = FileDigest(fd, desc.size, desc.digest.partition(":")[0])
+    try:
+        try:
+            view = PayloadView(payload_pieces(source, compression), budget)
+            paths = _extract_all(view, tree, base, prefix, strip, desc, lambda: source.offset)
+            view.drain()  # to the end: the gzip structure (block lengths, trailers) is checked whole
+            if not source.at_end():
+                raise LayerError("the layer holds bytes after its stream's end")
+        except (_LayerError, LayerError) as wrapped:
+            cause = wrapped.__cause__ or wrapped
+            _check_local(digest, desc, "")  # a damaged copy shows as a malformed layer: say which it is
+            if isinstance(cause, RecursionError):
+                raise UnsafeArchiveError(f"layer {desc.digest} nests tar headers too deeply; refusing") from None
+            raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: "
+                                     f"{type(cause).__name__}: {cause}") from None
+        _check_local(digest, desc, "")
+    finally:
+        digest.stop()
+    return paths
+
+
+def _check_local(digest: FileDigest, desc: Descriptor, shown: str) -> None:
+    """The cache's copy read by ``digest`` is the blob ``desc`` names; else an :class:`IntegrityError`."""
+    try:
+        size, actual = digest.result()
+    except OSError as exc:
+        raise StorageError(f"cannot read the cache's copy of {desc.digest}: {exc.strerror}") from None
+    if size != desc.size or actual != desc.digest:
+        where = f" ({shown})" if shown else ""
+        raise IntegrityError(f"layer {desc.digest}{where} does not match its digest: the cache's copy reads as "
+                             f"{actual}", "the cache is damaged: remove the model ('ormb rm'), run 'ormb prune', "
+                             "then pull or save it again")
+
+
 def _next(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     """The next entry; tarfile's list of the entries read so far is emptied (it would keep them all)."""
     try:
         member = tar.next()
-    except (OrmbError, _LayerError):
+    except (OrmbError, _LayerError, LayerError):
         raise
     except Exception as exc:
         raise _LayerError() from exc
@@ -296,39 +326,28 @@ def _next(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     return member
 
 
-class _Entry(_Reader):
-    """A regular entry's bytes; whatever the tar reader raises is the layer's fault."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self._raw.read(n)
-        except (OrmbError, _LayerError):
-            raise
-        except Exception as exc:
-            raise _LayerError() from exc
-
-
-def _open_tar(source: _Bounded) -> tarfile.TarFile:
+def _open_tar(source: PayloadView) -> tarfile.TarFile:
+    """tarfile over the layer's unpacked bytes, reading headers only (file contents go by :meth:`PayloadView.copy_to`):
+    it only moves forward, as in stream mode, without stream mode's buffer that is copied on every header."""
     try:
-        return tarfile.open(fileobj=source, mode="r|", bufsize=TAR_BUFFER, tarinfo=_CheckedTarInfo)  # type: ignore[call-overload,no-any-return]
-    except (OrmbError, _LayerError):
+        return tarfile.TarFile(fileobj=source, mode="r", tarinfo=_CheckedTarInfo)  # type: ignore[arg-type]
+    except (OrmbError, _LayerError, LayerError):
         raise
     except Exception as exc:
         raise _LayerError() from exc
 
 
-def _extract_all(source: _Bounded, tree: StagingTree, base: Parts, prefix: str, strip: bool,
-                 desc: Descriptor, reader: _HashingReader) -> list[str]:
+def _extract_all(source: PayloadView, tree: StagingTree, base: Parts, prefix: str, strip: bool,
+                 desc: Descriptor, raw_read: Callable[[], int]) -> list[str]:
+    """Every entry of the tar in ``source`` into ``tree``; ``raw_read()`` says how many bytes of the layer
+    were read so far (what the budget may still grow by is bounded by the rest)."""
     inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
     paths: dict[str, None] = {}
     budget = tree.budget
     with _open_tar(source) as tar:
         while (member := _next(tar)) is not None:
             budget.entry(member.name)
-            budget.ahead(tar.offset, desc.size - reader.size, member.name)
+            budget.ahead(tar.offset, desc.size - raw_read(), member.name)
             relative = _safe_relative(member.name, prefix, strip)
             if relative is None:
                 continue
@@ -339,10 +358,8 @@ def _extract_all(source: _Bounded, tree: StagingTree, base: Parts, prefix: str, 
             if member.isreg():
                 if member.issparse():
                     raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
-                extracted = tar.extractfile(member)
-                assert extracted is not None
                 fd = tree.create_file(parts)
-                made = _write_to(fd, tree.show(parts), _Entry(extracted), (member.mode & 0o755) | 0o600)
+                made = _write_entry(fd, tree.show(parts), source, member.size, (member.mode & 0o755) | 0o600)
                 inodes.add((made.st_dev, made.st_ino))
             elif member.issym():
                 tree.symlink(parts, member.linkname)
@@ -383,15 +400,36 @@ def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.sta
     return made
 
 
+def _write_entry(fd: int, shown: str, source: PayloadView, size: int | None, mode: int | None) -> os.stat_result:
+    """Write ``size`` bytes of ``source`` (all that are left when None) into the new file ``fd`` and close it;
+    a layer that ends first is a :class:`LayerError`, write errors (the disk's) StorageError naming ``shown``."""
+    def disk(exc: OSError) -> StorageError:
+        return StorageError(f"cannot write {shown}: {exc.strerror}")
+
+    try:
+        written = source.copy_to(fd, size, disk)
+        if size is not None and written != size:
+            raise LayerError(f"the layer ends inside {shown}")
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            return os.fstat(fd)
+        except OSError as exc:
+            raise disk(exc) from None
+    finally:
+        os.close(fd)
+
+
 def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
               clone_from: Path | None = None, compression: str | None = None,
               mode: int | None = None, progress: ProgressListener | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
-    ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
-    (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
-    ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, charged
-    to the budget like a tar layer.  ``mode``: the file's permission bits (the file metadata's).  A path
+    ``clone_from`` is the cache's copy of the blob: where the file system can (btrfs, XFS), the file is a
+    reflink clone of it and costs no extra disk (its blocks were verified when they entered the cache);
+    elsewhere the kernel copies it (copy_file_range) while a thread checks its digest.  Without it (or when it is missing or not
+    the declared size) ``blob`` streams and is hashed.  ``compression`` (gzip, zstd: KitOps'
+    ``raw+gzip``/``raw+zstd``) is undone after hashing, charged to the budget like a tar layer.  ``mode``: the file's permission bits (the file metadata's).  A path
     that already exists (another layer's) is refused.
     """
     progress = progress or NoProgress()
@@ -402,7 +440,36 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
     tree.begin_layer(replaceable=False)
     budget.entry(shown)
     fd = tree.create_file(parts)
-    if clone_from is not None and compression is None and _clone(clone_from, fd, desc.size):
+    local_fd = _open_local(clone_from, desc.size) if clone_from is not None else None
+    if local_fd is not None and compression is not None:  # KitOps raw+gzip/zstd from the cache: unpacked from it
+        try:
+            def consumed(n: int) -> None:
+                budget.read(n)
+                progress.advance(desc.digest, n)
+
+            source = local(local_fd, desc.size, consumed)
+            digest = FileDigest(local_fd, desc.size, desc.digest.partition(":")[0])
+            try:
+                _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(source, compression), budget), None, mode)
+                if not source.at_end():
+                    raise LayerError("bytes after the stream's end")
+            except LayerError as wrapped:
+                cause = wrapped.__cause__ or wrapped
+                _check_local(digest, desc, shown)
+                raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
+                                         f"{type(cause).__name__}: {cause}") from None
+            _check_local(digest, desc, shown)
+        finally:
+            digest.stop()
+            os.close(local_fd)
+        progress.finish(desc.digest)
+        return
+    try:
+        copied = local_fd is not None and _copy_local(local_fd, fd, desc, tree.show(parts))
+    except BaseException:
+        os.close(fd)
+        raise
+    if copied:
         try:
             if mode is not None:
                 os.fchmod(fd, mode)
@@ -419,12 +486,13 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
             _write_to(fd, tree.show(parts), reader, mode)
         else:
             try:
-                _write_to(fd, tree.show(parts), _Bounded(_decompressed(reader, compression), budget), mode)
-            except _LayerError as wrapped:
+                _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(streamed(reader.read), compression),
+                                                               budget), None, mode)
+            except LayerError as wrapped:
                 reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
                 if reader.digest() != desc.digest:
                     raise IntegrityError(f"layer {desc.digest} ({shown}) does not match its digest") from None
-                cause = wrapped.__cause__
+                cause = wrapped.__cause__ or wrapped
                 raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
                                          f"{type(cause).__name__}: {cause}") from None
         reader.verify(blob, f"layer {desc.digest} ({shown})")
@@ -433,24 +501,36 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
     progress.finish(desc.digest)
 
 
-FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-
-
-def _clone(source: Path, fd: int, size: int) -> bool:
-    """Make the new, empty file ``fd`` a clone of ``source`` sharing its blocks.  False where the file
-    system cannot, or where ``source`` is not ``size`` bytes: the caller then copies and verifies."""
+def _copy_local(source: int, fd: int, desc: Descriptor, shown: str) -> bool:
+    """Make the new, empty file ``fd`` the cache's copy ``source`` (its size checked by the caller): a reflink
+    clone sharing its blocks where the file system can (btrfs, XFS; the blocks were verified when they entered
+    the cache), else a kernel copy (:func:`ormb.content.filecopy.copy_out`) while a thread checks the copy's
+    digest.  False when the kernel copy fails short of a full disk: the caller then streams the blob.
+    ``source`` is closed."""
     try:
-        with open(source, "rb") as src:
-            if os.fstat(src.fileno()).st_size != size:
-                return False
-            fcntl.ioctl(fd, FICLONE, src.fileno())
-        return True
-    except OSError:
+        if clone(source, fd):
+            return True
+        digest = FileDigest(source, desc.size, desc.digest.partition(":")[0])
         try:
-            os.ftruncate(fd, 0)  # whatever a failed clone left
+            try:
+                copied = copy_out(source, 0, fd, desc.size)
+            except OSError as exc:
+                if exc.errno in WRITE_ERRORS:
+                    raise StorageError(f"cannot write {shown}: {exc.strerror}") from None
+                copied = -1
+            if copied == desc.size:
+                _check_local(digest, desc, shown)
+                return True
+        finally:
+            digest.stop()
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
         except OSError:
             pass
         return False
+    finally:
+        os.close(source)
 
 
 def _copy(source: Readable, out: IO[bytes], shown: str) -> None:
