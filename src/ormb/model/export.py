@@ -33,19 +33,22 @@ def export_model(
     local_copy: Callable[[Descriptor], Path] | None = None,
     max_expand: int | None = None,
     progress: ProgressListener | None = None,
+    concurrency: int = 2,
 ) -> tuple[str, ...]:
     """Write the model of ``manifest`` (blobs from ``source``) into ``dest``, all or nothing.
 
     The files go below ``dest/subdirectory`` (the ormb format's under ``model/`` unless ``strip_prefix``);
     ``metadata``, if given, becomes ``dest/ormbfile.yaml`` (a layer that writes that path is refused).
     ``files`` narrows a ModelPack model to some of its layers.  ``max_expand`` bounds what the layers may
-    unpack to, in all (see :mod:`ormb.model.budget`).  Returns the files' paths below ``dest/subdirectory``.
+    unpack to, in all (see :mod:`ormb.model.budget`).  ``concurrency``: ModelPack weight layers written at
+    once (see :func:`ormb.model.modelpack.write_files`).  Returns the files' paths below ``dest/subdirectory``.
     """
     base = (subdirectory,) if subdirectory else ()
     with staged_directory(dest, ExpansionBudget(max_expand)) as tree:
         if modelpack.is_modelpack(manifest):
             chosen = modelpack.layer_files(manifest) if files is None else files
-            paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy, progress=progress)
+            paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy, progress=progress,
+                                          concurrency=concurrency)
         else:
             layer = ormbformat.model_layer(manifest)
             with source.fetch(layer) as blob:

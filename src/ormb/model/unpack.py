@@ -27,6 +27,7 @@ import os
 import re
 import tarfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import IO, NoReturn
 
@@ -420,18 +421,131 @@ def _write_entry(fd: int, shown: str, source: PayloadView, size: int | None, mod
         os.close(fd)
 
 
-def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
-              clone_from: Path | None = None, compression: str | None = None,
+def write_raw(blob: Readable | Callable[[], AbstractContextManager[Readable]], desc: Descriptor, tree: StagingTree,
+              parts: Parts, *, clone_from: Path | None = None, compression: str | None = None,
               mode: int | None = None, progress: ProgressListener | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is the cache's copy of the blob: where the file system can (btrfs, XFS), the file is a
     reflink clone of it and costs no extra disk (its blocks were verified when they entered the cache);
-    elsewhere the kernel copies it (copy_file_range) while a thread checks its digest.  Without it (or when it is missing or not
-    the declared size) ``blob`` streams and is hashed.  ``compression`` (gzip, zstd: KitOps'
-    ``raw+gzip``/``raw+zstd``) is undone after hashing, charged to the budget like a tar layer.  ``mode``: the file's permission bits (the file metadata's).  A path
-    that already exists (another layer's) is refused.
+    elsewhere the kernel copies it (copy_file_range) while a thread checks its digest.  Without it (or
+    when it is missing or not the declared size) ``blob`` streams and is hashed; ``blob`` may be a function
+    that opens it, called only then.  ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is
+    undone after hashing, charged to the budget like a tar layer.  ``mode``: the file's permission bits (the
+    file metadata's).  A path that already exists (another layer's) is refused.
+
+    Two steps, so that several raw layers can be written at once (:func:`prepare_raw` in the tree's order,
+    then the returned job's ``run`` in threads): only uncompressed layers, whose bytes the budget does not
+    count, may run at the same time.
     """
+    prepare_raw(blob, desc, tree, parts, clone_from=clone_from, compression=compression, mode=mode,
+                progress=progress).run()
+
+
+class RawJob:
+    """The bytes of one raw layer into the file :func:`prepare_raw` made (see :func:`write_raw`)."""
+
+    def __init__(self, blob: Readable | Callable[[], AbstractContextManager[Readable]], desc: Descriptor,
+                 tree: StagingTree, parts: Parts, fd: int, clone_from: Path | None, compression: str | None,
+                 mode: int | None, progress: ProgressListener) -> None:
+        self._blob, self.desc, self._tree, self._parts, self._fd = blob, desc, tree, parts, fd
+        self._clone_from, self.compression, self._mode, self._progress = clone_from, compression, mode, progress
+
+    def _open(self) -> AbstractContextManager[Readable]:
+        return self._blob() if callable(self._blob) else nullcontext(self._blob)
+
+    def close(self) -> None:
+        """The job will not run (another failed first): close its file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def run(self) -> None:
+        desc, tree, parts, progress, compression, mode = (self.desc, self._tree, self._parts, self._progress,
+                                                          self.compression, self._mode)
+        fd, self._fd = self._fd, -1
+        budget = tree.budget
+        shown = "/".join(parts)
+        local_fd = _open_local(self._clone_from, desc.size) if self._clone_from is not None else None
+        if local_fd is not None and compression is not None:  # KitOps raw+gzip/zstd from the cache
+            def consumed(n: int) -> None:
+                budget.read(n)
+                progress.advance(desc.digest, n)
+
+            source = local(local_fd, desc.size, consumed)
+            digest = FileDigest(local_fd, desc.size, desc.digest.partition(":")[0])
+            try:
+                try:
+                    _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(source, compression), budget), None,
+                                 mode)
+                    if not source.at_end():
+                        raise LayerError("bytes after the stream's end")
+                except LayerError as wrapped:
+                    cause = wrapped.__cause__ or wrapped
+                    _check_local(digest, desc, shown)
+                    raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
+                                             f"{type(cause).__name__}: {cause}") from None
+                _check_local(digest, desc, shown)
+            finally:
+                digest.stop()
+                os.close(local_fd)
+            progress.finish(desc.digest)
+            return
+        try:
+            copied = local_fd is not None and _copy_local(local_fd, fd, desc, tree.show(parts))
+        except BaseException:
+            os.close(fd)
+            raise
+        if copied:
+            try:
+                if mode is not None:
+                    os.fchmod(fd, mode)
+            except OSError as exc:
+                raise StorageError(f"cannot write {tree.show(parts)}: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+            progress.advance(desc.digest, desc.size)
+            progress.finish(desc.digest)
+            return
+        handed = False  # once _stream has the file, it closes it
+        try:
+            with self._open() as blob:
+                handed = True
+                self._stream(blob, fd, shown)
+        except BaseException:
+            if not handed:
+                os.close(fd)
+            raise
+        progress.finish(desc.digest)
+
+    def _stream(self, blob: Readable, fd: int, shown: str) -> None:
+        desc, tree, parts, compression = self.desc, self._tree, self._parts, self.compression
+        budget = tree.budget
+        reader = _HashingReader(blob, desc, self._progress, desc.digest, budget if compression else None)
+        try:
+            if compression is None:
+                _write_to(fd, tree.show(parts), reader, self._mode)
+            else:
+                try:
+                    _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(streamed(reader.read), compression),
+                                                                   budget), None, self._mode)
+                except LayerError as wrapped:
+                    reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
+                    if reader.digest() != desc.digest:
+                        raise IntegrityError(f"layer {desc.digest} ({shown}) does not match its digest") from None
+                    cause = wrapped.__cause__ or wrapped
+                    raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
+                                             f"{type(cause).__name__}: {cause}") from None
+            reader.verify(blob, f"layer {desc.digest} ({shown})")
+        finally:
+            reader.close()
+
+
+def prepare_raw(blob: Readable | Callable[[], AbstractContextManager[Readable]], desc: Descriptor, tree: StagingTree,
+                parts: Parts, *, clone_from: Path | None = None, compression: str | None = None,
+                mode: int | None = None, progress: ProgressListener | None = None) -> RawJob:
+    """The first step of :func:`write_raw`: account for the layer and make its (empty) file, in the tree's
+    order; the job that writes the bytes is returned."""
     progress = progress or NoProgress()
     shown = "/".join(parts)
     progress.start(desc.digest, shown, desc.size)
@@ -440,65 +554,7 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
     tree.begin_layer(replaceable=False)
     budget.entry(shown)
     fd = tree.create_file(parts)
-    local_fd = _open_local(clone_from, desc.size) if clone_from is not None else None
-    if local_fd is not None and compression is not None:  # KitOps raw+gzip/zstd from the cache: unpacked from it
-        try:
-            def consumed(n: int) -> None:
-                budget.read(n)
-                progress.advance(desc.digest, n)
-
-            source = local(local_fd, desc.size, consumed)
-            digest = FileDigest(local_fd, desc.size, desc.digest.partition(":")[0])
-            try:
-                _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(source, compression), budget), None, mode)
-                if not source.at_end():
-                    raise LayerError("bytes after the stream's end")
-            except LayerError as wrapped:
-                cause = wrapped.__cause__ or wrapped
-                _check_local(digest, desc, shown)
-                raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
-                                         f"{type(cause).__name__}: {cause}") from None
-            _check_local(digest, desc, shown)
-        finally:
-            digest.stop()
-            os.close(local_fd)
-        progress.finish(desc.digest)
-        return
-    try:
-        copied = local_fd is not None and _copy_local(local_fd, fd, desc, tree.show(parts))
-    except BaseException:
-        os.close(fd)
-        raise
-    if copied:
-        try:
-            if mode is not None:
-                os.fchmod(fd, mode)
-        except OSError as exc:
-            raise StorageError(f"cannot write {tree.show(parts)}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        progress.advance(desc.digest, desc.size)
-        progress.finish(desc.digest)
-        return
-    reader = _HashingReader(blob, desc, progress, desc.digest, budget if compression else None)
-    try:
-        if compression is None:
-            _write_to(fd, tree.show(parts), reader, mode)
-        else:
-            try:
-                _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(streamed(reader.read), compression),
-                                                               budget), None, mode)
-            except LayerError as wrapped:
-                reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
-                if reader.digest() != desc.digest:
-                    raise IntegrityError(f"layer {desc.digest} ({shown}) does not match its digest") from None
-                cause = wrapped.__cause__ or wrapped
-                raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
-                                         f"{type(cause).__name__}: {cause}") from None
-        reader.verify(blob, f"layer {desc.digest} ({shown})")
-    finally:
-        reader.close()
-    progress.finish(desc.digest)
+    return RawJob(blob, desc, tree, parts, fd, clone_from, compression, mode, progress)
 
 
 def _copy_local(source: int, fd: int, desc: Descriptor, shown: str) -> bool:

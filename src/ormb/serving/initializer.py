@@ -90,5 +90,5 @@ def pull_and_export(
     dest = Path(destination)
     paths = export_model(remote, model.manifest, dest, metadata=model.metadata if metadata else None,
                          subdirectory="1" if layout == "triton" else "", strip_prefix=layout != "none",
-                         max_expand=max_expand, progress=progress)
+                         max_expand=max_expand, progress=progress, concurrency=registry.options.concurrency)
     return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format)
