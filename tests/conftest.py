@@ -37,6 +37,8 @@ def ormb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "ormb-home"
     monkeypatch.setenv("ORMB_HOME", str(home))
     monkeypatch.delenv("ORMB_REGISTRY", raising=False)
+    for name in ("ORMB_VERIFY_KEY", "ORMB_TRUST_DIR", "ORMB_KEY_PASSWORD"):  # signing settings of the user's shell
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ORMB_NO_PROGRESS", "1")
     return home
 

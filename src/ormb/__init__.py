@@ -7,6 +7,8 @@ The public API, hand-picked::
     ormb.push("localhost:5000/team/fashion:v1")
     ormb.pull("localhost:5000/team/fashion:v1")
     ormb.export("localhost:5000/team/fashion:v1", "/models/fashion")
+    ormb.sign("localhost:5000/team/fashion:v1", "team.pem")          # then push carries the signature
+    ormb.pull("localhost:5000/team/fashion:v1", verify_key="team.pub")
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ormb.errors import (
     IntegrityError,
     InvalidArtifactError,
     InvalidReferenceError,
+    KeyFileError,
     MetadataError,
     ModelFormatError,
     NetworkError,
@@ -29,17 +32,22 @@ from ormb.errors import (
     StorageError,
     UnsafeArchiveError,
     UsageError,
+    VerificationError,
 )
 
 if TYPE_CHECKING:  # what type checkers (and the architecture test) see; at run time each name is imported on use
     from ormb.api import (
         ExportResult,
+        KeyResult,
         ModelDetails,
         ModelSummary,
         PruneResult,
         SaveResult,
+        SignResult,
         TransferResult,
+        VerifyResult,
         export,
+        generate_key,
         init,
         inspect,
         inspect_remote,
@@ -51,8 +59,10 @@ if TYPE_CHECKING:  # what type checkers (and the architecture test) see; at run 
         push,
         remove,
         save,
+        sign,
         tag,
         tags,
+        verify,
         version,
     )
     from ormb.config import Settings, load_settings
@@ -63,19 +73,22 @@ if TYPE_CHECKING:  # what type checkers (and the architecture test) see; at run 
 
 __all__ = [
     "AuthenticationError", "Credential", "ExportResult", "IntegrityError", "InvalidArtifactError",
-    "InvalidReferenceError", "Metadata", "MetadataError", "ModelDetails", "ModelFormatError", "ModelSummary",
-    "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError", "PruneResult", "Reference",
-    "RegistryError", "SaveResult", "Settings", "StorageError", "TransferResult", "TransportOptions",
-    "UnsafeArchiveError", "UsageError", "__version__", "export", "init", "inspect", "inspect_remote", "load_settings", "login", "logout",
-    "models", "parse_reference", "prune", "pull", "push", "remove", "save", "tag", "tags", "version",
+    "InvalidReferenceError", "KeyFileError", "KeyResult", "Metadata", "MetadataError", "ModelDetails",
+    "ModelFormatError", "ModelSummary", "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError",
+    "PruneResult", "Reference", "RegistryError", "SaveResult", "Settings", "SignResult", "StorageError",
+    "TransferResult", "TransportOptions", "UnsafeArchiveError", "UsageError", "VerificationError", "VerifyResult",
+    "__version__", "export", "generate_key", "init", "inspect", "inspect_remote", "load_settings", "login",
+    "logout", "models", "parse_reference", "prune", "pull", "push", "remove", "save", "sign", "tag", "tags",
+    "verify", "version",
 ]
 
 # name -> the module it comes from, imported on first use (PEP 562): `import ormb` and the CLI's start-up
 # do not pay for pydantic, urllib3 and the packers until something needs them (the errors are light: above)
 _LAZY = {
-    **dict.fromkeys(["ExportResult", "ModelDetails", "ModelSummary", "PruneResult", "SaveResult", "TransferResult",
-                     "export", "init", "inspect", "inspect_remote", "login", "logout", "models", "prune", "pull",
-                     "push", "remove", "save", "tag", "tags", "version"], "ormb.api"),
+    **dict.fromkeys(["ExportResult", "KeyResult", "ModelDetails", "ModelSummary", "PruneResult", "SaveResult",
+                     "SignResult", "TransferResult", "VerifyResult", "export", "generate_key", "init", "inspect",
+                     "inspect_remote", "login", "logout", "models", "prune", "pull", "push", "remove", "save", "sign",
+                     "tag", "tags", "verify", "version"], "ormb.api"),
     **dict.fromkeys(["Settings", "load_settings"], "ormb.config"),
     "Metadata": "ormb.model.ormbfile",
     "Reference": "ormb.oci.reference",

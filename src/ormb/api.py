@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,23 +18,26 @@ from ormb.cache import (
     blob_size,
     cache_entries,
     cache_key,
+    collectable,
     iter_references,
     load_model,
     open_cache,
     reachable,
-    reachable_blobs,
 )
 from ormb.config import Settings, load_settings
 from ormb.content.layout import OCILayout
-from ormb.content.target import Target, fetch_bytes
+from ormb.content.target import Fetcher, Target, fetch_bytes, push_bytes
 from ormb.errors import (
     AuthenticationError,
+    InvalidArtifactError,
     InvalidReferenceError,
+    KeyFileError,
     ModelFormatError,
     NotFoundError,
     OrmbError,
     StorageError,
     UsageError,
+    VerificationError,
 )
 from ormb.model import modelpack, ormbformat
 from ormb.model.export import export_model
@@ -41,16 +46,38 @@ from ormb.model.formats import guess_format, validate_format
 from ormb.model.ormbfile import FILENAME, Metadata, as_utc, load_metadata, parse_metadata_dict
 from ormb.model.packing import PackedModel
 from ormb.model.signature import FRAMEWORK_HINTS, read_signature
+from ormb.model.unpack import FileHashes
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor, Manifest
-from ormb.oci.grammar import is_host, is_tag
+from ormb.oci.descriptor import Descriptor, Manifest, layers_size
+from ormb.oci.grammar import MAX_METADATA_BLOB, MAX_SIGNATURES, is_host, is_tag
+from ormb.oci.graph import Node, parse_node
 from ormb.oci.reference import USERINFO_REFUSED, Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
 from ormb.registry.credentials import Credential, CredentialStore
 from ormb.registry.remote import RemoteRepository
 from ormb.registry.transport import TransportOptions
-from ormb.transfer import CopyStats, copy
+from ormb.signing import (
+    FileRecords,
+    PublicKey,
+    check_listed,
+    check_model,
+    export_ignore_paths,
+    generate_key_pair,
+    is_signature,
+    load_private_key,
+    manifest_hashes,
+    model_files,
+    sign_files,
+    signature_artifact,
+    signed_files,
+    trusted_keys,
+    trusted_signatures,
+    verify_manifest,
+)
+from ormb.signing.bundle import compare_files, read_unverified
+from ormb.signing.verify import Verified, first_bundle
+from ormb.transfer import CopyStats, copy, copy_referrers
 
 
 def _ref(reference: str | Reference, settings: Settings, *, need_tag: bool = False) -> Reference:
@@ -187,9 +214,11 @@ def save(
                 listing, metadata_, cache, name=ref.repository.rsplit("/", 1)[-1], names=names, progress=progress)
         else:
             packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
+        if packed.files is not None:  # computed while packing: 'ormb sign' will not read the layer again
+            file_records(settings).put(packed.layers[0], ORMB_PREFIX, packed.files)
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
-        ref, packed.manifest.digest, sum(d.size for d in packed.layers), format_name, guessed,
+        ref, packed.manifest.digest, layers_size(packed.layers), format_name, guessed,
         len(listing.files), listing.skipped, prepared.signature_filled, prepared.notes, listing.hidden, chosen,
     )
 
@@ -218,6 +247,7 @@ class ExportResult:
     digest: str
     directory: Path
     files: tuple[str, ...]
+    verified_by: str = ""  # the fingerprint of the key whose signature the files matched (when verifying)
 
 
 def export(
@@ -227,6 +257,9 @@ def export(
     metadata: bool = True,
     include: tuple[str, ...] = (),
     max_expand: int | None = None,
+    verify_key: KeyPaths | None = None,
+    trust_dir: str | Path | None = None,
+    signature_file: str | Path | None = None,
     settings: Settings | None = None,
     progress: ProgressListener | None = None,
 ) -> ExportResult:
@@ -235,9 +268,19 @@ def export(
 
     Nothing outside ``directory`` is touched whatever the layers hold (docs/security.md); the layers
     together may unpack to at most ``max_expand`` bytes (default: 20 times the compressed bytes read of
-    them, at least 1 GiB; see :mod:`ormb.model.budget`)."""
+    them, at least 1 GiB; see :mod:`ormb.model.budget`).
+
+    With ``verify_key`` (public key files) or ``trust_dir`` (default: ``$ORMB_VERIFY_KEY``,
+    ``$ORMB_TRUST_DIR``), a model that is unsigned, signed by another key or whose files differ from
+    the signed ones is refused (:class:`VerificationError`) and nothing is written: the files are
+    compared with the signature from the manifest where it says them (ModelPack), and every file
+    written is hashed and compared before anything moves into ``directory``.
+
+    ``signature_file``: also write the model's signature there (the one that verified, else the
+    first), for ``model_signing verify key --signature FILE`` on the exported files."""
     settings = settings or load_settings()
     ref = _ref(reference, settings)
+    keys = _verification_keys(verify_key, trust_dir, settings)
     cache = open_cache(settings)
     model = load_model(cache, cache.resolve(cache_key(ref)), ref=ref)
     dest = Path(directory)
@@ -247,9 +290,43 @@ def export(
     elif include:
         raise UsageError(f"{ref} is one tar layer (ormb format): --include needs a ModelPack artifact",
                          "export it without --include, or save it with --format modelpack to export files selectively")
+    check = None
+    verified: Verified | None = None
+    bundle = b""
+    if keys is not None:
+        signatures = trusted_signatures(cache, model.manifest_desc, keys, what=str(ref))
+        check_listed(signatures, model.manifest, what=str(ref))
+        complete = not include
+
+        def check(hashes: FileHashes) -> None:
+            nonlocal verified
+            verified = check_model(signatures, hashes, what=str(ref), complete=complete)
+    elif signature_file is not None:
+        bundle = first_bundle(cache, model.manifest_desc, what=str(ref))
     paths = export_model(cache, model.manifest, dest, metadata=model.metadata if metadata else None, files=files,
-                         local_copy=lambda d: cache.blob_path(d.digest), max_expand=max_expand, progress=progress)
-    return ExportResult(ref, model.manifest_desc.digest, dest, paths)
+                         local_copy=lambda d: cache.blob_path(d.digest), max_expand=max_expand, progress=progress,
+                         check=check)
+    if verified is not None:
+        bundle = verified.signature.bundle
+    if signature_file is not None:
+        _write_file(Path(signature_file), bundle)
+    return ExportResult(ref, model.manifest_desc.digest, dest, paths, verified.fingerprint if verified else "")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, whole or not at all (a temporary file beside it, then renamed over it)."""
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
+                                    suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.chmod(name, 0o644)
+            os.replace(name, path)
+        finally:
+            Path(name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _matches(patterns: tuple[str, ...], path: str) -> bool:
@@ -425,7 +502,9 @@ def prune(*, settings: Settings | None = None) -> PruneResult:
     cache = open_cache(settings)
     removed = freed = 0
     with cache.collecting():
-        keep = reachable_blobs(cache)
+        keep, orphans = collectable(cache)
+        cache.drop_roots(orphans)  # signatures of models that are gone
+        file_records(settings).forget_all_but(keep)
         for digest in list(cache.blob_digests()):
             if digest not in keep:
                 freed += blob_size(cache, digest)
@@ -510,13 +589,18 @@ class TransferResult:
     updated: bool  # for pull: the cache's tag now points somewhere new
     mounted: tuple[str, ...] = ()  # digests mounted from another repository of the registry, not sent
     left_out: tuple[str, ...] = ()  # digests a partial pull did not fetch
+    signatures: tuple[str, ...] = ()  # digests of the signature referrers that came along
+    verified_by: str = ""  # pull with a verify key: the fingerprint of the key whose signature matched
+    notes: tuple[str, ...] = ()  # what the user may want to know (e.g. why no signature came along)
 
 
-def _result(ref: Reference, stats: CopyStats, updated: bool) -> TransferResult:
+def _result(ref: Reference, stats: CopyStats, updated: bool, signatures: list[Descriptor] | None = None,
+            verified_by: str = "", notes: tuple[str, ...] = ()) -> TransferResult:
     return TransferResult(
         ref, stats.root.digest, stats.layers, stats.layer_bytes,
         tuple(d.digest for d in stats.copied), stats.copied_bytes, tuple(d.digest for d in stats.skipped), updated,
         tuple(d.digest for d in stats.mounted), tuple(d.digest for d in stats.left_out),
+        tuple(d.digest for d in signatures or ()), verified_by, notes,
     )
 
 
@@ -529,9 +613,13 @@ def push(reference: str | Reference, *, settings: Settings | None = None, option
     _resolve_cached(cache, ref, pushing=True)
     remote = _remote(ref, settings, options, pushing=True)
     concurrency = (options or TransportOptions()).concurrency
+    mount_from = _mount_sources(cache, ref, settings)
     stats = copy(cache, cache_key(ref), remote, ref.tag or "", concurrency=concurrency, progress=progress,
-                 mount_from=_mount_sources(cache, ref, settings))
-    return _result(ref, stats, True)
+                 mount_from=mount_from)
+    # the model's referrers (signatures) follow it: by the referrers API, or the fallback tag sha256-<hex>
+    carried = copy_referrers(cache, remote, stats.root.digest, concurrency=concurrency, progress=progress,
+                             mount_from=mount_from)
+    return _result(ref, stats, True, carried)
 
 
 def _mount_sources(cache: OCILayout, ref: Reference, settings: Settings) -> Callable[[Descriptor], list[str]]:
@@ -560,14 +648,22 @@ def _mount_sources(cache: OCILayout, ref: Reference, settings: Settings) -> Call
     return sources
 
 
-def pull(reference: str | Reference, *, include: tuple[str, ...] = (), settings: Settings | None = None,
+def pull(reference: str | Reference, *, include: tuple[str, ...] = (), verify_key: KeyPaths | None = None,
+         trust_dir: str | Path | None = None, settings: Settings | None = None,
          options: TransportOptions | None = None, progress: ProgressListener | None = None) -> TransferResult:
     """Download a model into the local cache; every byte is verified before it becomes visible.
 
     ``include`` (globs on file paths) fetches only the matching layers of a ModelPack artifact.
+    The model's signatures (OpenSSF model-signing referrers) come along.  With ``verify_key``
+    (public key files) or ``trust_dir`` (default: ``$ORMB_VERIFY_KEY``, ``$ORMB_TRUST_DIR``) a model
+    that is unsigned, signed by another key or whose files differ from the signed ones is refused
+    (:class:`VerificationError`) and no reference is written: a ModelPack model is checked from its
+    manifest before any layer is downloaded; the ormb format's layer is read once it is in the cache,
+    before the reference is written (a refused layer is deleted again).
     """
     settings = settings or load_settings()
     ref = _ref(reference, settings)
+    keys = _verification_keys(verify_key, trust_dir, settings)
     cache = open_cache(settings)
     remote = _remote(ref, settings, options)
     try:
@@ -584,10 +680,63 @@ def pull(reference: str | Reference, *, include: tuple[str, ...] = (), settings:
             path = layer.annotations.get(modelpack.ANNOTATION_FILEPATH) or \
                 layer.annotations.get(modelpack.OLD_ANNOTATION_FILEPATH) or ""
             return _matches(include, path)
-    with cache.writing():  # complete_existing: a manifest in the cache may be a partial pull's, its layers missing
-        stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress,
-                     include=wanted, complete_existing=True)
-    return _result(ref, stats, before != stats.root.digest or bool(stats.copied))
+    root = remote.fetch_reference(ref.version)
+    before_root = None
+    verified = ""
+    if keys is not None:
+        model = load_model(remote, *root, ref=ref)
+        signatures = trusted_signatures(remote, model.manifest_desc, keys, what=str(ref))
+        listed = check_listed(signatures, model.manifest, what=str(ref))
+        verified = listed.fingerprint if listed else ""
+        if listed is None:  # the files are inside layers: compared once the layers are in the cache
+            if include:
+                raise UsageError(f"--include with a verify key needs a model whose files the manifest lists, and {ref} "
+                                 "keeps them in tar layers", "pull it without --include")
+
+            def before_root() -> None:
+                nonlocal verified
+                hashes = model_files(cache, model.manifest, file_records(settings))
+                verified = check_model(signatures, hashes, what=str(ref)).fingerprint
+    try:
+        with cache.writing():  # complete_existing: a manifest in the cache may be a partial pull's, its layers missing
+            stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress,
+                         include=wanted, complete_existing=True, root=root, before_root=before_root)
+    except VerificationError:
+        _forget_unreferenced(cache, root[0], root[1])  # the layers a refused pull brought
+        raise
+    signatures_copied, notes = _pull_signatures(remote, cache, stats.root.digest, concurrency, required=keys is not None)
+    return _result(ref, stats, before != stats.root.digest or bool(stats.copied), signatures_copied, verified, notes)
+
+
+def _pull_signatures(remote: RemoteRepository, cache: OCILayout, subject: str, concurrency: int, *,
+                     required: bool) -> tuple[list[Descriptor], tuple[str, ...]]:
+    """Bring the model's signature referrers into the cache (small: a manifest and a bundle each).
+
+    Without a verify key, a registry that cannot list them does not fail the pull: it is a note.
+    """
+    def is_bundle(desc: Descriptor, node: Node) -> bool:
+        return is_signature(desc) and all(layer.size <= MAX_METADATA_BLOB for layer in node.layers)
+    try:
+        with cache.writing():
+            return copy_referrers(remote, cache, subject, accept=is_bundle, limit=MAX_SIGNATURES,
+                                  concurrency=concurrency), ()
+    except OrmbError as exc:
+        if required:
+            raise
+        return [], (f"the model's signatures did not come along: {exc.message}",)
+
+
+def _forget_unreferenced(cache: OCILayout, manifest_desc: Descriptor, data: bytes) -> None:
+    """Delete the blobs of a refused pull that nothing in the cache references (as prune would)."""
+    try:
+        manifest = parse_node(data, manifest_desc.media_type).to_manifest()
+    except OrmbError:
+        return
+    mine = {manifest.config.digest, *(layer.digest for layer in manifest.layers)}
+    with cache.collecting():
+        keep = collectable(cache)[0]
+        for digest in sorted(mine - keep):
+            cache.delete_blob(digest)
 
 
 def inspect_remote(reference: str | Reference, *, settings: Settings | None = None,
@@ -613,6 +762,196 @@ def iter_tags(repository: str | Reference, *, settings: Settings | None = None,
     ref = repository if isinstance(repository, Reference) else parse_reference(
         repository, settings.default_registry, default_tag=False)
     return _remote(ref, settings, options).tags()
+
+
+# -- signing -----------------------------------------------------------------------------------
+
+KeyPaths = str | Path | tuple[str | Path, ...] | list[str | Path]
+ORMB_PREFIX = "model/"  # what the ormb format's file records are relative to (the signed root)
+
+
+def file_records(settings: Settings) -> FileRecords:
+    """The cache's per-layer file lists (``$ORMB_HOME/cache/.files``): a layer is read at most once."""
+    return FileRecords(settings.cache_dir / ".files")
+
+
+def _key_paths(value: KeyPaths | None) -> tuple[str | Path, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str | Path) else tuple(value)
+
+
+def _verification_keys(verify_key: KeyPaths | None, trust_dir: str | Path | None,
+                       settings: Settings) -> tuple[PublicKey, ...] | None:
+    """The public keys a pull or export must verify with, or None when it need not verify.  The
+    arguments win over ``$ORMB_VERIFY_KEY``/``$ORMB_TRUST_DIR`` (in ``settings``)."""
+    paths = _key_paths(verify_key) or settings.verify_keys
+    directory = trust_dir if trust_dir is not None else settings.trust_dir
+    if not paths and directory is None:
+        return None
+    return trusted_keys(paths, directory)
+
+
+@dataclass(frozen=True)
+class SignResult:
+    reference: Reference
+    digest: str  # the model's manifest
+    signature: str  # the signature referrer's manifest digest
+    fingerprint: str  # the signing key's (SHA-256 of its PEM public key)
+    files: int
+    remote: bool  # stored in the registry (True) or the local cache
+    attached: bool = False  # a signature made elsewhere (model_signing), attached
+
+
+def sign(
+    reference: str | Reference,
+    key: str | Path | None = None,
+    *,
+    password: str | bytes | None = None,
+    attach: str | Path | None = None,
+    remote: bool = False,
+    settings: Settings | None = None,
+    options: TransportOptions | None = None,
+) -> SignResult:
+    """Sign a model with the private key file ``key`` (PEM: ECDSA P-256/P-384/P-521 or Ed25519, optionally
+    encrypted: ``password``, else ``$ORMB_KEY_PASSWORD``), or ``attach`` a signature ``model_signing sign
+    key`` made over the model's directory.
+
+    The signature is an OpenSSF model-signing bundle over every file of the model (paths as export
+    lays them out; for the ormb format, relative to ``model/``), stored as an OCI referrer of the
+    model's manifest: in the local cache (``push`` then carries it), or with ``remote`` directly in
+    the registry.  No weight byte is read for a ModelPack model (its manifest has the digests); the
+    ormb format's file digests were recorded while saving (else its layer is read once).
+    """
+    settings = settings or load_settings()
+    ref = _ref(reference, settings)
+    if (key is None) == (attach is None):
+        raise UsageError("give a private key to sign with, or a signature to attach (not both)",
+                         "ormb sign REF --key KEY.pem, or ormb sign --attach SIG REF")
+    target: Fetcher
+    if remote:
+        repository = _remote(ref, settings, options)
+        desc, data = repository.fetch_reference(ref.version)
+        model = load_model(repository, desc, data, ref=ref)
+        target, records = repository, None
+    else:
+        cache = open_cache(settings)
+        model = load_model(cache, _resolve_cached(cache, ref), ref=ref)
+        target, records = cache, file_records(settings)
+    if not model.is_model:
+        raise InvalidArtifactError(f"{ref} is not a model (its config is {model.manifest.config.media_type})",
+                                   "ormb signs models saved by ormb, ModelPack and KitOps artifacts")
+    files = signed_files(manifest_hashes(target, model.manifest, records))
+    if key is not None:
+        private = load_private_key(key, password)
+        bundle = sign_files(files, private, name=ref.repository.rsplit("/", 1)[-1],
+                            ignore_paths=export_ignore_paths(model.manifest))
+        fingerprint = private.public.fingerprint
+    else:
+        assert attach is not None
+        bundle, fingerprint = _attachable(Path(attach), {f.path: f.sha256 for f in files}, ref)
+    subject = Descriptor(model.manifest.media_type, model.manifest_desc.digest, model.manifest_desc.size)
+    artifact = signature_artifact(subject, bundle)
+    if remote:
+        for blob, content in (artifact.config, artifact.bundle, (artifact.descriptor, artifact.manifest_bytes)):
+            push_bytes(repository, blob, content)  # the manifest last: the fallback index is updated with it
+    else:
+        with cache.writing():
+            for blob, content in (artifact.config, artifact.bundle, (artifact.descriptor, artifact.manifest_bytes)):
+                push_bytes(cache, blob, content)
+            cache.add_root(artifact.descriptor)
+    return SignResult(ref, subject.digest, artifact.descriptor.digest, fingerprint, len(files), remote,
+                      attach is not None)
+
+
+def _attachable(path: Path, files: dict[str, str], ref: Reference) -> tuple[bytes, str]:
+    """A signature file made elsewhere, read and checked against the model's files before it is stored.
+
+    Its signature is not verified here (no public key is given); ``ormb verify`` does that.  What is
+    checked: a key-signed model-signing bundle over exactly these files, so a signature of another
+    directory (or of the directory holding ``ormbfile.yaml`` and ``model/``) is refused now."""
+    try:
+        with open(path, "rb") as handle:
+            bundle = handle.read(MAX_METADATA_BLOB + 1)
+    except OSError as exc:
+        raise StorageError(f"cannot read the signature {path}: {exc.strerror}") from None
+    claimed = read_unverified(bundle)
+    try:
+        compare_files(claimed.files, claimed.ignore_paths, files)
+    except VerificationError as exc:
+        raise VerificationError(f"the signature {path} was not made over {ref}: {exc.message.split(': ', 1)[-1]}",
+                                "sign the directory the model's files are in: for the ormb format its model/, "
+                                "for ModelPack the saved directory (model_signing ... --ignore-paths ormbfile.yaml)"
+                                ) from None
+    return bundle, claimed.key_hint or ""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    reference: Reference
+    digest: str  # the model's manifest
+    fingerprint: str  # of the trusted key whose signature matched
+    key: str  # where that key came from (its file)
+    signature: str  # the signature referrer's digest
+    files: int  # files compared
+    ignored: tuple[str, ...]  # files the signature leaves out (its ignore paths)
+    remote: bool
+
+
+def verify(
+    reference: str | Reference,
+    *,
+    keys: KeyPaths | None = None,
+    trust_dir: str | Path | None = None,
+    remote: bool = False,
+    settings: Settings | None = None,
+    options: TransportOptions | None = None,
+) -> VerifyResult:
+    """Check that a model (in the cache, or with ``remote`` in its registry) carries a signature by one of
+    ``keys`` (public key files) or the keys in ``trust_dir`` whose file list is exactly the model's:
+    same paths, same SHA-256, none missing, none added.  Raises :class:`VerificationError` (exit 4).
+
+    A ModelPack model is compared from its manifest; the ormb format's files from the cache's record
+    of its layer (made while saving or pulling), else by reading the layer once (from the registry
+    with ``remote``: downloaded, not stored)."""
+    settings = settings or load_settings()
+    ref = _ref(reference, settings)
+    public = _verification_keys(keys, trust_dir, settings)
+    if public is None:
+        raise KeyFileError("no public key to verify with",
+                           "give --key KEY.pub or --trust-dir DIR, or set ORMB_VERIFY_KEY or ORMB_TRUST_DIR")
+    if remote:
+        repository = _remote(ref, settings, options)
+        desc, data = repository.fetch_reference(ref.version)
+        model = load_model(repository, desc, data, ref=ref)
+        verified = verify_manifest(repository, model.manifest_desc, model.manifest, public, what=str(ref))
+    else:
+        cache = open_cache(settings)
+        model = load_model(cache, _resolve_cached(cache, ref), ref=ref)
+        verified = verify_manifest(cache, model.manifest_desc, model.manifest, public, what=str(ref),
+                                   records=file_records(settings))
+    return VerifyResult(ref, model.manifest_desc.digest, verified.fingerprint, verified.key_source,
+                        verified.signature.referrer.digest, verified.files, verified.ignored, remote)
+
+
+@dataclass(frozen=True)
+class KeyResult:
+    private_key: Path
+    public_key: Path
+    algorithm: str
+    fingerprint: str
+
+
+def generate_key(private_key: str | Path, public_key: str | Path | None = None, *, algorithm: str = "ecdsa-p256",
+                 password: str | bytes | None = None) -> KeyResult:
+    """Make a signing key pair: ``private_key`` (PKCS#8 PEM, mode 0600, encrypted with ``password`` if
+    given) and ``public_key`` (default: the private key's name with ``.pub``); never over an existing file."""
+    private_path = Path(private_key)
+    public_path = Path(public_key) if public_key is not None else private_path.with_suffix(".pub")
+    if public_path == private_path:
+        raise UsageError(f"the public key would overwrite {private_path}", "name the private key KEY.pem")
+    made = generate_key_pair(private_path, public_path, algorithm, password)
+    return KeyResult(private_path, public_path, made.public.algorithm, made.public.fingerprint)
 
 
 # -- copy between registries and layout directories --------------------------------------------
@@ -672,12 +1011,8 @@ def copy_model(source: str, destination: str, *, referrers: bool = False, settin
     stats = copy(src, src_ref, dst, dst_ref, concurrency=concurrency, progress=progress, mount_from=mount)
     copied_referrers: list[str] = []
     if referrers:
-        assert isinstance(src, RemoteRepository)
-        for referrer in src.referrers(stats.root.digest):
-            extra = copy(src, referrer.digest, dst, referrer.digest, concurrency=concurrency, progress=progress,
-                         mount_from=mount)
-            stats.copied += extra.copied
-            copied_referrers.append(referrer.digest)
+        copied_referrers = [r.digest for r in copy_referrers(src, dst, stats.root.digest, concurrency=concurrency,
+                                                             progress=progress, mount_from=mount)]
     return CopyResult(source, destination, stats.root.digest, tuple(d.digest for d in stats.copied),
                       stats.copied_bytes, tuple(d.digest for d in stats.skipped), tuple(d.digest for d in stats.mounted),
                       tuple(copied_referrers))

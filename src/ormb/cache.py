@@ -4,6 +4,10 @@ Every walk of the cache's graph goes through :mod:`ormb.oci.graph`, as ``copy`` 
 ``prune`` keeps what :func:`reachable_blobs` finds (:func:`ormb.oci.graph.reachable`: copy's
 walk on the safe side; what it cannot parse it keeps, with every digest it mentions), ``models`` and ``inspect`` read a reference with
 :func:`load_model`, which says what is wrong with a reference that is not one model.
+
+Referrers (signatures) are index.json entries without a name whose manifest has a ``subject``:
+``models`` does not list them, and ``prune`` keeps one exactly while its subject is reached from
+another root (a referrer of a referrer likewise); an orphaned referrer goes, entry and blobs.
 """
 
 from __future__ import annotations
@@ -81,14 +85,41 @@ def reachable(cache: OCILayout, roots: list[Descriptor]) -> set[str]:
 
 def reachable_blobs(cache: OCILayout) -> set[str]:
     """Every digest some entry of the cache's index.json reaches: named or not, parseable or not
-    (an entry that is not a valid descriptor keeps every digest written in it)."""
+    (an entry that is not a valid descriptor keeps every digest written in it); a referrer's only
+    while its subject is reached (see the module doc)."""
+    return collectable(cache)[0]
+
+
+def _ref_name(entry: dict[str, object]) -> str | None:
+    annotations = entry.get("annotations")
+    name = annotations.get(mediatypes.ANNOTATION_REF_NAME) if isinstance(annotations, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def collectable(cache: OCILayout) -> tuple[set[str], set[str]]:
+    """(every digest to keep, the referrer entries whose subject is gone: to drop from index.json)."""
+    subjects = {desc.digest: node.subject.digest for desc, node in cache.unnamed_nodes() if node.subject is not None}
     roots: list[Descriptor] = []
+    pending: dict[str, Descriptor] = {}  # unnamed referrers: roots only once their subject is kept
     for entry in cache.entries():
         try:
-            roots.append(Descriptor.from_dict(entry))
+            desc = Descriptor.from_dict(entry)
         except InvalidArtifactError:
             roots.extend(Descriptor("", digest, 0) for digest in digests_mentioned(json.dumps(entry).encode()))
-    return reachable(cache, roots)
+            continue
+        if desc.digest in subjects and _ref_name(entry) is None:
+            pending[desc.digest] = desc
+        else:
+            roots.append(desc)  # a named entry is a root whatever it is (a signature someone tagged, too)
+    keep = reachable(cache, roots)
+    while True:  # a referrer whose subject is kept is kept, with what it reaches, until nothing changes
+        ready = [d for digest, d in pending.items() if subjects[digest] in keep]
+        if not ready:
+            break
+        for desc in ready:
+            del pending[desc.digest]
+        keep |= reachable(cache, ready)
+    return keep, set(pending) - keep
 
 
 def blob_size(cache: OCILayout, digest: str) -> int:

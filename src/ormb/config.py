@@ -9,14 +9,22 @@ from pathlib import Path
 from ormb.errors import StorageError
 
 DEFAULT_REGISTRY = "localhost:5000"
+VERIFY_KEY_ENV = "ORMB_VERIFY_KEY"  # public key file(s), separated by ':', that pull and export require
+TRUST_DIR_ENV = "ORMB_TRUST_DIR"  # a directory of public keys, any of which pull and export accept
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved settings; build one with :func:`load_settings`."""
+    """Resolved settings; build one with :func:`load_settings`.
+
+    ``verify_keys``/``trust_dir`` (from ``$ORMB_VERIFY_KEY``/``$ORMB_TRUST_DIR``): when either is set,
+    pull, export and the storage initializer refuse a model not signed by one of those keys.
+    """
 
     home: Path
     default_registry: str
+    verify_keys: tuple[Path, ...] = ()
+    trust_dir: Path | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -49,4 +57,7 @@ def load_settings(home: Path | None = None) -> Settings:
         if value is not None and not isinstance(value, str):
             raise StorageError(f"'registry' in {config_file} is not a string", "write e.g. 'registry: localhost:5000'")
         registry = value
-    return Settings(home=home, default_registry=registry or DEFAULT_REGISTRY)
+    keys = tuple(Path(p).expanduser() for p in os.environ.get(VERIFY_KEY_ENV, "").split(os.pathsep) if p)
+    trust_dir = os.environ.get(TRUST_DIR_ENV)
+    return Settings(home=home, default_registry=registry or DEFAULT_REGISTRY, verify_keys=keys,
+                    trust_dir=Path(trust_dir).expanduser() if trust_dir else None)

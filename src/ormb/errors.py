@@ -11,6 +11,8 @@
     ├── InvalidArtifactError        (ValueError)   a manifest or config that is not a model ormb can read
     ├── IntegrityError              (ValueError)   content whose digest or size is not what was promised
     ├── UnsafeArchiveError          (ValueError)   a layer that would write outside the export directory
+    ├── VerificationError           (ValueError)   a model whose signature is missing, untrusted, invalid, or not its content
+    ├── KeyFileError                (ValueError)   a signing or public key file ormb cannot use
     ├── StorageError                (OSError)      the local cache or a target directory cannot be used
     ├── AuthenticationError         (PermissionError)  the registry rejected the credentials (401)
     ├── PermissionDeniedError       (PermissionError)  the credentials are valid but not allowed this (403)
@@ -78,6 +80,16 @@ class IntegrityError(OrmbError, ValueError):
 class UnsafeArchiveError(OrmbError, ValueError):
     exit_code = 4
     default_hint = "the model layer is malicious or corrupt; nothing was written"
+
+
+class VerificationError(OrmbError, ValueError):
+    exit_code = 4
+    default_hint = "do not use this model; ask its publisher for a model signed by a key you trust"
+
+
+class KeyFileError(OrmbError, ValueError):
+    exit_code = 2
+    default_hint = "give a PEM key: ECDSA P-256/P-384/P-521 or Ed25519 (openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256)"
 
 
 class StorageError(OrmbError, OSError):

@@ -27,14 +27,16 @@ from ormb.content.target import (
     ReadOnlyTarget,
     ReferenceFetcher,
     ReferencePusher,
+    ReferrerLister,
     Target,
     fetch_bytes,
     rewindable,
 )
 from ormb.errors import InvalidArtifactError
+from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import MAX_GRAPH_DEPTH, MAX_MANIFEST
-from ormb.oci.graph import Node, parse_node
+from ormb.oci.graph import NODE_TYPES, Node, parse_node
 from ormb.progress import NoProgress, ProgressListener
 
 LayerFilter = Callable[[Manifest, Descriptor], bool]
@@ -121,6 +123,7 @@ def copy(
     mount_from: MountSources | None = None,
     complete_existing: bool = False,
     root: tuple[Descriptor, bytes] | None = None,
+    before_root: Callable[[], None] | None = None,
 ) -> CopyStats:
     """Copy what ``src_ref`` names in ``src`` to ``dst`` under ``dst_ref``; return what moved.
 
@@ -129,6 +132,8 @@ def copy(
     (manifest or index) the destination has is not walked again, as in oras-go, unless
     ``complete_existing`` (a destination that may hold partial graphs: the cache after a partial
     pull).  ``root`` is the root manifest and its bytes when the caller has them already.
+    ``before_root`` runs once everything below the root is in ``dst`` and before the root is pushed
+    and named: what it raises leaves no reference (a signature check of files only ``dst`` can read).
     """
     progress = progress or NoProgress()
     root_desc, root_bytes = root if root is not None else resolve_with_bytes(src, src_ref)
@@ -138,6 +143,8 @@ def copy(
     _copy_successors(plan, node, 0)
     # left out: what no manifest of the graph wanted (one manifest's refusal, another's layer, is copied)
     stats.left_out = list({d.digest: d for d in stats.left_out if not plan.moved_as_blob(d)}.values())
+    if before_root is not None:
+        before_root()
     pushed = Descriptor(node.media_type, root_desc.digest, root_desc.size, root_desc.annotations,
                         root_desc.artifact_type)
     if isinstance(dst, ReferencePusher):
@@ -281,3 +288,36 @@ def _done(bucket: list[Descriptor], stats: CopyStats, blob: Descriptor, progress
 def _label(blob: Descriptor, note: str) -> str:
     short = blob.digest.partition(":")[2][:12]
     return f"{short} {note}".rstrip()
+
+
+ReferrerFilter = Callable[[Descriptor, Node], bool]
+
+
+def copy_referrers(src: ReadOnlyTarget, dst: Target, subject: str, *, accept: ReferrerFilter | None = None,
+                   limit: int | None = None, concurrency: int = 4, progress: ProgressListener | None = None,
+                   mount_from: MountSources | None = None) -> list[Descriptor]:
+    """Copy the referrers of the manifest ``subject`` (a digest) from ``src`` to ``dst``, each recorded
+    there by its digest (a registry: pushed by digest, listed by the referrers API or the fallback tag;
+    the cache: an index.json entry without a name).  Returns the referrers copied.
+
+    A referrer is read before it is copied: one whose ``subject`` is not ``subject`` (a registry
+    that lists what it should not) is left out, so is one ``accept`` refuses; at most ``limit``.
+    ``src`` must list referrers (:class:`~ormb.content.target.ReferrerLister`).
+    """
+    if not isinstance(src, ReferrerLister):
+        raise InvalidArtifactError("the source cannot list referrers")
+    copied: list[Descriptor] = []
+    for entry in src.referrers(subject):
+        if limit is not None and len(copied) >= limit:
+            break
+        desc = Descriptor(entry.media_type if entry.media_type in NODE_TYPES else mediatypes.OCI_MANIFEST,
+                          entry.digest, entry.size, entry.annotations, entry.artifact_type)
+        data = fetch_bytes(src, desc, MAX_MANIFEST)
+        node = _parse(desc, data)
+        if node.subject is None or node.subject.digest != subject or (accept is not None and not accept(desc, node)):
+            continue
+        rooted = Descriptor(node.media_type, desc.digest, desc.size, desc.annotations, desc.artifact_type)
+        copy(src, desc.digest, dst, desc.digest, concurrency=concurrency, progress=progress, mount_from=mount_from,
+             root=(rooted, data))
+        copied.append(rooted)
+    return copied

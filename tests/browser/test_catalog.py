@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from model_cards import HOSTILE_CARD, LICENCE
 from registries import USERS, EmbeddedRegistry
 
 from conftest import make_model
@@ -122,7 +125,7 @@ def test_a_person_finds_a_model_reads_its_metadata_and_copies_the_pull_command(c
     files = page.locator("#files").inner_text()
     assert "model/model.onnx" in files and "29.3 KiB" in files and "model/labels.txt" in files
     pull = page.locator("#pull-command").inner_text()
-    assert pull == f"ormb pull {catalog.host}/alice/digits:v1"
+    assert pull == f"ormb pull localhost:{catalog.port}/alice/digits:v1"  # the name the short form means
     page.click("#copy")
     expect(page.locator("#copy")).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == pull
@@ -175,3 +178,81 @@ def test_users_see_only_what_they_may_pull(tmp_path: Path, browser: object) -> N
         registry.stop()
     assert Credential("x", "y")  # the public type is importable by tests of the page too
     shutil.rmtree(tmp_path / "registry", ignore_errors=True)
+
+
+def test_the_copied_pull_command_works_when_pasted_into_a_shell(catalog: EmbeddedRegistry, browser: object,
+                                                               tmp_path: Path) -> None:
+    """Whichever loopback name the browser used, the Copy button copies the name the registry
+    announced, and that command, pasted into a shell, pulls the model under the name its short form
+    means (ORMB_REGISTRY stands for the default localhost:5000: a test may not take port 5000)."""
+    announced = catalog.server.host  # from the "ormb registry listening on" line
+    assert announced == f"localhost:{catalog.port}"
+    copied = set()
+    for origin in (f"http://127.0.0.1:{catalog.port}", f"http://localhost:{catalog.port}"):
+        context = browser.new_context(http_credentials={"username": "alice", "password": USERS["alice"]})  # type: ignore[attr-defined]
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
+        page = context.new_page()
+        page.goto(f"{origin}/model?name=alice/digits&ref=v1")
+        page.click("#copy")
+        expect(page.locator("#copy")).to_have_text("Copied")
+        copied.add(page.evaluate("navigator.clipboard.readText()"))
+        context.close()
+    assert copied == {f"ormb pull {announced}/alice/digits:v1"}
+    pasted = copied.pop()
+    env = {**os.environ, "ORMB_HOME": str(tmp_path / "home"), "ORMB_REGISTRY": announced, "ORMB_NO_PROGRESS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def shell(line: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True, input=stdin,
+                              stdin=None if stdin is not None else subprocess.DEVNULL, timeout=120, cwd=tmp_path)
+
+    login = shell(f"ormb login {announced} -u alice --password-stdin", stdin=USERS["alice"])
+    assert login.returncode == 0, login.stderr
+    pulled = shell(pasted)
+    assert pulled.returncode == 0 and f"Downloaded newer model for {announced}/alice/digits:v1" in pulled.stdout, \
+        (pulled.stdout, pulled.stderr)
+    exported = shell("ormb export alice/digits:v1 -d out")  # the short form names the same model
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "out" / "model" / "model.onnx").stat().st_size == 30_000
+    assert len(shell("ormb models").stdout.splitlines()) == 2  # a header and one model
+
+
+
+
+def test_the_model_card_renders_and_nothing_in_it_runs(tmp_path: Path, browser: object) -> None:
+    registry = EmbeddedRegistry(tmp_path / "registry")  # open: no login
+    try:
+        settings = Settings(home=tmp_path / "home", default_registry=registry.host)
+        src = make_model(tmp_path / "m", {"README.md": HOSTILE_CARD.encode(), "LICENSE": LICENCE.encode(),
+                                          "model.onnx": os.urandom(1000)}, ormbfile="format: ONNX\n")
+        api.save(src, f"{registry.host}/team/card:v1", settings=settings)
+        api.push(f"{registry.host}/team/card:v1", settings=settings)
+        context = browser.new_context(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+        page = context.new_page()
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(f"http://{registry.host}/model?name=team/card&ref=v1")
+        card = page.locator("#model-card")
+        assert card.locator("h1").inner_text() == "Digits classifier"
+        assert card.locator("li").all_inner_texts() == ["fast", "small"]
+        assert card.locator("pre code").inner_text().strip() == 'print("hello")'
+        assert card.locator("table td").all_inner_texts() == ["accuracy", "0.97"]
+        assert "license: mit" not in card.inner_text()  # the front matter is metadata, not text
+        page.click("text=click me")  # plain text now: nothing happens
+        page.click("text=again")
+        assert page.evaluate("typeof window.pwned") == "undefined"
+        assert page.title() == "team/card:v1 · ormb registry"
+        assert page.evaluate("document.querySelectorAll('#model-card script, #model-card img, [onerror]').length") == 0
+        assert page.evaluate("[...document.querySelectorAll('a')].filter(a => !/^(https?:|mailto:)/.test(a.href)"
+                             " && a.hasAttribute('href')).length") == 0
+        assert "<script>" in card.inner_text() and "onerror" in card.inner_text()  # shown as the text it is
+        assert all(url.startswith(f"http://{registry.host}/") for url in requested), requested  # no tracker loaded
+        _shot(page, "catalog-model-card.png")
+        page.click("#licence")
+        assert page.locator("#document").inner_text().startswith("MIT License")
+        page.go_back()
+        page.click("#model-card >> text=licence")  # the card's relative link leads to the same file
+        assert page.locator("h1").inner_text() == "model/LICENSE"
+        context.close()
+    finally:
+        registry.stop()

@@ -98,3 +98,59 @@ def test_modelpack_names_option(tmp_path: Path, ormb_home: Path) -> None:
     assert details["config"]["mediaType"] == "application/vnd.cnai.model.config.v1+json"
     bad = ormb("save", str(src), "team/c:v2", "--modelpack-names", "vnd")
     assert bad.returncode == 2
+
+
+def test_the_registry_announces_the_name_a_reference_without_a_host_means(tmp_path: Path, ormb_home: Path) -> None:
+    """'ormb registry serve' said http://127.0.0.1:5000 while a name without a host means
+    localhost:5000: a model pulled by the announced name was a second model, and exporting it by
+    its short name failed.  The default registry is localhost:5000; a test may not take port 5000
+    (other suites run at once), so ORMB_REGISTRY stands for it on a free port."""
+    from registries import free_port
+
+    port = free_port()
+    env = {"ORMB_REGISTRY": f"localhost:{port}"}
+    server = subprocess.Popen([ORMB, "registry", "serve", "--addr", f"127.0.0.1:{port}", "--root", str(tmp_path / "reg")],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **env})
+    try:
+        lines = _lines_until(server, "model catalog: ")
+        assert lines[0].startswith(f"ormb registry listening on http://localhost:{port} (bound to 127.0.0.1:{port}, "
+                                   "loopback;"), lines
+        assert lines[1].startswith(f"models are named localhost:{port}/NAME:TAG, or NAME:TAG for short"), lines
+        assert lines[2].strip() == f"model catalog: http://localhost:{port}/", lines
+        announced = lines[0].split()[4].partition("://")[2]
+        src = make_model(tmp_path / "fashion", {"model.onnx": os.urandom(2000)}, ormbfile="format: ONNX\n")
+        for args in (("save", str(src), "gaocegege/fashion_model:v1"), ("push", "gaocegege/fashion_model:v1"),
+                     ("remove", "gaocegege/fashion_model:v1"), ("pull", f"{announced}/gaocegege/fashion_model:v1"),
+                     ("export", "gaocegege/fashion_model:v1", "-d", str(tmp_path / "out"))):
+            result = ormb(*args, env=env)
+            assert result.returncode == 0, (args, result.stdout, result.stderr)
+        rows = ormb("models", env=env).stdout.splitlines()[1:]
+        assert len(rows) == 1 and rows[0].startswith(f"localhost:{port}/gaocegege/fashion_model"), rows
+        assert (tmp_path / "out" / "model" / "model.onnx").exists()
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+def _lines_until(process: subprocess.Popen[str], last: str, timeout: float = 60) -> list[str]:
+    """The lines ``process`` writes to stderr up to the one starting with ``last`` (or until it stops
+    writing for ``timeout`` seconds: then the lines so far). Read from the descriptor: a text
+    stream's buffer would hide lines from select()."""
+    import select
+    import time
+
+    assert process.stderr is not None
+    fd = process.stderr.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+            lines = data.decode("utf-8", "replace").splitlines(keepends=True)
+            if any(line.startswith(last) for line in lines):
+                return lines
+    return data.decode("utf-8", "replace").splitlines(keepends=True)

@@ -88,9 +88,10 @@ def at_a_terminal(command: str, cwd: Path, env: dict[str, str], timeout: float =
                 answered = len(output)
         else:
             os.kill(pid, signal.SIGKILL)
+        # reaped before the terminal is closed: closing it first hangs up (SIGHUP) a fast command still exiting
+        _, status = os.waitpid(pid, 0)
     finally:
         os.close(fd)
-    _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), output.decode("utf-8", "replace")
 
 
@@ -182,6 +183,12 @@ def test_every_readme_shell_block_runs_as_written(world: tuple[Path, dict[str, s
     assert (work / "serving" / "fashion" / "model" / "saved_model.pb").is_file()
     assert (work / "models-backup" / "index.json").is_file()
     assert "Removing login credentials for registry.example.com" in text
+    # "Signing models": signed, pushed with its signature, verified on pull, export, the initializer and by
+    # model_signing, then verified by a rotated trust directory
+    assert "(1 signature pushed with it)" in text and text.count("signed by: ") >= 3
+    assert (work / "models" / "fashion" / "1" / "saved_model.pb").is_file()
+    assert "Verification succeeded" in text
+    assert "Verified: registry-b.example.com/team/fashion:v2 is signed by key" in text
 
 
 def test_the_skip_markers_say_why() -> None:

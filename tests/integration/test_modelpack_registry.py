@@ -296,7 +296,7 @@ def test_the_catalog_page_shows_a_modelpack_model(tmp_path: Path) -> None:
         conn.request("GET", "/model?name=catalog/llm&ref=v1")
         page = conn.getresponse().read().decode()
         for expected in ("llm.gguf", "2.9 KiB", "README.md", "Ada", "a tiny llm", "gguf",
-                         "application/vnd.cncf.model.config.v1+json", f"ormb pull {registry.host}/catalog/llm:v1"):
+                         "application/vnd.cncf.model.config.v1+json", f"ormb pull localhost:{registry.port}/catalog/llm:v1", "<h1>llm</h1>"):
             assert expected in page, expected
     finally:
         registry.stop()

@@ -25,10 +25,14 @@ ALLOWED: dict[str, set[str]] = {
     "registry": {"registry", "content", "oci", "errors", "_version"},
     "transfer": {"content", "oci", "errors", "progress"},
     "cache": {"config", "content", "errors", "model", "oci"},
+    # signing sits beside model: it reads model manifests and layers
+    "signing": {"signing", "model", "content", "oci", "errors", "progress"},
     "server": {"server", "oci", "errors", "model", "content", "units"},
-    "serving": {"serving", "cache", "config", "errors", "model", "oci", "progress", "registry"},
-    "api": {"_version", "cache", "config", "content", "errors", "model", "oci", "progress", "registry", "transfer"},
-    "cli": {"_version", "cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving", "units"},
+    "serving": {"serving", "cache", "config", "errors", "model", "oci", "progress", "registry", "signing"},
+    "api": {"_version", "cache", "config", "content", "errors", "model", "oci", "progress", "registry", "signing",
+            "transfer"},
+    "cli": {"_version", "cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving",
+            "signing", "units"},
     "__main__": {"cli"},
     "__init__": {"_version", "api", "config", "errors", "model", "oci", "registry"},
 }
@@ -106,9 +110,26 @@ def test_library_code_never_prints() -> None:
 def test_public_api_is_locked() -> None:
     assert sorted(ormb.__all__) == [
         "AuthenticationError", "Credential", "ExportResult", "IntegrityError", "InvalidArtifactError",
-        "InvalidReferenceError", "Metadata", "MetadataError", "ModelDetails", "ModelFormatError", "ModelSummary",
-        "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError", "PruneResult", "Reference",
-        "RegistryError", "SaveResult", "Settings", "StorageError", "TransferResult", "TransportOptions",
-        "UnsafeArchiveError", "UsageError", "__version__", "export", "init", "inspect", "inspect_remote", "load_settings", "login",
-        "logout", "models", "parse_reference", "prune", "pull", "push", "remove", "save", "tag", "tags", "version",
+        "InvalidReferenceError", "KeyFileError", "KeyResult", "Metadata", "MetadataError", "ModelDetails",
+        "ModelFormatError", "ModelSummary", "NetworkError", "NotFoundError", "OrmbError", "PermissionDeniedError",
+        "PruneResult", "Reference", "RegistryError", "SaveResult", "Settings", "SignResult", "StorageError",
+        "TransferResult", "TransportOptions", "UnsafeArchiveError", "UsageError", "VerificationError",
+        "VerifyResult", "__version__", "export", "generate_key", "init", "inspect", "inspect_remote",
+        "load_settings", "login", "logout", "models", "parse_reference", "prune", "pull", "push", "remove", "save",
+        "sign", "tag", "tags", "verify", "version",
     ]
+
+
+def test_verification_is_a_keyword_of_pull_export_and_the_initializer() -> None:
+    """``verify_key=`` and ``trust_dir=`` are part of the public API (keyword-only, default None: the
+    environment decides)."""
+    import inspect
+
+    from ormb.serving.initializer import pull_and_export
+
+    for function in (ormb.pull, ormb.export, pull_and_export):
+        parameters = inspect.signature(function).parameters
+        for name in ("verify_key", "trust_dir"):
+            assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY and parameters[name].default is None
+    assert list(inspect.signature(ormb.sign).parameters)[:2] == ["reference", "key"]
+    assert "keys" in inspect.signature(ormb.verify).parameters

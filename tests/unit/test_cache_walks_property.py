@@ -2,7 +2,8 @@
 would delete.
 
 Hypothesis builds graphs of manifests, indexes (nested), subjects, broken nodes (truncated or
-mistyped JSON that still names digests), unnamed index.json entries and garbage blobs.  Where a
+mistyped JSON that still names digests), unnamed index.json entries (an unnamed manifest with a
+subject is a referrer, such as a signature: kept while its subject is) and garbage blobs.  Where a
 node is referenced (an index entry, a subject, an index.json entry) its descriptor may say any
 media type: its own, ``application/json``, another node type, or a vendor type copy does not know
 (copy still reads it as a node: review finding F4).  A node's bytes may start with a UTF-8 BOM or
@@ -17,7 +18,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ormb import api
@@ -50,6 +51,10 @@ node_spec = st.tuples(
 @given(layers=st.integers(1, 6), nodes=st.lists(node_spec, min_size=1, max_size=8),
        named=st.lists(st.integers(0, 40), max_size=4), unnamed=st.lists(st.integers(0, 40), max_size=2),
        garbage=st.integers(0, 3))
+# found by this test: a manifest with a subject that is both named and an unnamed entry is a root (a
+# signature someone tagged), not a referrer waiting for its subject
+@example(layers=1, nodes=[("manifest", [], "", False, b""), ("manifest", [], "", False, b""),
+                          ("manifest", [], "", True, b"")], named=[14], unnamed=[14], garbage=0)
 def test_prune_keeps_every_reachable_blob_and_copy_reaches_nothing_else(
         layers: int, nodes: list[tuple[str, list[int], str, bool, bytes]], named: list[int], unnamed: list[int],
         garbage: int) -> None:
@@ -93,9 +98,19 @@ def test_prune_keeps_every_reachable_blob_and_copy_reaches_nothing_else(
             index = json.loads((settings.cache_dir / "index.json").read_text())
             index["manifests"] += [made[u % len(made)].to_dict() for u in unnamed]
             (settings.cache_dir / "index.json").write_text(json.dumps(index))
-        roots = [made[n] for n in names] + [made[u % len(made)] for u in unnamed]
+        roots = [made[n] for n in names]
+        referrers: dict[str, str] = {}  # an unnamed entry whose manifest has a subject: kept while its subject is
+        for u in unnamed:
+            subject = _subject(layout.blob_path(made[u % len(made)].digest).read_bytes())
+            if subject is not None and made[u % len(made)].digest not in {d.digest for d in roots}:
+                referrers[made[u % len(made)].digest] = subject
+            else:
+                roots.append(made[u % len(made)])
 
         expected = _oracle(layout, roots)
+        while ready := [d for d, s in referrers.items() if s in expected and d not in expected]:
+            expected |= _oracle(layout, [Descriptor("", d, 0) for d in ready])
+            referrers = {d: s for d, s in referrers.items() if d not in ready}
         copied: set[str] = set()
         for n in names:
             target = MemoryStore()
@@ -109,6 +124,8 @@ def test_prune_keeps_every_reachable_blob_and_copy_reaches_nothing_else(
         api.prune(settings=settings)
         left = set(layout.blob_digests())
         assert expected <= left, f"prune deleted {sorted(expected - left)}"
+        orphans = set(referrers) - expected
+        assert not orphans & left, "prune kept a referrer whose subject nothing else reaches"
         assert not any(f"garbage {g}".encode() in layout.blob_path(d).read_bytes()
                        for d in left for g in range(garbage)), "garbage was kept"
 
@@ -136,3 +153,13 @@ def _oracle(layout: OCILayout, roots: list[Descriptor]) -> set[str]:
             children = [m.decode() for m in DIGEST.findall(data)]
         stack.extend(children)
     return seen
+
+
+def _subject(data: bytes) -> str | None:
+    """The subject digest of a manifest (a referrer when an unnamed entry names it), else None."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    subject = doc.get("subject") if isinstance(doc, dict) and "config" in doc else None
+    return subject["digest"] if isinstance(subject, dict) else None

@@ -217,7 +217,7 @@ def test_the_catalog_reads_a_huge_listing_only_up_to_its_cap(tmp_path: Path) -> 
     import gzip
     import tarfile
 
-    from ormb.server import pages
+    from ormb.server import model_files, pages
 
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -236,7 +236,7 @@ def test_the_catalog_reads_a_huge_listing_only_up_to_its_cap(tmp_path: Path) -> 
     status, body = c("GET", "/model?name=m/huge&ref=v1")[::2]
     assert status == 200 and body.count(b'<td class="mono">model/f') == pages.PER_PAGE and b'id="more"' in body
     remembered = store.layer_files(manifest["layers"][0]["digest"]) or []
-    assert len(remembered) == pages.LISTING_CAP + 1 and pages.CAPPED in remembered
+    assert len(remembered) == model_files.LISTING_CAP + 1 and model_files.CAPPED in remembered
     last = pages.LISTING_CAP - pages.PER_PAGE
     status, body = c("GET", f"/model?name=m/huge&ref=v1&start={last}")[::2]
     assert status == 200 and b'id="more"' not in body and b'id="listing-capped"' in body

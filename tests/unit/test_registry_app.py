@@ -31,11 +31,11 @@ class WSGIClient:
         self.app, self.auth = app, auth
 
     def __call__(self, method: str, target: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-                 chunked: bool = False) -> tuple[int, dict[str, str], bytes]:
+                 chunked: bool = False, scheme: str = "http") -> tuple[int, dict[str, str], bytes]:
         path, _, query = target.partition("?")
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "5000", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body or b""),
+            "SERVER_PORT": "5000", "wsgi.url_scheme": scheme, "wsgi.input": io.BytesIO(body or b""),
             "REMOTE_ADDR": "127.0.0.1",
         }
         if body is not None and not chunked:
@@ -412,7 +412,7 @@ def test_the_model_page_reads_the_model_as_inspect_does_and_only_from_its_reposi
     from ormb.server.access import AccessControl as Access
     from ormb.server.authz import Authoriser
     from ormb.server.context import Context
-    from ormb.server.pages import RepositoryContent
+    from ormb.server.model_files import RepositoryContent
 
     config = json.dumps({"format": "ONNX", "author": "Ada Lovelace", "signature": {
         "inputs": [{"name": "pixels", "dType": "float32", "size": [-1, 64]}]}}).encode()
@@ -427,7 +427,7 @@ def test_the_model_page_reads_the_model_as_inspect_does_and_only_from_its_reposi
     status, _, body = c("GET", "/model?name=t/page&ref=v1")
     page = body.decode()
     assert status == 200 and "Ada Lovelace" in page and "pixels" in page and "model/weights.bin" in page
-    assert "2.9 KiB" in page and "ormb pull 127.0.0.1:5000/t/page:v1" in page
+    assert "2.9 KiB" in page and "ormb pull localhost:5000/t/page:v1" in page
     other = RepositoryContent(Context(store, Authoriser(Access())), "t/other")
     with pytest.raises(NotFoundError), other.fetch(Descriptor("application/json", sha(config), len(config))):
         pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from ormb.cli.render import (
 )
 from ormb.errors import IntegrityError, OrmbError, UsageError
 from ormb.model.gzipstream import COMPRESSIONS
+from ormb.signing.names import ALGORITHMS, PASSWORD_ENV  # no cryptography: see that module
 
 
 class _Deferred:
@@ -72,6 +74,17 @@ max_expand_option = click.option(
     "--max-expand", callback=_optional_size, envvar="ORMB_MAX_EXPAND", metavar="SIZE",
     help="The most the whole export may unpack to, all layers together, e.g. 500G (default: 20 times the "
          "compressed bytes read, at least 1G; every entry and directory counts 4K; env ORMB_MAX_EXPAND).")
+
+
+def verify_options(command: Any) -> Any:
+    """--verify-key and --trust-dir: refuse a model not signed by one of these keys."""
+    command = click.option(
+        "--trust-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+        help="Refuse a model not signed by one of the public keys (*.pub, *.pem) in DIR (env ORMB_TRUST_DIR).")(command)
+    return click.option(
+        "--verify-key", "verify_key", multiple=True, type=click.Path(dir_okay=False), metavar="KEY.pub",
+        help="Refuse (exit 4, nothing written) a model that is unsigned, signed by another key, or whose files "
+             "differ from the signed ones; repeatable (env ORMB_VERIFY_KEY, ':'-separated).")(command)
 
 
 def remote_options(command: Any) -> Any:
@@ -134,6 +147,7 @@ def cli(debug: bool, no_progress: bool) -> None:
       ormb pull localhost:5000/team/fashion:v1              download it on another machine
       ormb export localhost:5000/team/fashion:v1 -d out     unpack it again
       ormb models                                           list the cache
+      ormb sign REF --key team.pem / ormb verify REF --key team.pub   signed models
 
     A reference without a registry host uses $ORMB_REGISTRY, else 'registry' in
     $ORMB_HOME/config.yaml, else localhost:5000.  The cache lives in $ORMB_HOME
@@ -141,9 +155,10 @@ def cli(debug: bool, no_progress: bool) -> None:
 
     \b
     Exit codes: 0 ok; 1 error (disk, permissions); 2 bad input or usage (reference,
-    ormbfile.yaml, model files, an option that does not apply); 3 not found; 4 corrupt
-    or unsafe content; 5 authentication failed or access denied; 6 the registry cannot
-    be reached or answered with an error; 70 internal error; 130 interrupted.
+    ormbfile.yaml, model files, a key file, an option that does not apply); 3 not found;
+    4 corrupt or unsafe content, or a signature check that fails; 5 authentication failed
+    or access denied; 6 the registry cannot be reached or answered with an error; 70
+    internal error; 130 interrupted.
     """
 
 
@@ -222,10 +237,14 @@ def init(directory: str, force: bool) -> None:
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
 @max_expand_option
+@verify_options
+@click.option("--signature", "signature_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write the model's signature to FILE, for 'model_signing verify key --signature FILE'.")
 @json_option
 @click.pass_context
 def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool, include: tuple[str, ...],
-           max_expand: int | None, as_json: bool) -> None:
+           max_expand: int | None, verify_key: tuple[str, ...], trust_dir: str | None, signature_file: str | None,
+           as_json: bool) -> None:
     """Unpack REFERENCE from the local cache into a directory (model/ and ormbfile.yaml).
 
     Existing files are replaced whole; nothing is written if the layer is corrupt or unsafe, and
@@ -233,12 +252,15 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
     """
     with _progress(ctx) as bar:
         result = api.export(reference, directory, metadata=not no_metadata, include=include, max_expand=max_expand,
+                            verify_key=verify_key or None, trust_dir=trust_dir, signature_file=signature_file,
                             progress=bar)
     if as_json:
         print_json(result)
         return
     say(f"ref:       {result.reference}")
     say(f"digest:    {result.digest}")
+    if result.verified_by:
+        say(f"signed by: {result.verified_by}")
     say(f"{result.reference.tag or result.digest}: exported to {result.directory} "
                f"({plural(len(result.files), 'file')})")
 
@@ -404,6 +426,8 @@ def push(ctx: click.Context, /, reference: str, chunk_size: str | None, chunked_
         result = api.push(ref, options=options, progress=bar)
     _render_transfer(result, "Pushed", as_json)
     if not as_json:
+        if result.signatures:
+            say(f"({plural(len(result.signatures), 'signature')} pushed with it)")
         say(f"{result.reference.tag}: pushed to remote "
                    f"({plural(result.layers, 'layer')}, {human_size(result.size)} total)")
         say(f"digest: {result.digest}")
@@ -413,19 +437,33 @@ def push(ctx: click.Context, /, reference: str, chunk_size: str | None, chunked_
 @click.argument("reference")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Only the files whose path (or name) matches, e.g. '*.Q4_K_M.gguf' (ModelPack); repeatable.")
+@verify_options
 @remote_options
 @json_option
 @click.pass_context
-def pull(ctx: click.Context, /, reference: str, include: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
-    """Download REFERENCE from its registry into the local cache, verifying every byte."""
+def pull(ctx: click.Context, /, reference: str, include: tuple[str, ...], verify_key: tuple[str, ...],
+         trust_dir: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Download REFERENCE from its registry into the local cache, verifying every byte.
+
+    The model's signatures come along. With --verify-key or --trust-dir the model must be signed by
+    one of those keys over exactly its files; a ModelPack model is checked before any layer is
+    downloaded.
+    """
     options = _transport(kwargs)
     ref = _parse(reference)
     if not as_json:
         say(f"{ref.version}: Pulling from {ref.name}")
     with _progress(ctx) as bar:
-        result = api.pull(ref, include=include, options=options, progress=bar)
+        result = api.pull(ref, include=include, verify_key=verify_key or None, trust_dir=trust_dir, options=options,
+                          progress=bar)
     _render_transfer(result, "Downloaded", as_json)
     if not as_json:
+        for note in result.notes:
+            say(f"note: {note}", err=True)
+        if result.signatures:
+            say(f"({plural(len(result.signatures), 'signature')} came along)")
+        if result.verified_by:
+            say(f"signed by: {result.verified_by}")
         say(f"digest: {result.digest}")
         status = "Downloaded newer model" if result.updated else "Model is up to date"
         say(f"Status: {status} for {result.reference}")
@@ -536,32 +574,159 @@ def version(as_json: bool) -> None:
               help="triton: DEST/1/<files> (also TF Serving); mlflow: DEST/<files>; none: DEST/model/<files>.")
 @click.option("--no-metadata", is_flag=True, help="Do not write DEST/ormbfile.yaml.")
 @max_expand_option
+@verify_options
 @remote_options
 @json_option
 @click.pass_context
 def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout: str, no_metadata: bool,
-                    max_expand: int | None, as_json: bool, **kwargs: Any) -> None:
+                    max_expand: int | None, verify_key: tuple[str, ...], trust_dir: str | None, as_json: bool,
+                    **kwargs: Any) -> None:
     """Fetch SOURCE (ormb://HOST/REPO:TAG or HOST/REPO:TAG) from its registry into DESTINATION for a model server.
 
     This is the storage initializer of KServe and Seldon Core init containers (also installed
     as 'ormb-storage-initializer SRC DEST'). Nothing goes through the local cache. Credentials:
     ORMB_USERNAME and ORMB_PASSWORD, else 'ormb login' or a mounted Docker config.json
-    (DOCKER_CONFIG). TLS is verified unless --insecure.
+    (DOCKER_CONFIG). TLS is verified unless --insecure. With --verify-key (ORMB_VERIFY_KEY) the
+    signature is checked before the weights are downloaded (ModelPack) or before they move into
+    DESTINATION (ormb format).
     """
     from ormb.serving.initializer import pull_and_export as run_initializer
 
     options = _transport(kwargs)
     with _progress(ctx) as bar:
         result = run_initializer(source, destination, layout=layout, metadata=not no_metadata,
-                                 max_expand=max_expand, options=options, progress=bar)
+                                 max_expand=max_expand, verify_key=verify_key or None, trust_dir=trust_dir,
+                                 options=options, progress=bar)
     if as_json:
         print_json(result)
         return
     say(f"ref:       {result.reference}")
     say(f"digest:    {result.digest}")
     say(f"format:    {result.format or '-'}")
+    if result.verified_by:
+        say(f"signed by: {result.verified_by}")
     say(f"{result.reference.tag or result.digest}: {plural(len(result.files), 'file')} laid out for "
                f"{layout} in {result.directory}")
+
+
+def _key_password(key: str, from_stdin: bool) -> str | None:
+    """The private key's password: standard input with --key-password-stdin, else $ORMB_KEY_PASSWORD (read by
+    the library), else asked for without echo when the key is encrypted and there is a terminal."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if os.environ.get(PASSWORD_ENV) is not None or not sys.stdin.isatty():
+        return None
+    try:
+        with open(key, "rb") as handle:
+            encrypted = b"ENCRYPTED" in handle.read(64 << 10)
+    except OSError:
+        return None  # the library says what is wrong with the file
+    return click.prompt(f"Password for {key}", hide_input=True, err=True) if encrypted else None
+
+
+@cli.command()
+@click.argument("reference")
+@click.option("--key", type=click.Path(dir_okay=False), metavar="KEY.pem",
+              help="The private key to sign with (PEM: ECDSA P-256/P-384/P-521 or Ed25519; may be encrypted).")
+@click.option("--attach", type=click.Path(dir_okay=False, exists=True), metavar="SIG",
+              help="Attach a signature made by 'model_signing sign key' over the model's directory instead.")
+@click.option("--key-password-stdin", is_flag=True,
+              help="Read the key's password from standard input (else $ORMB_KEY_PASSWORD, else asked for).")
+@click.option("--remote", is_flag=True, help="Sign the model in its registry and store the signature there "
+              "(default: the local cache; 'ormb push' then carries it).")
+@remote_options
+@json_option
+def sign(reference: str, key: str | None, attach: str | None, key_password_stdin: bool, remote: bool, as_json: bool,
+         **kwargs: Any) -> None:
+    """Sign REFERENCE (OpenSSF model signing) and store the signature next to it as an OCI referrer.
+
+    \b
+    The signature lists every file of the model with its SHA-256, as 'ormb export' lays them out;
+    'model_signing verify key' accepts it on the exported directory. No weight byte is read for a
+    ModelPack model. Make a key with 'ormb key generate'.
+    \b
+      ormb sign localhost:5000/team/fashion:v1 --key team.pem
+      ormb sign --attach model.sig localhost:5000/team/fashion:v1
+    """
+    options = _transport(kwargs)
+    if (key is None) == (attach is None):
+        raise _InputError("give --key KEY.pem to sign, or --attach SIG to attach a signature (one of them)")
+    password = _key_password(key, key_password_stdin) if key is not None else None
+    result = api.sign(reference, key, password=password, attach=attach, remote=remote, options=options)
+    if as_json:
+        print_json(result)
+        return
+    where = f"pushed to {result.reference.name}" if result.remote else \
+        f"stored in the local cache; 'ormb push {result.reference}' carries it"
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"signature: {result.signature} ({where})")
+    say(f"key:       {result.fingerprint or '-'}")
+    say(f"files:     {result.files}")
+    say(f"{result.reference.tag or result.digest}: {'signature attached' if result.attached else 'signed'}")
+
+
+@cli.command()
+@click.argument("reference")
+@click.option("--key", "keys", multiple=True, type=click.Path(dir_okay=False), metavar="KEY.pub",
+              help="A public key the signature may be made with; repeatable (env ORMB_VERIFY_KEY).")
+@click.option("--trust-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Any public key (*.pub, *.pem) in DIR may have made the signature (env ORMB_TRUST_DIR).")
+@click.option("--remote", is_flag=True, help="Check the model and its signatures in the registry, not the cache.")
+@remote_options
+@json_option
+def verify(reference: str, keys: tuple[str, ...], trust_dir: str | None, remote: bool, as_json: bool,
+           **kwargs: Any) -> None:
+    """Check that REFERENCE is signed by a trusted key over exactly its files (exit 4 if not).
+
+    Same paths, same SHA-256, none missing, none added. A ModelPack model in a registry is checked
+    without downloading a weight byte.
+    """
+    result = api.verify(reference, keys=keys or None, trust_dir=trust_dir, remote=remote, options=_transport(kwargs))
+    if as_json:
+        print_json(result)
+        return
+    say(f"ref:       {result.reference}")
+    say(f"digest:    {result.digest}")
+    say(f"signature: {result.signature}")
+    say(f"key:       {result.fingerprint} ({result.key})")
+    unsigned = f", {plural(len(result.ignored), 'file')} not covered ({', '.join(result.ignored[:3])})" \
+        if result.ignored else ""
+    say(f"files:     {result.files}{unsigned}")
+    say(f"Verified: {result.reference} is signed by key {result.fingerprint[:16]} "
+               f"({plural(result.files, 'file')} as signed)")
+
+
+@cli.group()
+def key() -> None:
+    """Signing keys: make a pair for 'ormb sign' and 'ormb verify'."""
+
+
+@key.command("generate")
+@click.argument("private_key", metavar="KEY.pem", type=click.Path(dir_okay=False))
+@click.option("--public", "public_key", type=click.Path(dir_okay=False), metavar="KEY.pub",
+              help="Where the public key goes (default: KEY.pub beside KEY.pem).")
+@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default="ecdsa-p256", show_default=True,
+              help="ecdsa-p256 is what model_signing and cosign verify everywhere; model_signing cannot verify ed25519.")
+@click.option("--password-stdin", is_flag=True, help="Encrypt the private key with a password read from standard input.")
+@json_option
+def key_generate(private_key: str, public_key: str | None, algorithm: str, password_stdin: bool, as_json: bool) -> None:
+    """Make a key pair: KEY.pem (private, mode 0600: keep it secret) and KEY.pub (give it to who verifies).
+
+    Never overwrites a file. The fingerprint printed is how ormb, the signature and model_signing
+    name the key (sha256sum KEY.pub).
+    """
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    if password_stdin and not password:
+        raise _InputError("--password-stdin read an empty password")
+    result = api.generate_key(private_key, public_key, algorithm=algorithm, password=password)
+    if as_json:
+        print_json(result)
+        return
+    say(f"private key: {result.private_key} (keep it secret{', encrypted' if password else ''})")
+    say(f"public key:  {result.public_key}")
+    say(f"algorithm:   {result.algorithm}")
+    say(f"fingerprint: {result.fingerprint}")
 
 
 @cli.group()
@@ -638,6 +803,7 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
     from pathlib import Path
 
     from ormb.oci.reference import is_loopback_host
+    from ormb.server.names import Listening
     from ormb.server.serve import LISTENING, STOPPED, ServeOptions, parse_addr
     from ormb.server.serve import serve as run_server
 
@@ -656,11 +822,26 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
                            token_lifetime, log_level, public_hosts, sparse_manifests)
     options.check()  # before anything is created or started
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
+    from ormb.config import load_settings
 
-    def ready(url: str) -> None:
-        say(f"{LISTENING}{url} (storage {root_dir}, {auth})", err=True)
+    default_registry = load_settings().default_registry
+
+    def ready(listening: Listening) -> None:
+        where = f"bound to {listening.bound}" + (f", {listening.kind}" if listening.kind else "")
+        say(f"{LISTENING}{listening.url} ({where}; storage {root_dir}, {auth})", err=True)
+        short = ", or NAME:TAG for short (the default registry)" if listening.host == default_registry else ""
+        local = " on this machine" if listening.kind == "every address" else ""
+        flag = listening.client_flag
+        how = f" (with {flag}: ormb's default for this name is the other scheme)" if flag else ""
+        login = f"; log in with 'ormb login {flag + ' ' if flag else ''}{listening.host}'" if htpasswd else ""
+        say(f"models are named {listening.host}/NAME:TAG{local}{short}{how}{login}", err=True)
+        for name in public_hosts:
+            say(f"clients elsewhere: {name.lower()}/NAME:TAG (--public-host)", err=True)
+        if listening.kind == "every address" and not public_hosts:
+            say("clients elsewhere: this machine's name or address; say which with --public-host NAME, "
+                       "and the catalog copies it", err=True)
         if not no_ui:
-            say(f"model catalog: {url}/", err=True)
+            say(f"model catalog: {listening.url}/", err=True)
 
     run_server(options, ready, lambda: say(STOPPED, err=True))
 

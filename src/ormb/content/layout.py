@@ -4,7 +4,9 @@
 
     <root>/
       oci-layout                 {"imageLayoutVersion": "1.0.0"}
-      index.json                 one entry per reference, named by org.opencontainers.image.ref.name
+      index.json                 one entry per reference, named by org.opencontainers.image.ref.name;
+                                 a referrer (a signature) is an entry without a name whose manifest
+                                 has a ``subject``: kept while its subject is (see ormb.cache)
       blobs/sha256/<hex>         content, written once, never modified
       .ingest/                   blobs being written (temporary files, never read by others)
       .index.json.*.tmp          index.json being rewritten (renamed over it when complete)
@@ -40,7 +42,7 @@ from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, canonical_json
 from ormb.oci.digest import split_digest
 from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, is_digest
-from ormb.oci.graph import parse_node
+from ormb.oci.graph import NODE_TYPES, Node, parse_node
 
 CHUNK = IO_CHUNK
 
@@ -326,6 +328,8 @@ class OCILayout:
     def resolve(self, reference: str) -> Descriptor:
         if "@" in reference:
             return self._resolve_digest(reference.rpartition("@")[2])
+        if is_digest(reference):
+            return self._resolve_digest(reference)
         for entry in self.entries():
             if _ref_name(entry) == reference:
                 return Descriptor.from_dict(entry, f"the index.json entry of {reference}")
@@ -340,6 +344,13 @@ class OCILayout:
         return Descriptor(node.media_type, digest, len(data))
 
     def tag(self, desc: Descriptor, reference: str) -> None:
+        """Name ``desc`` in index.json.  ``reference`` equal to the manifest's own digest records it
+        without a name (how a referrer such as a signature is kept, listed by :meth:`referrers`)."""
+        if is_digest(reference):
+            if reference != desc.digest:
+                raise InvalidArtifactError(f"cannot name {desc.digest} by another digest, {reference}")
+            self.add_root(desc)
+            return
         self._ensure()
         annotations = {k: v for k, v in desc.annotations.items() if k != mediatypes.ANNOTATION_REF_NAME}
         annotations.setdefault(
@@ -352,6 +363,60 @@ class OCILayout:
             manifests.append(entry)
             manifests.sort(key=lambda m: _ref_name(m) or "")
             self._write_index(manifests)
+
+    def add_root(self, desc: Descriptor) -> None:
+        """Record the manifest ``desc`` in index.json without a name (once); its annotations are kept."""
+        self._ensure()
+        annotations = {k: v for k, v in desc.annotations.items() if k != mediatypes.ANNOTATION_REF_NAME}
+        entry = Descriptor(desc.media_type, desc.digest, desc.size, annotations, desc.artifact_type).to_dict()
+        with self._lock(".lock"):
+            manifests = self._read_index()
+            if any(_ref_name(m) is None and isinstance(m, dict) and m.get("digest") == desc.digest for m in manifests):
+                return
+            manifests.append(entry)
+            manifests.sort(key=lambda m: _ref_name(m) or "")
+            self._write_index(manifests)
+
+    def drop_roots(self, digests: set[str]) -> int:
+        """Remove the entries without a name whose digest is in ``digests``; returns how many went."""
+        if not digests or not (self.root / "index.json").is_file():
+            return 0
+        with self._lock(".lock"):
+            manifests = self._read_index()
+            kept = [m for m in manifests
+                    if not (_ref_name(m) is None and isinstance(m, dict) and m.get("digest") in digests)]
+            if len(kept) != len(manifests):
+                self._write_index(kept)
+        return len(manifests) - len(kept)
+
+    def unnamed_nodes(self) -> Iterator[tuple[Descriptor, Node]]:
+        """The entries without a name that are manifests or indexes on disk, parsed (others are skipped)."""
+        for entry in self.entries():
+            if _ref_name(entry) is not None:
+                continue
+            try:
+                desc = Descriptor.from_dict(entry)
+            except InvalidArtifactError:
+                continue
+            data = self.read_head(desc.digest)
+            if data is None or len(data) > MAX_MANIFEST:
+                continue
+            try:
+                node = parse_node(data, desc.media_type if desc.media_type in NODE_TYPES else "")
+            except InvalidArtifactError:
+                continue
+            yield desc, node
+
+    def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor]:
+        """The manifests recorded without a name whose ``subject`` is ``digest`` (see :meth:`tag`)."""
+        found = []
+        for desc, node in self.unnamed_nodes():
+            if node.subject is None or node.subject.digest != digest:
+                continue
+            kind = desc.artifact_type or node.artifact_type or (node.config.media_type if node.config else None)
+            if artifact_type is None or kind == artifact_type:
+                found.append(Descriptor(node.media_type, desc.digest, desc.size, desc.annotations, kind))
+        return found
 
     def untag(self, reference: str) -> Descriptor:
         if not (self.root / "index.json").is_file():

@@ -110,6 +110,13 @@ class Untagger(Protocol):
 
 
 @runtime_checkable
+class ReferrerLister(Protocol):
+    def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor]:
+        """The manifests whose ``subject`` is ``digest``, as an index lists them (with ``artifactType``
+        and annotations), optionally only those of ``artifact_type``."""
+
+
+@runtime_checkable
 class TagLister(Protocol):
     def references(self) -> Iterator[tuple[str, Descriptor]]:
         """Every (reference, manifest descriptor) pair the target holds."""

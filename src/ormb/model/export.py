@@ -16,7 +16,7 @@ from ormb.model.budget import ExpansionBudget
 from ormb.model.modelpack import LayerFile
 from ormb.model.ormbfile import FILENAME, Metadata
 from ormb.model.staging import staged_directory
-from ormb.model.unpack import extract_tar
+from ormb.model.unpack import FileHashes, extract_tar
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.progress import ProgressListener
 
@@ -34,6 +34,7 @@ def export_model(
     max_expand: int | None = None,
     progress: ProgressListener | None = None,
     concurrency: int = 2,
+    check: Callable[[FileHashes], None] | None = None,
 ) -> tuple[str, ...]:
     """Write the model of ``manifest`` (blobs from ``source``) into ``dest``, all or nothing.
 
@@ -42,19 +43,27 @@ def export_model(
     ``files`` narrows a ModelPack model to some of its layers.  ``max_expand`` bounds what the layers may
     unpack to, in all (see :mod:`ormb.model.budget`).  ``concurrency``: ModelPack weight layers written at
     once (see :func:`ormb.model.modelpack.write_files`).  Returns the files' paths below ``dest/subdirectory``.
+
+    ``check``, if given, sees the SHA-256 of every file written (hashed while written; paths as a
+    signature names them: below ``model/`` for the ormb format) once everything is staged and before
+    anything moves into place; what it raises leaves ``dest`` as it was (a signature check).
     """
     base = (subdirectory,) if subdirectory else ()
+    hashes = FileHashes() if check is not None else None
     with staged_directory(dest, ExpansionBudget(max_expand)) as tree:
         if modelpack.is_modelpack(manifest):
             chosen = modelpack.layer_files(manifest) if files is None else files
             paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy, progress=progress,
-                                          concurrency=concurrency)
+                                          concurrency=concurrency, hashes=hashes)
         else:
             layer = ormbformat.model_layer(manifest)
             with source.fetch(layer) as blob:
                 paths = extract_tar(blob, layer, tree, base=base, prefix="model/", strip_prefix=strip_prefix,
-                                    progress=progress, local=local_copy(layer) if local_copy else None)
+                                    progress=progress, local=local_copy(layer) if local_copy else None,
+                                    hashes=hashes)
         if metadata is not None:
             tree.write_metadata((FILENAME,), metadata.to_yaml().encode("utf-8"))
         tree.check_links()
+        if check is not None and hashes is not None:
+            check(hashes)
     return tuple(paths)

@@ -31,8 +31,8 @@ class LoadedModel:
 
     @property
     def size(self) -> int:
-        """Bytes of the layers, as save and push report them."""
-        return sum(layer.size for layer in self.manifest.layers)
+        """Bytes of the layers, as save and push report them (:func:`ormb.oci.descriptor.layers_size`)."""
+        return self.manifest.layers_size
 
     @property
     def format(self) -> str:

@@ -51,7 +51,7 @@ from ormb.model.ormbfile import (
 from ormb.model.packing import PackedModel, copy_file, stream_file
 from ormb.model.staging import Parts, StagingTree
 from ormb.model.tarstream import write_tar
-from ormb.model.unpack import RawJob, extract_tar, prepare_raw
+from ormb.model.unpack import FileHashes, RawJob, extract_tar, prepare_raw
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest, canonical_json, json_object
 from ormb.progress import NoProgress, ProgressListener
@@ -228,6 +228,25 @@ def is_modelpack(manifest: Manifest) -> bool:
     return manifest.artifact_type in (ARTIFACT_TYPE, OLD_ARTIFACT_TYPE, foreign.KITOPS_ARTIFACT_TYPE) or \
         manifest.config.media_type in MODELPACK_CONFIGS | {KITOPS_CONFIG} or \
         manifest.config.media_type.startswith(foreign.DMR_CONFIG_PREFIX)
+
+
+def artifact_kind(manifest: Manifest) -> str:
+    """What wrote an artifact, in words (the catalog shows it): ormb's format, ModelPack with either
+    generation of names, a KitOps ModelKit, a Docker Model Runner model; '' for anything else."""
+    config = manifest.config.media_type
+    if config == mediatypes.ORMB_CONFIG:
+        return "ormb v1alpha1 (the original ormb's format)"
+    if config == KITOPS_CONFIG or manifest.artifact_type == foreign.KITOPS_ARTIFACT_TYPE:
+        return "KitOps ModelKit"
+    if config.startswith(foreign.DMR_CONFIG_PREFIX):
+        version = {foreign.DMR_CONFIG_V01: " (v0.1)", foreign.DMR_CONFIG_V02: " (v0.2)"}.get(config, "")
+        return f"Docker Model Runner{version}"
+    by_kitops = " written by KitOps" if foreign.KITOPS_KITFILE_ANNOTATION in manifest.annotations else ""
+    if config == OLD_CONFIG or manifest.artifact_type == OLD_ARTIFACT_TYPE:
+        return f"CNCF ModelPack, pre-v0.0.7 names (cnai){by_kitops}"
+    if is_modelpack(manifest):
+        return f"CNCF ModelPack{by_kitops}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -421,11 +440,13 @@ def write_files(
     local_copy: Callable[[Descriptor], Path] | None = None,
     progress: ProgressListener | None = None,
     concurrency: int = 2,
+    hashes: FileHashes | None = None,
 ) -> list[str]:
     """Write the layers of a per-file artifact into ``tree`` below ``base`` (see :mod:`ormb.model.staging`),
     verifying each and charging ``tree.budget``; ``local_copy`` names the cache's copy of a blob, which the
     kernel copies (a reflink where it can) instead of it streaming through Python.  Two layers that write one
-    path are refused, whichever kind they are.
+    path are refused, whichever kind they are.  ``hashes`` collects every file's SHA-256 by its path below
+    ``base``.
 
     Uncompressed raw layers (weights) are written ``concurrency`` at a time: their files are made in the
     manifest's order, then their bytes arrive (and are hashed) in threads, so that a model of several
@@ -434,7 +455,7 @@ def write_files(
     written: list[str] = []
     batch: list[RawJob] = []
     try:
-        _write_in_order(source, files, tree, base, local_copy, progress, concurrency, written, batch)
+        _write_in_order(source, files, tree, base, local_copy, progress, concurrency, hashes, written, batch)
     except BaseException:
         _close_jobs(batch)  # a later layer failed before these ran: their files are closed, the tree goes
         raise
@@ -443,13 +464,14 @@ def write_files(
 
 def _write_in_order(source: Fetcher, files: Sequence[LayerFile], tree: StagingTree, base: Parts,
                     local_copy: Callable[[Descriptor], Path] | None, progress: ProgressListener | None,
-                    concurrency: int, written: list[str], batch: list[RawJob]) -> None:
+                    concurrency: int, hashes: FileHashes | None, written: list[str], batch: list[RawJob]) -> None:
     for item in files:
         local = local_copy(item.descriptor) if local_copy else None
         if item.packing.startswith("raw") and item.path is not None:
             compression = item.packing.partition("+")[2] or None
             job = prepare_raw(partial(source.fetch, item.descriptor), item.descriptor, tree, base + item.path.parts,
-                              clone_from=local, compression=compression, mode=item.mode, progress=progress)
+                              clone_from=local, compression=compression, mode=item.mode, progress=progress,
+                              hashes=hashes, key=str(item.path))
             written.append(str(item.path))
             if compression is None:
                 batch.append(job)
@@ -462,7 +484,7 @@ def _write_in_order(source: Fetcher, files: Sequence[LayerFile], tree: StagingTr
             compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
             with source.fetch(item.descriptor) as blob:
                 written += extract_tar(blob, item.descriptor, tree, base=base, compression=compression,
-                                       progress=progress, local=local)
+                                       progress=progress, local=local, hashes=hashes)
     _run_jobs(batch, concurrency)
 
 

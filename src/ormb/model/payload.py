@@ -418,9 +418,11 @@ class PayloadView:
         while self._next(CHUNK):
             pass
 
-    def copy_to(self, fd: int, size: int | None, on_write_error: Callable[[OSError], Exception]) -> int:
+    def copy_to(self, fd: int, size: int | None, on_write_error: Callable[[OSError], Exception],
+                hasher: Any = None) -> int:
         """Write the next ``size`` bytes (all that are left when None) to ``fd`` at its position; return how many
-        went (fewer only at the layer's end).  A failing write raises ``on_write_error(exc)``."""
+        went (fewer only at the layer's end).  A failing write raises ``on_write_error(exc)``.  ``hasher`` (a
+        hashlib object), if given, sees every byte written: a :class:`Region` is then read, not copied unseen."""
         done = 0
         batch: list[Piece] = []
         batch_size = 0
@@ -430,6 +432,10 @@ class PayloadView:
             if not piece:
                 break
             done += len(piece)
+            if hasher is not None:
+                if isinstance(piece, Region):
+                    piece = piece.data()
+                hasher.update(piece)
             if isinstance(piece, Region):
                 _write_all(fd, batch, batch_size, on_write_error)
                 batch, batch_size = [], 0

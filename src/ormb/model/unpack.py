@@ -18,6 +18,11 @@ Bounds, whatever a layer holds:
   entry); sparse entries are refused before tarfile reads their map.
 - Errors: whatever tarfile or a decompressor raises on a layer is an :class:`UnsafeArchiveError` (or,
   if the layer does not match its digest, an :class:`IntegrityError`), never a crash.
+
+Signatures need the SHA-256 of every file a layer holds: :class:`FileHashes` collects them while an
+export writes (``hashes=``), and :func:`hash_tar` / :func:`hash_raw` read a layer the same checked way
+(one tar reader, :func:`_walk_tar`, over the same :class:`~ormb.model.payload.PayloadView`, with the same
+bounds) without writing anything.
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ import re
 import tarfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
+
+import zstandard
+from isal import igzip
 
 from ormb.content.background import BackgroundHasher, BackgroundWriter, FileDigest, write_sliced
 from ormb.content.filecopy import WRITE_ERRORS, clone, copy_out
@@ -53,8 +62,51 @@ _META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfil
                tarfile.GNUTYPE_LONGLINK)
 
 
+@dataclass
+class FileHashes:
+    """The SHA-256 (hex) and size of every regular file a layer holds, by its path below the layer's
+    prefix (``model/`` of the ormb format is not part of it), as the last entry of each path left it;
+    and the paths that are symbolic links (a signature covers regular files only).
+
+    Raw layers written at once (:func:`prepare_raw`) record from their threads: each its own path (two
+    layers of one path are refused before any runs), one dictionary store each."""
+
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)
+    links: set[str] = field(default_factory=set)
+
+    def file(self, path: str, sha256: str, size: int) -> None:
+        self.links.discard(path)
+        self.files[path] = (sha256, size)
+
+    def link(self, path: str) -> None:
+        self.files.pop(path, None)
+        self.links.add(path)
+
+    def digests(self) -> dict[str, str]:
+        """path -> SHA-256 hex."""
+        return {path: digest for path, (digest, _) in self.files.items()}
+
+
 class _LayerError(Exception):
     """Whatever the tar reader or a decompressor raised on the layer's bytes (``__cause__``)."""
+
+
+class _FileHasher:
+    """Reads from ``raw``, hashing (SHA-256) and counting what passes: one file's content."""
+
+    def __init__(self, raw: Readable) -> None:
+        self._raw = raw
+        self._hasher = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._hasher.update(data)
+        self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
 
 
 class _HashingReader:
@@ -193,6 +245,22 @@ def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath
     return relative
 
 
+def decompressed(reader: Any, compression: str | None) -> Any:
+    """A reader of ``reader``'s bytes decompressed (``gzip``, ``zstd``, or None: as they are); unbounded:
+    the caller counts what it reads (the catalog's listings)."""
+    if compression == "gzip":
+        return igzip.IGzipFile(fileobj=reader, mode="rb")  # type: ignore[no-untyped-call]
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
+    return reader
+
+
+def _hash_key(relative: PurePosixPath, prefix: str, stripped: bool) -> str:
+    """The path a signature names for an entry: below the prefix (``model/``), whether or not export strips it."""
+    path = str(relative)
+    return path[len(prefix):] if prefix and not stripped else path
+
+
 def _layer_name(desc: Descriptor, path: str | None = None) -> str:
     return f"layer {desc.digest[:19]}" + (f" ({path})" if path else "")
 
@@ -208,6 +276,7 @@ def extract_tar(
     compression: str | None = "gzip",
     progress: ProgressListener | None = None,
     local: Path | None = None,
+    hashes: FileHashes | None = None,
 ) -> list[str]:
     """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest;
     the bytes it unpacks to are charged to ``tree.budget``.
@@ -217,26 +286,55 @@ def extract_tar(
     thread checks its digest; nothing moves out of the staging tree unless it matches.  Without it (or when it
     is missing or not the declared size) ``blob`` streams and is hashed as it is read.
 
-    Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.
+    Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.  With ``hashes``,
+    every regular file is hashed while it is written (paths below ``prefix``); a file that a local copy
+    would have the kernel copy is then read through Python, to be hashed.
     """
     progress = progress or NoProgress()
     progress.start(desc.digest, desc.digest.partition(":")[2][:12], desc.size)
     budget = tree.budget
     budget.start_layer(_layer_name(desc))
     tree.begin_layer(replaceable=True)
+    visit = _Extractor(tree, base, prefix, strip_prefix, hashes)
     fd = _open_local(local, desc.size) if local is not None else None
     if fd is not None:
         try:
-            paths = _extract_local(fd, desc, tree, base, prefix, strip_prefix, compression, progress)
+            _walk_local(fd, desc, budget, prefix, strip_prefix, compression, progress, visit)
         finally:
             os.close(fd)
-        progress.finish(desc.digest)
-        return paths
+    else:
+        _walk_streamed(blob, desc, budget, prefix, strip_prefix, compression, progress, visit)
+    progress.finish(desc.digest)
+    return list(visit.paths)
+
+
+def hash_tar(blob: Readable, desc: Descriptor, *, prefix: str = "", compression: str | None = "gzip",
+             max_expand: int | None = None, progress: ProgressListener | None = None) -> FileHashes:
+    """The files of a tar layer with their SHA-256, read once as export reads it (the same checks of the
+    layer's digest, of entry names, of header sizes and of expansion); nothing is written.
+
+    A hard link counts as its target's content; an entry that export would refuse (a special file, a
+    hard link to a file not before it, a path that is a file and a directory) is refused here too.
+    """
+    progress = progress or NoProgress()
+    budget = ExpansionBudget(max_expand)
+    budget.start_layer(_layer_name(desc))
+    visit = _Hasher(prefix)
+    _walk_streamed(blob, desc, budget, prefix, True, compression, progress, visit)
+    clash = next((p for p in sorted(visit.directories) if p in visit.hashes.files or p in visit.hashes.links), None)
+    if clash is not None:
+        raise UnsafeArchiveError(f"layer {desc.digest[:19]} makes {clash!r} both a file and a directory; refusing")
+    return visit.hashes
+
+
+def _walk_streamed(blob: Readable, desc: Descriptor, budget: ExpansionBudget, prefix: str, strip: bool,
+                   compression: str | None, progress: ProgressListener, visit: _Visitor) -> None:
+    """:func:`_walk_tar` over ``blob`` as it streams, hashed as it is read; its digest and size checked."""
     reader = _HashingReader(blob, desc, progress, desc.digest, budget)
     try:
         try:
             view = PayloadView(payload_pieces(streamed(reader.read), compression), budget)
-            paths = _extract_all(view, tree, base, prefix, strip_prefix, desc, lambda: reader.size)
+            _walk_tar(view, desc, budget, prefix, strip, lambda: reader.size, visit)
             view.drain()  # past the tar's end marker to the gzip trailer: its CRC-32 and length are checked
             reader.drain()
         except (_LayerError, LayerError) as wrapped:
@@ -251,8 +349,6 @@ def extract_tar(
         reader.verify(blob, f"layer {desc.digest}")
     finally:
         reader.close()
-    progress.finish(desc.digest)
-    return paths
 
 
 def _open_local(path: Path, size: int) -> int | None:
@@ -270,12 +366,10 @@ def _open_local(path: Path, size: int) -> int | None:
     return None
 
 
-def _extract_local(fd: int, desc: Descriptor, tree: StagingTree, base: Parts, prefix: str, strip: bool,
-                   compression: str | None, progress: ProgressListener) -> list[str]:
-    """:func:`extract_tar` from the cache's copy ``fd``: file contents copied by the kernel, the blob's digest
+def _walk_local(fd: int, desc: Descriptor, budget: ExpansionBudget, prefix: str, strip: bool,
+                compression: str | None, progress: ProgressListener, visit: _Visitor) -> None:
+    """:func:`_walk_tar` over the cache's copy ``fd``: file contents copied by the kernel, the blob's digest
     computed meanwhile in a thread (:class:`~ormb.content.background.FileDigest`) and checked at the end."""
-    budget = tree.budget
-
     def consumed(n: int) -> None:
         budget.read(n)
         progress.advance(desc.digest, n)
@@ -285,7 +379,7 @@ def _extract_local(fd: int, desc: Descriptor, tree: StagingTree, base: Parts, pr
     try:
         try:
             view = PayloadView(payload_pieces(source, compression), budget)
-            paths = _extract_all(view, tree, base, prefix, strip, desc, lambda: source.offset)
+            _walk_tar(view, desc, budget, prefix, strip, lambda: source.offset, visit)
             view.drain()  # to the end: the gzip structure (block lengths, trailers) is checked whole
             if not source.at_end():
                 raise LayerError("the layer holds bytes after its stream's end")
@@ -299,7 +393,6 @@ def _extract_local(fd: int, desc: Descriptor, tree: StagingTree, base: Parts, pr
         _check_local(digest, desc, "")
     finally:
         digest.stop()
-    return paths
 
 
 def _check_local(digest: FileDigest, desc: Descriptor, shown: str) -> None:
@@ -338,13 +431,18 @@ def _open_tar(source: PayloadView) -> tarfile.TarFile:
         raise _LayerError() from exc
 
 
-def _extract_all(source: PayloadView, tree: StagingTree, base: Parts, prefix: str, strip: bool,
-                 desc: Descriptor, raw_read: Callable[[], int]) -> list[str]:
-    """Every entry of the tar in ``source`` into ``tree``; ``raw_read()`` says how many bytes of the layer
-    were read so far (what the budget may still grow by is bounded by the rest)."""
-    inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
-    paths: dict[str, None] = {}
-    budget = tree.budget
+class _Visitor:
+    """What :func:`_walk_tar` does with each entry below the root (``relative``: its checked path)."""
+
+    def __call__(self, source: PayloadView, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        raise NotImplementedError
+
+
+def _walk_tar(source: PayloadView, desc: Descriptor, budget: ExpansionBudget, prefix: str, strip: bool,
+              raw_read: Callable[[], int], visit: _Visitor) -> None:
+    """Every entry of the tar in ``source``, its name checked and charged, to ``visit``; ``raw_read()`` says
+    how many bytes of the layer were read so far (what the budget may still grow by is bounded by the rest).
+    The one tar reader of export and of signing (:func:`hash_tar`)."""
     with _open_tar(source) as tar:
         while (member := _next(tar)) is not None:
             budget.entry(member.name)
@@ -352,29 +450,94 @@ def _extract_all(source: PayloadView, tree: StagingTree, base: Parts, prefix: st
             relative = _safe_relative(member.name, prefix, strip)
             if relative is None:
                 continue
-            parts = base + relative.parts
-            if member.isdir():
-                tree.directory(parts)
-                continue
-            if member.isreg():
-                if member.issparse():
-                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
-                fd = tree.create_file(parts)
-                made = _write_entry(fd, tree.show(parts), source, member.size, (member.mode & 0o755) | 0o600)
-                inodes.add((made.st_dev, made.st_ino))
-            elif member.issym():
-                tree.symlink(parts, member.linkname)
-            elif member.islnk():
-                link = _safe_relative(member.linkname, prefix, strip)
-                if link is None:
-                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
-                tree.hard_link(parts, base + link.parts, inodes)
-            else:
-                raise UnsafeArchiveError(
-                    f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
-                )
-            paths[str(relative)] = None
-    return list(paths)
+            if prefix and not strip and str(relative) + "/" == prefix and not member.isdir():
+                # ``model/.`` as a file or link: it would replace the model's directory, and a
+                # signature (whose root that directory is) could not name it
+                raise UnsafeArchiveError(f"layer entry {member.name!r} makes {prefix} a file or link; refusing")
+            if member.isreg() and member.issparse():
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
+            visit(source, member, relative)
+
+
+class _Extractor(_Visitor):
+    """Each entry into the staging tree below ``base``; with ``hashes``, every file hashed as it is written."""
+
+    def __init__(self, tree: StagingTree, base: Parts, prefix: str, strip: bool, hashes: FileHashes | None) -> None:
+        self._tree, self._base, self._prefix, self._strip, self._hashes = tree, base, prefix, strip, hashes
+        self.inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
+        self.paths: dict[str, None] = {}
+
+    def __call__(self, source: PayloadView, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        tree, hashes = self._tree, self._hashes
+        parts = self._base + relative.parts
+        key = _hash_key(relative, self._prefix, self._strip)
+        if member.isdir():
+            tree.directory(parts)
+            return
+        if member.isreg():
+            fd = tree.create_file(parts)
+            hasher = hashlib.sha256() if hashes is not None else None
+            made = _write_entry(fd, tree.show(parts), source, member.size, (member.mode & 0o755) | 0o600, hasher)
+            self.inodes.add((made.st_dev, made.st_ino))
+            if hashes is not None and hasher is not None:
+                hashes.file(key, hasher.hexdigest(), member.size)
+        elif member.issym():
+            tree.symlink(parts, member.linkname)
+            if hashes is not None:
+                hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, self._prefix, self._strip)
+            if link is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
+            tree.hard_link(parts, self._base + link.parts, self.inodes)
+            if hashes is not None:
+                target = hashes.files.get(_hash_key(link, self._prefix, self._strip))
+                if target is None:  # hard_link() refused anything but a file this layer wrote: unreachable
+                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to no file; refusing")
+                hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(
+                f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
+            )
+        self.paths[str(relative)] = None
+
+
+class _Hasher(_Visitor):
+    """Each file's SHA-256 (nothing written), with the directories the layer implies (for the clash check)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self.hashes = FileHashes()
+        self.directories: set[str] = set()
+
+    def __call__(self, source: PayloadView, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        key = _hash_key(relative, self._prefix, True)
+        for parent in relative.parents:
+            if parent.parts:
+                self.directories.add(_hash_key(parent, self._prefix, True))
+        if member.isdir():
+            self.directories.add(key)
+        elif member.isreg():
+            hasher = hashlib.sha256()
+            left = member.size
+            while left > 0:
+                data = source.read(min(CHUNK, left))
+                if not data:
+                    raise LayerError(f"the layer ends inside {member.name!r}")
+                hasher.update(data)
+                left -= len(data)
+            self.hashes.file(key, hasher.hexdigest(), member.size)
+        elif member.issym():
+            self.hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, self._prefix, True)
+            target = self.hashes.files.get(str(link)) if link is not None else None
+            if target is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to {member.linkname!r}, "
+                                         "which is not a file written before it in the same layer; refusing")
+            self.hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(f"layer entry {member.name!r} is a device, FIFO or other special file; refusing")
 
 
 def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.stat_result:
@@ -401,14 +564,16 @@ def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.sta
     return made
 
 
-def _write_entry(fd: int, shown: str, source: PayloadView, size: int | None, mode: int | None) -> os.stat_result:
+def _write_entry(fd: int, shown: str, source: PayloadView, size: int | None, mode: int | None,
+                 hasher: Any = None) -> os.stat_result:
     """Write ``size`` bytes of ``source`` (all that are left when None) into the new file ``fd`` and close it;
-    a layer that ends first is a :class:`LayerError`, write errors (the disk's) StorageError naming ``shown``."""
+    a layer that ends first is a :class:`LayerError`, write errors (the disk's) StorageError naming ``shown``.
+    ``hasher`` (a hashlib object), if given, is updated with every byte written."""
     def disk(exc: OSError) -> StorageError:
         return StorageError(f"cannot write {shown}: {exc.strerror}")
 
     try:
-        written = source.copy_to(fd, size, disk)
+        written = source.copy_to(fd, size, disk, hasher)
         if size is not None and written != size:
             raise LayerError(f"the layer ends inside {shown}")
         try:
@@ -421,9 +586,13 @@ def _write_entry(fd: int, shown: str, source: PayloadView, size: int | None, mod
         os.close(fd)
 
 
-def write_raw(blob: Readable | Callable[[], AbstractContextManager[Readable]], desc: Descriptor, tree: StagingTree,
-              parts: Parts, *, clone_from: Path | None = None, compression: str | None = None,
-              mode: int | None = None, progress: ProgressListener | None = None) -> None:
+Opener = Callable[[], AbstractContextManager[Readable]]
+
+
+def write_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, *,
+              clone_from: Path | None = None, compression: str | None = None, mode: int | None = None,
+              progress: ProgressListener | None = None, hashes: FileHashes | None = None,
+              key: str | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is the cache's copy of the blob: where the file system can (btrfs, XFS), the file is a
@@ -432,27 +601,37 @@ def write_raw(blob: Readable | Callable[[], AbstractContextManager[Readable]], d
     when it is missing or not the declared size) ``blob`` streams and is hashed; ``blob`` may be a function
     that opens it, called only then.  ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is
     undone after hashing, charged to the budget like a tar layer.  ``mode``: the file's permission bits (the
-    file metadata's).  A path that already exists (another layer's) is refused.
+    file metadata's).  A path that already exists (another layer's) is refused.  With ``hashes`` the file's
+    SHA-256 is recorded under ``key`` (default: ``parts`` joined): for an uncompressed SHA-256 layer it is
+    the layer's digest, verified here; otherwise it is computed while written.
 
     Two steps, so that several raw layers can be written at once (:func:`prepare_raw` in the tree's order,
     then the returned job's ``run`` in threads): only uncompressed layers, whose bytes the budget does not
     count, may run at the same time.
     """
     prepare_raw(blob, desc, tree, parts, clone_from=clone_from, compression=compression, mode=mode,
-                progress=progress).run()
+                progress=progress, hashes=hashes, key=key).run()
 
 
 class RawJob:
-    """The bytes of one raw layer into the file :func:`prepare_raw` made (see :func:`write_raw`)."""
+    """The bytes of one raw layer into the file :func:`prepare_raw` made (see :func:`write_raw`).  ``run``
+    touches nothing of the tree but its own file: it may run in a thread while other jobs run."""
 
-    def __init__(self, blob: Readable | Callable[[], AbstractContextManager[Readable]], desc: Descriptor,
-                 tree: StagingTree, parts: Parts, fd: int, clone_from: Path | None, compression: str | None,
-                 mode: int | None, progress: ProgressListener) -> None:
+    def __init__(self, blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, fd: int,
+                 clone_from: Path | None, compression: str | None, mode: int | None, progress: ProgressListener,
+                 hashes: FileHashes | None, key: str) -> None:
         self._blob, self.desc, self._tree, self._parts, self._fd = blob, desc, tree, parts, fd
         self._clone_from, self.compression, self._mode, self._progress = clone_from, compression, mode, progress
+        self._hashes, self._key = hashes, key
+        algorithm, _, self._hex = desc.digest.partition(":")
+        self._known = compression is None and algorithm == "sha256"  # the file's SHA-256 is the layer's digest
 
     def _open(self) -> AbstractContextManager[Readable]:
         return self._blob() if callable(self._blob) else nullcontext(self._blob)
+
+    def _record(self, sha256: str, size: int) -> None:
+        if self._hashes is not None:
+            self._hashes.file(self._key, sha256, size)
 
     def close(self) -> None:
         """The job will not run (another failed first): close its file."""
@@ -466,7 +645,9 @@ class RawJob:
         fd, self._fd = self._fd, -1
         budget = tree.budget
         shown = "/".join(parts)
-        local_fd = _open_local(self._clone_from, desc.size) if self._clone_from is not None else None
+        # a local copy serves unless the file's SHA-256 must be computed from bytes the kernel would copy unseen
+        usable = self._clone_from is not None and (self._hashes is None or self._known or compression is not None)
+        local_fd = _open_local(self._clone_from, desc.size) if usable and self._clone_from is not None else None
         if local_fd is not None and compression is not None:  # KitOps raw+gzip/zstd from the cache
             def consumed(n: int) -> None:
                 budget.read(n)
@@ -474,10 +655,11 @@ class RawJob:
 
             source = local(local_fd, desc.size, consumed)
             digest = FileDigest(local_fd, desc.size, desc.digest.partition(":")[0])
+            hasher = hashlib.sha256() if self._hashes is not None else None
             try:
                 try:
-                    _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(source, compression), budget), None,
-                                 mode)
+                    made = _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(source, compression), budget),
+                                        None, mode, hasher)
                     if not source.at_end():
                         raise LayerError("bytes after the stream's end")
                 except LayerError as wrapped:
@@ -489,6 +671,8 @@ class RawJob:
             finally:
                 digest.stop()
                 os.close(local_fd)
+            if hasher is not None:
+                self._record(hasher.hexdigest(), made.st_size)
             progress.finish(desc.digest)
             return
         try:
@@ -504,6 +688,7 @@ class RawJob:
                 raise StorageError(f"cannot write {tree.show(parts)}: {exc.strerror}") from None
             finally:
                 os.close(fd)
+            self._record(self._hex, desc.size)  # only when known: the verified copy is the layer
             progress.advance(desc.digest, desc.size)
             progress.finish(desc.digest)
             return
@@ -524,26 +709,36 @@ class RawJob:
         reader = _HashingReader(blob, desc, self._progress, desc.digest, budget if compression else None)
         try:
             if compression is None:
-                _write_to(fd, tree.show(parts), reader, self._mode)
-            else:
-                try:
-                    _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(streamed(reader.read), compression),
-                                                                   budget), None, self._mode)
-                except LayerError as wrapped:
-                    reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
-                    if reader.digest() != desc.digest:
-                        raise IntegrityError(f"layer {desc.digest} ({shown}) does not match its digest") from None
-                    cause = wrapped.__cause__ or wrapped
-                    raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
-                                             f"{type(cause).__name__}: {cause}") from None
+                counted = _FileHasher(reader) if self._hashes is not None and not self._known else None
+                _write_to(fd, tree.show(parts), counted or reader, self._mode)
+                reader.verify(blob, f"layer {desc.digest} ({shown})")
+                if counted is not None:
+                    self._record(counted.hexdigest(), counted.size)
+                else:
+                    self._record(self._hex, desc.size)
+                return
+            hasher = hashlib.sha256() if self._hashes is not None else None
+            try:
+                made = _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(streamed(reader.read), compression),
+                                                                      budget), None, self._mode, hasher)
+            except LayerError as wrapped:
+                reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
+                if reader.digest() != desc.digest:
+                    raise IntegrityError(f"layer {desc.digest} ({shown}) does not match its digest") from None
+                cause = wrapped.__cause__ or wrapped
+                raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
+                                         f"{type(cause).__name__}: {cause}") from None
             reader.verify(blob, f"layer {desc.digest} ({shown})")
+            if hasher is not None:
+                self._record(hasher.hexdigest(), made.st_size)
         finally:
             reader.close()
 
 
-def prepare_raw(blob: Readable | Callable[[], AbstractContextManager[Readable]], desc: Descriptor, tree: StagingTree,
-                parts: Parts, *, clone_from: Path | None = None, compression: str | None = None,
-                mode: int | None = None, progress: ProgressListener | None = None) -> RawJob:
+def prepare_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, *,
+                clone_from: Path | None = None, compression: str | None = None, mode: int | None = None,
+                progress: ProgressListener | None = None, hashes: FileHashes | None = None,
+                key: str | None = None) -> RawJob:
     """The first step of :func:`write_raw`: account for the layer and make its (empty) file, in the tree's
     order; the job that writes the bytes is returned."""
     progress = progress or NoProgress()
@@ -554,7 +749,35 @@ def prepare_raw(blob: Readable | Callable[[], AbstractContextManager[Readable]],
     tree.begin_layer(replaceable=False)
     budget.entry(shown)
     fd = tree.create_file(parts)
-    return RawJob(blob, desc, tree, parts, fd, clone_from, compression, mode, progress)
+    return RawJob(blob, desc, tree, parts, fd, clone_from, compression, mode, progress, hashes, key or shown)
+
+
+def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None,
+             max_expand: int | None = None) -> tuple[str, int]:
+    """(SHA-256 hex, size) of the file a raw layer holds, read as :func:`write_raw` reads it (the layer's
+    digest and size checked, ``compression`` undone within an expansion budget); nothing is written."""
+    budget = ExpansionBudget(max_expand)
+    budget.start_layer(_layer_name(desc))
+    reader = _HashingReader(blob, desc, NoProgress(), desc.digest, budget if compression else None)
+    try:
+        source: Readable = reader
+        if compression is not None:
+            source = PayloadView(payload_pieces(streamed(reader.read), compression), budget)
+        hasher = _FileHasher(source)
+        try:
+            while hasher.read(CHUNK):
+                pass
+        except LayerError as wrapped:
+            reader.drain()
+            if reader.digest() != desc.digest:
+                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
+            cause = wrapped.__cause__ or wrapped
+            raise UnsafeArchiveError(f"layer {desc.digest} is not valid {compression}: "
+                                     f"{type(cause).__name__}: {cause}") from None
+        reader.verify(blob, f"layer {desc.digest}")
+    finally:
+        reader.close()
+    return hasher.hexdigest(), hasher.size
 
 
 def _copy_local(source: int, fd: int, desc: Descriptor, shown: str) -> bool:

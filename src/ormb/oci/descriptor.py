@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ormb.errors import InvalidArtifactError
 from ormb.oci import mediatypes
 from ormb.oci.digest import digest_bytes, is_digest
-from ormb.oci.grammar import MAX_JSON_DEPTH, MAX_MANIFEST, MAX_METADATA_BLOB
+from ormb.oci.grammar import MAX_DESCRIPTOR_SIZE, MAX_JSON_DEPTH, MAX_MANIFEST, MAX_METADATA_BLOB
 
 
 def load_json(data: bytes, what: str = "manifest", *, limit: int = MAX_MANIFEST) -> Any:
@@ -92,8 +93,8 @@ class Descriptor:
         media_type, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
         if not isinstance(media_type, str) or not isinstance(digest, str) or not is_digest(digest):
             raise InvalidArtifactError(f"{where} has no valid mediaType and digest")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidArtifactError(f"{where} has no valid size")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_DESCRIPTOR_SIZE:
+            raise InvalidArtifactError(f"{where} has no valid size (an int64 of at least 0)")
         annotations = data.get("annotations") or {}
         if not isinstance(annotations, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
@@ -105,6 +106,13 @@ class Descriptor:
     @classmethod
     def of_bytes(cls, media_type: str, data: bytes, annotations: dict[str, str] | None = None) -> Descriptor:
         return cls(media_type, digest_bytes(data), len(data), annotations or {})
+
+
+def layers_size(layers: Iterable[Descriptor]) -> int:
+    """A model's size as ormb shows it everywhere (save, push, ``models``, ``inspect``, the catalog's
+    pages): its layers' sizes as the manifest declares them, added up (the config is not counted; a
+    layer listed twice counts twice)."""
+    return sum(layer.size for layer in layers)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -122,6 +130,11 @@ class Manifest:
     artifact_type: str | None = None
     subject: Descriptor | None = None
     annotations: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def layers_size(self) -> int:
+        """:func:`layers_size` of this manifest's layers."""
+        return layers_size(self.layers)
 
     def to_bytes(self) -> bytes:
         out: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}

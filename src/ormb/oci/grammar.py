@@ -61,6 +61,7 @@ def is_host(value: str) -> bool:
 # -- size limits -----------------------------------------------------------------------------
 
 MAX_MANIFEST = 4 << 20  # a manifest or index, in bytes (what distribution accepts)
+MAX_DESCRIPTOR_SIZE = (1 << 63) - 1  # a descriptor's size: the image spec's int64 (distribution refuses more)
 MAX_METADATA_BLOB = 16 << 20  # a blob read whole into memory: a config, a signature bundle
 MAX_JSON_DEPTH = 32  # nesting of another tool's config, Kitfile or annotation that ormb reads (manifests: any)
 MAX_ERROR_BODY = 64 << 10  # of an error answer, the part read to show the registry's words
@@ -73,6 +74,7 @@ MAX_TOKEN_LIFETIME = 24 * 3600  # seconds a Bearer token is reused at most, what
 MAX_REDIRECTS = 5  # redirects followed for one request (each hop's origin checked again)
 MAX_GRAPH_DEPTH = 8  # indexes nested in indexes, followed at most this deep
 MAX_TAR_ENTRY_NAME = 4096  # bytes of a path in a layer
+MAX_SIGNATURES = 32  # signature referrers of one model read when verifying (a registry may list thousands)
 
 # -- chunk sizes -----------------------------------------------------------------------------
 

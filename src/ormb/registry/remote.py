@@ -17,7 +17,7 @@ import urllib3
 from ormb.content.target import Readable, read_up_to, rewindable
 from ormb.errors import IntegrityError, InvalidArtifactError, NetworkError, NotFoundError, RegistryError
 from ormb.oci import grammar, mediatypes
-from ormb.oci.descriptor import Descriptor, load_json
+from ormb.oci.descriptor import Descriptor, canonical_json, load_json
 from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, MAX_TAG_PAGE, UPLOAD_CHUNK, is_decimal, is_digest, is_tag
 from ormb.oci.graph import parse_node
 from ormb.registry.client import Registry, _discard, pull_scope, push_scope, release
@@ -261,7 +261,7 @@ class RemoteRepository:
         )
         body = self.registry.read_body(response, MAX_MANIFEST + 1, f"the referrers of {digest}")
         if response.status != 200:  # no referrers API (e.g. CNCF distribution 2.8): the fallback tag
-            tag = digest.replace(":", "-")
+            tag = fallback_tag(digest)
             try:
                 body = self.manifest_bytes(tag)
             except NotFoundError:
@@ -424,6 +424,9 @@ class RemoteRepository:
             raise IntegrityError(f"{self.registry.host} stored {claimed} for {desc.digest}")
 
     def push_reference(self, desc: Descriptor, content: Readable, reference: str) -> None:
+        """PUT the manifest under ``reference``.  A manifest with a ``subject`` on a registry without the
+        referrers API (no ``OCI-Subject`` in the answer, e.g. CNCF distribution 2.8) is also added to
+        the subject's fallback index, the tag ``sha256-<hex>`` (distribution spec v1.1, as oras-go does)."""
         data = read_up_to(content, MAX_MANIFEST + 1)
         if len(data) > MAX_MANIFEST:
             raise InvalidArtifactError(f"the manifest {desc.digest} is larger than {MAX_MANIFEST} bytes")
@@ -434,6 +437,30 @@ class RemoteRepository:
         )
         _discard(response)
         self._check_digest(response, desc)
+        if b'"subject"' in data and not response.headers.get("OCI-Subject"):
+            node = parse_node(data, desc.media_type)
+            if node.subject is not None:
+                kind = desc.artifact_type or node.artifact_type or (node.config.media_type if node.config else None)
+                self._index_referrer(node.subject.digest, Descriptor(node.media_type, desc.digest, len(data),
+                                                                     node.annotations, kind))
+
+    def _index_referrer(self, subject: str, referrer: Descriptor) -> None:
+        """Add ``referrer`` to the fallback index of ``subject`` (read, add, write back; a referrer
+        listed already is not added twice)."""
+        tag = fallback_tag(subject)
+        try:
+            existing = list(parse_node(self.manifest_bytes(tag), mediatypes.OCI_INDEX).manifests)
+        except NotFoundError:
+            existing = []
+        except InvalidArtifactError as exc:
+            raise InvalidArtifactError(f"the referrers index {self.name}:{tag} on {self.registry.host} is not an index: "
+                                       f"{exc.message}", "delete that tag, then push again") from None
+        if any(d.digest == referrer.digest for d in existing):
+            return
+        index = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX,
+                 "manifests": [d.to_dict() for d in (*existing, referrer)]}
+        body = canonical_json(index)
+        self.push_reference(Descriptor.of_bytes(mediatypes.OCI_INDEX, body), io.BytesIO(body), tag)
 
     def tag(self, desc: Descriptor, reference: str) -> None:
         data = self.manifest_bytes(desc.digest)
@@ -454,6 +481,12 @@ def _file_region(content: Readable, size: int) -> FileRegion | None:
     except (OSError, ValueError):  # io.UnsupportedOperation is both
         return None
     return FileRegion(fd, rewind.tell(), size, getattr(content, "sent", None))
+
+
+def fallback_tag(digest: str) -> str:
+    """The referrers tag schema: ``<alg>-<hex>`` (distribution spec v1.1, "Referrers Tag Schema")."""
+    algorithm, _, hexpart = digest.partition(":")
+    return f"{algorithm[:32]}-{hexpart[:64]}"
 
 
 def _with_query(url: str, **params: str) -> str:

@@ -27,6 +27,7 @@ from ormb.server.browser import BrowserGuard
 from ormb.server.context import Context, Handler
 from ormb.server.handlers import blobs, catalog_api, manifests, referrers, tags, token, uploads
 from ormb.server.http import ClientGone, Request, Response, SpecError, StartResponse, WSGIApp, send
+from ormb.server.names import RegistryNames
 from ormb.server.storage_api import Storage
 
 access_log = logging.getLogger("ormb.registry.access")
@@ -53,11 +54,13 @@ def action_of(resource: str, method: str) -> str:
 
 
 def create_app(storage: Storage, access: AccessControl, *, auth_scheme: str = "bearer", ui: bool = True,
-               service: str = "ormb-registry", guard: BrowserGuard | None = None, sparse: bool = False) -> WSGIApp:
+               service: str = "ormb-registry", guard: BrowserGuard | None = None, sparse: bool = False,
+               names: RegistryNames | None = None) -> WSGIApp:
     """The registry over ``storage``, deciding with ``access``; a plain WSGI callable.  ``guard``
     defaults to a registry on 127.0.0.1 (Host checked when ``access`` asks for no login); ``sparse``
-    accepts manifests whose blobs or child manifests were not pushed."""
-    ctx = Context(storage, Authoriser(access, auth_scheme, service), ui, sparse)
+    accepts manifests whose blobs or child manifests were not pushed; ``names`` says what the catalog
+    calls the registry (default: a registry on 127.0.0.1, ``localhost``)."""
+    ctx = Context(storage, Authoriser(access, auth_scheme, service), ui, sparse, names or RegistryNames())
     guard = guard or BrowserGuard.for_address("127.0.0.1", open_registry=not access.enabled)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

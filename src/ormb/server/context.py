@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ormb.server.authz import Authoriser
 from ormb.server.http import Request, Response
+from ormb.server.names import RegistryNames
 from ormb.server.storage_api import Storage
 
 
@@ -16,6 +17,7 @@ class Context:
     authz: Authoriser
     ui: bool = True  # serve the web catalog at /
     sparse: bool = False  # accept manifests whose blobs or child manifests were not pushed
+    names: RegistryNames = field(default_factory=RegistryNames)  # what the catalog calls this registry
 
 
 Handler = Callable[[Context, Request, str, str], Response]  # (context, request, repository, path argument)

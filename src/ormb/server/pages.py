@@ -15,18 +15,16 @@ millions).
 
 from __future__ import annotations
 
-import io
-import tarfile
+import secrets
 import urllib.parse
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, BinaryIO
+from typing import Any
 
-from isal import igzip
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ormb.errors import NotFoundError, OrmbError
+from ormb.errors import OrmbError
+from ormb.model import modelpack
 from ormb.model.loaded import load_model
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor
@@ -35,12 +33,12 @@ from ormb.oci.graph import parse_node
 from ormb.server.context import Context
 from ormb.server.handlers.manifests import resolve
 from ormb.server.http import Request, Response, SpecError
+from ormb.server.model_files import LICENCE_NAMES, LISTING_CAP, ModelFiles, RepositoryContent
+from ormb.server.modelcard import CARD_CAP, render_card
 from ormb.server.storage_api import ManifestRecord
 from ormb.units import human_size
 
 PER_PAGE = 1000  # rows a page renders (files, tags, repositories, index entries); a link shows the next ones
-LISTING_CAP = 10_000  # files read from one layer's tar listing (and remembered); the page says where it stops
-MEMBERS_CAP = 2 * LISTING_CAP  # tar members read at most (directories and links count too)
 
 _env = Environment(loader=PackageLoader("ormb.server", "templates"), autoescape=select_autoescape(["html"]))
 
@@ -109,9 +107,29 @@ def model_page(ctx: Context, request: Request) -> Response:
     start = _start(request)
     model = describe_model(ctx, name, record, start)
     more = _more(request, start, model["more"])
-    pull_ref = f"{request.host}/{name}@{record.digest}" if is_digest(reference) else f"{request.host}/{name}:{reference}"
+    pull = ctx.names.pull_command(request, name, record.digest if is_digest(reference) else reference)
     return _html("model.html", name=name, reference=reference, record=record, model=model, more=more,
-                 listing_cap=f"{LISTING_CAP:,}", pull=f"ormb pull {pull_ref}", **_viewer(ctx, user))
+                 listing_cap=f"{LISTING_CAP:,}", pull=pull, **_viewer(ctx, user))
+
+
+def file_page(ctx: Context, request: Request) -> Response:
+    """A model's card or licence as text: only those files, read as the model page reads them."""
+    name, reference, path = (request.query.get(k, "") for k in ("name", "ref", "path"))
+    user = _authorised(ctx, request, name)
+    if user is False:
+        return _missing(ctx, request, f"repository {name}")
+    try:
+        record = resolve(ctx, name, reference)
+        loaded = load_model(RepositoryContent(ctx, name), Descriptor(record.media_type, record.digest, record.size))
+    except (SpecError, OrmbError):
+        return _missing(ctx, request, f"{name}:{reference}")
+    document = ModelFiles(ctx, name, loaded).document(path)
+    if document is None:
+        return _html("missing.html", status=404, what=f"file {path!r} of {name}:{reference} to show (the catalog "
+                     "shows a model's card and licence; pull the model for its other files)", **_viewer(ctx, user))
+    model_url = "/model?" + urllib.parse.urlencode({"name": name, "ref": reference})
+    return _html("file.html", name=name, reference=reference, document=document, model_url=model_url,
+                 cap=human_size(CARD_CAP), **_viewer(ctx, user))
 
 
 def login_page(ctx: Context, request: Request) -> Response:
@@ -122,7 +140,7 @@ def login_page(ctx: Context, request: Request) -> Response:
 
 
 PAGES: dict[str, Callable[[Context, Request], Response]] = {
-    "/": index_page, "/repository": repository_page, "/model": model_page, "/login": login_page}
+    "/": index_page, "/repository": repository_page, "/model": model_page, "/file": file_page, "/login": login_page}
 
 
 def _authorised(ctx: Context, request: Request, name: str) -> str | None | bool:
@@ -157,40 +175,26 @@ def _more(request: Request, start: int, more: bool) -> str | None:
 
 
 def _html(template: str, status: int = 200, **context: Any) -> Response:
-    body = _env.get_template(template).render(**context).encode("utf-8")
+    """A page; its own scripts carry a nonce, so no other script runs (a model card is text from the
+    model's pusher: rendered without raw HTML, and this is the second wall)."""
+    nonce = secrets.token_urlsafe(18)
+    body = _env.get_template(template).render(nonce=nonce, **context).encode("utf-8")
     return Response(status, body, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store",
                                    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-                                   "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
-                                                              "script-src 'unsafe-inline'; frame-ancestors 'none'"})
-
-
-class RepositoryContent:
-    """The blobs and manifests of one repository as a Target (:class:`~ormb.content.target.Fetcher`),
-    for :func:`ormb.model.loaded.load_model`: nothing linked to another repository is ever read."""
-
-    def __init__(self, ctx: Context, repository: str) -> None:
-        self._storage, self._repository = ctx.storage, repository
-
-    @contextmanager
-    def fetch(self, desc: Descriptor) -> Iterator[BinaryIO]:
-        record = self._storage.manifest(self._repository, desc.digest) if is_digest(desc.digest) else None
-        if record is not None:
-            yield io.BytesIO(self._storage.manifest_bytes(record))
-            return
-        blob = self._storage.open_blob(self._repository, desc.digest)
-        if blob is None:
-            raise NotFoundError(f"blob {desc.digest} is not in {self._repository}")
-        with blob:
-            yield blob
+                                   "Referrer-Policy": "no-referrer",
+                                   "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; "
+                                   "style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
+                                   "frame-ancestors 'none'"})
 
 
 def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int = 0) -> dict[str, Any]:
     """What the model page shows: the model as ``ormb inspect`` reads it (:func:`load_model`), read
-    through the repository's own content, plus the files of an ormb layer (rows ``start`` to
-    ``start + PER_PAGE``; ``more`` when there are further ones)."""
+    through the repository's own content, its files (rows ``start`` to ``start + PER_PAGE``; ``more``
+    when there are further ones), its model card rendered and its licence's path."""
     model: dict[str, Any] = {"kind": "unknown", "config_type": "", "media_type": record.media_type, "files": [],
                              "fields": [], "inputs": [], "outputs": [], "metrics": [], "hyper_parameters": [],
-                             "size": 0, "entries": [], "more": False, "listing_capped": False}
+                             "size": record.layers_size, "entries": [], "more": False, "listing_capped": False,
+                             "card": None, "licence": None}
     if record.media_type not in mediatypes.MANIFEST_TYPES:
         entries = _index_entries(ctx, name, record)
         model.update(kind="index", entries=entries[start:start + PER_PAGE], more=len(entries) > start + PER_PAGE)
@@ -200,28 +204,46 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     except OrmbError:
         return model
     meta = loaded.metadata
-    model.update(kind="modelpack" if loaded.is_modelpack else "ormb", size=loaded.size,
-                 config_type=loaded.manifest.config.media_type)
-    for label, value in (("Format", meta.format), ("Framework", meta.framework), ("Author", meta.author),
-                         ("Description", meta.description), ("Created", meta.created), ("GPU type", meta.gpu_type),
-                         ("Tags", ", ".join(meta.tags or []))):
+    model.update(kind="modelpack" if loaded.is_modelpack else "ormb", config_type=loaded.manifest.config.media_type,
+                 artifact_kind=modelpack.artifact_kind(loaded.manifest))
+    block = meta.modelpack
+    for label, value in (("Title", block and block.title), ("Name", block and block.name),
+                         ("Version", block and block.version), ("Format", meta.format), ("Framework", meta.framework),
+                         ("Author", meta.author), ("Vendor", block and block.vendor), ("Description", meta.description),
+                         ("Created", meta.created), ("Licences", ", ".join(block.licenses or []) if block else None),
+                         ("Architecture", block and block.architecture), ("Family", block and block.family),
+                         ("Parameters", block and block.param_size), ("Precision", block and block.precision),
+                         ("Quantization", block and block.quantization), ("GPU type", meta.gpu_type),
+                         ("Tags", ", ".join(meta.tags or [])), ("Source", block and block.source_url),
+                         ("Revision", block and block.revision), ("Documentation", block and block.doc_url)):
         if value:
-            model["fields"].append((label, str(value)))
+            text = str(value)
+            model["fields"].append((label, text, text if label in LINKED_FIELDS and _web_address(text) else None))
     if meta.signature:
         model["inputs"] = [t.model_dump(by_alias=True) for t in meta.signature.inputs or []]
         model["outputs"] = [t.model_dump(by_alias=True) for t in meta.signature.outputs or []]
     model["metrics"] = [(stage, m.name, m.value) for stage, items in (meta.metrics or {}).items() for m in items]
     model["hyper_parameters"] = [(h.name, h.value) for h in meta.hyper_parameters or []]
-    files: list[tuple[str, int | None]] = []
-    if not loaded.is_modelpack:
-        for layer in loaded.manifest.layers:
-            if layer.media_type in (mediatypes.ORMB_LAYER, "application/vnd.oci.image.layer.v1.tar+gzip"):
-                listed, capped = _tar_files(ctx, name, layer.digest)
-                model["listing_capped"] |= capped
-                files += listed
-    files = files or loaded.files()
-    model.update(files=files[start:start + PER_PAGE], more=len(files) > start + PER_PAGE)
+    files = ModelFiles(ctx, name, loaded)
+    model.update(files=files.files[start:start + PER_PAGE], more=len(files.files) > start + PER_PAGE,
+                 listing_capped=files.capped, licence=files.document_path(LICENCE_NAMES))
+    card = files.card()
+    file_url = "/file?" + urllib.parse.urlencode({"name": name, "ref": record.digest}) + "&path="
+    if card is not None:
+        model["card"] = {"path": card.path, "html": render_card(card.text, card.path, file_url), "cut": card.cut,
+                         "url": file_url + urllib.parse.quote(card.path, safe="/")}
+    if model["licence"]:
+        model["licence_url"] = file_url + urllib.parse.quote(model["licence"], safe="/")
     return model
+
+
+LINKED_FIELDS = ("Source", "Documentation")
+
+
+def _web_address(text: str) -> bool:
+    """An http(s) address with a host: the only values of a config the page turns into links."""
+    parts = urllib.parse.urlsplit(text)
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc) and text == text.strip()
 
 
 def _index_entries(ctx: Context, name: str, record: ManifestRecord) -> list[dict[str, Any]]:
@@ -232,37 +254,3 @@ def _index_entries(ctx: Context, name: str, record: ManifestRecord) -> list[dict
         return []
     return [{"digest": d.digest, "media_type": d.media_type, "artifact_type": d.artifact_type or "",
              "linked": ctx.storage.manifest(name, d.digest) is not None} for d in node.manifests]
-
-
-def _tar_files(ctx: Context, name: str, digest: str) -> tuple[list[tuple[str, int]], bool]:
-    """The regular files a tar+gzip layer of ``name`` lists (sorted by path), and whether the listing
-    went on past what was read: at most LISTING_CAP files and MEMBERS_CAP members, remembered."""
-    if not isinstance(digest, str) or not is_digest(digest):
-        return [], False
-    cached = ctx.storage.layer_files(digest)
-    if cached is not None and ctx.storage.linked(name, digest) is not None:
-        return [f for f in cached if f[1] != CAPPED[1]], CAPPED in cached
-    blob = ctx.storage.open_blob(name, digest)
-    if blob is None:
-        return [], False
-    files: list[tuple[str, int]] = []
-    capped = False
-    try:
-        with blob:
-            stream = igzip.IGzipFile(fileobj=blob, mode="rb")  # type: ignore[no-untyped-call]
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20) as tar:
-                for count, member in enumerate(tar, 1):
-                    if member.isreg():  # names as text a page can show (tar names may be any bytes)
-                        files.append((member.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                                      member.size))
-                    if len(files) >= LISTING_CAP or count >= MEMBERS_CAP:
-                        capped = tar.next() is not None  # anything after this one?
-                        break
-    except (OSError, tarfile.TarError, EOFError):
-        return sorted(files), capped
-    files.sort()
-    ctx.storage.remember_layer_files(digest, [*files, CAPPED] if capped else files)
-    return files, capped
-
-
-CAPPED = ("", -1)  # the row that marks a remembered listing as cut short (no file has size -1)

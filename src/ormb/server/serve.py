@@ -16,7 +16,7 @@ are ours, each held by a test in tests/integration/test_registry_robustness.py:
   connection is answered 503 at once (the worker class below), never left hanging.
 
 >>> server = RegistryServer(Path("/tmp/registry"), "127.0.0.1:0").start()   # a child process
->>> server.url                                                                # the real port
+>>> server.url                      # http://localhost:PORT, the real port (ormb.server.names)
 >>> server.stop()
 """
 
@@ -35,9 +35,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ormb.errors import StorageError, UsageError
+
+if TYPE_CHECKING:
+    from ormb.server.names import Listening, RegistryNames
 
 LISTENING = "ormb registry listening on "
 STOPPED = "ormb registry stopped"
@@ -107,6 +110,13 @@ class ServeOptions:
         return args
 
 
+def registry_names(options: ServeOptions) -> RegistryNames:
+    """What the registry calls itself: announced on start, copied by the catalog."""
+    from ormb.server.names import RegistryNames
+
+    return RegistryNames.for_address(parse_addr(options.addr)[0], options.public_hosts)
+
+
 def build_app(options: ServeOptions) -> tuple[Any, Any]:
     """(WSGI app, store) for ``options``."""
     from ormb.server.access import AccessControl, load_htpasswd, load_policy
@@ -122,11 +132,12 @@ def build_app(options: ServeOptions) -> tuple[Any, Any]:
                            token_lifetime=options.token_lifetime, revocations=store.token_generations)
     guard = BrowserGuard.for_address(parse_addr(options.addr)[0], options.public_hosts, open_registry=users is None)
     return create_app(store, access, auth_scheme=options.auth_scheme, ui=options.ui, guard=guard,
-                      sparse=options.sparse_manifests), store
+                      sparse=options.sparse_manifests, names=registry_names(options)), store
 
 
-def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Callable[[], None]) -> None:
-    """Run the registry in this process until SIGTERM/SIGINT (gunicorn's arbiter and its workers)."""
+def serve(options: ServeOptions, on_ready: Callable[[Listening], None], on_stop: Callable[[], None]) -> None:
+    """Run the registry in this process until SIGTERM/SIGINT (gunicorn's arbiter and its workers);
+    ``on_ready`` hears the name it goes by once it listens (see :mod:`ormb.server.names`)."""
     from gunicorn.app.base import BaseApplication
 
     os.umask(0o077)  # whatever the registry creates is its own (the store sets modes too)
@@ -134,6 +145,7 @@ def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Calla
     _raise_open_files_limit(options.max_connections * options.workers + 256)
     host, port = parse_addr(options.addr)
     app, store = build_app(options)
+    names = registry_names(options)
     _configure_logging(options.log_level)
     tls = options.tls_cert is not None
     timeout = struct.pack("ll", int(options.client_timeout), int(options.client_timeout % 1 * 1_000_000))
@@ -143,8 +155,7 @@ def serve(options: ServeOptions, on_ready: Callable[[str], None], on_stop: Calla
             listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
             listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
         bound = arbiter.LISTENERS[0].sock.getsockname()
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        on_ready(f"{'https' if tls else 'http'}://{shown}:{bound[1]}")
+        on_ready(names.listening(str(bound[0]).partition("%")[0], int(bound[1]), tls=tls))
 
     def post_fork(arbiter: Any, worker: Any) -> None:
         store.after_fork()

@@ -22,6 +22,7 @@ class ManifestRecord:
     subject: str | None
     annotations: dict[str, str]
     created: float
+    layers_size: int | None = None  # what the catalog shows (oci.descriptor.layers_size); None for an index
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class TagRecord:
     tag: str
     digest: str
     updated: float
-    size: int  # bytes of the manifest's blobs
+    size: int | None  # the manifest's layers_size: one number on every page; None for an index
 
 
 class UploadConflict(Exception):
@@ -107,7 +108,12 @@ class MetadataStore(Protocol):
 
     def layer_files(self, digest: str) -> list[tuple[str, int]] | None: ...
 
-    def remember_layer_files(self, digest: str, files: list[tuple[str, int]]) -> None: ...
+    def remember_layer_files(self, digest: str, files: list[tuple[str, int]],
+                             documents: dict[str, bytes] | None = None) -> None:
+        """Remember a tar layer's listing, and the start of the documents read with it (the catalog's)."""
+
+    def layer_document(self, digest: str, path: str) -> bytes | None:
+        """What :meth:`remember_layer_files` kept of the member ``path`` of the layer ``digest``."""
 
     def token_generations(self) -> dict[str, int]:
         """user -> generation of the tokens still valid (``ormb registry revoke`` bumps it)."""

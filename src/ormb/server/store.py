@@ -52,7 +52,10 @@ from typing import Any, BinaryIO
 
 from ormb.content.atomic import install_file, staged_file
 from ormb.content.background import BackgroundHasher, BackgroundWriter
+from ormb.errors import OrmbError
+from ormb.oci.descriptor import layers_size
 from ormb.oci.grammar import ALGORITHMS, IO_CHUNK, is_digest
+from ormb.oci.graph import parse_node
 from ormb.server.storage_api import ManifestRecord, TagRecord, UploadConflict
 
 SCHEMA = """
@@ -73,10 +76,15 @@ CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, repository TEXT NOT NUL
     created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS layer_files (digest TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (digest, path));
+CREATE TABLE IF NOT EXISTS layer_documents (digest TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (digest, path));
 CREATE TABLE IF NOT EXISTS token_generations (user TEXT PRIMARY KEY, generation INTEGER NOT NULL);
 """
 # Added after the first release: when a link or an upload session was last touched (gc's grace).
 MIGRATIONS = [("blob_links", "touched"), ("uploads", "touched")]
+# Added later: a manifest's size as every page shows it (oci.descriptor.layers_size), set when it is pushed,
+# as decimal text (declared sizes are any JSON integer, beyond SQLite's 64 bits); NULL for an index.
+LAYERS_SIZE = "layers_size"
 
 RESERVE_BYTES = 8 << 20
 TOUCH_EVERY = 60.0  # a HEAD/GET refreshes a link at most this often (a write per read would be costly)
@@ -133,6 +141,25 @@ class Store:
             columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in columns:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
+        if LAYERS_SIZE not in {row[1] for row in self.db.execute("PRAGMA table_info(manifests)")}:
+            self._add_layers_size()
+
+    def _add_layers_size(self) -> None:
+        """Add the column and fill it for the manifests pushed before it existed (read once, here)."""
+        with self.transaction() as db:
+            if LAYERS_SIZE in {row[1] for row in db.execute("PRAGMA table_info(manifests)")}:
+                return  # another process did it first
+            db.execute(f"ALTER TABLE manifests ADD COLUMN {LAYERS_SIZE} TEXT")
+            rows = db.execute("SELECT DISTINCT digest, media_type, size FROM manifests").fetchall()
+            for digest, media_type, size in rows:
+                try:
+                    with open(self.blob_path(digest), "rb") as f:
+                        node = parse_node(f.read(int(size) + 1), media_type)
+                except (OSError, OrmbError):
+                    continue  # `ormb registry check` reports a missing or damaged file
+                if node.kind == "manifest":
+                    db.execute(f"UPDATE manifests SET {LAYERS_SIZE} = ? WHERE digest = ?",
+                               (str(layers_size(node.layers)), digest))
 
     def _secret(self) -> bytes:
         path = self.root / "secret"
@@ -349,9 +376,10 @@ class Store:
                 db.execute("INSERT INTO blobs VALUES (?, ?, ?)", (record.digest, record.size, now))
             self._ensure_repository(db, record.repository)
             db.execute(
-                "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.repository, record.digest, record.media_type, record.artifact_type, record.size,
-                 record.subject, json.dumps(record.annotations), record.created),
+                 record.subject, json.dumps(record.annotations), record.created,
+                 None if record.layers_size is None else str(record.layers_size)),
             )
             db.executemany("INSERT OR IGNORE INTO manifest_refs VALUES (?, ?, ?)",
                            [(record.repository, record.digest, child) for child in [*blobs, *children]])
@@ -397,12 +425,12 @@ class Store:
 
     def tag_records(self, repository: str) -> list[TagRecord]:
         rows = self.db.execute(
-            "SELECT t.tag, t.digest, t.updated, COALESCE(SUM(b.size), 0) FROM tags t "
-            "LEFT JOIN manifest_refs r ON r.repository = t.repository AND r.manifest = t.digest "
-            "LEFT JOIN blobs b ON b.digest = r.child WHERE t.repository = ? GROUP BY t.tag ORDER BY t.updated DESC",
+            f"SELECT t.tag, t.digest, t.updated, m.{LAYERS_SIZE} FROM tags t "
+            "LEFT JOIN manifests m ON m.repository = t.repository AND m.digest = t.digest "
+            "WHERE t.repository = ? ORDER BY t.updated DESC",
             (repository,),
         )
-        return [TagRecord(r[0], r[1], r[2], int(r[3])) for r in rows]
+        return [TagRecord(r[0], r[1], r[2], None if r[3] is None else int(r[3])) for r in rows]
 
     def catalog(self, last: str | None = None, limit: int | None = None) -> list[str]:
         query = "SELECT name FROM repositories" + (" WHERE name > ?" if last else "") + " ORDER BY name"
@@ -422,9 +450,16 @@ class Store:
         found = [(r[0], int(r[1])) for r in rows]
         return found or None
 
-    def remember_layer_files(self, digest: str, files: list[tuple[str, int]]) -> None:
+    def remember_layer_files(self, digest: str, files: list[tuple[str, int]],
+                             documents: dict[str, bytes] | None = None) -> None:
         with self.transaction() as db:
             db.executemany("INSERT OR IGNORE INTO layer_files VALUES (?, ?, ?)", [(digest, p, s) for p, s in files])
+            db.executemany("INSERT OR REPLACE INTO layer_documents VALUES (?, ?, ?)",
+                           [(digest, p, data) for p, data in (documents or {}).items()])
+
+    def layer_document(self, digest: str, path: str) -> bytes | None:
+        row = self.db.execute("SELECT data FROM layer_documents WHERE digest = ? AND path = ?", (digest, path)).fetchone()
+        return bytes(row[0]) if row else None
 
     # -- token revocation ---------------------------------------------------------------------
     def token_generations(self) -> dict[str, int]:
@@ -458,6 +493,8 @@ class Store:
                 ).rowcount
                 db.execute("DELETE FROM blobs WHERE digest NOT IN (SELECT digest FROM blob_links) "
                            "AND digest NOT IN (SELECT digest FROM manifests)")
+                for table in ("layer_files", "layer_documents"):  # what the catalog remembered of a freed layer
+                    db.execute(f"DELETE FROM {table} WHERE digest NOT IN (SELECT digest FROM blobs)")
             uploads = self._drop_stale_sessions(cutoff)
             removed, freed = self._sweep_blob_files()
             self._sweep_leftovers()
@@ -660,4 +697,5 @@ def _try_flock(path: Path) -> Iterator[bool]:
 
 
 def _manifest_record(row: Any) -> ManifestRecord:
-    return ManifestRecord(row[0], row[1], row[2], row[3], int(row[4]), row[5], json.loads(row[6] or "{}"), row[7])
+    return ManifestRecord(row[0], row[1], row[2], row[3], int(row[4]), row[5], json.loads(row[6] or "{}"), row[7],
+                          None if row[8] is None else int(row[8]))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ormb.errors import InvalidArtifactError
 from ormb.oci import mediatypes
+from ormb.oci.descriptor import layers_size
 from ormb.oci.grammar import MAX_MANIFEST, is_digest
 from ormb.oci.graph import NODE_TYPES, parse_node
 from ormb.server.http import SpecError
@@ -27,6 +28,7 @@ class CheckedManifest:
     annotations: dict[str, str]
     blobs: list[str]  # config and layers: must be blobs of the repository
     children: list[str]  # an index's entries: must be manifests of the repository
+    layers_size: int | None = None  # a manifest's size as ormb shows it (oci.descriptor.layers_size); None: an index
 
 
 def validate_manifest(data: bytes, reference: str, content_type: str) -> CheckedManifest:
@@ -55,10 +57,11 @@ def validate_manifest(data: bytes, reference: str, content_type: str) -> Checked
         external = _external_layers(data)
         blobs = [node.config.digest, *(layer.digest for i, layer in enumerate(node.layers) if i not in external)]
         children: list[str] = []
+        size: int | None = layers_size(node.layers)
     else:
-        blobs, children = [], [entry.digest for entry in node.manifests]
+        blobs, children, size = [], [entry.digest for entry in node.manifests], None
     return CheckedManifest(digest, node.media_type, artifact_type, node.subject.digest if node.subject else None,
-                           node.annotations, list(dict.fromkeys(blobs)), list(dict.fromkeys(children)))
+                           node.annotations, list(dict.fromkeys(blobs)), list(dict.fromkeys(children)), size)
 
 
 def _external_layers(data: bytes) -> set[int]:

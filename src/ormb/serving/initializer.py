@@ -13,6 +13,12 @@ Layouts:
 - ``none``: ``DEST/model/<files>`` and ``DEST/ormbfile.yaml``, as ``ormb export`` writes it.
 
 ModelPack models have no ``model/`` directory: their files land at ``DEST/1/`` (triton) or ``DEST/``.
+
+With a verify key (``--verify-key``/``$ORMB_VERIFY_KEY``, ``--trust-dir``/``$ORMB_TRUST_DIR``) the
+model must carry a signature by one of those keys over exactly its files.  The signature is found
+and verified first, and a ModelPack model's file list compared from its manifest, all before a weight
+byte is downloaded; files inside tar layers (the ormb format) are hashed while they are staged and
+compared before anything moves into ``DEST``.  A refused model leaves ``DEST`` as it was.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from ormb.cache import load_model
 from ormb.config import Settings, load_settings
 from ormb.errors import InvalidReferenceError
 from ormb.model.export import export_model
+from ormb.model.unpack import FileHashes
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
 from ormb.registry.credentials import Credential, CredentialStore
 from ormb.registry.remote import RemoteRepository
 from ormb.registry.transport import TransportOptions
+from ormb.signing import check_listed, check_model, trusted_keys, trusted_signatures
 
 LAYOUTS = ("triton", "mlflow", "none")
 SCHEME = "ormb://"
@@ -43,6 +51,7 @@ class InitializedModel:
     directory: Path
     files: tuple[str, ...]
     format: str | None
+    verified_by: str = ""  # with a verify key: the fingerprint of the key whose signature matched
 
 
 def parse_source(source: str, default_registry: str) -> Reference:
@@ -72,12 +81,15 @@ def pull_and_export(
     layout: str = "triton",
     metadata: bool = True,
     max_expand: int | None = None,
+    verify_key: str | Path | tuple[str | Path, ...] | None = None,
+    trust_dir: str | Path | None = None,
     settings: Settings | None = None,
     options: TransportOptions | None = None,
     progress: ProgressListener | None = None,
 ) -> InitializedModel:
     """Download ``source`` and lay it out in ``destination`` for a model server (the same export as
-    ``ormb export``, straight from the registry; ``max_expand`` as there)."""
+    ``ormb export``, straight from the registry; ``max_expand`` as there).  ``verify_key`` (public key
+    files) and ``trust_dir`` (default: ``$ORMB_VERIFY_KEY``, ``$ORMB_TRUST_DIR``): see the module doc."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     settings = settings or load_settings()
@@ -88,7 +100,20 @@ def pull_and_export(
     desc, data = remote.fetch_reference(ref.version)  # one GET: the bytes are verified and reused
     model = load_model(remote, desc, data, ref=ref)
     dest = Path(destination)
+    key_files = (verify_key,) if isinstance(verify_key, str | Path) else tuple(verify_key or ()) or settings.verify_keys
+    directory = trust_dir if trust_dir is not None else settings.trust_dir
+    check = None
+    verified = ""
+    if key_files or directory is not None:
+        signatures = trusted_signatures(remote, model.manifest_desc, trusted_keys(key_files, directory), what=str(ref))
+        listed = check_listed(signatures, model.manifest, what=str(ref))  # ModelPack: before any weight byte
+        verified = listed.fingerprint if listed else ""
+
+        def check(hashes: FileHashes) -> None:  # what was staged, before it moves into place
+            nonlocal verified
+            verified = check_model(signatures, hashes, what=str(ref)).fingerprint
     paths = export_model(remote, model.manifest, dest, metadata=model.metadata if metadata else None,
                          subdirectory="1" if layout == "triton" else "", strip_prefix=layout != "none",
-                         max_expand=max_expand, progress=progress, concurrency=registry.options.concurrency)
-    return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format)
+                         max_expand=max_expand, progress=progress, concurrency=registry.options.concurrency,
+                         check=check)
+    return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format, verified)

@@ -51,7 +51,7 @@ def put(ctx: Context, request: Request, name: str, reference: str) -> Response:
     data = request.read_all(MAX_MANIFEST)
     checked = validate_manifest(data, reference, request.header("Content-Type"))
     record = ManifestRecord(name, checked.digest, checked.media_type, checked.artifact_type, len(data),
-                            checked.subject, checked.annotations, time.time())
+                            checked.subject, checked.annotations, time.time(), checked.layers_size)
     missing = ctx.storage.put_manifest(record, data, checked.children, checked.blobs, tags, sparse=ctx.sparse)
     if missing:
         kind = "manifest" if missing[0] in checked.children else "blob"
