@@ -14,8 +14,8 @@ import ormb
 
 pytestmark = pytest.mark.e2e
 
-HEAVY = ("pydantic", "urllib3", "rich", "yaml", "isal", "zstandard", "jinja2", "ormb.api", "ormb.cache",
-         "ormb.model.ormbfile", "ormb.registry.transport")
+HEAVY = ("pydantic", "urllib3", "rich", "yaml", "isal", "zstandard", "jinja2", "cryptography", "ormb.api",
+         "ormb.cache", "ormb.model.ormbfile", "ormb.registry.transport", "ormb.signing.keys")
 
 REPORT = "import json, sys; print(json.dumps(sorted(sys.modules)))"
 
@@ -27,7 +27,8 @@ def _modules_after(code: str) -> set[str]:
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["save", "--help"], ["registry", "serve", "--help"]])
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["save", "--help"], ["registry", "serve", "--help"],
+                                  ["key", "generate", "--help"]])
 def test_version_and_help_import_no_heavy_module(args: list[str]) -> None:
     code = ("import contextlib, io\nfrom ormb.cli.main import main\n"
             f"with contextlib.redirect_stdout(io.StringIO()):\n    code = main({args!r})\nassert code == 0, code")
