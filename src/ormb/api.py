@@ -49,7 +49,7 @@ from ormb.model.signature import FRAMEWORK_HINTS, read_signature
 from ormb.model.unpack import FileHashes
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest, layers_size
-from ormb.oci.grammar import MAX_METADATA_BLOB, MAX_SIGNATURES, is_host, is_tag
+from ormb.oci.grammar import MAX_SIGNATURE_BUNDLE, MAX_SIGNATURES, is_host, is_tag
 from ormb.oci.graph import Node, parse_node
 from ormb.oci.reference import USERINFO_REFUSED, Reference, parse_reference
 from ormb.progress import ProgressListener
@@ -71,11 +71,12 @@ from ormb.signing import (
     sign_files,
     signature_artifact,
     signed_files,
-    trusted_keys,
     trusted_signatures,
+    verification_keys,
     verify_manifest,
 )
 from ormb.signing.bundle import compare_files, read_unverified
+from ormb.signing.referrer import SIGNATURE_ARTIFACT_TYPE, shape_problem
 from ormb.signing.verify import Verified, first_bundle
 from ormb.transfer import CopyStats, copy, copy_referrers
 
@@ -215,7 +216,7 @@ def save(
         else:
             packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
         if packed.files is not None:  # computed while packing: 'ormb sign' will not read the layer again
-            file_records(settings).put(packed.layers[0], ORMB_PREFIX, packed.files)
+            file_records(settings).put(packed.layers[0], ORMB_PREFIX, "gzip", packed.files)
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
         ref, packed.manifest.digest, layers_size(packed.layers), format_name, guessed,
@@ -248,6 +249,11 @@ class ExportResult:
     directory: Path
     files: tuple[str, ...]
     verified_by: str = ""  # the fingerprint of the key whose signature the files matched (when verifying)
+    notes: tuple[str, ...] = ()  # what the user may want to know (e.g. that no ormbfile.yaml was written)
+
+
+UNSIGNED_METADATA_NOTE = (f"{FILENAME} was not written: no signature covers it (it is made from the model's config), "
+                          "and a verified export writes only signed files")
 
 
 def export(
@@ -277,7 +283,9 @@ def export(
     written is hashed and compared before anything moves into ``directory``.
 
     ``signature_file``: also write the model's signature there (the one that verified, else the
-    first), for ``model_signing verify key --signature FILE`` on the exported files."""
+    first), for ``model_signing verify key --signature FILE`` on the exported files.  A verified export
+    writes only signed files: no ``ormbfile.yaml`` (a note says so), and ``directory`` may hold nothing
+    but the model's paths (:class:`UsageError` otherwise)."""
     settings = settings or load_settings()
     ref = _ref(reference, settings)
     keys = _verification_keys(verify_key, trust_dir, settings)
@@ -303,14 +311,16 @@ def export(
             verified = check_model(signatures, hashes, what=str(ref), complete=complete)
     elif signature_file is not None:
         bundle = first_bundle(cache, model.manifest_desc, what=str(ref))
-    paths = export_model(cache, model.manifest, dest, metadata=model.metadata if metadata else None, files=files,
+    write_metadata = metadata and check is None
+    paths = export_model(cache, model.manifest, dest, metadata=model.metadata if write_metadata else None, files=files,
                          local_copy=lambda d: cache.blob_path(d.digest), max_expand=max_expand, progress=progress,
                          check=check)
     if verified is not None:
         bundle = verified.signature.bundle
     if signature_file is not None:
         _write_file(Path(signature_file), bundle)
-    return ExportResult(ref, model.manifest_desc.digest, dest, paths, verified.fingerprint if verified else "")
+    notes = (UNSIGNED_METADATA_NOTE,) if metadata and not write_metadata else ()
+    return ExportResult(ref, model.manifest_desc.digest, dest, paths, verified.fingerprint if verified else "", notes)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -695,8 +705,10 @@ def pull(reference: str | Reference, *, include: tuple[str, ...] = (), verify_ke
 
             def before_root() -> None:
                 nonlocal verified
-                hashes = model_files(cache, model.manifest, file_records(settings))
+                records = file_records(settings).pending()  # remembered only once the model verified
+                hashes = model_files(cache, model.manifest, records)
                 verified = check_model(signatures, hashes, what=str(ref)).fingerprint
+                records.commit()
     try:
         with cache.writing():  # complete_existing: a manifest in the cache may be a partial pull's, its layers missing
             stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress,
@@ -714,12 +726,15 @@ def _pull_signatures(remote: RemoteRepository, cache: OCILayout, subject: str, c
 
     Without a verify key, a registry that cannot list them does not fail the pull: it is a note.
     """
-    def is_bundle(desc: Descriptor, node: Node) -> bool:
-        return is_signature(desc) and all(layer.size <= MAX_METADATA_BLOB for layer in node.layers)
+    def is_bundle(desc: Descriptor, node: Node) -> bool:  # checked before its blobs are fetched
+        try:
+            return is_signature(desc) and not shape_problem(node.to_manifest())
+        except InvalidArtifactError:
+            return False
     try:
         with cache.writing():
             return copy_referrers(remote, cache, subject, accept=is_bundle, limit=MAX_SIGNATURES,
-                                  concurrency=concurrency), ()
+                                  artifact_type=SIGNATURE_ARTIFACT_TYPE, concurrency=concurrency), ()
     except OrmbError as exc:
         if required:
             raise
@@ -783,13 +798,10 @@ def _key_paths(value: KeyPaths | None) -> tuple[str | Path, ...]:
 
 def _verification_keys(verify_key: KeyPaths | None, trust_dir: str | Path | None,
                        settings: Settings) -> tuple[PublicKey, ...] | None:
-    """The public keys a pull or export must verify with, or None when it need not verify.  The
-    arguments win over ``$ORMB_VERIFY_KEY``/``$ORMB_TRUST_DIR`` (in ``settings``)."""
-    paths = _key_paths(verify_key) or settings.verify_keys
-    directory = trust_dir if trust_dir is not None else settings.trust_dir
-    if not paths and directory is None:
-        return None
-    return trusted_keys(paths, directory)
+    """The public keys a pull or export must verify with, or None when it need not verify
+    (:func:`ormb.signing.keys.verification_keys`: the arguments win over the environment)."""
+    return verification_keys(_key_paths(verify_key), trust_dir, env_keys=settings.verify_keys,
+                             env_trust_dir=settings.trust_dir, env_problem=settings.verify_env_problem)
 
 
 @dataclass(frozen=True)
@@ -872,7 +884,7 @@ def _attachable(path: Path, files: dict[str, str], ref: Reference) -> tuple[byte
     directory (or of the directory holding ``ormbfile.yaml`` and ``model/``) is refused now."""
     try:
         with open(path, "rb") as handle:
-            bundle = handle.read(MAX_METADATA_BLOB + 1)
+            bundle = handle.read(MAX_SIGNATURE_BUNDLE + 1)
     except OSError as exc:
         raise StorageError(f"cannot read the signature {path}: {exc.strerror}") from None
     claimed = read_unverified(bundle)
@@ -893,8 +905,7 @@ class VerifyResult:
     fingerprint: str  # of the trusted key whose signature matched
     key: str  # where that key came from (its file)
     signature: str  # the signature referrer's digest
-    files: int  # files compared
-    ignored: tuple[str, ...]  # files the signature leaves out (its ignore paths)
+    files: int  # files compared: every file of the model
     remote: bool
 
 
@@ -931,7 +942,7 @@ def verify(
         verified = verify_manifest(cache, model.manifest_desc, model.manifest, public, what=str(ref),
                                    records=file_records(settings))
     return VerifyResult(ref, model.manifest_desc.digest, verified.fingerprint, verified.key_source,
-                        verified.signature.referrer.digest, verified.files, verified.ignored, remote)
+                        verified.signature.referrer.digest, verified.files, remote)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class Settings:
     default_registry: str
     verify_keys: tuple[Path, ...] = ()
     trust_dir: Path | None = None
+    verify_env_problem: str = ""  # why $ORMB_VERIFY_KEY/$ORMB_TRUST_DIR cannot be used (set, but empty): fail closed
 
     @property
     def cache_dir(self) -> Path:
@@ -57,7 +59,32 @@ def load_settings(home: Path | None = None) -> Settings:
         if value is not None and not isinstance(value, str):
             raise StorageError(f"'registry' in {config_file} is not a string", "write e.g. 'registry: localhost:5000'")
         registry = value
-    keys = tuple(Path(p).expanduser() for p in os.environ.get(VERIFY_KEY_ENV, "").split(os.pathsep) if p)
-    trust_dir = os.environ.get(TRUST_DIR_ENV)
-    return Settings(home=home, default_registry=registry or DEFAULT_REGISTRY, verify_keys=keys,
-                    trust_dir=Path(trust_dir).expanduser() if trust_dir else None)
+    keys, trust_dir, problem = verification_environment(os.environ)
+    return Settings(home=home, default_registry=registry or DEFAULT_REGISTRY, verify_keys=keys, trust_dir=trust_dir,
+                    verify_env_problem=problem)
+
+
+def verification_environment(environ: Mapping[str, str]) -> tuple[tuple[Path, ...], Path | None, str]:
+    """``$ORMB_VERIFY_KEY`` (':'-separated key files) and ``$ORMB_TRUST_DIR``, and what is wrong with them.
+
+    A variable that is set means "verify": set but empty, blank, or with an empty entry (``a.pub:``) it
+    cannot name a key, and the problem is returned so that the command refuses (exit 2) instead of
+    running without verification (a deployment whose secret did not fill in must not fail open).
+    """
+    problems = []
+    keys: list[Path] = []
+    raw_keys = environ.get(VERIFY_KEY_ENV)
+    if raw_keys is not None:
+        entries = raw_keys.split(os.pathsep)
+        if any(not entry.strip() for entry in entries):
+            problems.append(f"{VERIFY_KEY_ENV} is set but {'empty' if not raw_keys.strip() else 'has an empty entry'} "
+                            f"({raw_keys!r})")
+        keys = [Path(entry).expanduser() for entry in entries if entry.strip()]
+    raw_dir = environ.get(TRUST_DIR_ENV)
+    trust_dir = None
+    if raw_dir is not None:
+        if not raw_dir.strip():
+            problems.append(f"{TRUST_DIR_ENV} is set but empty ({raw_dir!r})")
+        else:
+            trust_dir = Path(raw_dir).expanduser()
+    return tuple(keys), trust_dir, "; ".join(problems)

@@ -294,22 +294,24 @@ ReferrerFilter = Callable[[Descriptor, Node], bool]
 
 
 def copy_referrers(src: ReadOnlyTarget, dst: Target, subject: str, *, accept: ReferrerFilter | None = None,
-                   limit: int | None = None, concurrency: int = 4, progress: ProgressListener | None = None,
+                   limit: int | None = None, artifact_type: str | None = None, concurrency: int = 4,
+                   progress: ProgressListener | None = None,
                    mount_from: MountSources | None = None) -> list[Descriptor]:
     """Copy the referrers of the manifest ``subject`` (a digest) from ``src`` to ``dst``, each recorded
     there by its digest (a registry: pushed by digest, listed by the referrers API or the fallback tag;
     the cache: an index.json entry without a name).  Returns the referrers copied.
 
-    A referrer is read before it is copied: one whose ``subject`` is not ``subject`` (a registry
-    that lists what it should not) is left out, so is one ``accept`` refuses; at most ``limit``.
-    ``src`` must list referrers (:class:`~ormb.content.target.ReferrerLister`).
+    Only referrers of ``artifact_type`` are asked for, if given (and the listing is filtered again: a
+    registry may ignore the question).  A referrer is read before it is copied: one whose ``subject``
+    is not ``subject`` (a registry that lists what it should not) is left out, so is one ``accept``
+    refuses; at most ``limit`` are read, whatever each turns out to be.  ``src`` must list referrers
+    (:class:`~ormb.content.target.ReferrerLister`).
     """
     if not isinstance(src, ReferrerLister):
         raise InvalidArtifactError("the source cannot list referrers")
     copied: list[Descriptor] = []
-    for entry in src.referrers(subject):
-        if limit is not None and len(copied) >= limit:
-            break
+    listed = [e for e in src.referrers(subject, artifact_type) if artifact_type is None or e.artifact_type == artifact_type]
+    for entry in listed[:limit] if limit is not None else listed:
         desc = Descriptor(entry.media_type if entry.media_type in NODE_TYPES else mediatypes.OCI_MANIFEST,
                           entry.digest, entry.size, entry.annotations, entry.artifact_type)
         data = fetch_bytes(src, desc, MAX_MANIFEST)

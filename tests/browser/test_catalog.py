@@ -256,3 +256,42 @@ def test_the_model_card_renders_and_nothing_in_it_runs(tmp_path: Path, browser: 
         context.close()
     finally:
         registry.stop()
+
+
+def test_a_signed_model_shows_its_badge_and_fingerprint_and_its_referrers(tmp_path: Path, browser: object) -> None:
+    """ormb registry serve --trust-key team.pub: a model signed with the team's key shows "signed" and the
+    key's fingerprint; a model signed with another key shows "not verified" with the reason on hover and in
+    the page; both list their signature referrer."""
+    from ormb.signing import generate_key_pair
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    team = generate_key_pair(keys / "team.pem", keys / "team.pub")
+    generate_key_pair(keys / "other.pem", keys / "other.pub")
+    registry = EmbeddedRegistry(tmp_path / "registry", trust_keys=(keys / "team.pub",))
+    try:
+        settings = Settings(home=tmp_path / "home", default_registry=registry.host)
+        for repo, key in (("team/signed", "team.pem"), ("team/other", "other.pem")):
+            ref = f"{registry.host}/{repo}:v1"
+            api.save(make_model(tmp_path / repo, {"model.onnx": os.urandom(5000)}), ref, artifact_format="modelpack",
+                     settings=settings)
+            api.sign(ref, keys / key, settings=settings)
+            api.push(ref, settings=settings)
+        context = browser.new_context(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+        page = context.new_page()
+        page.goto(f"http://{registry.host}/model?name=team/signed&ref=v1")
+        expect(page.locator("#signed")).to_have_text("signed")
+        assert page.locator("#signed-by").inner_text() == f"key {team.public.fingerprint}"
+        assert page.locator("#unsigned").count() == 0
+        referrers = page.locator("#referrers tbody tr")
+        assert referrers.count() == 1 and "application/vnd.dev.sigstore.bundle.v0.3+json" in referrers.inner_text()
+        _shot(page, "catalog-signed-model.png")
+        page.goto(f"http://{registry.host}/model?name=team/other&ref=v1")
+        expect(page.locator("#unsigned")).to_have_text("not verified")
+        assert page.locator("#signed").count() == 0
+        assert "unknown key" in (page.locator("#unsigned").get_attribute("title") or "")
+        assert "unknown key" in page.locator("#unsigned-because").inner_text()
+        assert page.locator("#referrers tbody tr").count() == 1
+        context.close()
+    finally:
+        registry.stop()

@@ -86,8 +86,9 @@ def test_ormb_signature_verifies_with_model_signing_and_any_change_is_caught(tmp
     model = write_files(tmp_path / "model", {**FILES, ".gitattributes": b"*.bin lfs\n"})
     signature = model / "model.sig"  # inside the directory, where users keep it; the CLI leaves it out
     listed = [(path, hashlib.sha256(data).hexdigest()) for path, data in FILES.items()]  # no directory walk
-    signature.write_bytes(sign_files(listed + [(".gitattributes", hashlib.sha256(b"*.bin lfs\n").hexdigest())],
-                                     load_private_key(private), name="model"))
+    # the ignore paths are recorded, so model_signing skips the directory's .gitattributes (ormb refuses to
+    # sign a model holding one, and refuses such a model when it verifies)
+    signature.write_bytes(sign_files(listed, load_private_key(private), name="model"))
     ok = model_signing("verify", "key", "--signature", signature, "--public_key", public, model)
     assert ok.returncode == 0, ok.stderr
     assert "Verification succeeded" in ok.stdout
@@ -133,7 +134,11 @@ def test_model_signing_signature_verifies_with_ormb_and_any_change_is_caught(tmp
     signed = verify_bundle(signature.read_bytes(), [key])
     assert signed.key == key and signed.name == "model"
     assert signed.files == {p: hashlib.sha256(d).hexdigest() for p, d in FILES.items()}
-    assert check_files(signed, digests(model)) == (".gitignore",)  # the CLI's default --ignore-git-paths
+    # the CLI's default --ignore-git-paths left .gitignore out; ormb refuses a model holding an unsigned file
+    with pytest.raises(VerificationError, match="'.gitignore' is in the model but not in its signature"):
+        check_files(signed, digests(model))
+    (model / ".gitignore").unlink()
+    check_files(signed, digests(model))
 
     (model / "config.json").write_bytes(b'{"hidden": 9}')
     with pytest.raises(VerificationError, match="'config.json' differs from the signed file"):

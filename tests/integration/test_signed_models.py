@@ -33,7 +33,13 @@ from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.registry.client import Registry
 from ormb.registry.credentials import CredentialStore
 from ormb.registry.remote import RemoteRepository
-from ormb.signing import SIGNATURE_ARTIFACT_TYPE, bundle_layer, generate_key_pair, signature_artifact
+from ormb.signing import (
+    GIT_PATHS,
+    SIGNATURE_ARTIFACT_TYPE,
+    bundle_layer,
+    generate_key_pair,
+    signature_artifact,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -177,16 +183,23 @@ def _attach(remote: RemoteRepository, subject: Descriptor, bundle: bytes) -> Non
 def tamper(remote: RemoteRepository, trainer: Settings, ref: str, fmt: str, change: str) -> None:
     """An attacker who can push: re-push the model under its tag with a file added or changed, and
     attach the original (valid) signature to the new manifest."""
-    bundle = _signature_of(trainer, ref)
-    cache = OCILayout(trainer.cache_dir)
-    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
-    config = (original.config, fetch_bytes(cache, original.config))
-    tag = ref.rsplit(":", 1)[1]
     files = dict(FILES)
     if change == "added":
         files["extra.bin"] = b"import os; os.system('...')"
     else:
         files["weights.bin"] = WEIGHTS[:-1] + b"!"
+    repush(remote, trainer, ref, fmt, files)
+
+
+def repush(remote: RemoteRepository, trainer: Settings, ref: str, fmt: str, files: dict[str, bytes]) -> Descriptor:
+    """Re-push the model under its tag with exactly ``files`` (one raw layer each for ModelPack, one
+    ``model/`` tar+gzip layer for the ormb format), its config and annotations kept, and attach the
+    trainer's original (valid) signature to the new manifest."""
+    bundle = _signature_of(trainer, ref)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    config = (original.config, fetch_bytes(cache, original.config))
+    tag = ref.rsplit(":", 1)[1]
     if fmt == "ormb":
         layer = craft_layer([(f"model/{path}", "file", data) for path, data in sorted(files.items())])
         layers = [(Descriptor.of_bytes(mediatypes.ORMB_LAYER, layer), layer)]
@@ -197,6 +210,7 @@ def tamper(remote: RemoteRepository, trainer: Settings, ref: str, fmt: str, chan
                                                {modelpack.ANNOTATION_FILEPATH: path}), data))
     subject = _push_model(remote, tag, config, layers, original.artifact_type, original.annotations)
     _attach(remote, subject, bundle)
+    return subject
 
 
 SCENARIOS = {
@@ -278,3 +292,272 @@ def test_bytes_corrupted_on_the_wire_are_refused_and_nothing_is_written(
             assert cli(capsys, "pull", via_proxy, "--verify-key", keys["team.pub"])[0] == 0
     finally:
         proxy.stop()
+
+
+# One file under each of the signature's ignore paths (model_signing's GIT_PATHS).  A '.git/config'
+# with core.fsmonitor runs its command on the next 'git status' in the exported directory.
+GIT_CONFIG = b'[core]\n\tfsmonitor = "touch /tmp/ormb-fsmonitor-ran; false"\n'
+UNSIGNED_GIT_FILES = {".git": ".git/config", ".gitattributes": ".gitattributes", ".github": ".github/workflows/ci.yml",
+                      ".gitignore": ".gitignore"}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_files_under_the_signatures_ignore_paths_are_refused(tmp_path: Path, registry: Any, fmt: str,
+                                                             keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A pusher re-pushes the signed model with a file under .git, .gitattributes, .github or .gitignore
+    (which a model signature leaves out) and re-attaches the genuine signature: every verifying command
+    refuses it (the phase-1 code accepted all of them and wrote the files)."""
+    assert set(UNSIGNED_GIT_FILES) == set(GIT_PATHS)
+    for ignored, path in UNSIGNED_GIT_FILES.items():
+        name = f"git-{fmt}-{ignored.strip('.')}"
+        ref, trainer = publish(tmp_path, registry.host, name, fmt, keys["team.pem"], monkeypatch)
+        remote = repository(registry.host, f"signed/{name}", tmp_path)
+        repush(remote, trainer, ref, fmt, {**FILES, path: GIT_CONFIG})
+        server = home(tmp_path, f"server-{name}", monkeypatch)
+        api.prune(settings=server)
+        fragment = f"{path!r} is in the model but not in its signature"
+        before = cache_state(server)
+        refused(cli(capsys, "pull", ref, "--verify-key", keys["team.pub"]), fragment)
+        assert cache_state(server) == before, f"{path}: the refused pull wrote into the cache"
+        refused(cli(capsys, "verify", ref, "--key", keys["team.pub"], "--remote"), fragment)
+        dest = tmp_path / f"init-{name}"
+        refused(cli(capsys, "pull-and-export", ref, dest, "--layout", "mlflow", "--verify-key", keys["team.pub"]),
+                fragment)
+        assert not dest.exists()
+        assert cli(capsys, "pull", ref)[0] == 0  # without a key: the user's choice
+        refused(cli(capsys, "verify", ref, "--key", keys["team.pub"]), fragment)
+        dest = tmp_path / f"export-{name}"
+        refused(cli(capsys, "export", ref, "-d", dest, "--verify-key", keys["team.pub"]), fragment)
+        assert not dest.exists()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_layers_ormbfile_yaml_is_refused_even_with_no_metadata(tmp_path: Path, registry: Any, fmt: str,
+                                                                 keys: dict[str, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """ormbfile.yaml is left out of a ModelPack signature because ormb's export writes it; a *layer*
+    holding it is not ormb's file: refused whether or not the export writes metadata (with
+    --no-metadata the phase-1 code accepted the layer's file; the ormb format always refused it)."""
+    name = f"ormbfile-{fmt}"
+    ref, trainer = publish(tmp_path, registry.host, name, fmt, keys["team.pem"], monkeypatch)
+    remote = repository(registry.host, f"signed/{name}", tmp_path)
+    repush(remote, trainer, ref, fmt, {**FILES, "ormbfile.yaml": b"format: PyTorch\nauthor: attacker\n"})
+    home(tmp_path, f"server-{name}", monkeypatch)
+    fragment = "'ormbfile.yaml' is in the model but not in its signature"
+    for metadata in ((), ("--no-metadata",)):
+        dest = tmp_path / f"init-{name}{len(metadata)}"
+        layout = "mlflow" if fmt == "modelpack" else "none"  # the layer's file beside the one export writes
+        refused(cli(capsys, "pull-and-export", ref, dest, "--layout", layout, *metadata,
+                    "--verify-key", keys["team.pub"]), fragment)
+        assert not dest.exists()
+    refused(cli(capsys, "pull", ref, "--verify-key", keys["team.pub"]), fragment)
+    assert cli(capsys, "pull", ref)[0] == 0
+    refused(cli(capsys, "verify", ref, "--key", keys["team.pub"]), fragment)
+    for metadata in ((), ("--no-metadata",)):
+        dest = tmp_path / f"export-{name}{len(metadata)}"
+        refused(cli(capsys, "export", ref, "-d", dest, *metadata, "--verify-key", keys["team.pub"]), fragment)
+        assert not dest.exists()
+
+
+@pytest.mark.parametrize("variable, value", [("ORMB_VERIFY_KEY", ""), ("ORMB_VERIFY_KEY", ":"),
+                                             ("ORMB_VERIFY_KEY", " "), ("ORMB_TRUST_DIR", "")])
+def test_a_verify_environment_naming_no_key_fails_closed(tmp_path: Path, registry: Any, variable: str, value: str,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A deployment whose key secret came out empty: the old code read it as "do not verify" and wrote an
+    unsigned model into the server's directory.  Every verifying command is a usage error (exit 2) now,
+    before anything is fetched or written."""
+    ref, _ = publish(tmp_path, registry.host, "empty-env", "modelpack", None, monkeypatch)  # unsigned
+    server = home(tmp_path, "server-empty-env", monkeypatch)
+    monkeypatch.setenv(variable, value)
+    for args, dest in ((("pull-and-export", ref, tmp_path / "init"), tmp_path / "init"), (("pull", ref), None),
+                       (("export", ref, "-d", tmp_path / "export"), tmp_path / "export")):
+        code, out, err = cli(capsys, *args)
+        assert code == 2, (args, code, out, err)
+        assert err.startswith("Error: ") and f"{variable} is set but" in err and len(err.strip().splitlines()) == 1
+        assert dest is None or not dest.exists()
+    assert cache_state(server) == (None, set())
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_verified_export_writes_exactly_the_signed_files(tmp_path: Path, registry: Any, fmt: str,
+                                                           keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Everything a verified export writes is a signed file: the old code also wrote ormbfile.yaml, made from
+    the model's config, which no signature covers (anyone who can push may change it), and merged the
+    signed files into whatever the directory held, so a leftover 'modeling_custom.py' sat beside them looking
+    verified.  Now: no ormbfile.yaml (a note says so), and a directory holding anything the export does not
+    replace is refused (exit 2, left as it was); re-exporting over the same model's files works."""
+    ref, _ = publish(tmp_path, registry.host, f"only-signed-{fmt}", fmt, keys["team.pem"], monkeypatch)
+    home(tmp_path, f"server-only-signed-{fmt}", monkeypatch)
+    assert cli(capsys, "pull", ref, "--verify-key", keys["team.pub"])[0] == 0
+    signed = {(f"model/{p}" if fmt == "ormb" else p): data for p, data in FILES.items()}
+    runs = [("export", ref, "-d", "{dest}", "--verify-key", keys["team.pub"]),
+            ("pull-and-export", ref, "{dest}", "--layout", "none" if fmt == "ormb" else "mlflow",
+             "--verify-key", keys["team.pub"])]
+    for n, run in enumerate(runs):
+        dest = tmp_path / f"dest-{fmt}-{n}"
+        args = [str(dest) if a == "{dest}" else a for a in run]
+        code, out, err = cli(capsys, *args)
+        assert code == 0, err
+        assert "note: ormbfile.yaml was not written: no signature covers it" in err
+        assert _tree(dest) == signed
+        assert cli(capsys, *args)[0] == 0  # the same model over itself: every path replaced
+        assert _tree(dest) == signed
+        leftover = dest / ("model" if fmt == "ormb" else "") / "modeling_custom.py"
+        leftover.write_text("import os; os.system('id')\n")
+        before = _tree(dest)
+        code, out, err = cli(capsys, *args)
+        assert code == 2, (code, out, err)
+        assert err.startswith("Error: ") and "modeling_custom.py" in err and len(err.strip().splitlines()) == 1
+        assert _tree(dest) == before
+        leftover.unlink()
+        (dest / "extra-dir").mkdir()  # an empty directory of someone else's is not the model's either
+        assert cli(capsys, *args)[0] == 2
+        (dest / "extra-dir").rmdir()
+    # without a key, export behaves as before: metadata written, other files left alone
+    dest = tmp_path / f"plain-{fmt}"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    assert cli(capsys, "export", ref, "-d", dest)[0] == 0
+    assert (dest / "ormbfile.yaml").exists() and (dest / "notes.txt").read_text() == "mine"
+
+
+def test_junk_referrers_cost_a_bounded_number_of_requests_and_never_hide_the_signature(
+        tmp_path: Path, registry: Any, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Anyone who can push attaches 150 referrers of another type, 40 junk "signatures" and one "signature"
+    with 60 layers.  The old pull fetched every listed manifest (with or without a key), copied the 60
+    layers into the cache, and with a key read only the first 32 signatures, so a genuine one listed after
+    the junk made the model "unsigned".  Now only signatures are asked for (?artifactType=, filtered again
+    for the fallback index), a many-layered one is refused from its manifest, and the genuine one is found."""
+    ref, _ = publish(tmp_path, registry.host, "junk", "modelpack", keys["team.pem"], monkeypatch)
+    remote = repository(registry.host, "signed/junk", tmp_path)
+    found = remote.resolve("v1")
+    subject = Descriptor(found.media_type, found.digest, found.size)
+    empty = (Descriptor.of_bytes(mediatypes.OCI_EMPTY, b"{}"), b"{}")
+    push_bytes(remote, *empty)
+    sboms = []
+    for i in range(150):
+        node = Manifest(empty[0], (empty[0],), artifact_type="application/x-sbom", subject=subject,
+                        annotations={"n": str(i)})
+        data = node.to_bytes()
+        sboms.append(Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data))
+        push_bytes(remote, sboms[-1], data)
+    for i in range(40):
+        _attach(remote, subject, b'{"junk": %d}' % i)
+    layers = []
+    for i in range(60):
+        data = b"layer %d" % i
+        desc = Descriptor.of_bytes("application/vnd.dev.sigstore.bundle.v0.3+json", data)
+        push_bytes(remote, desc, data)
+        layers.append(desc)
+    node = Manifest(empty[0], tuple(layers), artifact_type=SIGNATURE_ARTIFACT_TYPE, subject=subject)
+    data = node.to_bytes()
+    push_bytes(remote, Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data), data)
+    if not isinstance(registry, EmbeddedRegistry):  # the fallback index: put the genuine signature last
+        tag = "sha256-" + subject.digest.partition(":")[2]
+        index = json.loads(fetch_bytes(remote, remote.resolve(tag)))
+        genuine = [m for m in index["manifests"] if m.get("annotations", {}).get("n") is None][:1]
+        index["manifests"] = [m for m in index["manifests"] if m not in genuine] + genuine
+        data = json.dumps(index).encode()
+        remote.push_reference(Descriptor.of_bytes(mediatypes.OCI_INDEX, data), io.BytesIO(data), tag)
+    proxy = FaultProxy(registry.port)
+    try:
+        via = ref.replace(registry.host, f"127.0.0.1:{proxy.port}")
+        for name, args in (("plain", ()), ("key", ("--verify-key", keys["team.pub"]))):
+            server = home(tmp_path, f"server-junk-{name}", monkeypatch)
+            before = len(proxy.requests)
+            code, out, err = cli(capsys, "pull", via, *args)
+            assert code == 0, err
+            gets = [path for method, path, _, _ in proxy.requests[before:] if method == "GET"]
+            manifests = sum("/manifests/" in p for p in gets)
+            # the model, the referrers listing (the fallback index is a manifest), the 42 signature manifests
+            # (once to verify, once to copy): none of the 150 others
+            assert manifests <= 3 + 2 * 42, manifests
+            assert not any(sbom.digest in p for p in gets for sbom in sboms)
+            assert not any(layer.digest in p for p in gets for layer in layers)
+            assert all(layer.digest not in cache_state(server)[1] for layer in layers)
+    finally:
+        proxy.stop()
+
+
+def test_a_tar_layer_added_to_a_signed_modelpack_model_is_refused_before_it_is_downloaded(
+        tmp_path: Path, registry: Any, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A pusher adds a 4 MiB tar layer to the signed model and re-attaches the genuine signature: the old
+    pull and initializer downloaded the layer before refusing; the manifest says enough to refuse first."""
+    ref, trainer = publish(tmp_path, registry.host, "tar-added", "modelpack", keys["team.pem"], monkeypatch)
+    remote = repository(registry.host, "signed/tar-added", tmp_path)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    layers = [(d, fetch_bytes(cache, d)) for d in original.layers]
+    tar = craft_layer([("payload.bin", "file", os.urandom(4 << 20))])
+    extra = Descriptor.of_bytes(modelpack.layer_type("code", "tar+gzip"), tar)
+    subject = _push_model(remote, "v1", (original.config, fetch_bytes(cache, original.config)),
+                          [*layers, (extra, tar)], original.artifact_type, original.annotations)
+    _attach(remote, subject, _signature_of(trainer, ref))
+    proxy = FaultProxy(registry.port)
+    try:
+        via = ref.replace(registry.host, f"127.0.0.1:{proxy.port}")
+        server = home(tmp_path, "server-tar-added", monkeypatch)
+        refused(cli(capsys, "pull", via, "--verify-key", keys["team.pub"]), "every signed file is in a raw layer")
+        refused(cli(capsys, "pull-and-export", via, tmp_path / "init", "--verify-key", keys["team.pub"]),
+                "every signed file is in a raw layer")
+        assert not (tmp_path / "init").exists()
+        assert cache_state(server) == (None, set())
+        assert not [p for m, p, _, _ in proxy.requests if m == "GET" and extra.digest in p]
+        assert not [p for m, p, _, _ in proxy.requests if m == "GET" and "/blobs/" in p and
+                    any(d.digest in p for d, _ in layers)]
+    finally:
+        proxy.stop()
+
+
+def test_the_catalog_shows_signed_only_for_a_trusted_signature_that_matches(
+        tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ormb registry serve --trust-key: the model page says "signed" with the key's fingerprint only when a
+    signature by a trusted key matches every file; unsigned, another key's, and a genuine signature
+    re-attached to a changed model are "not verified", with the reason; the referrers are listed.  (Before,
+    nothing wired signing.catalog_status to the pages or to serve.)"""
+    from ormb.errors import KeyFileError
+    from ormb.server.serve import ServeOptions
+    from ormb.signing import load_public_key
+
+    registry = EmbeddedRegistry(tmp_path / "catalog", trust_keys=(keys["team.pub"],))
+    try:
+        fingerprint = load_public_key(keys["team.pub"]).fingerprint
+        cases = {"ok-modelpack": ("modelpack", keys["team.pem"]), "ok-ormb": ("ormb", keys["team.pem"]),
+                 "unsigned": ("modelpack", None), "other": ("modelpack", keys["other.pem"]),
+                 "changed": ("ormb", keys["team.pem"])}
+        for name, (fmt, key) in cases.items():
+            ref, trainer = publish(tmp_path, registry.host, f"cat-{name}", fmt, key, monkeypatch)
+            if name == "changed":
+                repush(repository(registry.host, f"signed/cat-{name}", tmp_path), trainer, ref, fmt,
+                       {**FILES, "extra.py": b"import os"})
+
+        def page(name: str) -> str:
+            with urllib.request.urlopen(f"http://{registry.host}/model?name=signed/cat-{name}&ref=v1") as response:
+                return response.read().decode()
+        for name in ("ok-modelpack", "ok-ormb"):
+            html = page(name)
+            assert 'id="signed"' in html and f"key {fingerprint}" in html, name
+            remote = repository(registry.host, f"signed/cat-{name}", tmp_path)
+            (referrer,) = remote.referrers(remote.resolve("v1").digest)
+            assert 'id="referrers"' in html and SIGNATURE_ARTIFACT_TYPE in html and referrer.digest in html
+        for name, reason in (("unsigned", "is not signed"), ("other", "unknown key"),
+                             ("changed", "&#39;extra.py&#39; is in the model but not in its signature")):
+            html = page(name)
+            assert 'id="signed"' not in html and 'id="unsigned"' in html and reason in html, (name, html[-3000:])
+    finally:
+        registry.stop()
+    writable = tmp_path / "writable.pub"
+    writable.write_bytes(keys["team.pub"].read_bytes())
+    writable.chmod(0o666)
+    with pytest.raises(KeyFileError, match="writable by every local user"):
+        ServeOptions(tmp_path / "root", trust_keys=(writable,)).check()

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -23,6 +24,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from conftest import make_model
+from ormb.config import TRUST_DIR_ENV, VERIFY_KEY_ENV, verification_environment
 from ormb.content.memory import MemoryStore
 from ormb.content.target import fetch_bytes
 from ormb.errors import (
@@ -30,6 +32,7 @@ from ormb.errors import (
     InvalidArtifactError,
     KeyFileError,
     UnsafeArchiveError,
+    UsageError,
     VerificationError,
 )
 from ormb.model import modelpack, ormbformat
@@ -57,9 +60,10 @@ from ormb.signing import (
     signature_artifact,
     tar_layer_files,
     trusted_keys,
+    verification_keys,
     verify_bundle,
 )
-from ormb.signing.bundle import is_ignored, pae, sort_key
+from ormb.signing.bundle import BUNDLE_MEDIA_TYPE, is_ignored, pae, sort_key
 from ormb.signing.keys import fingerprint
 
 KEY_TYPES: dict[str, Callable[[], Any]] = {
@@ -78,6 +82,7 @@ def write_key_pair(directory: Path, name: str, kind: str = "ecdsa-p256", passwor
     encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     private, public = directory / f"{name}.pem", directory / f"{name}.pub"
     private.write_bytes(key.private_bytes(serialization.Encoding.PEM, fmt, encryption))
+    private.chmod(0o600)  # as openssl genpkey leaves it (umask 077) and ssh-keygen does
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     return private, public
@@ -138,7 +143,7 @@ def test_round_trip_for_each_key_type(kind: str, keys: dict[str, tuple[PrivateKe
     signed = verify_bundle(sign_files(FILES, private), [public])
     assert signed.key == public
     assert dict(signed.files) == dict(FILES)
-    assert check_files(signed, dict(FILES)) == ()
+    check_files(signed, dict(FILES))
 
 
 def test_fingerprint_is_the_bundle_hint_and_the_sha256_of_the_pem_file(tmp_path: Path) -> None:
@@ -204,7 +209,26 @@ def test_unusable_key_files_get_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
     (tmp_path / "text").write_text("hello")
     (tmp_path / "huge.pem").write_bytes(b"-----BEGIN " + b"A" * (1 << 20))
+    for name in ("rsa.pem", "k1.pem", "junk.pem", "text", "huge.pem"):
+        (tmp_path / name).chmod(0o600)
+    # one rule for every key file (the review found it applied unevenly, and a second PEM block ignored)
+    open_key = tmp_path / "open.pem"
+    open_key.write_bytes(private.read_bytes())
+    open_key.chmod(0o640)
+    second = write_key_pair(tmp_path / "second", "s")[1]
+    (tmp_path / "two.pub").write_bytes(public.read_bytes() + second.read_bytes())
+    (tmp_path / "two.pem").write_bytes(private.read_bytes() + private.read_bytes())
+    (tmp_path / "two.pem").chmod(0o600)
+    writable = tmp_path / "writable.pub"
+    writable.write_bytes(public.read_bytes())
+    writable.chmod(0o666)
     cases: list[tuple[Callable[[Path], object], Path, str]] = [
+        (load_private_key, open_key, "accessible to other users \\(mode 0640\\)"),
+        (load_private_key, tmp_path / "two.pem", "holds 2 PEM blocks"),
+        (load_public_key, tmp_path / "two.pub", "holds 2 PEM blocks"),
+        (load_public_key, writable, "writable by every local user"),
+        (lambda p: trusted_keys([p]), writable, "writable by every local user"),
+        (load_public_key, tmp_path, "not a regular file"),
         (load_private_key, tmp_path / "rsa.pem", "RSAPrivateKey"),
         (load_private_key, tmp_path / "k1.pem", "secp256k1"),
         (load_private_key, public, "holds a public key"),
@@ -269,8 +293,10 @@ def test_trust_dir_holds_exactly_the_public_keys_anyone_of_which_may_verify(tmp_
 
 def test_bundle_has_model_signings_shape(p256: tuple[PrivateKey, PublicKey]) -> None:
     private, _ = p256
-    bundle = json.loads(sign_files(FILES + [(".gitattributes", sha(b"g")), (".git/config", sha(b"c"))], private,
-                                   name="tiny"))
+    for git_file in (".gitattributes", ".git/config"):  # a signature leaves them out: such a model is not signed
+        with pytest.raises(InvalidArtifactError, match=f"the model holds '{re.escape(git_file)}'"):
+            sign_files(FILES + [(git_file, sha(b"g"))], private)
+    bundle = json.loads(sign_files(FILES, private, name="tiny"))
     assert bundle["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
     assert bundle["verificationMaterial"] == {"publicKey": {"hint": private.public.fingerprint}, "tlogEntries": []}
     envelope = bundle["dsseEnvelope"]
@@ -283,7 +309,7 @@ def test_bundle_has_model_signings_shape(p256: tuple[PrivateKey, PublicKey]) -> 
         "method": "files", "hash_type": "sha256", "allow_symlinks": False, "ignore_paths": sorted(GIT_PATHS)}
     resources = statement["predicate"]["resources"]
     assert [r["name"] for r in resources] == ["config.json", "sub/tokenizer.json", "weights.safetensors"]
-    assert all(r["algorithm"] == "sha256" for r in resources)  # the git files are left out, as model_signing does
+    assert all(r["algorithm"] == "sha256" for r in resources)
     root = hashlib.sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources)).hexdigest()
     assert statement["subject"] == [{"name": "tiny", "digest": {"sha256": root}}]
 
@@ -466,12 +492,15 @@ def test_check_files_names_the_first_difference(p256: tuple[PrivateKey, PublicKe
             check_files(signed, files)
         assert err.value.exit_code == 4 and "\n" not in str(err.value)
     oci_digests = {p: f"sha256:{d}" for p, d in FILES}
-    assert check_files(signed, oci_digests) == ()
-    with_git = {**actual, ".gitattributes": sha(b"g"), ".git/HEAD": sha(b"h"), "sub/.gitignore": sha(b"i")}
-    with pytest.raises(VerificationError, match="'sub/.gitignore' is in the model"):  # only the root's git files
-        check_files(signed, with_git)
-    del with_git["sub/.gitignore"]
-    assert check_files(signed, with_git) == (".git/HEAD", ".gitattributes")
+    check_files(signed, oci_digests)
+    # a file under the signature's ignore paths is not signed, so it is refused like any other unsigned
+    # file (model_signing would skip it; an unsigned .git/config runs code on 'git status')
+    for path in (".git/HEAD", ".git/config", ".gitattributes", ".github/workflows/ci.yml", ".gitignore"):
+        with pytest.raises(VerificationError, match=f"'{re.escape(path)}' is in the model but not in its "
+                                                    "signature \\(a path model signatures leave out"):
+            check_files(signed, {**actual, path: sha(b"g")})
+    with pytest.raises(VerificationError, match="'sub/.gitignore' is in the model but not in its signature \\(it"):
+        check_files(signed, {**actual, "sub/.gitignore": sha(b"i")})
 
 
 def test_ignored_paths_cover_their_subtree_only() -> None:
@@ -495,7 +524,7 @@ def test_property_round_trip_and_every_single_change_is_caught(paths: list[str],
     assert signed.files == files
     # model_signing's order: PurePosixPath order, which is by components, not by string
     assert list(signed.files) == [str(p) for p in sorted(map(PurePosixPath, paths))] == sorted(paths, key=sort_key)
-    assert check_files(signed, files) == ()
+    check_files(signed, files)
     if paths:
         victim = data.draw(st.sampled_from(paths))
         with pytest.raises(VerificationError, match="missing"):
@@ -592,15 +621,20 @@ def test_modelpack_files_come_from_the_manifest_alone(tmp_path: Path, p256: tupl
     assert {f.path: f.size for f in files} == {p: len(d) for p, d in {**MODEL, ".gitattributes":
                                                                       b"*.safetensors lfs"}.items()}
     assert export_ignore_paths(manifest) == (*GIT_PATHS, "ormbfile.yaml")
+    # a model holding a file a signature leaves out is not signed: no verifier could accept it
+    with pytest.raises(InvalidArtifactError, match="the model holds '.gitattributes', which a model signature "
+                                                   "leaves out"):
+        sign_files(files, p256[0], ignore_paths=export_ignore_paths(manifest))
+    files = tuple(f for f in files if f.path != ".gitattributes")
     signed = verify_bundle(sign_files(files, p256[0], ignore_paths=export_ignore_paths(manifest)), [p256[1]])
-    assert set(signed.files) == set(MODEL)  # .gitattributes left out, as model_signing leaves it out
-    assert check_files(signed, {f.path: f.sha256 for f in files}) == (".gitattributes",)
+    assert set(signed.files) == set(MODEL) and signed.ignore_paths == (*sorted(GIT_PATHS), "ormbfile.yaml")
+    check_files(signed, {f.path: f.sha256 for f in files})
     # a layer added to the manifest is a file added to the model
     added = Manifest(manifest.config, (*manifest.layers, Descriptor(
         modelpack.layer_type("weight"), "sha256:" + sha(b"evil"), 4, {modelpack.ANNOTATION_FILEPATH: "evil.pkl"})),
         artifact_type=manifest.artifact_type)
     with pytest.raises(VerificationError, match="'evil.pkl' is in the model but not in its signature"):
-        check_files(signed, {f.path: f.sha256 for f in manifest_files(added) or ()})
+        check_files(signed, {f.path: f.sha256 for f in manifest_files(added) or () if f.path != ".gitattributes"})
     # a layer whose file is not knowable from the manifest: None, read the layer instead
     for media_type, digest in [(modelpack.layer_type("weight", "tar"), "sha256:" + sha(b"t")),
                                (modelpack.layer_type("weight"), "sha512:" + "0" * 128)]:
@@ -694,3 +728,307 @@ def test_tar_layer_files_refuses_a_header_bomb_as_export_does() -> None:
         tar.addfile(info, _io.BytesIO(b""))
     with pytest.raises(UnsafeArchiveError, match="extended data"):
         _files_of(raw.getvalue())
+
+
+# -- the environment that says "verify" fails closed (review finding 5) ------------------------------
+
+@given(entries=st.lists(st.sampled_from(["", " ", "\t", "k.pub", "/keys/a.pub", "~/b.pem"]), min_size=1, max_size=4),
+       trust_dir=st.one_of(st.none(), st.sampled_from(["", "  ", "/trust"])))
+def test_property_a_verify_environment_naming_no_key_is_a_usage_error(entries: list[str],
+                                                                      trust_dir: str | None) -> None:
+    """ORMB_VERIFY_KEY='' (a Kubernetes secret that did not fill in), ':', ' ', 'a.pub:' or ORMB_TRUST_DIR='':
+    the old code read each as "no key" and pulled/exported without verifying.  Now: exit 2, never open."""
+    environ = {VERIFY_KEY_ENV: os.pathsep.join(entries)}
+    if trust_dir is not None:
+        environ[TRUST_DIR_ENV] = trust_dir
+    keys, directory, problem = verification_environment(environ)
+    blank = any(not e.strip() for e in entries) or (trust_dir is not None and not trust_dir.strip())
+    assert bool(problem) == blank
+    if blank:
+        with pytest.raises(UsageError) as err:
+            verification_keys(env_keys=keys, env_trust_dir=directory, env_problem=problem)
+        assert err.value.exit_code == 2 and "no key to verify with" in err.value.message
+    assert all(str(k).strip() for k in keys)
+
+
+def test_unset_verify_environment_means_no_verification_and_arguments_win(tmp_path: Path) -> None:
+    assert verification_environment({}) == ((), None, "")
+    assert verification_keys(env_problem="") is None
+    generate_key_pair(tmp_path / "k.pem", tmp_path / "k.pub")
+    keys = verification_keys([tmp_path / "k.pub"], env_problem="ORMB_VERIFY_KEY is set but empty ('')")
+    assert keys is not None and len(keys) == 1  # --verify-key on the command line is used; the environment unread
+
+
+# -- one rule for what a model's layers add up to: the verifier's is export's (review finding 3) ----------
+
+_LAYER_PATHS = ["a", "b", "c/d", "c", "a/x"]
+
+
+@given(layers=st.lists(st.tuples(st.sampled_from(["raw", "tar"]),
+                                 st.lists(st.sampled_from(_LAYER_PATHS), min_size=1, max_size=3, unique=True),
+                                 st.integers(0, 3)), min_size=1, max_size=4))
+def test_property_the_verifier_accepts_exactly_the_layers_export_writes(
+        layers: list[tuple[str, list[str], int]]) -> None:
+    """A raw layer shadowed by a later tar layer at the same path (the old verifier merged them, last one
+    winning, while export refuses two layers writing one path), two raw layers at one path, a file in one
+    layer that is a directory in another: whatever the layers, the files the verifier computes are refused
+    exactly when export refuses the model, and are otherwise exactly the files export writes."""
+    import tempfile
+
+    from ormb.content.target import push_bytes
+    from ormb.model.export import export_model
+    from ormb.signing.files import model_files
+    from ormb.signing.verify import manifest_hashes
+    store = MemoryStore()
+    descs = []
+    for kind, paths, variant in layers:
+        if kind == "raw":
+            for path in paths[:1]:
+                data = f"{path}:{variant}".encode()
+                desc = Descriptor.of_bytes(modelpack.layer_type("weight"), data, {modelpack.ANNOTATION_FILEPATH: path})
+                push_bytes(store, desc, data)
+                descs.append(desc)
+        else:
+            data = _tar([_member(p, data=f"{p}:{variant}".encode()) for p in paths])
+            desc = Descriptor.of_bytes(modelpack.layer_type("weight", "tar"), data)
+            push_bytes(store, desc, data)
+            descs.append(desc)
+    manifest = Manifest(_MODELPACK_TEMPLATE.config, tuple(descs), artifact_type=_MODELPACK_TEMPLATE.artifact_type)
+    verified: dict[str, str] | None
+    try:
+        verified = manifest_hashes(store, manifest).digests()
+        assert model_files(store, manifest).digests() == verified
+    except UnsafeArchiveError:
+        verified = None
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp) / "out"
+        try:
+            export_model(store, manifest, dest, metadata=None)
+        except UnsafeArchiveError:
+            assert verified is None, f"the verifier accepted {verified}, export refused"
+            return
+        exported = {str(p.relative_to(dest)): sha(p.read_bytes()) for p in dest.rglob("*") if p.is_file()}
+    assert verified == exported
+
+
+def _modelpack_template() -> Manifest:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        return _modelpack(Path(tmp), {"w": b"w"})[2]
+
+
+_MODELPACK_TEMPLATE = _modelpack_template()
+
+
+class _Source:
+    """A signature source over a store and a referrers list (what a registry lists, in its order)."""
+
+    def __init__(self, store: MemoryStore, entries: list[Descriptor]) -> None:
+        self.store, self.entries, self.asked = store, entries, 0
+
+    def fetch(self, desc: Descriptor) -> Any:
+        self.asked += 1
+        return self.store.fetch(desc)
+
+    def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor]:
+        return [e for e in self.entries if artifact_type is None or e.artifact_type == artifact_type]
+
+
+# -- file records: keyed by how a layer was read, written only after a model verified (finding 2) ----
+
+def _polyglot(plain: list[Any], inner: list[Any]) -> bytes:
+    """One blob, two archives: a plain tar holding ``plain`` whose first header (a PAX header, name
+    unused) starts with a zstd skippable frame spanning the plain tar; read as zstd, the frame is
+    skipped and the next frame is a tar holding ``inner``."""
+    import struct
+
+    import zstandard
+    first = tarfile.TarInfo("PAXHEADER")
+    first.type, first.size = tarfile.XHDTYPE, 0
+    header = bytearray(first.tobuf(tarfile.USTAR_FORMAT))
+    rest = _tar(plain)
+    header[0:8] = struct.pack("<II", 0x184D2A50, 512 - 8 + len(rest))
+    header[148:156] = b"        "
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + rest + zstandard.ZstdCompressor().compress(_tar(inner))
+
+
+def test_a_polyglot_layer_read_two_ways_gets_two_records(tmp_path: Path) -> None:
+    """The old records were keyed by (layer digest, prefix): after a verified pull of a blob served as a plain
+    'tar' layer (files X), the same blob served as 'tar+zstd' (files Y) was verified from X's record."""
+    from ormb.content.target import push_bytes
+    from ormb.signing.files import FileRecords, model_files
+    signed, evil = b'{"trust_remote_code": false}', b'{"trust_remote_code": true}'
+    blob = _polyglot([_member("config.json", data=signed)], [_member("config.json", data=evil)])
+    store = MemoryStore()
+    records = FileRecords(tmp_path / "records")
+    found = {}
+    for packing in ("tar", "tar+zstd"):
+        desc = Descriptor.of_bytes(modelpack.layer_type("code", packing), blob)
+        push_bytes(store, desc, blob)
+        manifest = Manifest(_MODELPACK_TEMPLATE.config, (desc,), artifact_type=_MODELPACK_TEMPLATE.artifact_type)
+        found[packing] = model_files(store, manifest, records).digests()
+        assert model_files(store, manifest, records).digests() == found[packing]  # now from the record
+    assert found == {"tar": {"config.json": sha(signed)}, "tar+zstd": {"config.json": sha(evil)}}
+    assert len(list((tmp_path / "records" / "sha256").iterdir())) == 2
+
+
+def test_records_of_a_refused_model_are_never_written(tmp_path: Path, p256: tuple[PrivateKey, PublicKey]) -> None:
+    """A layer read while verifying is remembered only once its model verified (the old code stored what a
+    refused layer held, before the check)."""
+    from ormb.content.target import push_bytes
+    from ormb.signing import signature_artifact
+    from ormb.signing.files import FileRecords
+    from ormb.signing.verify import verify_manifest
+    layer_bytes = _tar([_member("a.txt", data=b"A")])
+    desc = Descriptor.of_bytes(modelpack.layer_type("code", "tar"), layer_bytes)
+    store = MemoryStore()
+    push_bytes(store, desc, layer_bytes)
+    manifest = Manifest(_MODELPACK_TEMPLATE.config, (desc,), artifact_type=_MODELPACK_TEMPLATE.artifact_type)
+    data = manifest.to_bytes()
+    subject = Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data)
+    push_bytes(store, subject, data)
+    records = FileRecords(tmp_path / "records")
+    for files, ok in (([("other.txt", sha(b"B"))], False), ([("a.txt", sha(b"A"))], True)):
+        artifact = signature_artifact(subject, sign_files(files, p256[0]))
+        for blob_desc, content in (artifact.config, artifact.bundle, (artifact.descriptor, artifact.manifest_bytes)):
+            push_bytes(store, blob_desc, content)
+        source = _Source(store, [artifact.descriptor])
+        if ok:
+            verify_manifest(source, subject, manifest, [p256[1]], what="m", records=records)
+            assert len(list((tmp_path / "records" / "sha256").iterdir())) == 1
+        else:
+            with pytest.raises(VerificationError, match="'a.txt' is in the model but not in its signature"):
+                verify_manifest(source, subject, manifest, [p256[1]], what="m", records=records)
+            assert not (tmp_path / "records").exists()
+
+
+# -- referrers: only signatures asked for, a bounded number read, one bundle each (findings 4 and 8) ----
+
+def _signed_model(p256: tuple[PrivateKey, PublicKey]) -> tuple[MemoryStore, Descriptor, Manifest, Descriptor]:
+    """A ModelPack manifest in a store with its genuine signature; returns the signature's index entry."""
+    from ormb.content.target import push_bytes
+    store, subject, manifest = MemoryStore(), *_modelpack_template_with_store()
+    for blob_desc, content in _modelpack_blobs.items():
+        push_bytes(store, blob_desc, content)
+    artifact = signature_artifact(subject, sign_files(manifest_files(manifest) or (), p256[0]))
+    for blob_desc, content in (artifact.config, artifact.bundle, (artifact.descriptor, artifact.manifest_bytes)):
+        push_bytes(store, blob_desc, content)
+    return store, subject, manifest, artifact.descriptor
+
+
+_modelpack_blobs: dict[Descriptor, bytes] = {}
+
+
+def _modelpack_template_with_store() -> tuple[Descriptor, Manifest]:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        store, subject, manifest = _modelpack(Path(tmp), {"w.bin": b"w"})
+    for desc in (subject, manifest.config, *manifest.layers):
+        _modelpack_blobs[Descriptor(desc.media_type, desc.digest, desc.size)] = fetch_bytes(store, desc)
+    return subject, manifest
+
+
+def _junk_signatures(store: MemoryStore, subject: Descriptor, count: int, *, layers: int = 1,
+                     size: int = 0) -> list[Descriptor]:
+    from ormb.content.target import push_bytes
+    out = []
+    for i in range(count):
+        blobs = []
+        for j in range(layers):
+            data = (b'{"junk": %d, "layer": %d}' % (i, j)).ljust(size, b" ")
+            desc = Descriptor.of_bytes(BUNDLE_MEDIA_TYPE, data)
+            push_bytes(store, desc, data)
+            blobs.append(desc)
+        if layers == 1:
+            artifact = signature_artifact(subject, fetch_bytes(store, blobs[0]))
+            data, entry = artifact.manifest_bytes, artifact.descriptor
+            push_bytes(store, *artifact.config)
+        else:
+            from ormb.signing.referrer import EMPTY_CONFIG, EMPTY_DESCRIPTOR
+            push_bytes(store, EMPTY_DESCRIPTOR, EMPTY_CONFIG)
+            node = Manifest(EMPTY_DESCRIPTOR, tuple(blobs), artifact_type=BUNDLE_MEDIA_TYPE,
+                            subject=Descriptor(subject.media_type, subject.digest, subject.size))
+            data = node.to_bytes()
+            entry = node.descriptor({})
+        push_bytes(store, Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data), data)
+        out.append(entry)
+    return out
+
+
+def test_a_genuine_signature_behind_many_junk_ones_is_found(p256: tuple[PrivateKey, PublicKey]) -> None:
+    """40 junk signatures listed before the genuine one (anyone who can push may attach them, and a fallback
+    index lists them in any order): the old code read 32 and said the model was not verified."""
+    from ormb.signing import trusted_signatures
+    store, subject, _, genuine = _signed_model(p256)
+    junk = _junk_signatures(store, subject, 40)
+    found = trusted_signatures(_Source(store, [*junk, genuine]), subject, [p256[1]], what="m")
+    assert [s.referrer.digest for s in found] == [genuine.digest]
+
+
+def test_too_many_signatures_say_which_limit_was_reached(p256: tuple[PrivateKey, PublicKey]) -> None:
+    from ormb.oci.grammar import MAX_SIGNATURE_BUNDLE, MAX_SIGNATURE_BYTES, MAX_SIGNATURES
+    from ormb.signing import trusted_signatures
+    store, subject, _, genuine = _signed_model(p256)
+    junk = _junk_signatures(store, subject, MAX_SIGNATURES + 5)
+    source = _Source(store, [*junk, genuine])
+    with pytest.raises(VerificationError, match=f"ormb reads at most {MAX_SIGNATURES} \\(MAX_SIGNATURES\\)") as err:
+        trusted_signatures(source, subject, [p256[1]], what="m")
+    assert "\n" not in str(err.value) and source.asked == 2 * MAX_SIGNATURES
+    big = MAX_SIGNATURE_BYTES // MAX_SIGNATURE_BUNDLE + 2
+    store, subject, _, genuine = _signed_model(p256)
+    source = _Source(store, [*_junk_signatures(store, subject, big, size=MAX_SIGNATURE_BUNDLE - 4096), genuine])
+    with pytest.raises(VerificationError, match="MAX_SIGNATURE_BYTES"):
+        trusted_signatures(source, subject, [p256[1]], what="m")
+
+
+def test_only_signatures_are_asked_for_and_a_many_layered_one_is_never_downloaded(
+        p256: tuple[PrivateKey, PublicKey]) -> None:
+    """300 referrers of another type and a "signature" with 200 layers: the old code fetched every listed
+    manifest and would copy all 200 layers.  Now the listing asks for signatures only, and a signature
+    referrer that is not exactly one bundle is refused from its manifest, its layers unread."""
+    from ormb.content.target import push_bytes
+    from ormb.signing import trusted_signatures
+    store, subject, _, genuine = _signed_model(p256)
+    others = []
+    for i in range(300):
+        node = Manifest(Descriptor.of_bytes(mediatypes.OCI_EMPTY, b"{}"), (), artifact_type="application/x-sbom",
+                        subject=Descriptor(subject.media_type, subject.digest, subject.size), annotations={"n": str(i)})
+        data = node.to_bytes()
+        push_bytes(store, Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data), data)
+        others.append(node.descriptor({}))
+    many = _junk_signatures(store, subject, 1, layers=200)
+    source = _Source(store, [*others, *many, genuine])
+    found = trusted_signatures(source, subject, [p256[1]], what="m")
+    assert [s.referrer.digest for s in found] == [genuine.digest]
+    assert source.asked == 3  # the many-layered manifest, the genuine manifest and its bundle
+    source = _Source(store, [*others, *many])
+    with pytest.raises(VerificationError, match="must have exactly one .* layer, and has 200 layer"):
+        trusted_signatures(source, subject, [p256[1]], what="m")
+
+
+# -- a ModelPack model with tar layers is checked from its manifest as far as it can say (finding 7) ----
+
+def test_a_manifest_with_tar_layers_is_checked_before_a_layer_is_read(p256: tuple[PrivateKey, PublicKey]) -> None:
+    """The old code compared nothing before downloading a ModelPack model that has a tar layer: a pusher
+    who re-attached a genuine signature made every verifier download every byte before the refusal."""
+    from ormb.signing import check_listed, verify_bundle
+    from ormb.signing.verify import Signature
+    subject, manifest = _modelpack_template_with_store()
+    signed = verify_bundle(sign_files(manifest_files(manifest) or (), p256[0]), [p256[1]])
+    signatures = [Signature(subject, signed)]
+    (raw,) = manifest.layers
+    tar = Descriptor(modelpack.layer_type("weight", "tar"), "sha256:" + sha(b"t"), 20 << 20)
+    changed = Descriptor(raw.media_type, "sha256:" + sha(b"other"), raw.size, raw.annotations)
+    renamed = Descriptor(raw.media_type, raw.digest, raw.size, {modelpack.ANNOTATION_FILEPATH: "x.bin"})
+
+    def shaped(*layers: Descriptor) -> Manifest:
+        return Manifest(manifest.config, layers, artifact_type=manifest.artifact_type)
+    # no blob is in any store here: a refusal that needed a layer would fail differently
+    for layers, message in (((raw, tar), "every signed file is in a raw layer, and the model has 1 more layer"),
+                            ((changed, tar), "'w.bin' differs from the signed file"),
+                            ((renamed, tar), "'x.bin' is in the model but not in its signature")):
+        with pytest.raises(VerificationError, match=message):
+            check_listed(signatures, shaped(*layers), what="m")
+    assert check_listed(signatures, shaped(tar), what="m") is None  # the tar layer may hold w.bin: read it
+    assert check_listed(signatures, shaped(raw), what="m") is not None  # every file listed: verified whole

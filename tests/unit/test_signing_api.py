@@ -93,7 +93,7 @@ def test_prune_keeps_a_signature_while_its_model_is_named_and_drops_it_with_the_
     api.verify(other, keys=key_files["team.pub"], settings=settings)  # the other model's signature is untouched
     assert layer  # its record went with it:
     records = {p.name for p in (settings.cache_dir / ".files" / "sha256").iterdir()}
-    assert records == {str(api.inspect(other, settings=settings).layers[0]["digest"])[7:] + ".json"}
+    assert records == {str(api.inspect(other, settings=settings).layers[0]["digest"])[7:] + ".tar+gzip.model.json"}
 
 
 class _NoWeights(OCILayout):
@@ -118,10 +118,12 @@ def test_a_missing_or_damaged_file_record_is_recomputed_never_trusted(tmp_path: 
                                                                       key_files: dict[str, Path]) -> None:
     ref = _saved(tmp_path, settings, "ormb")
     layer = str(api.inspect(ref, settings=settings).layers[0]["digest"])
-    record = settings.cache_dir / ".files" / "sha256" / f"{layer[7:]}.json"
+    record = settings.cache_dir / ".files" / "sha256" / f"{layer[7:]}.tar+gzip.model.json"
     good = json.loads(record.read_text())
+    assert good["reading"] == "tar+gzip"
     for damage in ("not json", json.dumps({**good, "layer": "sha256:" + "0" * 64}),
-                   json.dumps({**good, "prefix": ""}), json.dumps({**good, "files": [["../x", "0" * 64, 1]]})):
+                   json.dumps({**good, "prefix": ""}), json.dumps({**good, "reading": "tar"}),
+                   json.dumps({**good, "files": [["../x", "0" * 64, 1]]})):
         record.write_text(damage)
         api.sign(ref, key_files["team.pem"], settings=settings)
         api.verify(ref, keys=key_files["team.pub"], settings=settings)

@@ -263,6 +263,8 @@ def export(ctx: click.Context, reference: str, directory: str, no_metadata: bool
         say(f"signed by: {result.verified_by}")
     say(f"{result.reference.tag or result.digest}: exported to {result.directory} "
                f"({plural(len(result.files), 'file')})")
+    for note in result.notes:
+        say(f"note: {note}", err=True)
 
 
 @cli.command()
@@ -607,6 +609,8 @@ def pull_and_export(ctx: click.Context, /, source: str, destination: str, layout
         say(f"signed by: {result.verified_by}")
     say(f"{result.reference.tag or result.digest}: {plural(len(result.files), 'file')} laid out for "
                f"{layout} in {result.directory}")
+    for note in result.notes:
+        say(f"note: {note}", err=True)
 
 
 def _key_password(key: str, from_stdin: bool) -> str | None:
@@ -690,9 +694,7 @@ def verify(reference: str, keys: tuple[str, ...], trust_dir: str | None, remote:
     say(f"digest:    {result.digest}")
     say(f"signature: {result.signature}")
     say(f"key:       {result.fingerprint} ({result.key})")
-    unsigned = f", {plural(len(result.ignored), 'file')} not covered ({', '.join(result.ignored[:3])})" \
-        if result.ignored else ""
-    say(f"files:     {result.files}{unsigned}")
+    say(f"files:     {result.files}")
     say(f"Verified: {result.reference} is signed by key {result.fingerprint[:16]} "
                f"({plural(result.files, 'file')} as signed)")
 
@@ -785,10 +787,16 @@ def _existing_root(root: str | None) -> Path:
 @click.option("--sparse-manifests", is_flag=True,
               help="Accept manifests and indexes whose blobs or child manifests were not pushed (a mirror of some "
                    "platforms of an index); pulls of the missing parts get 404.")
+@click.option("--trust-key", "trust_keys", multiple=True, type=click.Path(dir_okay=False), metavar="KEY.pub",
+              help="The catalog shows a model as signed, with the key's fingerprint, when a signature by this public "
+                   "key matches its files. Repeatable.")
+@click.option("--trust-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Like --trust-key for every public key (*.pub, *.pem) in DIR.")
 def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None, anonymous_pull: bool,
           auth_scheme: str, tls_cert: str | None, tls_key: str | None, no_ui: bool, workers: int, threads: int,
           max_connections: int, max_waiting: int, client_timeout: float, keepalive: float, token_lifetime: int,
-          log_level: str, public_hosts: tuple[str, ...], sparse_manifests: bool) -> None:
+          log_level: str, public_hosts: tuple[str, ...], sparse_manifests: bool, trust_keys: tuple[str, ...],
+          trust_dir: str | None) -> None:
     """Run an OCI registry with a model catalog page at /.
 
     \b
@@ -819,8 +827,9 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
     options = ServeOptions(root_dir, addr, Path(htpasswd) if htpasswd else None, Path(policy) if policy else None,
                            anonymous_pull, Path(tls_cert) if tls_cert else None, Path(tls_key) if tls_key else None,
                            auth_scheme, not no_ui, workers, threads, max_connections, max_waiting, client_timeout, keepalive,
-                           token_lifetime, log_level, public_hosts, sparse_manifests)
-    options.check()  # before anything is created or started
+                           token_lifetime, log_level, public_hosts, sparse_manifests,
+                           tuple(Path(k) for k in trust_keys), Path(trust_dir) if trust_dir else None)
+    options.check()  # before anything is created or started (an unusable key file too)
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
     from ormb.config import load_settings
 

@@ -7,10 +7,12 @@ against what is on disk; only then does anything move into place (see :mod:`ormb
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ormb.content.target import Fetcher
+from ormb.errors import UsageError
 from ormb.model import modelpack, ormbformat
 from ormb.model.budget import ExpansionBudget
 from ormb.model.modelpack import LayerFile
@@ -46,8 +48,13 @@ def export_model(
 
     ``check``, if given, sees the SHA-256 of every file written (hashed while written; paths as a
     signature names them: below ``model/`` for the ormb format) once everything is staged and before
-    anything moves into place; what it raises leaves ``dest`` as it was (a signature check).
+    anything moves into place; what it raises leaves ``dest`` as it was (a signature check).  A checked
+    export writes only what ``check`` saw: ``metadata`` must be None (no signature covers the
+    ``ormbfile.yaml`` made from the config), and ``dest`` may hold nothing but paths the export
+    replaces, so that what the directory holds afterwards is exactly what was checked.
     """
+    if check is not None and metadata is not None:
+        raise ValueError("a checked export writes only checked files: pass metadata=None")
     base = (subdirectory,) if subdirectory else ()
     hashes = FileHashes() if check is not None else None
     with staged_directory(dest, ExpansionBudget(max_expand)) as tree:
@@ -66,4 +73,29 @@ def export_model(
         tree.check_links()
         if check is not None and hashes is not None:
             check(hashes)
+            _refuse_leftovers(dest, [base + tuple(p.split("/")) for p in paths], tree.marker)
     return tuple(paths)
+
+
+MAX_LEFTOVER_WALK = 1_000_000  # entries of an existing destination looked at by a checked export
+
+
+def _refuse_leftovers(dest: Path, written: list[tuple[str, ...]], staging: str) -> None:
+    """Refuse a destination holding anything a checked export will not replace: an unsigned file left
+    there (an earlier version's, someone else's) would sit beside the verified ones, looking verified."""
+    allowed: set[tuple[str, ...]] = set()
+    for parts in written:
+        for end in range(1, len(parts) + 1):
+            allowed.add(parts[:end])
+    seen = 0
+    for root, dirs, files in os.walk(dest, followlinks=False):
+        here = Path(root).relative_to(dest).parts
+        if not here:
+            dirs[:] = [d for d in dirs if d != staging]
+        for name in sorted(dirs) + sorted(files):
+            seen += 1
+            if (*here, name) not in allowed or seen > MAX_LEFTOVER_WALK:
+                shown = "/".join((*here, name))
+                raise UsageError(f"{dest} already holds {shown!r}, which is not a file of this model; a verified "
+                                 "export must hold exactly the signed files",
+                                 "export into an empty or new directory, or remove what is not the model's")

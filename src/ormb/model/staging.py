@@ -122,6 +122,7 @@ class StagingTree:
 
     def __init__(self, root_fd: int, shown_as: Path, budget: ExpansionBudget | None = None, marker: str = "") -> None:
         self.root_fd = root_fd
+        self.marker = marker  # the staging directory's name in the destination
         self.budget = budget or ExpansionBudget()
         self._shown_as = shown_as
         self._backup_name = marker + ".old"  # where replaced entries wait when renameat2 is missing

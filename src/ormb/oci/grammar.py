@@ -74,7 +74,15 @@ MAX_TOKEN_LIFETIME = 24 * 3600  # seconds a Bearer token is reused at most, what
 MAX_REDIRECTS = 5  # redirects followed for one request (each hop's origin checked again)
 MAX_GRAPH_DEPTH = 8  # indexes nested in indexes, followed at most this deep
 MAX_TAR_ENTRY_NAME = 4096  # bytes of a path in a layer
-MAX_SIGNATURES = 32  # signature referrers of one model read when verifying (a registry may list thousands)
+# Signatures of one model.  Anyone who can push may attach referrers; the referrers list is asked for with
+# ?artifactType= (the signature type only), and at most MAX_SIGNATURES of the entries it lists are read, a
+# manifest (MAX_MANIFEST) and one bundle (MAX_SIGNATURE_BUNDLE) each, MAX_SIGNATURE_BYTES in all; an error
+# that finds no good signature says which limit it reached.  A genuine signature behind more junk than
+# that is not seen: docs/security.md "Signed models".
+MAX_SIGNATURES = 128  # signature referrers of one model read when verifying or pulled along
+MAX_SIGNATURE_BUNDLE = 4 << 20  # one signature bundle (a statement of ~25,000 files; ormb's are a few KB)
+MAX_SIGNATURE_BYTES = 64 << 20  # signature manifests and bundles read for one model, in all
+MAX_SIGNATURE_CONFIG = 4096  # a signature referrer's config (the empty JSON object {}: 2 bytes)
 
 # -- chunk sizes -----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from ormb.oci.grammar import is_repository
@@ -29,6 +30,7 @@ from ormb.server.handlers import blobs, catalog_api, manifests, referrers, tags,
 from ormb.server.http import ClientGone, Request, Response, SpecError, StartResponse, WSGIApp, send
 from ormb.server.names import RegistryNames
 from ormb.server.storage_api import Storage
+from ormb.signing.keys import PublicKey
 
 access_log = logging.getLogger("ormb.registry.access")
 error_log = logging.getLogger("ormb.registry")
@@ -55,12 +57,16 @@ def action_of(resource: str, method: str) -> str:
 
 def create_app(storage: Storage, access: AccessControl, *, auth_scheme: str = "bearer", ui: bool = True,
                service: str = "ormb-registry", guard: BrowserGuard | None = None, sparse: bool = False,
-               names: RegistryNames | None = None) -> WSGIApp:
+               names: RegistryNames | None = None, trusted_keys: tuple[PublicKey, ...] = (),
+               file_records: Path | None = None) -> WSGIApp:
     """The registry over ``storage``, deciding with ``access``; a plain WSGI callable.  ``guard``
     defaults to a registry on 127.0.0.1 (Host checked when ``access`` asks for no login); ``sparse``
     accepts manifests whose blobs or child manifests were not pushed; ``names`` says what the catalog
-    calls the registry (default: a registry on 127.0.0.1, ``localhost``)."""
-    ctx = Context(storage, Authoriser(access, auth_scheme, service), ui, sparse, names or RegistryNames())
+    calls the registry (default: a registry on 127.0.0.1, ``localhost``); the catalog shows a model
+    "signed" when a signature by one of ``trusted_keys`` matches its files (``file_records``: where the
+    files of tar layers hashed for that are remembered)."""
+    ctx = Context(storage, Authoriser(access, auth_scheme, service), ui, sparse, names or RegistryNames(),
+                  trusted_keys, file_records)
     guard = guard or BrowserGuard.for_address("127.0.0.1", open_registry=not access.enabled)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -27,7 +27,7 @@ from ormb.errors import OrmbError
 from ormb.model import modelpack
 from ormb.model.loaded import load_model
 from ormb.oci import mediatypes
-from ormb.oci.descriptor import Descriptor
+from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import is_decimal, is_digest, is_repository
 from ormb.oci.graph import parse_node
 from ormb.server.context import Context
@@ -36,6 +36,7 @@ from ormb.server.http import Request, Response, SpecError
 from ormb.server.model_files import LICENCE_NAMES, LISTING_CAP, ModelFiles, RepositoryContent
 from ormb.server.modelcard import CARD_CAP, render_card
 from ormb.server.storage_api import ManifestRecord
+from ormb.signing import FileRecords, catalog_status
 from ormb.units import human_size
 
 PER_PAGE = 1000  # rows a page renders (files, tags, repositories, index entries); a link shows the next ones
@@ -194,7 +195,8 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     model: dict[str, Any] = {"kind": "unknown", "config_type": "", "media_type": record.media_type, "files": [],
                              "fields": [], "inputs": [], "outputs": [], "metrics": [], "hyper_parameters": [],
                              "size": record.layers_size, "entries": [], "more": False, "listing_capped": False,
-                             "card": None, "licence": None}
+                             "card": None, "licence": None, "referrers": [], "more_referrers": 0,
+                             "signed_by": None, "unsigned_because": ""}
     if record.media_type not in mediatypes.MANIFEST_TYPES:
         entries = _index_entries(ctx, name, record)
         model.update(kind="index", entries=entries[start:start + PER_PAGE], more=len(entries) > start + PER_PAGE)
@@ -206,6 +208,7 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     meta = loaded.metadata
     model.update(kind="modelpack" if loaded.is_modelpack else "ormb", config_type=loaded.manifest.config.media_type,
                  artifact_kind=modelpack.artifact_kind(loaded.manifest))
+    model.update(_signatures(ctx, name, record, loaded.manifest))
     block = meta.modelpack
     for label, value in (("Title", block and block.title), ("Name", block and block.name),
                          ("Version", block and block.version), ("Format", meta.format), ("Framework", meta.framework),
@@ -235,6 +238,25 @@ def describe_model(ctx: Context, name: str, record: ManifestRecord, start: int =
     if model["licence"]:
         model["licence_url"] = file_url + urllib.parse.quote(model["licence"], safe="/")
     return model
+
+
+MAX_REFERRERS_SHOWN = 100  # referrers listed on a model page (anyone who can push may attach thousands)
+
+
+def _signatures(ctx: Context, name: str, record: ManifestRecord, manifest: Manifest) -> dict[str, Any]:
+    """The model's referrers (what the registry lists for it) and whether a signature by a key the server
+    trusts (``--trust-key``/``--trust-dir``) matches its files: :func:`ormb.signing.catalog_status`,
+    reading only this repository's blobs, at most ``grammar.MAX_SIGNATURES`` signatures."""
+    listed = ctx.storage.referrers(name, record.digest)
+    entries = [Descriptor(r.media_type, r.digest, r.size, r.annotations, r.artifact_type) for r in listed]
+    shown = [{"digest": r.digest, "artifact_type": r.artifact_type or "-",
+              "created": r.annotations.get(mediatypes.ANNOTATION_CREATED, "")} for r in listed[:MAX_REFERRERS_SHOWN]]
+    records = FileRecords(ctx.file_records) if ctx.file_records is not None else None
+    signed_by, why = catalog_status(RepositoryContent(ctx, name), Descriptor(record.media_type, record.digest,
+                                                                              record.size),
+                                    manifest, entries, ctx.trusted_keys, read_layers=True, records=records)
+    return {"referrers": shown, "more_referrers": max(0, len(listed) - MAX_REFERRERS_SHOWN), "signed_by": signed_by,
+            "unsigned_because": why}
 
 
 LINKED_FIELDS = ("Source", "Documentation")

@@ -41,6 +41,7 @@ from ormb.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
     from ormb.server.names import Listening, RegistryNames
+    from ormb.signing.keys import PublicKey
 
 LISTENING = "ormb registry listening on "
 STOPPED = "ormb registry stopped"
@@ -77,6 +78,8 @@ class ServeOptions:
     log_level: str = "info"
     public_hosts: tuple[str, ...] = ()  # names clients reach the registry by, besides loopback and --addr
     sparse_manifests: bool = False  # accept manifests whose blobs or child manifests were not pushed
+    trust_keys: tuple[Path, ...] = ()  # public keys whose signatures the catalog shows as "signed"
+    trust_dir: Path | None = None  # a directory of such keys
 
     def check(self) -> None:
         """Refuse what cannot be served as asked: :class:`~ormb.errors.UsageError` (exit 2)."""
@@ -88,6 +91,15 @@ class ServeOptions:
         for name in self.public_hosts:
             if split_host(name) is None:
                 raise UsageError(f"--public-host {name[:100]!r} is not a host name", "give a name like models.example.org")
+        self.trusted()  # a key file that cannot be used is refused before anything starts
+
+    def trusted(self) -> tuple[PublicKey, ...]:
+        """The keys of ``--trust-key``/``--trust-dir`` (none: the catalog shows no "signed" badge)."""
+        from ormb.signing.keys import trusted_keys
+
+        if not self.trust_keys and self.trust_dir is None:
+            return ()
+        return trusted_keys(self.trust_keys, self.trust_dir)
 
     def argv(self) -> list[str]:
         """The ``ormb registry serve`` arguments for these options."""
@@ -107,6 +119,10 @@ class ServeOptions:
             args += ["--public-host", name]
         if self.sparse_manifests:
             args.append("--sparse-manifests")
+        for key in self.trust_keys:
+            args += ["--trust-key", str(key)]
+        if self.trust_dir is not None:
+            args += ["--trust-dir", str(self.trust_dir)]
         return args
 
 
@@ -132,7 +148,8 @@ def build_app(options: ServeOptions) -> tuple[Any, Any]:
                            token_lifetime=options.token_lifetime, revocations=store.token_generations)
     guard = BrowserGuard.for_address(parse_addr(options.addr)[0], options.public_hosts, open_registry=users is None)
     return create_app(store, access, auth_scheme=options.auth_scheme, ui=options.ui, guard=guard,
-                      sparse=options.sparse_manifests, names=registry_names(options)), store
+                      sparse=options.sparse_manifests, names=registry_names(options), trusted_keys=options.trusted(),
+                      file_records=store.root / "signed-files"), store
 
 
 def serve(options: ServeOptions, on_ready: Callable[[Listening], None], on_stop: Callable[[], None]) -> None:

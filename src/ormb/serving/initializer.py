@@ -18,7 +18,8 @@ With a verify key (``--verify-key``/``$ORMB_VERIFY_KEY``, ``--trust-dir``/``$ORM
 model must carry a signature by one of those keys over exactly its files.  The signature is found
 and verified first, and a ModelPack model's file list compared from its manifest, all before a weight
 byte is downloaded; files inside tar layers (the ormb format) are hashed while they are staged and
-compared before anything moves into ``DEST``.  A refused model leaves ``DEST`` as it was.
+compared before anything moves into ``DEST``.  A refused model leaves ``DEST`` as it was.  A verified
+export writes only signed files: no ``ormbfile.yaml``, and ``DEST`` may hold nothing but the model's paths.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ormb.cache import load_model
 from ormb.config import Settings, load_settings
 from ormb.errors import InvalidReferenceError
 from ormb.model.export import export_model
+from ormb.model.ormbfile import FILENAME
 from ormb.model.unpack import FileHashes
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
@@ -38,7 +40,7 @@ from ormb.registry.client import Registry
 from ormb.registry.credentials import Credential, CredentialStore
 from ormb.registry.remote import RemoteRepository
 from ormb.registry.transport import TransportOptions
-from ormb.signing import check_listed, check_model, trusted_keys, trusted_signatures
+from ormb.signing import check_listed, check_model, trusted_signatures, verification_keys
 
 LAYOUTS = ("triton", "mlflow", "none")
 SCHEME = "ormb://"
@@ -52,6 +54,7 @@ class InitializedModel:
     files: tuple[str, ...]
     format: str | None
     verified_by: str = ""  # with a verify key: the fingerprint of the key whose signature matched
+    notes: tuple[str, ...] = ()  # what the user may want to know (e.g. that no ormbfile.yaml was written)
 
 
 def parse_source(source: str, default_registry: str) -> Reference:
@@ -94,26 +97,30 @@ def pull_and_export(
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     settings = settings or load_settings()
     ref = parse_source(source, settings.default_registry)
+    key_files = (verify_key,) if isinstance(verify_key, str | Path) else tuple(verify_key or ())
+    keys = verification_keys(key_files, trust_dir, env_keys=settings.verify_keys, env_trust_dir=settings.trust_dir,
+                             env_problem=settings.verify_env_problem)
     registry = Registry(ref.registry, options or TransportOptions(), credentials_from_environment(settings),
                         login_hint=CREDENTIALS_HINT)
     remote = RemoteRepository(registry, ref.repository)
     desc, data = remote.fetch_reference(ref.version)  # one GET: the bytes are verified and reused
     model = load_model(remote, desc, data, ref=ref)
     dest = Path(destination)
-    key_files = (verify_key,) if isinstance(verify_key, str | Path) else tuple(verify_key or ()) or settings.verify_keys
-    directory = trust_dir if trust_dir is not None else settings.trust_dir
     check = None
     verified = ""
-    if key_files or directory is not None:
-        signatures = trusted_signatures(remote, model.manifest_desc, trusted_keys(key_files, directory), what=str(ref))
+    if keys is not None:
+        signatures = trusted_signatures(remote, model.manifest_desc, keys, what=str(ref))
         listed = check_listed(signatures, model.manifest, what=str(ref))  # ModelPack: before any weight byte
         verified = listed.fingerprint if listed else ""
 
         def check(hashes: FileHashes) -> None:  # what was staged, before it moves into place
             nonlocal verified
             verified = check_model(signatures, hashes, what=str(ref)).fingerprint
-    paths = export_model(remote, model.manifest, dest, metadata=model.metadata if metadata else None,
+    write_metadata = metadata and check is None  # a verified export writes only signed files
+    paths = export_model(remote, model.manifest, dest, metadata=model.metadata if write_metadata else None,
                          subdirectory="1" if layout == "triton" else "", strip_prefix=layout != "none",
                          max_expand=max_expand, progress=progress, concurrency=registry.options.concurrency,
                          check=check)
-    return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format, verified)
+    notes = (f"{FILENAME} was not written: no signature covers it (it is made from the model's config), and a "
+             "verified export writes only signed files",) if metadata and not write_metadata else ()
+    return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format, verified, notes)

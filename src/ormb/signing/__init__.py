@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         load_public_key,
         load_trust_dir,
         trusted_keys,
+        verification_keys,
     )
     from ormb.signing.names import ALGORITHMS, PASSWORD_ENV
     from ormb.signing.referrer import (
@@ -67,7 +68,7 @@ __all__ = [
     "Verified", "bundle_layer", "catalog_status", "check_files", "check_listed", "check_model", "export_ignore_paths",
     "generate_key_pair", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
     "manifest_hashes", "model_files", "sign_files", "signature_artifact", "signed_files", "tar_layer_files",
-    "trusted_keys", "trusted_signatures", "verify_bundle", "verify_manifest",
+    "trusted_keys", "trusted_signatures", "verification_keys", "verify_bundle", "verify_manifest",
 ]
 
 _LAZY = {
@@ -76,7 +77,7 @@ _LAZY = {
     **dict.fromkeys(["FileRecords", "model_files", "signed_files", "tar_layer_files"], "ormb.signing.files"),
     **dict.fromkeys(["ALGORITHMS", "PASSWORD_ENV"], "ormb.signing.names"),
     **dict.fromkeys(["PrivateKey", "PublicKey", "generate_key_pair", "load_private_key", "load_public_key",
-                     "load_trust_dir", "trusted_keys"], "ormb.signing.keys"),
+                     "load_trust_dir", "trusted_keys", "verification_keys"], "ormb.signing.keys"),
     **dict.fromkeys(["SIGNATURE_ARTIFACT_TYPE", "SignatureArtifact", "bundle_layer", "export_ignore_paths",
                      "is_signature", "manifest_files", "signature_artifact"], "ormb.signing.referrer"),
     **dict.fromkeys(["Signature", "Verified", "catalog_status", "check_listed", "check_model", "manifest_hashes",

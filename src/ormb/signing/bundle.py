@@ -19,7 +19,9 @@ whose payload is an in-toto Statement v1::
 ``resources`` has one entry per file, its path relative to the model directory, sorted by path
 components as ``model_signing`` sorts them; the root digest is the SHA-256 of the resources'
 raw digests concatenated in that order.  Files under ``ignore_paths`` (relative to the model
-directory) are neither signed nor checked.  The signature is over the DSSE pre-authentication
+directory) are not signed: ``model_signing`` skips them on both sides.  ormb does not: it refuses to
+sign a model that holds such a file, and a verifier refuses a model holding any file the signature
+does not list, ignored path or not (a ``.git/config`` left unsigned runs code on ``git status``).  The signature is over the DSSE pre-authentication
 encoding ``DSSEv1 <len type> <type> <len payload> <payload>``: ECDSA with SHA-256/384/512 by
 curve (DER), or Ed25519.
 
@@ -44,7 +46,7 @@ from typing import Any
 
 from ormb.errors import InvalidArtifactError, VerificationError
 from ormb.oci.descriptor import load_json
-from ormb.oci.grammar import MAX_METADATA_BLOB, MAX_TAR_ENTRY_NAME
+from ormb.oci.grammar import MAX_SIGNATURE_BUNDLE, MAX_TAR_ENTRY_NAME
 from ormb.signing.keys import PrivateKey, PublicKey
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -125,8 +127,9 @@ def pae(payload: bytes, payload_type: str = DSSE_PAYLOAD_TYPE) -> bytes:
 
 def statement(files: Iterable[SignedFile | tuple[str, str] | tuple[str, str, int | None]], *,
               name: str = "model", ignore_paths: Iterable[str] = GIT_PATHS) -> bytes:
-    """The in-toto statement (DSSE payload) for ``files``; files under ``ignore_paths`` are left out,
-    as ``model_signing`` leaves them out of a directory it hashes."""
+    """The in-toto statement (DSSE payload) for ``files``, recording ``ignore_paths`` as ``model_signing``
+    does.  A file under an ignored path is refused: the signature could not cover it, and a verifier
+    refuses a model holding a file its signature does not list."""
     ignored = sorted(set(ignore_paths))
     for path in ignored:
         problem = path_problem(path)
@@ -140,8 +143,11 @@ def statement(files: Iterable[SignedFile | tuple[str, str] | tuple[str, str, int
             raise InvalidArtifactError(f"cannot sign the file path {entry.path!r}: it {problem}")
         if entry.path in entries:
             raise InvalidArtifactError(f"the file path {entry.path!r} is listed twice; a model cannot hold it twice")
-        if not is_ignored(entry.path, ignored):
-            entries[entry.path] = _hex_digest(entry.sha256, f"the file {entry.path!r}")
+        if is_ignored(entry.path, ignored):
+            raise InvalidArtifactError(f"the model holds {entry.path!r}, which a model signature leaves out "
+                                       f"({', '.join(ignored)} are never signed), so no verifier would accept it",
+                                       "save the model without it (git files do not belong in a model), then sign")
+        entries[entry.path] = _hex_digest(entry.sha256, f"the file {entry.path!r}")
     resources = [{"name": p, "algorithm": "sha256", "digest": entries[p]} for p in sorted(entries, key=sort_key)]
     root = hashlib.sha256(b"".join(bytes.fromhex(r["digest"]) for r in resources)).hexdigest()
     serialization: dict[str, Any] = {"method": "files", "hash_type": "sha256", "allow_symlinks": False}
@@ -211,8 +217,8 @@ def _short(fingerprint: str) -> str:
 
 def _envelope(bundle: bytes) -> tuple[str | None, bytes, bytes]:
     """(key hint, payload, signature) of a key-signed bundle, checked for shape only."""
-    if len(bundle) > MAX_METADATA_BLOB:
-        raise _malformed(f"it is {len(bundle)} bytes, more than the {MAX_METADATA_BLOB} a signature may have")
+    if len(bundle) > MAX_SIGNATURE_BUNDLE:
+        raise _malformed(f"it is {len(bundle)} bytes, more than the {MAX_SIGNATURE_BUNDLE} a signature may have")
     try:
         raw = _object(load_json(bundle, "signature"), "the bundle")
     except InvalidArtifactError as exc:
@@ -358,29 +364,24 @@ def verify_bundle(bundle: bytes, keys: Sequence[PublicKey]) -> SignedFiles:
     return SignedFiles(key, files, ignore_paths, name, f"sha256:{root}")
 
 
-def check_files(signed: SignedFiles, actual: Mapping[str, str], *, complete: bool = True) -> tuple[str, ...]:
+def check_files(signed: SignedFiles, actual: Mapping[str, str], *, complete: bool = True) -> None:
     """Check that ``actual`` (path -> SHA-256, hex or ``sha256:<hex>``) holds exactly the signed files.
 
-    Paths under the signature's ignore paths are not compared, as ``model_signing verify`` does
-    not hash them; they are returned, so the caller can leave them out or say they are unsigned.
-    Raises :class:`VerificationError` naming the first difference in path order.  With
-    ``complete=False`` (a part of a model: ``export --include``) signed files may be missing, but
-    every file present must be signed, with its digest.
+    Every file of ``actual`` must be signed, including one under the signature's ignore paths
+    (``model_signing verify`` would skip it; ormb refuses it: an unsigned ``.git/config`` runs code).
+    ``actual`` holds the files of the model's layers only: the ``ormbfile.yaml`` ormb's export
+    writes is not one of them.  Raises :class:`VerificationError` naming the first difference in
+    path order.  With ``complete=False`` (a part of a model: ``export --include``) signed files may
+    be missing, but every file present must be signed, with its digest.
     """
-    return compare_files(signed.files, signed.ignore_paths, actual, complete=complete)
+    compare_files(signed.files, signed.ignore_paths, actual, complete=complete)
 
 
 def compare_files(signed_files: Mapping[str, str], ignore_paths: Iterable[str], actual: Mapping[str, str], *,
-                  complete: bool = True) -> tuple[str, ...]:
+                  complete: bool = True) -> None:
     """:func:`check_files` over a file list and its ignore paths."""
     ignore_paths = tuple(ignore_paths)
-    present: dict[str, str] = {}
-    ignored: list[str] = []
-    for path, digest in actual.items():
-        if is_ignored(path, ignore_paths):
-            ignored.append(path)
-        else:
-            present[path] = digest[7:] if digest.startswith("sha256:") else digest
+    present = {path: digest[7:] if digest.startswith("sha256:") else digest for path, digest in actual.items()}
     differences: list[tuple[tuple[str, ...], str]] = []
     for path in set(signed_files) | set(present):
         if path not in present:
@@ -388,7 +389,9 @@ def compare_files(signed_files: Mapping[str, str], ignore_paths: Iterable[str], 
                 continue
             differences.append((sort_key(path), f"{path!r} is signed but missing from the model"))
         elif path not in signed_files:
-            differences.append((sort_key(path), f"{path!r} is in the model but not in its signature"))
+            left_out = " (a path model signatures leave out; a signed model must not hold it)" \
+                if is_ignored(path, ignore_paths) else ""
+            differences.append((sort_key(path), f"{path!r} is in the model but not in its signature{left_out}"))
         elif present[path] != signed_files[path]:
             differences.append((sort_key(path), f"{path!r} differs from the signed file "
                                                 f"(sha256 {present[path][:12]}, signed {signed_files[path][:12]})"))
@@ -397,4 +400,3 @@ def compare_files(signed_files: Mapping[str, str], ignore_paths: Iterable[str], 
         more = f"; {len(differences) - 1} more difference(s)" if len(differences) > 1 else ""
         raise VerificationError(f"the model does not match its signature: {differences[0][1]}{more}",
                                 "it was changed after signing; do not use it, or sign it again if the change is yours")
-    return tuple(sorted(ignored, key=sort_key))

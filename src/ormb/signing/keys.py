@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from ormb.errors import KeyFileError
+from ormb.errors import KeyFileError, UsageError
 from ormb.signing.names import ALGORITHMS, PASSWORD_ENV
 
 MAX_KEY_FILE = 64 << 10  # bytes; a PEM key is a few hundred
@@ -135,16 +135,43 @@ def generate_key_pair(private_path: str | Path, public_path: str | Path, algorit
     return PrivateKey(key, public)
 
 
-def _read(path: Path) -> bytes:
+def read_key_file(path: Path, *, private: bool) -> bytes:
+    """The bytes of a PEM key file, after the one rule every key file meets (``--key``, ``--verify-key``,
+    a trust directory's files, ``registry serve --trust-key``):
+
+    - exactly one PEM block: a second key in a file would be silently ignored (and the user think it trusted);
+    - a public key no other local user may change (not world-writable: anyone could swap in their key);
+    - a private key no other local user may read, as ssh demands (no group or other permission bits).
+
+    The file is opened once (not through a final symbolic link's swap: the checks are of what was read).
+    """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_KEY_FILE + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
     except OSError as exc:
         raise KeyFileError(f"cannot read the key {path}: {exc.strerror}", "check the path and its permissions") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise KeyFileError(f"{path} is not a regular file, so it is not a PEM key")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(MAX_KEY_FILE + 1)
+        except OSError as exc:
+            raise KeyFileError(f"cannot read the key {path}: {exc.strerror}", "check the path and its permissions") from None
     if len(data) > MAX_KEY_FILE:
         raise KeyFileError(f"{path} is larger than {MAX_KEY_FILE} bytes, so it is not a PEM key")
-    if b"-----BEGIN " not in data:
+    begins = [line for line in data.splitlines() if line.startswith(b"-----BEGIN ")]
+    if not begins:
         raise KeyFileError(f"{path} is not a PEM key (no '-----BEGIN' line)")
+    if len(begins) > 1:
+        raise KeyFileError(f"{path} holds {len(begins)} PEM blocks; a key file holds exactly one key",
+                           "put each key in its own file (a trust directory takes many)")
+    if private and b"PRIVATE KEY" in begins[0] and mode & 0o077:
+        raise KeyFileError(f"the private key {path} is accessible to other users (mode {stat.S_IMODE(mode):04o}), "
+                           "so it may no longer be secret", f"chmod 600 {path}, and make a new key if others could read it")
+    if not private and mode & stat.S_IWOTH:
+        raise KeyFileError(f"the public key {path} is writable by every local user, so anyone could replace it",
+                           f"chmod o-w {path}")
     return data
 
 
@@ -152,7 +179,7 @@ def load_private_key(path: str | Path, password: str | bytes | None = None,
                      environ: Mapping[str, str] | None = None) -> PrivateKey:
     """Read a PEM private key; an encrypted one needs ``password`` or ``$ORMB_KEY_PASSWORD``."""
     path = Path(path)
-    data = _read(path)
+    data = read_key_file(path, private=True)
     if password is None:
         password = (os.environ if environ is None else environ).get(PASSWORD_ENV)
     secret = password.encode("utf-8") if isinstance(password, str) else password
@@ -192,7 +219,7 @@ def public_key_from_pem(data: bytes, source: str) -> PublicKey:
 
 def load_public_key(path: str | Path) -> PublicKey:
     path = Path(path)
-    return public_key_from_pem(_read(path), str(path))
+    return public_key_from_pem(read_key_file(path, private=False), str(path))
 
 
 def _refuse_world_writable(path: Path, what: str) -> None:
@@ -219,7 +246,6 @@ def load_trust_dir(directory: str | Path) -> tuple[PublicKey, ...]:
     for path in sorted(directory.iterdir()):
         if path.suffix.lower() not in KEY_SUFFIXES or path.name.startswith(".") or path.is_dir():
             continue
-        _refuse_world_writable(path, "trusted key")
         keys.append(load_public_key(path))
     if not keys:
         raise KeyFileError(f"the trust directory {directory} holds no public key (*.pub or *.pem)",
@@ -243,3 +269,25 @@ def trusted_keys(keys: Iterable[str | Path] = (), trust_dir: str | Path | None =
     if not found:
         raise KeyFileError("no public key to verify with", "give --key KEY.pub or --trust-dir DIR")
     return unique_keys(found)
+
+
+def verification_keys(key_files: Iterable[str | Path] = (), trust_dir: str | Path | None = None, *,
+                      env_keys: Iterable[str | Path] = (), env_trust_dir: str | Path | None = None,
+                      env_problem: str = "") -> tuple[PublicKey, ...] | None:
+    """The keys a pull, export or the storage initializer must verify with, or None when it need not.
+
+    The arguments (``--verify-key``, ``--trust-dir``) win over the environment (``$ORMB_VERIFY_KEY``,
+    ``$ORMB_TRUST_DIR``, read by :func:`ormb.config.verification_environment`).  An environment that
+    says "verify" but names no key (``env_problem``: set, but empty) is a :class:`UsageError`, never
+    "no verification": it fails closed.
+    """
+    files = tuple(key_files)
+    if files or trust_dir is not None:
+        return trusted_keys(files, trust_dir)
+    if env_problem:
+        raise UsageError(f"{env_problem}, so there is no key to verify with",
+                         "set it to the public key file(s) the model must be signed with, or unset it")
+    env_files = tuple(env_keys)
+    if not env_files and env_trust_dir is None:
+        return None
+    return trusted_keys(env_files, env_trust_dir)

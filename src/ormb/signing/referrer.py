@@ -33,7 +33,7 @@ from ormb.model import modelpack, ormbformat
 from ormb.model.ormbfile import FILENAME as ORMBFILE
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
-from ormb.oci.grammar import MAX_METADATA_BLOB
+from ormb.oci.grammar import MAX_SIGNATURE_BUNDLE, MAX_SIGNATURE_CONFIG
 from ormb.signing.bundle import BUNDLE_MEDIA_TYPE, GIT_PATHS, PREDICATE_TYPE, SignedFile
 
 SIGNATURE_ARTIFACT_TYPE = BUNDLE_MEDIA_TYPE
@@ -61,8 +61,8 @@ class SignatureArtifact:
 
 def signature_artifact(subject: Descriptor, bundle: bytes, created: datetime | None = None) -> SignatureArtifact:
     """The referrer that stores ``bundle`` for the model manifest ``subject``."""
-    if len(bundle) > MAX_METADATA_BLOB:
-        raise InvalidArtifactError(f"the signature is {len(bundle)} bytes; at most {MAX_METADATA_BLOB} are allowed")
+    if len(bundle) > MAX_SIGNATURE_BUNDLE:
+        raise InvalidArtifactError(f"the signature is {len(bundle)} bytes; at most {MAX_SIGNATURE_BUNDLE} are allowed")
     when = (created or datetime.now(timezone.utc)).astimezone(timezone.utc)
     annotations = {
         ANNOTATION_CONTENT: "dsse-envelope",
@@ -95,13 +95,23 @@ def bundle_layer(manifest: Manifest, subject: Descriptor) -> Descriptor:
     if manifest.subject is None or manifest.subject.digest != subject.digest:
         raise VerificationError("the signature's subject is not this model's manifest",
                                 "a registry or a pusher mixed up signatures; do not use this model")
-    layers = [d for d in manifest.layers if d.media_type == BUNDLE_MEDIA_TYPE]
-    if len(layers) != 1 or len(manifest.layers) != 1:
-        raise VerificationError(f"the signature referrer must have one {BUNDLE_MEDIA_TYPE} layer, "
-                                f"found {len(manifest.layers)} layer(s)")
-    if layers[0].size > MAX_METADATA_BLOB:
-        raise VerificationError(f"the signature is {layers[0].size} bytes; at most {MAX_METADATA_BLOB} are allowed")
-    return layers[0]
+    problem = shape_problem(manifest)
+    if problem:
+        raise VerificationError(f"the signature referrer {problem}", "it is not a signature ormb can read")
+    return manifest.layers[0]
+
+
+def shape_problem(manifest: Manifest) -> str:
+    """What makes ``manifest`` not a signature referrer's shape (``""`` if nothing): exactly one layer, the
+    bundle, at most ``grammar.MAX_SIGNATURE_BUNDLE`` bytes, and a config of a few bytes.  Checked before
+    anything it names is downloaded: a "signature" with a thousand layers is never fetched."""
+    if len(manifest.layers) != 1 or manifest.layers[0].media_type != BUNDLE_MEDIA_TYPE:
+        return f"must have exactly one {BUNDLE_MEDIA_TYPE} layer, and has {len(manifest.layers)} layer(s)"
+    if manifest.layers[0].size > MAX_SIGNATURE_BUNDLE:
+        return f"names a bundle of {manifest.layers[0].size} bytes; at most {MAX_SIGNATURE_BUNDLE} are allowed"
+    if manifest.config.size > MAX_SIGNATURE_CONFIG:
+        return f"has a config of {manifest.config.size} bytes; at most {MAX_SIGNATURE_CONFIG} are allowed"
+    return ""
 
 
 def manifest_files(manifest: Manifest) -> tuple[SignedFile, ...] | None:
