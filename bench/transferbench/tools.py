@@ -101,6 +101,7 @@ class Ormb(Tool):
         shutil.rmtree(ctx.path("serving"))
         ctx.measure(PULL, self.name, [ormb, "pull", ref], env=puller)
         ctx.registry.stop()
+        shutil.rmtree(ctx.registry.storage, ignore_errors=True)  # the export's copy takes the registry's place
         ctx.measure(EXPORT, self.name, [ormb, "export", ref, "-d", str(ctx.path("export"))], env=puller)
 
 

@@ -19,7 +19,7 @@ WORKLOADS: dict[str, dict[str, int]] = {
     "16g": {f"model-{i + 1:05d}-of-00004.safetensors": 4 * GiB for i in range(4)},
 }
 SCALE = "16g"
-SCALE_FREE_BYTES = 50 * 10**9  # model 16 + registry 16 + a cache 16 at once, and room for the others' runs
+SCALE_FREE_BYTES = 3 * 16 * GiB + 10**9  # the model + two copies at once (e.g. registry + cache), and 1 GB spare
 
 
 @dataclass(frozen=True)
