@@ -450,8 +450,9 @@ def write_files(
 
     Uncompressed raw layers (weights) are written ``concurrency`` at a time: their files are made in the
     manifest's order, then their bytes arrive (and are hashed) in threads, so that a model of several
-    weight files uses more than one core.  Tar and compressed layers, whose bytes the budget counts, are
-    written one at a time, in order."""
+    weight files uses more than one core; the first that fails, or Ctrl-C, stops the others at their next chunk
+    (:mod:`ormb.model.jobs`).  Tar and compressed layers, whose bytes the budget counts, are written one at a
+    time, in order."""
     written: list[str] = []
     batch: list[RawJob] = []
     try:
