@@ -68,6 +68,7 @@ from ormb.signing import (
     load_private_key,
     manifest_hashes,
     model_files,
+    refuse_subject,
     sign_files,
     signature_artifact,
     signed_files,
@@ -302,6 +303,7 @@ def export(
     verified: Verified | None = None
     bundle = b""
     if keys is not None:
+        refuse_subject(model.manifest, what=str(ref))
         signatures = trusted_signatures(cache, model.manifest_desc, keys, what=str(ref))
         check_listed(signatures, model.manifest, what=str(ref))
         complete = not include
@@ -694,6 +696,7 @@ def pull(reference: str | Reference, *, include: tuple[str, ...] = (), verify_ke
     before_root = None
     verified = ""
     if keys is not None:
+        refuse_subject(parse_node(root[1], root[0].media_type), what=str(ref))  # a copy would follow it
         model = load_model(remote, *root, ref=ref)
         signatures = trusted_signatures(remote, model.manifest_desc, keys, what=str(ref))
         listed = check_listed(signatures, model.manifest, what=str(ref))

@@ -561,3 +561,59 @@ def test_the_catalog_shows_signed_only_for_a_trusted_signature_that_matches(
     writable.chmod(0o666)
     with pytest.raises(KeyFileError, match="writable by every local user"):
         ServeOptions(tmp_path / "root", trust_keys=(writable,)).check()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_model_manifest_with_a_subject_is_refused_before_anything_else_is_downloaded(
+        tmp_path: Path, registry: Any, fmt: str, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A pusher re-pushes the signed model's manifest with a ``subject`` naming an unsigned model U (3 MiB
+    layer) and re-attaches the genuine signature (it names no manifest).  The old verifying pull followed the
+    subject as a copy does and stored U's whole unsigned graph (a refused pull left it).  A model is not a
+    referrer: every verifying command refuses a model manifest with a subject, from the manifest alone."""
+    name = f"subject-{fmt}"
+    ref, trainer = publish(tmp_path, registry.host, name, fmt, keys["team.pem"], monkeypatch)
+    uref, utrainer = publish(tmp_path, registry.host, f"{name}-u", "modelpack", None, monkeypatch,
+                             files={"evil.bin": os.urandom(3 << 20)})
+    remote = repository(registry.host, f"signed/{name}", tmp_path)
+    ucache = OCILayout(utrainer.cache_dir)
+    udesc = ucache.resolve(str(api._ref(uref, utrainer)))
+    udata = fetch_bytes(ucache, udesc)
+    umanifest = Manifest.from_bytes(udata)
+    for d in (umanifest.config, *umanifest.layers):  # U, untagged, in the same repository
+        push_bytes(remote, d, fetch_bytes(ucache, d))
+    u = Descriptor(udesc.media_type, udesc.digest, udesc.size)
+    remote.push_reference(u, io.BytesIO(udata), u.digest)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    for d in (original.config, *original.layers):
+        push_bytes(remote, d, fetch_bytes(cache, d))
+    smuggled = Manifest(original.config, original.layers, artifact_type=original.artifact_type,
+                        annotations=original.annotations, subject=u)
+    data = smuggled.to_bytes()
+    subject = Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data)
+    remote.push_reference(subject, io.BytesIO(data), "v2")
+    _attach(remote, subject, _signature_of(trainer, ref))
+    proxy = FaultProxy(registry.port)
+    try:
+        via = ref.replace(registry.host, proxy.host).replace(":v1", ":v2")
+        server = home(tmp_path, f"server-{name}", monkeypatch)
+        api.prune(settings=server)
+        before = cache_state(server)
+        fragment = f"its manifest has a subject ({u.digest[:19]}"
+        line = refused(cli(capsys, "pull", via, "--verify-key", keys["team.pub"]), fragment)
+        assert via in line
+        dest = tmp_path / f"init-{name}"
+        refused(cli(capsys, "pull-and-export", via, dest, "--verify-key", keys["team.pub"]), fragment)
+        assert not dest.exists()
+        assert cache_state(server) == before, "a refused pull wrote into the cache"
+        gets = [p for m, p, _, _ in proxy.requests if m == "GET"]
+        assert [p for p in gets if "/blobs/" in p] == [], gets  # nothing but the manifest
+        assert not [p for p in gets if "/referrers/" in p or u.digest in p], gets
+        assert cli(capsys, "pull", via)[0] == 0  # without a key it is a copy (the subject comes along)
+        refused(cli(capsys, "export", via, "-d", tmp_path / f"export-{name}", "--verify-key", keys["team.pub"]),
+                fragment)
+        assert not (tmp_path / f"export-{name}").exists()
+        refused(cli(capsys, "verify", via, "--key", keys["team.pub"]), fragment)
+    finally:
+        proxy.stop()

@@ -54,6 +54,7 @@ from ormb.signing.verify import (
     check_listed,
     check_model,
     manifest_hashes,
+    refuse_subject,
     trusted_signatures,
     verify_manifest,
 )
@@ -63,6 +64,6 @@ __all__ = [
     "FileRecords", "PrivateKey", "PublicKey", "Signature", "SignatureArtifact", "SignedFile", "SignedFiles",
     "Verified", "bundle_layer", "catalog_status", "check_files", "check_listed", "check_model", "export_ignore_paths",
     "generate_key_pair", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
-    "manifest_hashes", "model_files", "sign_files", "signature_artifact", "signed_files", "tar_layer_files",
+    "manifest_hashes", "model_files", "refuse_subject", "sign_files", "signature_artifact", "signed_files", "tar_layer_files",
     "trusted_keys", "trusted_signatures", "verification_keys", "verify_bundle", "verify_manifest",
 ]
