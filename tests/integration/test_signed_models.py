@@ -617,3 +617,55 @@ def test_a_model_manifest_with_a_subject_is_refused_before_anything_else_is_down
         refused(cli(capsys, "verify", via, "--key", keys["team.pub"]), fragment)
     finally:
         proxy.stop()
+
+
+REFUSED_LAYERS: dict[str, tuple[list[tuple[str, str, bytes | str]], str]] = {
+    # (the layer's entries, what the error says): refused by the verifier (VerificationError) or by the
+    # checked tar reader (UnsafeArchiveError), all exit 4
+    "symlink": ([("model/w.bin", "file", b"W" * 100), ("model/l", "symlink", "w.bin")], "symbolic link"),
+    "hardlink to nothing": ([("model/w.bin", "file", b"W" * 100), ("model/x", "hardlink", "model/nothing")], ""),
+    "file and directory": ([("model/w.bin", "file", b"W" * 100), ("model/w.bin/x", "file", b"1")], ""),
+    "escape": ([("model/w.bin", "file", b"W" * 100), ("model/../../x", "file", b"1")], ""),
+    "outside model/": ([("model/w.bin", "file", b"W" * 100), ("other/x", "file", b"1")], ""),
+}
+
+
+def test_every_refused_verifying_pull_deletes_what_it_brought(tmp_path: Path, registry: Any, keys: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The genuine signature of an ormb-format model re-attached to a manifest whose layer the verifier (or the
+    checked tar reader) refuses: the old pull deleted the layer it brought only on a VerificationError, so an
+    UnsafeArchiveError (also exit 4) left the refused layer and the config in the cache.  Now every failure
+    of a verifying pull (whatever the exception) leaves the cache as it was: no reference, no blob."""
+    ref, trainer = publish(tmp_path, registry.host, "refusals", "ormb", keys["team.pem"], monkeypatch,
+                           files={"w.bin": b"W" * 100})
+    remote = repository(registry.host, "signed/refusals", tmp_path)
+    bundle = _signature_of(trainer, ref)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    config = (original.config, fetch_bytes(cache, original.config))
+    server = home(tmp_path, "server-refusals", monkeypatch)
+    api.prune(settings=server)
+    tags = []
+    for n, (kind, (members, fragment)) in enumerate(REFUSED_LAYERS.items()):
+        layer = craft_layer(members)
+        desc = Descriptor.of_bytes(mediatypes.ORMB_LAYER, layer)
+        subject = _push_model(remote, f"bad{n}", config, [(desc, layer)], original.artifact_type, original.annotations)
+        _attach(remote, subject, bundle)
+        tags.append(f"bad{n}")
+        before = cache_state(server)
+        refused(cli(capsys, "pull", ref.replace(":v1", f":bad{n}"), "--verify-key", keys["team.pub"]), fragment)
+        assert cache_state(server) == before, f"{kind}: the refused pull left blobs or a reference"
+    # any other failure while checking (here: an exception ormb does not expect) cleans up as well
+    import ormb.api
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the check broke")
+    monkeypatch.setattr(ormb.api, "check_model", broken)
+    before = cache_state(server)
+    with pytest.raises(RuntimeError):
+        api.pull(ref, verify_key=keys["team.pub"], settings=server)
+    assert cache_state(server) == before, "a pull whose check failed left blobs or a reference"
+    monkeypatch.undo()
+    home(tmp_path, "server-refusals", monkeypatch)
+    assert cli(capsys, "pull", ref, "--verify-key", keys["team.pub"])[0] == 0  # the genuine model still pulls
