@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
+import tarfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 from registries import EmbeddedRegistry, FaultProxy
 
-from conftest import craft_layer, make_model
+from conftest import compress, craft_layer, make_model
 from ormb import api
 from ormb.cli.main import main
 from ormb.config import Settings
@@ -669,3 +671,74 @@ def test_every_refused_verifying_pull_deletes_what_it_brought(tmp_path: Path, re
     monkeypatch.undo()
     home(tmp_path, "server-refusals", monkeypatch)
     assert cli(capsys, "pull", ref, "--verify-key", keys["team.pub"])[0] == 0  # the genuine model still pulls
+
+
+REPLAYED_FILES = {"w.bin": b"W" * 100, "run.py": b"print('hi')\n", "sub/vocab.txt": b"a\nb\n"}
+
+
+def _entries_and_modes(root: Path) -> dict[str, int | None]:
+    """Every path below ``root``: a file's permission bits, None for a directory."""
+    return {str(p.relative_to(root)): None if p.is_dir() else stat.S_IMODE(p.lstat().st_mode)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_verified_export_writes_no_unsigned_directory_and_no_layer_mode(
+        tmp_path: Path, registry: Any, fmt: str, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The genuine signature re-attached to a manifest with the same file bytes, but a tar layer that also
+    makes empty directories (``model/.git/hooks/``, ``model/1/``) and gives the files mode 04777 (ModelPack:
+    the file metadata annotation says 04777).  The old verified export wrote the directories and kept exec
+    bits (0755).  Now a verified export writes the signed files with mode 0644 and only the directories
+    they are in, in every layout of pull-and-export and in export."""
+    name = f"replay-modes-{fmt}"
+    ref, trainer = publish(tmp_path, registry.host, name, fmt, keys["team.pem"], monkeypatch, files=REPLAYED_FILES)
+    remote = repository(registry.host, f"signed/{name}", tmp_path)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    config = (original.config, fetch_bytes(cache, original.config))
+    layers: list[tuple[Descriptor, bytes]] = []
+    if fmt == "ormb":
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for directory in ("model/", "model/.git/", "model/.git/hooks/", "model/1/", "model/sub/"):
+                info = tarfile.TarInfo(directory)
+                info.type, info.mode = tarfile.DIRTYPE, 0o777
+                tar.addfile(info)
+            for path, data in REPLAYED_FILES.items():
+                info = tarfile.TarInfo(f"model/{path}")
+                info.size, info.mode = len(data), 0o4777
+                tar.addfile(info, io.BytesIO(data))
+        layer = compress(raw.getvalue(), "tar+gzip")
+        layers.append((Descriptor.of_bytes(original.layers[0].media_type, layer,
+                                           dict(original.layers[0].annotations)), layer))
+    else:
+        for desc in original.layers:
+            annotations = dict(desc.annotations)
+            meta = json.loads(annotations[modelpack.ANNOTATION_FILE_METADATA])
+            annotations[modelpack.ANNOTATION_FILE_METADATA] = json.dumps({**meta, "mode": 0o4777})
+            layers.append((Descriptor(desc.media_type, desc.digest, desc.size, annotations), fetch_bytes(cache, desc)))
+    subject = _push_model(remote, "v2", config, layers, original.artifact_type, original.annotations)
+    _attach(remote, subject, _signature_of(trainer, ref))
+    ref2 = ref.replace(":v1", ":v2")
+    home(tmp_path, f"server-{name}", monkeypatch)
+
+    def expected(prefix: str) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for path in REPLAYED_FILES:
+            parts = f"{prefix}{path}".split("/")
+            out.update({"/".join(parts[:end]): None for end in range(1, len(parts))})
+            out[f"{prefix}{path}"] = 0o644
+        return out
+    model_dir = "model/" if fmt == "ormb" else ""
+    for layout, prefix in (("mlflow", ""), ("triton", "1/"), ("none", model_dir)):
+        dest = tmp_path / f"{name}-{layout}"
+        code, out, err = cli(capsys, "pull-and-export", ref2, dest, "--layout", layout, "--verify-key", keys["team.pub"])
+        assert code == 0, err
+        assert _entries_and_modes(dest) == expected(prefix), layout
+    assert cli(capsys, "pull", ref2, "--verify-key", keys["team.pub"])[0] == 0
+    dest = tmp_path / f"{name}-export"
+    assert cli(capsys, "export", ref2, "-d", dest, "--verify-key", keys["team.pub"])[0] == 0
+    assert _entries_and_modes(dest) == expected(model_dir)
+    assert cli(capsys, "export", ref2, "-d", dest, "--verify-key", keys["team.pub"])[0] == 0  # over itself
+    assert _entries_and_modes(dest) == expected(model_dir)
