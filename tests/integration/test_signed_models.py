@@ -742,3 +742,41 @@ def test_a_verified_export_writes_no_unsigned_directory_and_no_layer_mode(
     assert _entries_and_modes(dest) == expected(model_dir)
     assert cli(capsys, "export", ref2, "-d", dest, "--verify-key", keys["team.pub"])[0] == 0  # over itself
     assert _entries_and_modes(dest) == expected(model_dir)
+
+
+def test_the_catalog_says_the_signature_covers_the_files_only(tmp_path: Path, keys: dict[str, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The genuine signature re-attached to the model with an attacker's config (description "AUDITED by
+    security team", author "attacker"): the files match, so the badge is right to show; but the old page put
+    "signed" next to the attacker's description with nothing saying the config is not signed.  Now the badge
+    says the signature covers the files only, and each metadata section is marked "not covered by the
+    signature" (only when a badge is shown)."""
+    registry = EmbeddedRegistry(tmp_path / "catalog", trust_keys=(keys["team.pub"],))
+    try:
+        ref, trainer = publish(tmp_path, registry.host, "cat-replayed", "ormb", keys["team.pem"], monkeypatch)
+        remote = repository(registry.host, "signed/cat-replayed", tmp_path)
+        cache = OCILayout(trainer.cache_dir)
+        original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+        config = json.loads(fetch_bytes(cache, original.config))
+        config.update(description="AUDITED by security team", author="attacker")
+        data = json.dumps(config).encode()
+        subject = _push_model(remote, "v2", (Descriptor.of_bytes(original.config.media_type, data), data),
+                              [(d, fetch_bytes(cache, d)) for d in original.layers], original.artifact_type,
+                              original.annotations)
+        _attach(remote, subject, _signature_of(trainer, ref))
+        unsigned, _ = publish(tmp_path, registry.host, "cat-plain", "ormb", None, monkeypatch)
+
+        def page(name: str, tag: str) -> str:
+            with urllib.request.urlopen(f"http://{registry.host}/model?name=signed/{name}&ref={tag}") as response:
+                return response.read().decode()
+        html = page("cat-replayed", "v2")
+        assert 'id="signed"' in html and "AUDITED by security team" in html
+        assert ">signed files</span>" in html
+        assert "The signature covers the files only (their paths and SHA-256 digests)" in html
+        heading = html.index('id="model-heading"')
+        assert "not covered by the signature" in html[heading:html.index("</h2>", heading)]
+        assert heading < html.index("AUDITED by security team")
+        plain = page("cat-plain", "v1")  # no badge: nothing claims a signature, so nothing is marked
+        assert 'id="signed"' not in plain and "not covered by the signature" not in plain
+    finally:
+        registry.stop()
