@@ -259,9 +259,10 @@ def test_the_model_card_renders_and_nothing_in_it_runs(tmp_path: Path, browser: 
 
 
 def test_a_signed_model_shows_its_badge_and_fingerprint_and_its_referrers(tmp_path: Path, browser: object) -> None:
-    """ormb registry serve --trust-key team.pub: a model signed with the team's key shows "signed files", that the
-    signature covers the files only (the metadata sections are marked "not covered"), and the key's fingerprint; a model signed with another key shows "not verified" with the reason on hover and in
-    the page; both list their signature referrer."""
+    """ormb registry serve --trust-key team.pub: a model signed with the team's key shows "signed files", that
+    the signature covers the files only (the metadata sections are marked "not covered"), and the key's
+    fingerprint; a model signed with another key shows "not verified" with the reason on hover and in the page
+    (no such marks); both list their signature referrer."""
     from ormb.signing import generate_key_pair
 
     keys = tmp_path / "keys"
