@@ -1008,6 +1008,9 @@ def copy_model(source: str, destination: str, *, referrers: bool = False, settin
 
     Nothing goes through the local cache. Within one registry, blobs are mounted, not sent.
     ``referrers`` brings along what refers to the model (signatures, SBOMs) from a registry.
+
+    No signature is verified (``$ORMB_VERIFY_KEY``/``$ORMB_TRUST_DIR`` do not apply): a copy moves bytes, each
+    checked against its digest; verify where the model is loaded (:func:`pull`, :func:`export`, :func:`verify`).
     """
     settings = settings or load_settings()
     src, src_ref, src_registry = _endpoint(source, settings, options)
