@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ormb.errors import StorageError
 
 DEFAULT_REGISTRY = "localhost:5000"
@@ -45,6 +43,8 @@ def load_settings(home: Path | None = None) -> Settings:
     registry = os.environ.get("ORMB_REGISTRY")
     config_file = home / "config.yaml"
     if not registry:
+        import yaml  # here, not at the top: commands that need no settings (--help) start faster
+
         try:
             data = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:

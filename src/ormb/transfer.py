@@ -91,6 +91,17 @@ class _ProgressReader:
     def tell(self) -> int:
         return self._rewind.tell() if self._rewind is not None else 0
 
+    def fileno(self) -> int:
+        """The file under it, for a push that hands it to the kernel (sendfile) instead of reading it."""
+        fileno = getattr(self._raw, "fileno", None)
+        if fileno is None:
+            raise io.UnsupportedOperation("the source stream is not a file")
+        return int(fileno())
+
+    def sent(self, n: int) -> None:
+        """``n`` bytes of the file went without being read here (sendfile): report them."""
+        self._progress.advance(self._task, n)
+
 
 def resolve_with_bytes(src: ReadOnlyTarget, reference: str) -> tuple[Descriptor, bytes]:
     """The manifest ``reference`` names and its verified bytes: one request where the source allows it."""

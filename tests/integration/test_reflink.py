@@ -56,3 +56,21 @@ def test_export_clones_instead_of_copying(xfs: Path) -> None:
         f.write(b"changed")
     api.export("team/m:v1", xfs / "again", settings=settings)
     assert (xfs / "again" / "w.bin").read_bytes() == weights
+
+
+def test_a_modelpack_save_clones_the_files_into_the_cache(xfs: Path) -> None:
+    """Saving reflinks each raw layer into the cache (no second copy on disk) and hashes the clone; the clone is
+    the cache's own: writing the model file afterwards changes nothing in the cache."""
+    settings = Settings(home=xfs / "home", default_registry="localhost:5000")
+    weights = os.urandom(64 << 20)
+    src = make_model(xfs / "src", {"w.bin": weights})
+    os.sync()
+    before = _used_kib(xfs)
+    api.save(src, "team/m:v1", settings=settings, artifact_format="modelpack")
+    os.sync()
+    grown = _used_kib(xfs) - before
+    assert grown < 4 << 10, f"the save used {grown} KiB more; a clone of 64 MiB should use almost none"
+    with open(src / "model" / "w.bin", "r+b") as f:
+        f.write(b"changed after the save")
+    api.export("team/m:v1", xfs / "out", settings=settings)
+    assert (xfs / "out" / "w.bin").read_bytes() == weights

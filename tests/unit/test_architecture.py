@@ -32,8 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "serving": {"serving", "cache", "config", "errors", "model", "oci", "progress", "registry", "signing"},
     "api": {"_version", "cache", "config", "content", "errors", "model", "oci", "progress", "registry", "signing",
             "transfer"},
-    "cli": {"cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving", "signing",
-            "units"},
+    "cli": {"_version", "cli", "api", "config", "errors", "model", "oci", "progress", "registry", "server", "serving",
+            "signing", "units"},
     "__main__": {"cli"},
     "__init__": {"_version", "api", "config", "errors", "model", "oci", "registry"},
 }

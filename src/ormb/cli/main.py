@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import importlib
 import os
 import sys
-import traceback
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
 
-from ormb import api
+from ormb._version import __version__
 from ormb.cli.render import (
     RichProgress,
     human_size,
@@ -26,13 +23,33 @@ from ormb.cli.render import (
     say_lines,
     to_jsonable,
 )
-from ormb.config import load_settings
 from ormb.errors import IntegrityError, OrmbError, UsageError
 from ormb.model.gzipstream import COMPRESSIONS
-from ormb.oci.reference import parse_reference
-from ormb.progress import ProgressListener
-from ormb.registry.transport import TransportOptions
-from ormb.signing.keys import ALGORITHMS, PASSWORD_ENV
+from ormb.signing.names import ALGORITHMS, PASSWORD_ENV  # no cryptography: see that module
+
+
+class _Deferred:
+    """A module imported when first used: ``ormb --help`` and ``--version`` start without the API and what it
+    pulls in (pydantic, urllib3, the packers), which only the commands that run need."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+# Everything else a command needs is imported inside it (pathlib, the settings, the transport options ...):
+# `ormb --help` and `--version` import click and this module only (tests/e2e/test_startup_imports.py).
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ormb import api
+    from ormb.oci.reference import Reference
+    from ormb.progress import ProgressListener
+    from ormb.registry.options import TransportOptions
+else:
+    api = _Deferred("ormb.api")
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -89,6 +106,8 @@ def remote_options(command: Any) -> Any:
 
 
 def _transport(kwargs: dict[str, Any], chunk_size: int | None = None) -> TransportOptions:
+    from ormb.registry.options import TransportOptions
+
     return TransportOptions(
         plain_http=kwargs.pop("plain_http"), insecure=kwargs.pop("insecure"), ca_file=kwargs.pop("ca_file"),
         concurrency=kwargs.pop("concurrency"), retries=kwargs.pop("retries"), chunk_size=chunk_size,
@@ -116,7 +135,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.option("--no-progress", is_flag=True, envvar="ORMB_NO_PROGRESS", help="Never draw progress bars.")
-@click.version_option(api.version(), "--version", prog_name="ormb")
+@click.version_option(__version__, "--version", prog_name="ormb")
 def cli(debug: bool, no_progress: bool) -> None:
     """ormb manages machine-learning models the way Docker manages images.
 
@@ -314,6 +333,8 @@ def inspect(reference: str, remote: bool, as_json: bool, **kwargs: Any) -> None:
 
 
 def _indented_yaml(value: Any) -> str:
+    import yaml
+
     return "  " + yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip().replace("\n", "\n  ")
 
 
@@ -396,9 +417,11 @@ def push(ctx: click.Context, /, reference: str, chunk_size: str | None, chunked_
     Blobs the registry has are skipped; blobs another repository of the same registry has
     (as far as the local cache knows) are mounted instead of sent.
     """
+    import dataclasses
+
     options = _transport(kwargs, _size(chunk_size) if chunk_size else None)
     options = dataclasses.replace(options, chunked_above=None if chunked_above == "never" else _size(chunked_above))
-    ref = parse_reference(reference, load_settings().default_registry)
+    ref = _parse(reference)
     if not as_json:
         say(f"The push refers to repository [{ref.name}]")
     with _progress(ctx) as bar:
@@ -429,7 +452,7 @@ def pull(ctx: click.Context, /, reference: str, include: tuple[str, ...], verify
     downloaded.
     """
     options = _transport(kwargs)
-    ref = parse_reference(reference, load_settings().default_registry)
+    ref = _parse(reference)
     if not as_json:
         say(f"{ref.version}: Pulling from {ref.name}")
     with _progress(ctx) as bar:
@@ -503,7 +526,21 @@ def _full_reference(text: str) -> str:
     """The reference as ormb understands it (host and tag filled in); an oci:PATH as given."""
     if text.startswith("oci:"):
         return text
-    return str(parse_reference(text, load_settings().default_registry))
+    return str(_parse(text))
+
+
+def _parse(text: str) -> Reference:
+    """A reference as the user typed it, the default registry filled in."""
+    from ormb.config import load_settings
+    from ormb.oci.reference import parse_reference
+
+    return parse_reference(text, load_settings().default_registry)
+
+
+def _home() -> Path:
+    from ormb.config import load_settings
+
+    return load_settings().home
 
 
 @cli.command()
@@ -708,7 +745,9 @@ _ROOT_OPTION = click.option("--root", type=click.Path(file_okay=False), default=
 
 
 def _existing_root(root: str | None) -> Path:
-    root_dir = Path(root) if root else load_settings().home / "registry"
+    from pathlib import Path
+
+    root_dir = Path(root) if root else _home() / "registry"
     if not (root_dir / "registry.db").exists():
         raise OrmbError(f"{root_dir} holds no registry", "give the --root that 'ormb registry serve' used")
     return root_dir
@@ -773,6 +812,8 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
 
     Served by gunicorn; stops cleanly on Ctrl-C or SIGTERM (requests under way are finished).
     """
+    from pathlib import Path
+
     from ormb.oci.reference import is_loopback_host
     from ormb.server.names import Listening
     from ormb.server.serve import LISTENING, STOPPED, ServeOptions, parse_addr
@@ -786,7 +827,7 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
     if not is_loopback_host(host) and not tls_cert:
         say(f"warning: listening on {addr} without TLS: passwords and models cross the network in clear",
                    err=True)
-    root_dir = Path(root) if root else load_settings().home / "registry"
+    root_dir = Path(root) if root else _home() / "registry"
     options = ServeOptions(root_dir, addr, Path(htpasswd) if htpasswd else None, Path(policy) if policy else None,
                            anonymous_pull, Path(tls_cert) if tls_cert else None, Path(tls_key) if tls_key else None,
                            auth_scheme, not no_ui, workers, threads, max_connections, max_waiting, client_timeout, keepalive,
@@ -794,6 +835,8 @@ def serve(root: str | None, addr: str, htpasswd: str | None, policy: str | None,
                            tuple(Path(k) for k in trust_keys), Path(trust_dir) if trust_dir else None)
     options.check()  # before anything is created or started (an unusable key file too)
     auth = "open to everyone on this address" if not htpasswd else f"users from {htpasswd}"
+    from ormb.config import load_settings
+
     default_registry = load_settings().default_registry
 
     def ready(listening: Listening) -> None:
@@ -896,6 +939,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except OrmbError as exc:
         if debug:
+            import traceback
+
             traceback.print_exc()
         say(f"Error: {exc}", err=True)
         return exc.exit_code
@@ -904,6 +949,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:
         if debug:
+            import traceback
+
             traceback.print_exc()
         say(f"Error: internal error: {type(exc).__name__}: {exc} (run with --debug and report it)", err=True)
         return EXIT_INTERNAL

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from ormb.oci.reference import Reference
 from ormb.units import human_size as human_size  # the CLI's name for it
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 def plural(count: int, word: str, words: str | None = None) -> str:
@@ -46,12 +35,14 @@ def human_time(when: datetime | None, now: datetime | None = None) -> str:
 
 
 def to_jsonable(value: Any) -> Any:
-    if isinstance(value, Reference):
+    from pathlib import PurePath  # here: the commands that print no JSON start without them
+
+    from ormb.oci.reference import Reference
+
+    if isinstance(value, (Reference, PurePath)):
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
     if hasattr(value, "to_json_dict"):
         return value.to_json_dict()
     if is_dataclass(value) and not isinstance(value, type):
@@ -106,6 +97,8 @@ def to_json(value: Any) -> str:
     """``value`` as JSON that is valid UTF-8 and safe on a terminal: readable Unicode stays as it is,
     anything :func:`printable` would escape (a lone surrogate: a byte of a name that was not UTF-8) is a
     ``\\uXXXX`` escape, which JSON parsers read back as the same string."""
+    import json
+
     text = json.dumps(to_jsonable(value), indent=2, ensure_ascii=False)
     if text.isprintable():
         return text
@@ -127,6 +120,17 @@ class RichProgress:
     """A progress bar per task on stderr; used only when stderr is a terminal."""
 
     def __init__(self) -> None:
+        # rich is imported here, when a bar is drawn: every other command starts without it
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
             TimeRemainingColumn(), console=Console(file=sys.stderr), transient=True,
@@ -141,6 +145,8 @@ class RichProgress:
         self._progress.stop()
 
     def start(self, task: str, description: str, total: int | None) -> None:
+        from rich.markup import escape
+
         self._tasks[task] = self._progress.add_task(escape(printable(description)), total=total)
 
     def advance(self, task: str, amount: int) -> None:

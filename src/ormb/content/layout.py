@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any, BinaryIO
 
 from ormb.content.atomic import install_file, staged_file
 from ormb.content.background import BackgroundHasher, BackgroundWriter
+from ormb.content.filecopy import WRITE_ERRORS, CopyEnded, KernelCopy
 from ormb.content.locking import file_lock
 from ormb.content.target import Readable
 from ormb.errors import IntegrityError, InvalidArtifactError, NotFoundError, OrmbError, StorageError
@@ -71,18 +73,23 @@ class _IngestWriter:
         self._file = file
         self._path = path
         self._writer = writer
-        self._hasher = hashlib.sha256()
+        self._hasher = BackgroundHasher(hashlib.sha256())  # hashing overlaps reading (and the caller's work)
         self.size = 0
         self.committed: Descriptor | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._hasher.update(data)
+        chunk = bytes(data)  # one copy (none for bytes): the caller may reuse its buffer; both threads read this
+        self._hasher.update(chunk)
         try:
-            self._writer.write(data)  # copies: the caller may reuse its buffer
+            self._writer.write(chunk)
         except OSError as exc:
             raise storage_error("write into the cache", self._path, exc) from None
         self.size += len(data)
         return len(data)
+
+    def close(self) -> None:
+        """Stop the hashing thread (committed or not)."""
+        self._hasher.close()
 
     def commit(self, media_type: str, annotations: dict[str, str] | None = None) -> Descriptor:
         with disk_errors("write into the cache", self._path):
@@ -155,7 +162,7 @@ class OCILayout:
         with self.ingest_file() as (file, path):
             size = 0
             try:
-                with BackgroundWriter(file) as writer:
+                with BackgroundWriter(file, writeback=True) as writer:
                     while chunk := content.read(CHUNK):
                         hasher.update(chunk)
                         try:
@@ -177,6 +184,64 @@ class OCILayout:
                 )
             self._install(file, path, desc)
 
+    def ingest_copy(self, source: BinaryIO, size: int, media_type: str, annotations: dict[str, str] | None = None,
+                    *, name: str, advance: Callable[[int], None] | None = None) -> Descriptor:
+        """Store the ``size`` bytes of the regular file ``source`` as a blob, copied by the kernel (a reflink
+        where the file system can, else ``copy_file_range``: see :mod:`ormb.content.filecopy`) while this
+        thread hashes the copy as it grows.  The digest is of the bytes stored, whatever happens to
+        ``source`` meanwhile; a source that is not ``size`` bytes (it changed while being saved) is a
+        :class:`StorageError` naming ``name``, and nothing is stored.  ``advance`` is told of each piece."""
+        if isinstance(size, bool) or size < 0:
+            raise ValueError(f"bad size {size!r}")
+        changed = StorageError(f"{name} changed size while it was being saved", "save again once the file is complete")
+        with self.ingest_file() as (file, path):
+            src, dst = source.fileno(), file.fileno()
+            copy = KernelCopy(src, dst, size)
+            hasher = hashlib.sha256()
+            buffer = bytearray(CHUNK)
+            view = memoryview(buffer)
+            offset = 0
+            try:
+                while offset < size:
+                    try:
+                        ready = copy.ready(offset)
+                    except CopyEnded:
+                        raise changed from None
+                    except OSError as exc:
+                        raise self._copy_error(exc, name, path) from None
+                    while offset < ready:
+                        with disk_errors("read back a blob written into the cache", path):
+                            n = os.preadv(dst, [view[: min(CHUNK, ready - offset)]], offset)
+                        if n <= 0:
+                            raise StorageError(f"cannot read back {path}: it ended early")
+                        hasher.update(view[:n])
+                        offset += n
+                        if advance is not None:
+                            advance(n)
+            except BaseException:
+                copy.cancel()
+                raise
+            try:
+                copy.join()
+            except OSError as exc:
+                raise self._copy_error(exc, name, path) from None
+            try:
+                longer = os.fstat(src).st_size != size or bool(os.pread(src, 1, size))
+            except OSError as exc:
+                raise StorageError(f"cannot read {name}: {exc.strerror}") from None
+            if longer:
+                raise changed
+            desc = Descriptor(media_type, f"sha256:{hasher.hexdigest()}", size, annotations or {})
+            self._install(file, path, desc)
+            return desc
+
+    @staticmethod
+    def _copy_error(exc: OSError, name: str, path: Path) -> StorageError:
+        """A failed kernel copy: the cache's fault (full, read-only) or the source's."""
+        if exc.errno in WRITE_ERRORS:
+            return storage_error("write into the cache", path, exc)
+        return StorageError(f"cannot read {name}: {exc.strerror or exc}")
+
     @contextmanager
     def ingest_file(self) -> Iterator[tuple[BinaryIO, Path]]:
         """A temporary file inside the layout; removed on exit unless installed."""
@@ -187,8 +252,12 @@ class OCILayout:
 
     @contextmanager
     def ingest(self) -> Iterator[_IngestWriter]:
-        with self.ingest_file() as (file, path), BackgroundWriter(file) as writer:
-            yield _IngestWriter(self, file, path, writer)
+        with self.ingest_file() as (file, path), BackgroundWriter(file, writeback=True) as writer:
+            ingest = _IngestWriter(self, file, path, writer)
+            try:
+                yield ingest
+            finally:
+                ingest.close()
 
     def _install(self, file: BinaryIO, path: Path, desc: Descriptor) -> None:
         target = self.blob_path(desc.digest)

@@ -14,9 +14,9 @@ response being streamed, a reader that counts progress).  A pusher that needs to
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from ormb.errors import IntegrityError
 from ormb.oci.descriptor import Descriptor
@@ -135,6 +135,14 @@ class BlobWriter(Protocol):
 class Ingester(Protocol):
     def ingest(self) -> AbstractContextManager[BlobWriter]:
         """A writer for a blob of unknown digest; discarded unless committed."""
+
+
+@runtime_checkable
+class FileIngester(Protocol):
+    def ingest_copy(self, source: BinaryIO, size: int, media_type: str, annotations: dict[str, str] | None = None,
+                    *, name: str, advance: Callable[[int], None] | None = None) -> Descriptor:
+        """Store the ``size`` bytes of the regular file ``source`` as a blob, copied by the kernel (no pass
+        through Python) and hashed from the copy; see :meth:`ormb.content.layout.OCILayout.ingest_copy`."""
 
 
 def read_up_to(stream: Readable, limit: int) -> bytes:

@@ -35,6 +35,7 @@ def export_model(
     local_copy: Callable[[Descriptor], Path] | None = None,
     max_expand: int | None = None,
     progress: ProgressListener | None = None,
+    concurrency: int = 2,
     check: Callable[[FileHashes], None] | None = None,
 ) -> tuple[str, ...]:
     """Write the model of ``manifest`` (blobs from ``source``) into ``dest``, all or nothing.
@@ -42,7 +43,8 @@ def export_model(
     The files go below ``dest/subdirectory`` (the ormb format's under ``model/`` unless ``strip_prefix``);
     ``metadata``, if given, becomes ``dest/ormbfile.yaml`` (a layer that writes that path is refused).
     ``files`` narrows a ModelPack model to some of its layers.  ``max_expand`` bounds what the layers may
-    unpack to, in all (see :mod:`ormb.model.budget`).  Returns the files' paths below ``dest/subdirectory``.
+    unpack to, in all (see :mod:`ormb.model.budget`).  ``concurrency``: ModelPack weight layers written at
+    once (see :func:`ormb.model.modelpack.write_files`).  Returns the files' paths below ``dest/subdirectory``.
 
     ``check``, if given, sees the SHA-256 of every file written (hashed while written; paths as a
     signature names them: below ``model/`` for the ormb format) once everything is staged and before
@@ -60,12 +62,13 @@ def export_model(
         if modelpack.is_modelpack(manifest):
             chosen = modelpack.layer_files(manifest) if files is None else files
             paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy, progress=progress,
-                                          hashes=hashes)
+                                          concurrency=concurrency, hashes=hashes)
         else:
             layer = ormbformat.model_layer(manifest)
             with source.fetch(layer) as blob:
                 paths = extract_tar(blob, layer, tree, base=base, prefix="model/", strip_prefix=strip_prefix,
-                                    progress=progress, hashes=hashes)
+                                    progress=progress, local=local_copy(layer) if local_copy else None,
+                                    hashes=hashes)
         if metadata is not None:
             tree.write_metadata((FILENAME,), metadata.to_yaml().encode("utf-8"))
         tree.check_links()

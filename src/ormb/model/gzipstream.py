@@ -12,9 +12,6 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
-from isal import igzip
-from isal.isal_zlib import crc32
-
 # ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=0 OS=255 (unknown): no name, no time.
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 _MAX_STORED = 0xFFFF
@@ -29,6 +26,9 @@ class StoredGzipWriter:
     """A gzip stream of stored deflate blocks of a fixed size, written to ``sink``."""
 
     def __init__(self, sink: Sink) -> None:
+        from isal.isal_zlib import crc32  # here: the CLI imports this module to list COMPRESSIONS
+
+        self._crc32 = crc32
         self._sink = sink
         self._crc = 0
         self._size = 0
@@ -38,7 +38,7 @@ class StoredGzipWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
         n = len(view)
-        self._crc = crc32(view, self._crc)
+        self._crc = self._crc32(view, self._crc)
         self._size += n
         if self._pending:
             take = min(_MAX_STORED - len(self._pending), n)
@@ -67,6 +67,8 @@ class StoredGzipWriter:
 
 class _Compressing:
     def __init__(self, sink: Sink, level: int) -> None:
+        from isal import igzip
+
         self._gzip = igzip.IGzipFile(  # type: ignore[no-untyped-call]
             fileobj=sink, mode="wb", compresslevel=level, mtime=0, filename=""
         )

@@ -27,11 +27,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ormb.content.target import Fetcher, Pusher, push_bytes
+from ormb.content.target import Fetcher, FileIngester, Pusher, push_bytes
 from ormb.content.writer import open_blob_writer
 from ormb.errors import InvalidArtifactError, UnsafeArchiveError
 from ormb.model import classify as kinds
@@ -46,10 +48,10 @@ from ormb.model.ormbfile import (
     metadata_from_config,
     rfc3339,
 )
-from ormb.model.packing import PackedModel, stream_file
+from ormb.model.packing import PackedModel, copy_file, stream_file
 from ormb.model.staging import Parts, StagingTree
 from ormb.model.tarstream import write_tar
-from ormb.model.unpack import FileHashes, extract_tar, write_raw
+from ormb.model.unpack import FileHashes, RawJob, extract_tar, prepare_raw
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest, canonical_json, json_object
 from ormb.progress import NoProgress, ProgressListener
@@ -208,6 +210,8 @@ def _pack_file(item: _Planned, names: Names, target: Pusher, progress: ProgressL
                    ANNOTATION_TITLE: str(entry.relative)}
     if item.kind.guessed and names.untested:
         annotations[names.untested] = "true"
+    if item.packing == "raw" and isinstance(target, FileIngester):  # the cache: copied by the kernel, hashed from the copy
+        return copy_file(entry, target, names.layer(item.kind.kind, item.packing), annotations, progress, "pack")
     with open_blob_writer(target) as writer:
         if item.packing == "tar":
             write_tar([entry], writer, prefix="", progress=progress, task="pack")
@@ -424,6 +428,9 @@ def model_info(manifest: Manifest, config: bytes) -> dict[str, Any]:
     return info
 
 
+RAW_BATCH = 64  # raw layers whose files are open at once, waiting for their bytes
+
+
 def write_files(
     source: Fetcher,
     files: Sequence[LayerFile],
@@ -432,24 +439,82 @@ def write_files(
     base: Parts = (),
     local_copy: Callable[[Descriptor], Path] | None = None,
     progress: ProgressListener | None = None,
+    concurrency: int = 2,
     hashes: FileHashes | None = None,
 ) -> list[str]:
     """Write the layers of a per-file artifact into ``tree`` below ``base`` (see :mod:`ormb.model.staging`),
-    verifying each and charging ``tree.budget``; ``local_copy`` names a verified local file of a blob to
-    clone instead of copying.  Two layers that write one path are refused, whichever kind they are.
-    ``hashes`` collects every file's SHA-256 by its path below ``base``."""
+    verifying each and charging ``tree.budget``; ``local_copy`` names the cache's copy of a blob, which the
+    kernel copies (a reflink where it can) instead of it streaming through Python.  Two layers that write one
+    path are refused, whichever kind they are.  ``hashes`` collects every file's SHA-256 by its path below
+    ``base``.
+
+    Uncompressed raw layers (weights) are written ``concurrency`` at a time: their files are made in the
+    manifest's order, then their bytes arrive (and are hashed) in threads, so that a model of several
+    weight files uses more than one core.  Tar and compressed layers, whose bytes the budget counts, are
+    written one at a time, in order."""
     written: list[str] = []
-    for item in files:
-        with source.fetch(item.descriptor) as blob:
-            if item.packing.startswith("raw") and item.path is not None:
-                compression = item.packing.partition("+")[2] or None
-                clone_from = local_copy(item.descriptor) if local_copy and not compression else None
-                write_raw(blob, item.descriptor, tree, base + item.path.parts, clone_from=clone_from,
-                          compression=compression, mode=item.mode, progress=progress, hashes=hashes,
-                          key=str(item.path))
-                written.append(str(item.path))
-            else:
-                compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
-                written += extract_tar(blob, item.descriptor, tree, base=base, compression=compression,
-                                       progress=progress, hashes=hashes)
+    batch: list[RawJob] = []
+    try:
+        _write_in_order(source, files, tree, base, local_copy, progress, concurrency, hashes, written, batch)
+    except BaseException:
+        _close_jobs(batch)  # a later layer failed before these ran: their files are closed, the tree goes
+        raise
     return list(dict.fromkeys(written))
+
+
+def _write_in_order(source: Fetcher, files: Sequence[LayerFile], tree: StagingTree, base: Parts,
+                    local_copy: Callable[[Descriptor], Path] | None, progress: ProgressListener | None,
+                    concurrency: int, hashes: FileHashes | None, written: list[str], batch: list[RawJob]) -> None:
+    for item in files:
+        local = local_copy(item.descriptor) if local_copy else None
+        if item.packing.startswith("raw") and item.path is not None:
+            compression = item.packing.partition("+")[2] or None
+            job = prepare_raw(partial(source.fetch, item.descriptor), item.descriptor, tree, base + item.path.parts,
+                              clone_from=local, compression=compression, mode=item.mode, progress=progress,
+                              hashes=hashes, key=str(item.path))
+            written.append(str(item.path))
+            if compression is None:
+                batch.append(job)
+                if len(batch) >= RAW_BATCH:
+                    _run_jobs(batch, concurrency)
+            else:
+                job.run()
+        else:
+            _run_jobs(batch, concurrency)
+            compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
+            with source.fetch(item.descriptor) as blob:
+                written += extract_tar(blob, item.descriptor, tree, base=base, compression=compression,
+                                       progress=progress, local=local, hashes=hashes)
+    _run_jobs(batch, concurrency)
+
+
+def _run_jobs(jobs: list[RawJob], concurrency: int) -> None:
+    """Run the jobs, ``concurrency`` at a time; on the first failure the jobs not started are dropped (their
+    files closed), those under way finish, and the failure is raised.  ``jobs`` is emptied."""
+    pending, jobs[:] = list(jobs), []
+    if len(pending) <= 1 or concurrency <= 1:
+        for i, job in enumerate(pending):
+            try:
+                job.run()
+            except BaseException:
+                _close_jobs(pending[i + 1:])
+                raise
+        return
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(pending)), thread_name_prefix="ormb-layer") as pool:
+        futures = [pool.submit(job.run) for job in pending]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        error = next((e for f in futures if f in done and (e := f.exception()) is not None), None)
+        if error is not None:
+            for job, future in zip(pending, futures, strict=True):
+                if future.cancel():
+                    job.close()
+            wait(futures)
+            raise error
+    for future in futures:
+        future.result()
+
+
+def _close_jobs(jobs: list[RawJob]) -> None:
+    for job in jobs:
+        job.close()
+    jobs.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ormb.content.target import FileIngester
 from ormb.errors import StorageError
 from ormb.model.files import ModelFile
 from ormb.model.ormbfile import Metadata
@@ -27,6 +28,20 @@ class PackedModel:
     metadata: Metadata
     # the ormb format: each file's SHA-256, computed while packing, by path below model/ (for signing)
     files: FileHashes | None = None
+
+
+def copy_file(entry: ModelFile, target: FileIngester, media_type: str, annotations: dict[str, str],
+              progress: ProgressListener, task: str) -> Descriptor:
+    """``entry`` as one blob of ``target``, copied by the kernel and hashed from the copy (a raw layer);
+    fail if the file changed size meanwhile, as :func:`stream_file` does."""
+    try:
+        with open(entry.path, "rb", buffering=0) as f:
+            return target.ingest_copy(f, entry.size, media_type, annotations, name=str(entry.path),
+                                      advance=lambda n: progress.advance(task, n))
+    except OSError as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise StorageError(f"cannot read {entry.path}: {exc.strerror}") from None
 
 
 def stream_file(entry: ModelFile, sink: Sink, progress: ProgressListener, task: str) -> None:

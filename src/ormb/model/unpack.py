@@ -20,17 +20,18 @@ Bounds, whatever a layer holds:
 
 Signatures need the SHA-256 of every file a layer holds: :class:`FileHashes` collects them while an
 export writes (``hashes=``), and :func:`hash_tar` / :func:`hash_raw` read a layer the same checked way
-(one tar reader, :func:`_read_tar`, with the same bounds) without writing anything.
+(one tar reader, :func:`_walk_tar`, over the same :class:`~ormb.model.payload.PayloadView`, with the same
+bounds) without writing anything.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import tarfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -38,17 +39,18 @@ from typing import IO, Any
 import zstandard
 from isal import igzip
 
-from ormb.content.background import BackgroundHasher, BackgroundWriter, write_sliced
+from ormb.content.background import BackgroundHasher, BackgroundWriter, FileDigest, write_sliced
+from ormb.content.filecopy import WRITE_ERRORS, clone, copy_out
 from ormb.content.target import Readable
 from ormb.errors import IntegrityError, OrmbError, StorageError, UnsafeArchiveError
 from ormb.model.budget import ExpansionBudget
+from ormb.model.payload import LayerError, PayloadView, local, payload_pieces, streamed
 from ormb.model.staging import Parts, StagingTree
 from ormb.model.tarheaders import CheckedTarInfo
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import NoProgress, ProgressListener
 
 CHUNK = 1 << 20
-TAR_BUFFER = 64 << 10  # tarfile's stream buffer: it copies what is left of it on every header read
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -56,7 +58,10 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 class FileHashes:
     """The SHA-256 (hex) and size of every regular file a layer holds, by its path below the layer's
     prefix (``model/`` of the ormb format is not part of it), as the last entry of each path left it;
-    and the paths that are symbolic links (a signature covers regular files only)."""
+    and the paths that are symbolic links (a signature covers regular files only).
+
+    Raw layers written at once (:func:`prepare_raw`) record from their threads: each its own path (two
+    layers of one path are refused before any runs), one dictionary store each."""
 
     files: dict[str, tuple[str, int]] = field(default_factory=dict)
     links: set[str] = field(default_factory=set)
@@ -78,22 +83,7 @@ class _LayerError(Exception):
     """Whatever the tar reader or a decompressor raised on the layer's bytes (``__cause__``)."""
 
 
-class _Reader:
-    """``readinto`` and ``readable`` over ``read``, for the decompressors that ask for them."""
-
-    def read(self, n: int = -1) -> bytes:
-        raise NotImplementedError
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-
-class _FileHasher(_Reader):
+class _FileHasher:
     """Reads from ``raw``, hashing (SHA-256) and counting what passes: one file's content."""
 
     def __init__(self, raw: Readable) -> None:
@@ -111,7 +101,7 @@ class _FileHasher(_Reader):
         return self._hasher.hexdigest()
 
 
-class _HashingReader(_Reader):
+class _HashingReader:
     """Reads at most the declared size of ``raw``, hashing and counting every byte, reporting progress,
     and crediting the budget (for layers whose unpacked bytes are charged)."""
 
@@ -155,24 +145,6 @@ class _HashingReader(_Reader):
             raise IntegrityError(f"{what} does not match: read {self.size} bytes with digest {self.digest()}")
 
 
-class _Bounded:
-    """The decompressed stream of a layer, charged to the budget as it is read (headers and padding
-    included); a failure of the decompressor is the layer's (:class:`_LayerError`)."""
-
-    def __init__(self, raw: Any, budget: ExpansionBudget) -> None:
-        self._raw, self._budget = raw, budget
-        self.total = 0
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            data: bytes = self._raw.read(n)
-        except OrmbError:
-            raise
-        except Exception as exc:
-            raise _LayerError() from exc
-        self.total += len(data)
-        self._budget.stream(self.total)
-        return data
 
 
 def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath | None:
@@ -205,7 +177,7 @@ def _safe_relative(name: str, prefix: str, strip: bool = False) -> PurePosixPath
 
 def decompressed(reader: Any, compression: str | None) -> Any:
     """A reader of ``reader``'s bytes decompressed (``gzip``, ``zstd``, or None: as they are); unbounded:
-    the caller counts what it reads (export through its budget; the catalog's listings too)."""
+    the caller counts what it reads (the catalog's listings)."""
     if compression == "gzip":
         return igzip.IGzipFile(fileobj=reader, mode="rb")  # type: ignore[no-untyped-call]
     if compression == "zstd":
@@ -213,52 +185,14 @@ def decompressed(reader: Any, compression: str | None) -> Any:
     return reader
 
 
-def _layer_name(desc: Descriptor, path: str | None = None) -> str:
-    return f"layer {desc.digest[:19]}" + (f" ({path})" if path else "")
-
-
-TarVisitor = Callable[[tarfile.TarFile, tarfile.TarInfo, PurePosixPath], None]
-
-
-def _read_tar(blob: Readable, desc: Descriptor, visit: TarVisitor, *, prefix: str, strip_prefix: bool,
-              compression: str | None, budget: ExpansionBudget, progress: ProgressListener) -> None:
-    """Read a tar layer as a stream with every bound of the module doc, checking the layer's digest and
-    size and every entry's name; ``visit`` gets each entry below the root with its safe relative path."""
-    reader = _HashingReader(blob, desc, progress, desc.digest, budget)
-    try:
-        try:
-            with _open_tar(_Bounded(decompressed(reader, compression), budget)) as tar:
-                while (member := _next(tar)) is not None:
-                    budget.entry(member.name)
-                    budget.ahead(tar.offset, desc.size - reader.size, member.name)
-                    relative = _safe_relative(member.name, prefix, strip_prefix)
-                    if relative is None:
-                        continue
-                    if prefix and not strip_prefix and str(relative) + "/" == prefix and not member.isdir():
-                        # ``model/.`` as a file or link: it would replace the model's directory, and a
-                        # signature (whose root that directory is) could not name it
-                        raise UnsafeArchiveError(f"layer entry {member.name!r} makes {prefix} a file or link; "
-                                                 "refusing")
-                    visit(tar, member, relative)
-            reader.drain()
-        except _LayerError as wrapped:
-            cause = wrapped.__cause__
-            reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
-            if reader.digest() != desc.digest:
-                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
-            if isinstance(cause, RecursionError):
-                raise UnsafeArchiveError(f"layer {desc.digest} nests tar headers too deeply; refusing") from None
-            raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: "
-                                     f"{type(cause).__name__}: {cause}") from None
-        reader.verify(blob, f"layer {desc.digest}")
-    finally:
-        reader.close()
-
-
 def _hash_key(relative: PurePosixPath, prefix: str, stripped: bool) -> str:
     """The path a signature names for an entry: below the prefix (``model/``), whether or not export strips it."""
     path = str(relative)
     return path[len(prefix):] if prefix and not stripped else path
+
+
+def _layer_name(desc: Descriptor, path: str | None = None) -> str:
+    return f"layer {desc.digest[:19]}" + (f" ({path})" if path else "")
 
 
 def extract_tar(
@@ -271,63 +205,37 @@ def extract_tar(
     strip_prefix: bool = False,
     compression: str | None = "gzip",
     progress: ProgressListener | None = None,
+    local: Path | None = None,
     hashes: FileHashes | None = None,
 ) -> list[str]:
     """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest;
     the bytes it unpacks to are charged to ``tree.budget``.
 
+    ``local`` is the cache's copy of the blob: the file contents of a stored-gzip (ormb's) or plain layer are
+    copied from it by the kernel (:class:`ormb.model.payload.Region`) instead of passing through Python, while a
+    thread checks its digest; nothing moves out of the staging tree unless it matches.  Without it (or when it
+    is missing or not the declared size) ``blob`` streams and is hashed as it is read.
+
     Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.  With ``hashes``,
-    every regular file is hashed while it is written (paths below ``prefix``).
+    every regular file is hashed while it is written (paths below ``prefix``); a file that a local copy
+    would have the kernel copy is then read through Python, to be hashed.
     """
     progress = progress or NoProgress()
     progress.start(desc.digest, desc.digest.partition(":")[2][:12], desc.size)
-    tree.budget.start_layer(_layer_name(desc))
+    budget = tree.budget
+    budget.start_layer(_layer_name(desc))
     tree.begin_layer(replaceable=True)
-    inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
-    paths: dict[str, None] = {}
-
-    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
-        parts = base + relative.parts
-        key = _hash_key(relative, prefix, strip_prefix)
-        if member.isdir():
-            tree.directory(parts)
-            return
-        if member.isreg():
-            if member.issparse():
-                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
-            extracted = tar.extractfile(member)
-            assert extracted is not None
-            content: Readable = _Entry(extracted)
-            hasher = _FileHasher(content) if hashes is not None else None
-            fd = tree.create_file(parts)
-            made = _write_to(fd, tree.show(parts), hasher or content, (member.mode & 0o755) | 0o600)
-            inodes.add((made.st_dev, made.st_ino))
-            if hashes is not None and hasher is not None:
-                hashes.file(key, hasher.hexdigest(), hasher.size)
-        elif member.issym():
-            tree.symlink(parts, member.linkname)
-            if hashes is not None:
-                hashes.link(key)
-        elif member.islnk():
-            link = _safe_relative(member.linkname, prefix, strip_prefix)
-            if link is None:
-                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
-            tree.hard_link(parts, base + link.parts, inodes)
-            if hashes is not None:
-                target = hashes.files.get(_hash_key(link, prefix, strip_prefix))
-                if target is None:  # hard_link() refused anything but a file this layer wrote: unreachable
-                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to no file; refusing")
-                hashes.file(key, *target)
-        else:
-            raise UnsafeArchiveError(
-                f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
-            )
-        paths[str(relative)] = None
-
-    _read_tar(blob, desc, visit, prefix=prefix, strip_prefix=strip_prefix, compression=compression,
-              budget=tree.budget, progress=progress)
+    visit = _Extractor(tree, base, prefix, strip_prefix, hashes)
+    fd = _open_local(local, desc.size) if local is not None else None
+    if fd is not None:
+        try:
+            _walk_local(fd, desc, budget, prefix, strip_prefix, compression, progress, visit)
+        finally:
+            os.close(fd)
+    else:
+        _walk_streamed(blob, desc, budget, prefix, strip_prefix, compression, progress, visit)
     progress.finish(desc.digest)
-    return list(paths)
+    return list(visit.paths)
 
 
 def hash_tar(blob: Readable, desc: Descriptor, *, prefix: str = "", compression: str | None = "gzip",
@@ -341,50 +249,100 @@ def hash_tar(blob: Readable, desc: Descriptor, *, prefix: str = "", compression:
     progress = progress or NoProgress()
     budget = ExpansionBudget(max_expand)
     budget.start_layer(_layer_name(desc))
-    hashes = FileHashes()
-    directories: set[str] = set()
-
-    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
-        key = _hash_key(relative, prefix, True)
-        for parent in relative.parents:
-            if parent.parts:
-                directories.add(_hash_key(parent, prefix, True))
-        if member.isdir():
-            directories.add(key)
-        elif member.isreg():
-            if member.issparse():
-                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing")
-            extracted = tar.extractfile(member)
-            assert extracted is not None
-            hasher = _FileHasher(_Entry(extracted))
-            while hasher.read(CHUNK):
-                pass
-            hashes.file(key, hasher.hexdigest(), hasher.size)
-        elif member.issym():
-            hashes.link(key)
-        elif member.islnk():
-            link = _safe_relative(member.linkname, prefix, True)
-            target = hashes.files.get(str(link)) if link is not None else None
-            if target is None:
-                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to {member.linkname!r}, "
-                                         "which is not a file written before it in the same layer; refusing")
-            hashes.file(key, *target)
-        else:
-            raise UnsafeArchiveError(f"layer entry {member.name!r} is a device, FIFO or other special file; refusing")
-
-    _read_tar(blob, desc, visit, prefix=prefix, strip_prefix=True, compression=compression, budget=budget,
-              progress=progress)
-    clash = next((p for p in sorted(directories) if p in hashes.files or p in hashes.links), None)
+    visit = _Hasher(prefix)
+    _walk_streamed(blob, desc, budget, prefix, True, compression, progress, visit)
+    clash = next((p for p in sorted(visit.directories) if p in visit.hashes.files or p in visit.hashes.links), None)
     if clash is not None:
         raise UnsafeArchiveError(f"layer {desc.digest[:19]} makes {clash!r} both a file and a directory; refusing")
-    return hashes
+    return visit.hashes
+
+
+def _walk_streamed(blob: Readable, desc: Descriptor, budget: ExpansionBudget, prefix: str, strip: bool,
+                   compression: str | None, progress: ProgressListener, visit: _Visitor) -> None:
+    """:func:`_walk_tar` over ``blob`` as it streams, hashed as it is read; its digest and size checked."""
+    reader = _HashingReader(blob, desc, progress, desc.digest, budget)
+    try:
+        try:
+            view = PayloadView(payload_pieces(streamed(reader.read), compression), budget)
+            _walk_tar(view, desc, budget, prefix, strip, lambda: reader.size, visit)
+            view.drain()  # past the tar's end marker to the gzip trailer: its CRC-32 and length are checked
+            reader.drain()
+        except (_LayerError, LayerError) as wrapped:
+            cause = wrapped.__cause__ or wrapped
+            reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
+            if reader.digest() != desc.digest:
+                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
+            if isinstance(cause, RecursionError):
+                raise UnsafeArchiveError(f"layer {desc.digest} nests tar headers too deeply; refusing") from None
+            raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: "
+                                     f"{type(cause).__name__}: {cause}") from None
+        reader.verify(blob, f"layer {desc.digest}")
+    finally:
+        reader.close()
+
+
+def _open_local(path: Path, size: int) -> int | None:
+    """The cache's copy of a blob opened for reading, if it is there and ``size`` bytes; else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size == size:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _walk_local(fd: int, desc: Descriptor, budget: ExpansionBudget, prefix: str, strip: bool,
+                compression: str | None, progress: ProgressListener, visit: _Visitor) -> None:
+    """:func:`_walk_tar` over the cache's copy ``fd``: file contents copied by the kernel, the blob's digest
+    computed meanwhile in a thread (:class:`~ormb.content.background.FileDigest`) and checked at the end."""
+    def consumed(n: int) -> None:
+        budget.read(n)
+        progress.advance(desc.digest, n)
+
+    source = local(fd, desc.size, consumed)
+    digest = FileDigest(fd, desc.size, desc.digest.partition(":")[0])
+    try:
+        try:
+            view = PayloadView(payload_pieces(source, compression), budget)
+            _walk_tar(view, desc, budget, prefix, strip, lambda: source.offset, visit)
+            view.drain()  # to the end: the gzip structure (block lengths, trailers) is checked whole
+            if not source.at_end():
+                raise LayerError("the layer holds bytes after its stream's end")
+        except (_LayerError, LayerError) as wrapped:
+            cause = wrapped.__cause__ or wrapped
+            _check_local(digest, desc, "")  # a damaged copy shows as a malformed layer: say which it is
+            if isinstance(cause, RecursionError):
+                raise UnsafeArchiveError(f"layer {desc.digest} nests tar headers too deeply; refusing") from None
+            raise UnsafeArchiveError(f"layer {desc.digest} is not a valid tar archive: "
+                                     f"{type(cause).__name__}: {cause}") from None
+        _check_local(digest, desc, "")
+    finally:
+        digest.stop()
+
+
+def _check_local(digest: FileDigest, desc: Descriptor, shown: str) -> None:
+    """The cache's copy read by ``digest`` is the blob ``desc`` names; else an :class:`IntegrityError`."""
+    try:
+        size, actual = digest.result()
+    except OSError as exc:
+        raise StorageError(f"cannot read the cache's copy of {desc.digest}: {exc.strerror}") from None
+    if size != desc.size or actual != desc.digest:
+        where = f" ({shown})" if shown else ""
+        raise IntegrityError(f"layer {desc.digest}{where} does not match its digest: the cache's copy reads as "
+                             f"{actual}", "the cache is damaged: remove the model ('ormb rm'), run 'ormb prune', "
+                             "then pull or save it again")
 
 
 def _next(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     """The next entry; tarfile's list of the entries read so far is emptied (it would keep them all)."""
     try:
         member = tar.next()
-    except (OrmbError, _LayerError):
+    except (OrmbError, _LayerError, LayerError):
         raise
     except Exception as exc:
         raise _LayerError() from exc
@@ -392,28 +350,124 @@ def _next(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     return member
 
 
-class _Entry(_Reader):
-    """A regular entry's bytes; whatever the tar reader raises is the layer's fault."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self._raw.read(n)
-        except (OrmbError, _LayerError):
-            raise
-        except Exception as exc:
-            raise _LayerError() from exc
-
-
-def _open_tar(source: _Bounded) -> tarfile.TarFile:
+def _open_tar(source: PayloadView) -> tarfile.TarFile:
+    """tarfile over the layer's unpacked bytes, reading headers only (file contents go by :meth:`PayloadView.copy_to`):
+    it only moves forward, as in stream mode, without stream mode's buffer that is copied on every header."""
     try:
-        return tarfile.open(fileobj=source, mode="r|", bufsize=TAR_BUFFER, tarinfo=CheckedTarInfo)  # type: ignore[call-overload,no-any-return]
-    except (OrmbError, _LayerError):
+        return tarfile.TarFile(fileobj=source, mode="r", tarinfo=CheckedTarInfo)  # type: ignore[arg-type]
+    except (OrmbError, _LayerError, LayerError):
         raise
     except Exception as exc:
         raise _LayerError() from exc
+
+
+class _Visitor:
+    """What :func:`_walk_tar` does with each entry below the root (``relative``: its checked path)."""
+
+    def __call__(self, source: PayloadView, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        raise NotImplementedError
+
+
+def _walk_tar(source: PayloadView, desc: Descriptor, budget: ExpansionBudget, prefix: str, strip: bool,
+              raw_read: Callable[[], int], visit: _Visitor) -> None:
+    """Every entry of the tar in ``source``, its name checked and charged, to ``visit``; ``raw_read()`` says
+    how many bytes of the layer were read so far (what the budget may still grow by is bounded by the rest).
+    The one tar reader of export and of signing (:func:`hash_tar`)."""
+    with _open_tar(source) as tar:
+        while (member := _next(tar)) is not None:
+            budget.entry(member.name)
+            budget.ahead(tar.offset, desc.size - raw_read(), member.name)
+            relative = _safe_relative(member.name, prefix, strip)
+            if relative is None:
+                continue
+            if prefix and not strip and str(relative) + "/" == prefix and not member.isdir():
+                # ``model/.`` as a file or link: it would replace the model's directory, and a
+                # signature (whose root that directory is) could not name it
+                raise UnsafeArchiveError(f"layer entry {member.name!r} makes {prefix} a file or link; refusing")
+            if member.isreg() and member.issparse():
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a sparse file; refusing to export")
+            visit(source, member, relative)
+
+
+class _Extractor(_Visitor):
+    """Each entry into the staging tree below ``base``; with ``hashes``, every file hashed as it is written."""
+
+    def __init__(self, tree: StagingTree, base: Parts, prefix: str, strip: bool, hashes: FileHashes | None) -> None:
+        self._tree, self._base, self._prefix, self._strip, self._hashes = tree, base, prefix, strip, hashes
+        self.inodes: set[tuple[int, int]] = set()  # the regular files this layer wrote: what a hard link may name
+        self.paths: dict[str, None] = {}
+
+    def __call__(self, source: PayloadView, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        tree, hashes = self._tree, self._hashes
+        parts = self._base + relative.parts
+        key = _hash_key(relative, self._prefix, self._strip)
+        if member.isdir():
+            tree.directory(parts)
+            return
+        if member.isreg():
+            fd = tree.create_file(parts)
+            hasher = hashlib.sha256() if hashes is not None else None
+            made = _write_entry(fd, tree.show(parts), source, member.size, (member.mode & 0o755) | 0o600, hasher)
+            self.inodes.add((made.st_dev, made.st_ino))
+            if hashes is not None and hasher is not None:
+                hashes.file(key, hasher.hexdigest(), member.size)
+        elif member.issym():
+            tree.symlink(parts, member.linkname)
+            if hashes is not None:
+                hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, self._prefix, self._strip)
+            if link is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to the root; refusing")
+            tree.hard_link(parts, self._base + link.parts, self.inodes)
+            if hashes is not None:
+                target = hashes.files.get(_hash_key(link, self._prefix, self._strip))
+                if target is None:  # hard_link() refused anything but a file this layer wrote: unreachable
+                    raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to no file; refusing")
+                hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(
+                f"layer entry {member.name!r} is a device, FIFO or other special file; refusing to export"
+            )
+        self.paths[str(relative)] = None
+
+
+class _Hasher(_Visitor):
+    """Each file's SHA-256 (nothing written), with the directories the layer implies (for the clash check)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self.hashes = FileHashes()
+        self.directories: set[str] = set()
+
+    def __call__(self, source: PayloadView, member: tarfile.TarInfo, relative: PurePosixPath) -> None:
+        key = _hash_key(relative, self._prefix, True)
+        for parent in relative.parents:
+            if parent.parts:
+                self.directories.add(_hash_key(parent, self._prefix, True))
+        if member.isdir():
+            self.directories.add(key)
+        elif member.isreg():
+            hasher = hashlib.sha256()
+            left = member.size
+            while left > 0:
+                data = source.read(min(CHUNK, left))
+                if not data:
+                    raise LayerError(f"the layer ends inside {member.name!r}")
+                hasher.update(data)
+                left -= len(data)
+            self.hashes.file(key, hasher.hexdigest(), member.size)
+        elif member.issym():
+            self.hashes.link(key)
+        elif member.islnk():
+            link = _safe_relative(member.linkname, self._prefix, True)
+            target = self.hashes.files.get(str(link)) if link is not None else None
+            if target is None:
+                raise UnsafeArchiveError(f"layer entry {member.name!r} is a hard link to {member.linkname!r}, "
+                                         "which is not a file written before it in the same layer; refusing")
+            self.hashes.file(key, *target)
+        else:
+            raise UnsafeArchiveError(f"layer entry {member.name!r} is a device, FIFO or other special file; refusing")
 
 
 def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.stat_result:
@@ -440,20 +494,183 @@ def _write_to(fd: int, shown: str, source: Readable, mode: int | None) -> os.sta
     return made
 
 
-def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts, *,
-              clone_from: Path | None = None, compression: str | None = None,
-              mode: int | None = None, progress: ProgressListener | None = None,
-              hashes: FileHashes | None = None, key: str | None = None) -> None:
+def _write_entry(fd: int, shown: str, source: PayloadView, size: int | None, mode: int | None,
+                 hasher: Any = None) -> os.stat_result:
+    """Write ``size`` bytes of ``source`` (all that are left when None) into the new file ``fd`` and close it;
+    a layer that ends first is a :class:`LayerError`, write errors (the disk's) StorageError naming ``shown``.
+    ``hasher`` (a hashlib object), if given, is updated with every byte written."""
+    def disk(exc: OSError) -> StorageError:
+        return StorageError(f"cannot write {shown}: {exc.strerror}")
+
+    try:
+        written = source.copy_to(fd, size, disk, hasher)
+        if size is not None and written != size:
+            raise LayerError(f"the layer ends inside {shown}")
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            return os.fstat(fd)
+        except OSError as exc:
+            raise disk(exc) from None
+    finally:
+        os.close(fd)
+
+
+Opener = Callable[[], AbstractContextManager[Readable]]
+
+
+def write_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, *,
+              clone_from: Path | None = None, compression: str | None = None, mode: int | None = None,
+              progress: ProgressListener | None = None, hashes: FileHashes | None = None,
+              key: str | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
-    ``clone_from`` is a verified local copy of the blob (the cache's): where the file system can
-    (btrfs, XFS), the file is a reflink clone of it and costs no extra disk; elsewhere it is copied.
-    ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is undone after hashing, charged
-    to the budget like a tar layer.  ``mode``: the file's permission bits (the file metadata's).  A path
-    that already exists (another layer's) is refused.  With ``hashes`` the file's SHA-256 is recorded
-    under ``key`` (default: ``parts`` joined): for an uncompressed SHA-256 layer it is the layer's
-    digest, verified here; otherwise it is computed while written.
+    ``clone_from`` is the cache's copy of the blob: where the file system can (btrfs, XFS), the file is a
+    reflink clone of it and costs no extra disk (its blocks were verified when they entered the cache);
+    elsewhere the kernel copies it (copy_file_range) while a thread checks its digest.  Without it (or
+    when it is missing or not the declared size) ``blob`` streams and is hashed; ``blob`` may be a function
+    that opens it, called only then.  ``compression`` (gzip, zstd: KitOps' ``raw+gzip``/``raw+zstd``) is
+    undone after hashing, charged to the budget like a tar layer.  ``mode``: the file's permission bits (the
+    file metadata's).  A path that already exists (another layer's) is refused.  With ``hashes`` the file's
+    SHA-256 is recorded under ``key`` (default: ``parts`` joined): for an uncompressed SHA-256 layer it is
+    the layer's digest, verified here; otherwise it is computed while written.
+
+    Two steps, so that several raw layers can be written at once (:func:`prepare_raw` in the tree's order,
+    then the returned job's ``run`` in threads): only uncompressed layers, whose bytes the budget does not
+    count, may run at the same time.
     """
+    prepare_raw(blob, desc, tree, parts, clone_from=clone_from, compression=compression, mode=mode,
+                progress=progress, hashes=hashes, key=key).run()
+
+
+class RawJob:
+    """The bytes of one raw layer into the file :func:`prepare_raw` made (see :func:`write_raw`).  ``run``
+    touches nothing of the tree but its own file: it may run in a thread while other jobs run."""
+
+    def __init__(self, blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, fd: int,
+                 clone_from: Path | None, compression: str | None, mode: int | None, progress: ProgressListener,
+                 hashes: FileHashes | None, key: str) -> None:
+        self._blob, self.desc, self._tree, self._parts, self._fd = blob, desc, tree, parts, fd
+        self._clone_from, self.compression, self._mode, self._progress = clone_from, compression, mode, progress
+        self._hashes, self._key = hashes, key
+        algorithm, _, self._hex = desc.digest.partition(":")
+        self._known = compression is None and algorithm == "sha256"  # the file's SHA-256 is the layer's digest
+
+    def _open(self) -> AbstractContextManager[Readable]:
+        return self._blob() if callable(self._blob) else nullcontext(self._blob)
+
+    def _record(self, sha256: str, size: int) -> None:
+        if self._hashes is not None:
+            self._hashes.file(self._key, sha256, size)
+
+    def close(self) -> None:
+        """The job will not run (another failed first): close its file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def run(self) -> None:
+        desc, tree, parts, progress, compression, mode = (self.desc, self._tree, self._parts, self._progress,
+                                                          self.compression, self._mode)
+        fd, self._fd = self._fd, -1
+        budget = tree.budget
+        shown = "/".join(parts)
+        # a local copy serves unless the file's SHA-256 must be computed from bytes the kernel would copy unseen
+        usable = self._clone_from is not None and (self._hashes is None or self._known or compression is not None)
+        local_fd = _open_local(self._clone_from, desc.size) if usable and self._clone_from is not None else None
+        if local_fd is not None and compression is not None:  # KitOps raw+gzip/zstd from the cache
+            def consumed(n: int) -> None:
+                budget.read(n)
+                progress.advance(desc.digest, n)
+
+            source = local(local_fd, desc.size, consumed)
+            digest = FileDigest(local_fd, desc.size, desc.digest.partition(":")[0])
+            hasher = hashlib.sha256() if self._hashes is not None else None
+            try:
+                try:
+                    made = _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(source, compression), budget),
+                                        None, mode, hasher)
+                    if not source.at_end():
+                        raise LayerError("bytes after the stream's end")
+                except LayerError as wrapped:
+                    cause = wrapped.__cause__ or wrapped
+                    _check_local(digest, desc, shown)
+                    raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
+                                             f"{type(cause).__name__}: {cause}") from None
+                _check_local(digest, desc, shown)
+            finally:
+                digest.stop()
+                os.close(local_fd)
+            if hasher is not None:
+                self._record(hasher.hexdigest(), made.st_size)
+            progress.finish(desc.digest)
+            return
+        try:
+            copied = local_fd is not None and _copy_local(local_fd, fd, desc, tree.show(parts))
+        except BaseException:
+            os.close(fd)
+            raise
+        if copied:
+            try:
+                if mode is not None:
+                    os.fchmod(fd, mode)
+            except OSError as exc:
+                raise StorageError(f"cannot write {tree.show(parts)}: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+            self._record(self._hex, desc.size)  # only when known: the verified copy is the layer
+            progress.advance(desc.digest, desc.size)
+            progress.finish(desc.digest)
+            return
+        handed = False  # once _stream has the file, it closes it
+        try:
+            with self._open() as blob:
+                handed = True
+                self._stream(blob, fd, shown)
+        except BaseException:
+            if not handed:
+                os.close(fd)
+            raise
+        progress.finish(desc.digest)
+
+    def _stream(self, blob: Readable, fd: int, shown: str) -> None:
+        desc, tree, parts, compression = self.desc, self._tree, self._parts, self.compression
+        budget = tree.budget
+        reader = _HashingReader(blob, desc, self._progress, desc.digest, budget if compression else None)
+        try:
+            if compression is None:
+                counted = _FileHasher(reader) if self._hashes is not None and not self._known else None
+                _write_to(fd, tree.show(parts), counted or reader, self._mode)
+                reader.verify(blob, f"layer {desc.digest} ({shown})")
+                if counted is not None:
+                    self._record(counted.hexdigest(), counted.size)
+                else:
+                    self._record(self._hex, desc.size)
+                return
+            hasher = hashlib.sha256() if self._hashes is not None else None
+            try:
+                made = _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(streamed(reader.read), compression),
+                                                                      budget), None, self._mode, hasher)
+            except LayerError as wrapped:
+                reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
+                if reader.digest() != desc.digest:
+                    raise IntegrityError(f"layer {desc.digest} ({shown}) does not match its digest") from None
+                cause = wrapped.__cause__ or wrapped
+                raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
+                                         f"{type(cause).__name__}: {cause}") from None
+            reader.verify(blob, f"layer {desc.digest} ({shown})")
+            if hasher is not None:
+                self._record(hasher.hexdigest(), made.st_size)
+        finally:
+            reader.close()
+
+
+def prepare_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, *,
+                clone_from: Path | None = None, compression: str | None = None, mode: int | None = None,
+                progress: ProgressListener | None = None, hashes: FileHashes | None = None,
+                key: str | None = None) -> RawJob:
+    """The first step of :func:`write_raw`: account for the layer and make its (empty) file, in the tree's
+    order; the job that writes the bytes is returned."""
     progress = progress or NoProgress()
     shown = "/".join(parts)
     progress.start(desc.digest, shown, desc.size)
@@ -461,50 +678,8 @@ def write_raw(blob: Readable, desc: Descriptor, tree: StagingTree, parts: Parts,
     budget.start_layer(_layer_name(desc, shown))
     tree.begin_layer(replaceable=False)
     budget.entry(shown)
-    algorithm, _, hexpart = desc.digest.partition(":")
-    known = compression is None and algorithm == "sha256"  # the file's SHA-256 is the layer's digest
     fd = tree.create_file(parts)
-    if clone_from is not None and compression is None and (hashes is None or known) and \
-            _clone(clone_from, fd, desc.size):
-        try:
-            if mode is not None:
-                os.fchmod(fd, mode)
-        except OSError as exc:
-            raise StorageError(f"cannot write {tree.show(parts)}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        if hashes is not None:
-            hashes.file(key or shown, hexpart, desc.size)
-        progress.advance(desc.digest, desc.size)
-        progress.finish(desc.digest)
-        return
-    reader = _HashingReader(blob, desc, progress, desc.digest, budget if compression else None)
-    hasher: _FileHasher | None = None
-    try:
-        if compression is None:
-            hasher = _FileHasher(reader) if hashes is not None and not known else None
-            _write_to(fd, tree.show(parts), hasher or reader, mode)
-        else:
-            source: Readable = _Bounded(decompressed(reader, compression), budget)
-            hasher = _FileHasher(source) if hashes is not None else None
-            try:
-                _write_to(fd, tree.show(parts), hasher or source, mode)
-            except _LayerError as wrapped:
-                reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
-                if reader.digest() != desc.digest:
-                    raise IntegrityError(f"layer {desc.digest} ({shown}) does not match its digest") from None
-                cause = wrapped.__cause__
-                raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
-                                         f"{type(cause).__name__}: {cause}") from None
-        reader.verify(blob, f"layer {desc.digest} ({shown})")
-    finally:
-        reader.close()
-    if hashes is not None:
-        if hasher is not None:
-            hashes.file(key or shown, hasher.hexdigest(), hasher.size)
-        else:
-            hashes.file(key or shown, hexpart, desc.size)
-    progress.finish(desc.digest)
+    return RawJob(blob, desc, tree, parts, fd, clone_from, compression, mode, progress, hashes, key or shown)
 
 
 def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None,
@@ -515,16 +690,18 @@ def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None
     budget.start_layer(_layer_name(desc))
     reader = _HashingReader(blob, desc, NoProgress(), desc.digest, budget if compression else None)
     try:
-        source: Readable = reader if compression is None else _Bounded(decompressed(reader, compression), budget)
+        source: Readable = reader
+        if compression is not None:
+            source = PayloadView(payload_pieces(streamed(reader.read), compression), budget)
         hasher = _FileHasher(source)
         try:
             while hasher.read(CHUNK):
                 pass
-        except _LayerError as wrapped:
+        except LayerError as wrapped:
             reader.drain()
             if reader.digest() != desc.digest:
                 raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
-            cause = wrapped.__cause__
+            cause = wrapped.__cause__ or wrapped
             raise UnsafeArchiveError(f"layer {desc.digest} is not valid {compression}: "
                                      f"{type(cause).__name__}: {cause}") from None
         reader.verify(blob, f"layer {desc.digest}")
@@ -533,24 +710,36 @@ def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None
     return hasher.hexdigest(), hasher.size
 
 
-FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-
-
-def _clone(source: Path, fd: int, size: int) -> bool:
-    """Make the new, empty file ``fd`` a clone of ``source`` sharing its blocks.  False where the file
-    system cannot, or where ``source`` is not ``size`` bytes: the caller then copies and verifies."""
+def _copy_local(source: int, fd: int, desc: Descriptor, shown: str) -> bool:
+    """Make the new, empty file ``fd`` the cache's copy ``source`` (its size checked by the caller): a reflink
+    clone sharing its blocks where the file system can (btrfs, XFS; the blocks were verified when they entered
+    the cache), else a kernel copy (:func:`ormb.content.filecopy.copy_out`) while a thread checks the copy's
+    digest.  False when the kernel copy fails short of a full disk: the caller then streams the blob.
+    ``source`` is closed."""
     try:
-        with open(source, "rb") as src:
-            if os.fstat(src.fileno()).st_size != size:
-                return False
-            fcntl.ioctl(fd, FICLONE, src.fileno())
-        return True
-    except OSError:
+        if clone(source, fd):
+            return True
+        digest = FileDigest(source, desc.size, desc.digest.partition(":")[0])
         try:
-            os.ftruncate(fd, 0)  # whatever a failed clone left
+            try:
+                copied = copy_out(source, 0, fd, desc.size)
+            except OSError as exc:
+                if exc.errno in WRITE_ERRORS:
+                    raise StorageError(f"cannot write {shown}: {exc.strerror}") from None
+                copied = -1
+            if copied == desc.size:
+                _check_local(digest, desc, shown)
+                return True
+        finally:
+            digest.stop()
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
         except OSError:
             pass
         return False
+    finally:
+        os.close(source)
 
 
 def _copy(source: Readable, out: IO[bytes], shown: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from ormb.oci.descriptor import Descriptor, canonical_json, load_json
 from ormb.oci.grammar import IO_CHUNK, MAX_MANIFEST, MAX_TAG_PAGE, UPLOAD_CHUNK, is_decimal, is_digest, is_tag
 from ormb.oci.graph import parse_node
 from ormb.registry.client import Registry, _discard, pull_scope, push_scope, release
-from ormb.registry.transport import BodyFactory
+from ormb.registry.transport import BodyFactory, FileRegion
 
 MANIFEST_ACCEPT = ", ".join([
     mediatypes.OCI_MANIFEST, mediatypes.OCI_INDEX, mediatypes.DOCKER_MANIFEST, mediatypes.DOCKER_MANIFEST_LIST,
@@ -312,7 +314,7 @@ class RemoteRepository:
             start = rewind.tell() if rewind is not None else 0
             sent = False
 
-            def body() -> Iterator[bytes]:
+            def body() -> Iterator[bytes | FileRegion]:
                 nonlocal sent
                 if rewind is not None:
                     rewind.seek(start)
@@ -331,7 +333,13 @@ class RemoteRepository:
         _discard(response)
         self._check_digest(response, desc)
 
-    def _chunks(self, content: Readable, size: int) -> Iterator[bytes]:
+    def _chunks(self, content: Readable, size: int) -> Iterator[bytes | FileRegion]:
+        """``size`` bytes of ``content`` from where it stands, as body pieces: a regular file (a cached blob)
+        as one :class:`FileRegion` (sent by the kernel, not read through Python), anything else in chunks."""
+        region = _file_region(content, size)
+        if region is not None:
+            yield region
+            return
         remaining = size
         while remaining:
             data = content.read(min(CHUNK, remaining))
@@ -377,7 +385,7 @@ class RemoteRepository:
             body: BodyFactory
             if seekable:  # stream the chunk from the file: memory stays flat whatever the chunk size
 
-                def body(start: int = offset, count: int = length) -> Iterator[bytes]:
+                def body(start: int = offset, count: int = length) -> Iterator[bytes | FileRegion]:
                     assert rewind is not None
                     rewind.seek(base + start)
                     return self._chunks(content, count)
@@ -457,6 +465,22 @@ class RemoteRepository:
     def tag(self, desc: Descriptor, reference: str) -> None:
         data = self.manifest_bytes(desc.digest)
         self.push_reference(desc, io.BytesIO(data), reference)
+
+
+def _file_region(content: Readable, size: int) -> FileRegion | None:
+    """``size`` bytes of ``content`` from its position as a :class:`FileRegion`, when ``content`` is a regular
+    file (its ``fileno()``; a reader that reports progress passes its ``sent``); None for anything else."""
+    rewind = rewindable(content)
+    fileno = getattr(content, "fileno", None)
+    if rewind is None or fileno is None:
+        return None
+    try:
+        fd = fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return FileRegion(fd, rewind.tell(), size, getattr(content, "sent", None))
 
 
 def fallback_tag(digest: str) -> str:

@@ -8,6 +8,9 @@ for loopback hosts as Docker does; ``HTTPS_PROXY``/``NO_PROXY`` honoured.
 from __future__ import annotations
 
 import http.client
+import os
+import selectors
+import socket
 import ssl
 import time
 import urllib.request
@@ -21,28 +24,15 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import LocationValueError, SSLError
 
 from ormb._version import __version__
-from ormb.errors import NetworkError, OrmbError, RegistryError
+from ormb.errors import IntegrityError, NetworkError, OrmbError, RegistryError
 from ormb.oci.grammar import is_decimal
 from ormb.oci.reference import is_loopback_host
+from ormb.registry.options import TransportOptions as TransportOptions  # where it lived before
 
 USER_AGENT = f"ormb/{__version__}"
-Body: TypeAlias = "bytes | Iterable[bytes] | None"
+Body: TypeAlias = "bytes | Iterable[bytes | FileRegion] | None"
 BodyFactory: TypeAlias = "Callable[[], Body]"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-@dataclass(frozen=True)
-class TransportOptions:
-    """How to reach registries.  ``plain_http=None`` means: plain HTTP for loopback only."""
-
-    plain_http: bool | None = None
-    insecure: bool = False
-    ca_file: str | None = None
-    retries: int = 4
-    backoff: float = 0.5
-    connect_timeout: float = 10.0
-    read_timeout: float = 120.0
-    chunk_size: int | None = None  # chunked uploads of this size for every blob
-    chunked_above: int | None = 4 << 30  # blobs larger than this are uploaded in chunks (None: never)
-    concurrency: int = 4
 
 
 def scheme_for(host: str, options: TransportOptions) -> str:
@@ -78,12 +68,89 @@ class _FinalResponse(http.client.HTTPResponse):
         return version, status, reason
 
 
+SENDFILE_PIECE = 8 << 20  # bytes per sendfile(2) call: the progress hook runs between pieces
+TLS_PIECE = 1 << 20  # bytes read and encrypted at a time when a FileRegion goes over TLS
+
+
+@dataclass(frozen=True)
+class FileRegion:
+    """``count`` bytes of the open regular file ``fd`` from ``offset``, as one piece of a request body.
+
+    On plain HTTP the connection hands it to the kernel with ``sendfile(2)``: the bytes go from the page
+    cache to the socket without being copied into Python (a blob's digest is known, so nothing needs to
+    read them).  Over TLS they are read with ``pread`` and sent in ``TLS_PIECE`` blocks.  The file's own
+    position is not moved.  ``sent`` is told of every piece that went (progress).  A file that ends
+    before ``count`` bytes raises :class:`~ormb.errors.IntegrityError` (the local content ended early).
+    """
+
+    fd: int
+    offset: int
+    count: int
+    sent: Callable[[int], None] | None = None
+
+    def __len__(self) -> int:  # urllib3 skips empty body pieces: a region is as long as its count
+        return self.count
+
+
+def _region_ended(region: FileRegion, sent: int) -> IntegrityError:
+    return IntegrityError(f"the local content ended {region.count - sent} bytes early")
+
+
+def _sendfile(sock: socket.socket, region: FileRegion) -> None:
+    """Send ``region`` with sendfile(2), waiting (up to the socket's timeout) when the socket's buffer is full."""
+    offset, left = region.offset, region.count
+    timeout = sock.gettimeout()
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_WRITE)
+        while left:
+            try:
+                n = os.sendfile(sock.fileno(), region.fd, offset, min(left, SENDFILE_PIECE))
+            except BlockingIOError:
+                if not selector.select(timeout):
+                    raise TimeoutError("timed out sending a request body") from None
+                continue
+            if n == 0:
+                raise _region_ended(region, offset - region.offset)
+            offset += n
+            left -= n
+            if region.sent is not None:
+                region.sent(n)
+
+
+def _send_read(sock: socket.socket, region: FileRegion) -> None:
+    """Send ``region`` through Python (TLS): pread and sendall, one ``TLS_PIECE`` at a time."""
+    offset, left = region.offset, region.count
+    while left:
+        data = os.pread(region.fd, min(left, TLS_PIECE), offset)
+        if not data:
+            raise _region_ended(region, offset - region.offset)
+        sock.sendall(data)
+        offset += len(data)
+        left -= len(data)
+        if region.sent is not None:
+            region.sent(len(data))
+
+
 class _Connection(urllib3.connection.HTTPConnection):
     response_class = _FinalResponse
+
+    def send(self, data: Any) -> None:
+        if isinstance(data, FileRegion):  # a piece of a body: see FileRegion
+            assert self.sock is not None  # the headers went first
+            _sendfile(self.sock, data)
+            return
+        super().send(data)
 
 
 class _TLSConnection(urllib3.connection.HTTPSConnection):
     response_class = _FinalResponse
+
+    def send(self, data: Any) -> None:
+        if isinstance(data, FileRegion):  # sendfile(2) cannot encrypt: read and send
+            assert self.sock is not None
+            _send_read(self.sock, data)
+            return
+        super().send(data)
 
 
 class _Pool(urllib3.HTTPConnectionPool):
@@ -138,8 +205,9 @@ class Transport:
         attempt = 0
         while True:
             try:
-                response = self.pool.request(
-                    method, url, headers=headers, body=body() if body else None, preload_content=False,
+                response = self.pool.request(  # a FileRegion piece reaches our connections' send() as it is
+                    method, url, headers=headers, body=body() if body else None,  # type: ignore[arg-type]
+                    preload_content=False,
                     redirect=False, retries=False,
                 )
             except OrmbError:  # the body factory's own (local content that ended early, a stream sent twice)

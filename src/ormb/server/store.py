@@ -612,7 +612,7 @@ class _Session:
             out.seek(start)
             background = BackgroundHasher(hasher)  # reading, hashing and writing overlap (as in the cache)
             try:
-                with BackgroundWriter(out) as writer:
+                with BackgroundWriter(out, writeback=True) as writer:  # fsynced below: start the disk early
                     for chunk in chunks:  # bytes: never changed after they are handed over
                         background.update(chunk)
                         writer.write(chunk)

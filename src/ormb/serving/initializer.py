@@ -122,7 +122,8 @@ def pull_and_export(
     write_metadata = metadata and check is None  # a verified export writes only signed files
     paths = export_model(remote, model.manifest, dest, metadata=model.metadata if write_metadata else None,
                          subdirectory="1" if layout == "triton" else "", strip_prefix=layout != "none",
-                         max_expand=max_expand, progress=progress, check=check)
+                         max_expand=max_expand, progress=progress, concurrency=registry.options.concurrency,
+                         check=check)
     notes = (f"{FILENAME} was not written: no signature covers it (it is made from the model's config), and a "
              "verified export writes only signed files",) if metadata and not write_metadata else ()
     return InitializedModel(ref, model.manifest_desc.digest, dest, paths, model.metadata.format, verified, notes)

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from ormb.errors import KeyFileError, UsageError
+from ormb.signing.names import ALGORITHMS, PASSWORD_ENV
 
-PASSWORD_ENV = "ORMB_KEY_PASSWORD"
 MAX_KEY_FILE = 64 << 10  # bytes; a PEM key is a few hundred
 KEY_SUFFIXES = (".pub", ".pem")  # what a --trust-dir may hold
 
@@ -107,7 +107,8 @@ _GENERATORS: dict[str, Callable[[], PrivateKeyType]] = {
     "ecdsa-p521": lambda: ec.generate_private_key(ec.SECP521R1()),
     "ed25519": ed25519.Ed25519PrivateKey.generate,
 }
-ALGORITHMS = tuple(_GENERATORS)
+if tuple(_GENERATORS) != ALGORITHMS:
+    raise AssertionError("ormb.signing.names.ALGORITHMS must list exactly the key types made here")
 
 
 def generate_key_pair(private_path: str | Path, public_path: str | Path, algorithm: str = "ecdsa-p256",
