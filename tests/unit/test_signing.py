@@ -1088,3 +1088,31 @@ def test_a_manifest_with_tar_layers_is_checked_before_a_layer_is_read(p256: tupl
             check_listed(signatures, shaped(*layers), what="m")
     assert check_listed(signatures, shaped(tar), what="m") is None  # the tar layer may hold w.bin: read it
     assert check_listed(signatures, shaped(raw), what="m") is not None  # every file listed: verified whole
+
+
+def test_keys_on_a_read_only_mount_are_trusted_like_a_kubernetes_secret_volume(tmp_path: Path) -> None:
+    """A Kubernetes Secret volume is a read-only tmpfs whose root is often world-writable with the sticky bit
+    (1777), its files are links into a ``..data`` directory: nobody can replace a key on a read-only file system,
+    so the rule above must not refuse it, while the same tree mounted read-write is refused.  Needs root (to mount),
+    as the XFS tests do; CI runs as root."""
+    import subprocess
+
+    _, public = write_key_pair(tmp_path / "src", "k")
+    mount = tmp_path / "secret"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", str(mount)], check=True)
+    try:
+        data = mount / "..2026_11_25"
+        data.mkdir(mode=0o777)  # writable by all: only the read-only mount keeps the key safe
+        (data / "k.pub").write_bytes(public.read_bytes())
+        (data / "k.pub").chmod(0o666)
+        (mount / "..data").symlink_to(data.name)
+        (mount / "k.pub").symlink_to("..data/k.pub")
+        with pytest.raises(KeyFileError, match="writable by"):
+            load_trust_dir(mount)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        mine = load_public_key(public).fingerprint
+        assert [k.fingerprint for k in load_trust_dir(mount)] == [mine]
+        assert load_public_key(mount / "k.pub").fingerprint == mine
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -242,7 +242,8 @@ def refuse_replaceable(path: Path, what: str, opened: os.stat_result | None = No
     """The rule for every key file and trust directory (as ssh's StrictModes): ``path``, after its symbolic
     links, and every directory above it are owned by this user or root, and none is writable by its group
     or every local user, except that a directory *above* may be world-writable with the sticky bit (like
-    /tmp: only an entry's owner may replace it).  Otherwise another local user could put their key in.
+    /tmp: only an entry's owner may replace it), and that whatever is on a read-only mount passes (a Kubernetes
+    Secret volume: a read-only tmpfs, often 1777).  Otherwise another local user could put their key in.
 
     ``opened``: the stat of the descriptor the caller read, which must be the file checked here.
     """
@@ -255,13 +256,16 @@ def refuse_replaceable(path: Path, what: str, opened: os.stat_result | None = No
     if opened is not None and (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino):
         raise KeyFileError(f"the {what} {path} changed while it was read", "someone may be replacing it; try again")
     shown = str(path) if real == Path(os.path.abspath(path)) else f"{path} (-> {real})"
-    if found.st_uid not in (euid, 0):
+    writable = not _read_only(real)  # a read-only mount (a Kubernetes Secret volume): nobody can replace what is on it
+    if writable and found.st_uid not in (euid, 0):
         raise KeyFileError(f"the {what} {shown} belongs to another user (uid {found.st_uid}), who could replace it",
                            f"chown {_user(euid)} {real}, or use a copy of it that you own")
-    if found.st_mode & 0o022:
+    if writable and found.st_mode & 0o022:
         raise KeyFileError(f"the {what} {shown} is writable by {_writers(found.st_mode)} "
                            f"(mode {stat.S_IMODE(found.st_mode):04o}), so others could replace it", f"chmod go-w {real}")
     for directory in real.parents:
+        if _read_only(directory):
+            continue
         try:
             above = os.stat(directory, follow_symlinks=False)
         except OSError as exc:
@@ -274,6 +278,14 @@ def refuse_replaceable(path: Path, what: str, opened: os.stat_result | None = No
             raise KeyFileError(f"the directory {directory} above the {what} {shown} is writable by "
                                f"{_writers(above.st_mode)} (mode {stat.S_IMODE(above.st_mode):04o}), so others could "
                                "replace the key", f"chmod go-w {directory}, or keep keys in a directory only you can write")
+
+
+def _read_only(path: Path) -> bool:
+    """``path`` is on a file system mounted read-only: nobody can add, replace or re-mode what is there."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def load_trust_dir(directory: str | Path) -> tuple[PublicKey, ...]:
