@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import os
@@ -68,6 +69,7 @@ from ormb.signing import (
     load_private_key,
     manifest_hashes,
     model_files,
+    refuse_subject,
     sign_files,
     signature_artifact,
     signed_files,
@@ -302,6 +304,7 @@ def export(
     verified: Verified | None = None
     bundle = b""
     if keys is not None:
+        refuse_subject(model.manifest, what=str(ref))
         signatures = trusted_signatures(cache, model.manifest_desc, keys, what=str(ref))
         check_listed(signatures, model.manifest, what=str(ref))
         complete = not include
@@ -694,6 +697,7 @@ def pull(reference: str | Reference, *, include: tuple[str, ...] = (), verify_ke
     before_root = None
     verified = ""
     if keys is not None:
+        refuse_subject(parse_node(root[1], root[0].media_type), what=str(ref))  # a copy would follow it
         model = load_model(remote, *root, ref=ref)
         signatures = trusted_signatures(remote, model.manifest_desc, keys, what=str(ref))
         listed = check_listed(signatures, model.manifest, what=str(ref))
@@ -713,8 +717,10 @@ def pull(reference: str | Reference, *, include: tuple[str, ...] = (), verify_ke
         with cache.writing():  # complete_existing: a manifest in the cache may be a partial pull's, its layers missing
             stats = copy(remote, ref.version, cache, cache_key(ref), concurrency=concurrency, progress=progress,
                          include=wanted, complete_existing=True, root=root, before_root=before_root)
-    except VerificationError:
-        _forget_unreferenced(cache, root[0], root[1])  # the layers a refused pull brought
+    except BaseException:
+        if keys is not None:  # a refused (or failed) verifying pull leaves nothing: no reference, no blob
+            with contextlib.suppress(OrmbError, OSError):  # what the user sees is why the pull failed
+                _forget_unreferenced(cache, root[0], root[1])
         raise
     signatures_copied, notes = _pull_signatures(remote, cache, stats.root.digest, concurrency, required=keys is not None)
     return _result(ref, stats, before != stats.root.digest or bool(stats.copied), signatures_copied, verified, notes)
@@ -742,12 +748,13 @@ def _pull_signatures(remote: RemoteRepository, cache: OCILayout, subject: str, c
 
 
 def _forget_unreferenced(cache: OCILayout, manifest_desc: Descriptor, data: bytes) -> None:
-    """Delete the blobs of a refused pull that nothing in the cache references (as prune would)."""
+    """Delete the blobs of a refused pull that nothing in the cache references (as prune would): its
+    manifest, config and layers, whatever else the cache holds of them stays."""
     try:
         manifest = parse_node(data, manifest_desc.media_type).to_manifest()
     except OrmbError:
         return
-    mine = {manifest.config.digest, *(layer.digest for layer in manifest.layers)}
+    mine = {manifest_desc.digest, manifest.config.digest, *(layer.digest for layer in manifest.layers)}
     with cache.collecting():
         keep = collectable(cache)[0]
         for digest in sorted(mine - keep):
@@ -1001,6 +1008,9 @@ def copy_model(source: str, destination: str, *, referrers: bool = False, settin
 
     Nothing goes through the local cache. Within one registry, blobs are mounted, not sent.
     ``referrers`` brings along what refers to the model (signatures, SBOMs) from a registry.
+
+    No signature is verified (``$ORMB_VERIFY_KEY``/``$ORMB_TRUST_DIR`` do not apply): a copy moves bytes, each
+    checked against its digest; verify where the model is loaded (:func:`pull`, :func:`export`, :func:`verify`).
     """
     settings = settings or load_settings()
     src, src_ref, src_registry = _endpoint(source, settings, options)

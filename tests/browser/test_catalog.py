@@ -259,9 +259,10 @@ def test_the_model_card_renders_and_nothing_in_it_runs(tmp_path: Path, browser: 
 
 
 def test_a_signed_model_shows_its_badge_and_fingerprint_and_its_referrers(tmp_path: Path, browser: object) -> None:
-    """ormb registry serve --trust-key team.pub: a model signed with the team's key shows "signed" and the
-    key's fingerprint; a model signed with another key shows "not verified" with the reason on hover and in
-    the page; both list their signature referrer."""
+    """ormb registry serve --trust-key team.pub: a model signed with the team's key shows "signed files", that
+    the signature covers the files only (the metadata sections are marked "not covered"), and the key's
+    fingerprint; a model signed with another key shows "not verified" with the reason on hover and in the page
+    (no such marks); both list their signature referrer."""
     from ormb.signing import generate_key_pair
 
     keys = tmp_path / "keys"
@@ -280,7 +281,10 @@ def test_a_signed_model_shows_its_badge_and_fingerprint_and_its_referrers(tmp_pa
         context = browser.new_context(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
         page = context.new_page()
         page.goto(f"http://{registry.host}/model?name=team/signed&ref=v1")
-        expect(page.locator("#signed")).to_have_text("signed")
+        expect(page.locator("#signed")).to_have_text("signed files")
+        assert page.locator("#signed-covers").inner_text().startswith(
+            "The signature covers the files only (their paths and SHA-256 digests), not the description")
+        assert "not covered by the signature" in page.locator("#model-heading").inner_text()
         assert page.locator("#signed-by").inner_text() == f"key {team.public.fingerprint}"
         assert page.locator("#unsigned").count() == 0
         referrers = page.locator("#referrers tbody tr")
@@ -288,7 +292,8 @@ def test_a_signed_model_shows_its_badge_and_fingerprint_and_its_referrers(tmp_pa
         _shot(page, "catalog-signed-model.png")
         page.goto(f"http://{registry.host}/model?name=team/other&ref=v1")
         expect(page.locator("#unsigned")).to_have_text("not verified")
-        assert page.locator("#signed").count() == 0
+        assert page.locator("#signed").count() == 0 and page.locator("#signed-covers").count() == 0
+        assert "not covered by the signature" not in page.locator("#model-heading").inner_text()
         assert "unknown key" in (page.locator("#unsigned").get_attribute("title") or "")
         assert "unknown key" in page.locator("#unsigned-because").inner_text()
         assert page.locator("#referrers tbody tr").count() == 1

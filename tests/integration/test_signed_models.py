@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
+import tarfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 from registries import EmbeddedRegistry, FaultProxy
 
-from conftest import craft_layer, make_model
+from conftest import compress, craft_layer, make_model
 from ormb import api
 from ormb.cli.main import main
 from ormb.config import Settings
@@ -561,3 +563,220 @@ def test_the_catalog_shows_signed_only_for_a_trusted_signature_that_matches(
     writable.chmod(0o666)
     with pytest.raises(KeyFileError, match="writable by every local user"):
         ServeOptions(tmp_path / "root", trust_keys=(writable,)).check()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_model_manifest_with_a_subject_is_refused_before_anything_else_is_downloaded(
+        tmp_path: Path, registry: Any, fmt: str, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A pusher re-pushes the signed model's manifest with a ``subject`` naming an unsigned model U (3 MiB
+    layer) and re-attaches the genuine signature (it names no manifest).  The old verifying pull followed the
+    subject as a copy does and stored U's whole unsigned graph (a refused pull left it).  A model is not a
+    referrer: every verifying command refuses a model manifest with a subject, from the manifest alone."""
+    name = f"subject-{fmt}"
+    ref, trainer = publish(tmp_path, registry.host, name, fmt, keys["team.pem"], monkeypatch)
+    uref, utrainer = publish(tmp_path, registry.host, f"{name}-u", "modelpack", None, monkeypatch,
+                             files={"evil.bin": os.urandom(3 << 20)})
+    remote = repository(registry.host, f"signed/{name}", tmp_path)
+    ucache = OCILayout(utrainer.cache_dir)
+    udesc = ucache.resolve(str(api._ref(uref, utrainer)))
+    udata = fetch_bytes(ucache, udesc)
+    umanifest = Manifest.from_bytes(udata)
+    for d in (umanifest.config, *umanifest.layers):  # U, untagged, in the same repository
+        push_bytes(remote, d, fetch_bytes(ucache, d))
+    u = Descriptor(udesc.media_type, udesc.digest, udesc.size)
+    remote.push_reference(u, io.BytesIO(udata), u.digest)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    for d in (original.config, *original.layers):
+        push_bytes(remote, d, fetch_bytes(cache, d))
+    smuggled = Manifest(original.config, original.layers, artifact_type=original.artifact_type,
+                        annotations=original.annotations, subject=u)
+    data = smuggled.to_bytes()
+    subject = Descriptor.of_bytes(mediatypes.OCI_MANIFEST, data)
+    remote.push_reference(subject, io.BytesIO(data), "v2")
+    _attach(remote, subject, _signature_of(trainer, ref))
+    proxy = FaultProxy(registry.port)
+    try:
+        via = ref.replace(registry.host, proxy.host).replace(":v1", ":v2")
+        server = home(tmp_path, f"server-{name}", monkeypatch)
+        api.prune(settings=server)
+        before = cache_state(server)
+        fragment = f"its manifest has a subject ({u.digest[:19]}"
+        line = refused(cli(capsys, "pull", via, "--verify-key", keys["team.pub"]), fragment)
+        assert via in line
+        dest = tmp_path / f"init-{name}"
+        refused(cli(capsys, "pull-and-export", via, dest, "--verify-key", keys["team.pub"]), fragment)
+        assert not dest.exists()
+        assert cache_state(server) == before, "a refused pull wrote into the cache"
+        gets = [p for m, p, _, _ in proxy.requests if m == "GET"]
+        assert [p for p in gets if "/blobs/" in p] == [], gets  # nothing but the manifest
+        assert not [p for p in gets if "/referrers/" in p or u.digest in p], gets
+        assert cli(capsys, "pull", via)[0] == 0  # without a key it is a copy (the subject comes along)
+        refused(cli(capsys, "export", via, "-d", tmp_path / f"export-{name}", "--verify-key", keys["team.pub"]),
+                fragment)
+        assert not (tmp_path / f"export-{name}").exists()
+        refused(cli(capsys, "verify", via, "--key", keys["team.pub"]), fragment)
+    finally:
+        proxy.stop()
+
+
+REFUSED_LAYERS: dict[str, tuple[list[tuple[str, str, bytes | str]], str]] = {
+    # (the layer's entries, what the error says): refused by the verifier (VerificationError) or by the
+    # checked tar reader (UnsafeArchiveError), all exit 4
+    "symlink": ([("model/w.bin", "file", b"W" * 100), ("model/l", "symlink", "w.bin")], "symbolic link"),
+    "hardlink to nothing": ([("model/w.bin", "file", b"W" * 100), ("model/x", "hardlink", "model/nothing")], ""),
+    "file and directory": ([("model/w.bin", "file", b"W" * 100), ("model/w.bin/x", "file", b"1")], ""),
+    "escape": ([("model/w.bin", "file", b"W" * 100), ("model/../../x", "file", b"1")], ""),
+    "outside model/": ([("model/w.bin", "file", b"W" * 100), ("other/x", "file", b"1")], ""),
+}
+
+
+def test_every_refused_verifying_pull_deletes_what_it_brought(tmp_path: Path, registry: Any, keys: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The genuine signature of an ormb-format model re-attached to a manifest whose layer the verifier (or the
+    checked tar reader) refuses: the old pull deleted the layer it brought only on a VerificationError, so an
+    UnsafeArchiveError (also exit 4) left the refused layer and the config in the cache.  Now every failure
+    of a verifying pull (whatever the exception) leaves the cache as it was: no reference, no blob."""
+    ref, trainer = publish(tmp_path, registry.host, "refusals", "ormb", keys["team.pem"], monkeypatch,
+                           files={"w.bin": b"W" * 100})
+    remote = repository(registry.host, "signed/refusals", tmp_path)
+    bundle = _signature_of(trainer, ref)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    config = (original.config, fetch_bytes(cache, original.config))
+    server = home(tmp_path, "server-refusals", monkeypatch)
+    api.prune(settings=server)
+    tags = []
+    for n, (kind, (members, fragment)) in enumerate(REFUSED_LAYERS.items()):
+        layer = craft_layer(members)
+        desc = Descriptor.of_bytes(mediatypes.ORMB_LAYER, layer)
+        subject = _push_model(remote, f"bad{n}", config, [(desc, layer)], original.artifact_type, original.annotations)
+        _attach(remote, subject, bundle)
+        tags.append(f"bad{n}")
+        before = cache_state(server)
+        refused(cli(capsys, "pull", ref.replace(":v1", f":bad{n}"), "--verify-key", keys["team.pub"]), fragment)
+        assert cache_state(server) == before, f"{kind}: the refused pull left blobs or a reference"
+    # any other failure while checking (here: an exception ormb does not expect) cleans up as well
+    import ormb.api
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the check broke")
+    monkeypatch.setattr(ormb.api, "check_model", broken)
+    before = cache_state(server)
+    with pytest.raises(RuntimeError):
+        api.pull(ref, verify_key=keys["team.pub"], settings=server)
+    assert cache_state(server) == before, "a pull whose check failed left blobs or a reference"
+    monkeypatch.undo()
+    home(tmp_path, "server-refusals", monkeypatch)
+    assert cli(capsys, "pull", ref, "--verify-key", keys["team.pub"])[0] == 0  # the genuine model still pulls
+
+
+REPLAYED_FILES = {"w.bin": b"W" * 100, "run.py": b"print('hi')\n", "sub/vocab.txt": b"a\nb\n"}
+
+
+def _entries_and_modes(root: Path) -> dict[str, int | None]:
+    """Every path below ``root``: a file's permission bits, None for a directory."""
+    return {str(p.relative_to(root)): None if p.is_dir() else stat.S_IMODE(p.lstat().st_mode)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_verified_export_writes_no_unsigned_directory_and_no_layer_mode(
+        tmp_path: Path, registry: Any, fmt: str, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The genuine signature re-attached to a manifest with the same file bytes, but a tar layer that also
+    makes empty directories (``model/.git/hooks/``, ``model/1/``) and gives the files mode 04777 (ModelPack:
+    the file metadata annotation says 04777).  The old verified export wrote the directories and kept exec
+    bits (0755).  Now a verified export writes the signed files with mode 0644 and only the directories
+    they are in, in every layout of pull-and-export and in export."""
+    name = f"replay-modes-{fmt}"
+    ref, trainer = publish(tmp_path, registry.host, name, fmt, keys["team.pem"], monkeypatch, files=REPLAYED_FILES)
+    remote = repository(registry.host, f"signed/{name}", tmp_path)
+    cache = OCILayout(trainer.cache_dir)
+    original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+    config = (original.config, fetch_bytes(cache, original.config))
+    layers: list[tuple[Descriptor, bytes]] = []
+    if fmt == "ormb":
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for directory in ("model/", "model/.git/", "model/.git/hooks/", "model/1/", "model/sub/"):
+                info = tarfile.TarInfo(directory)
+                info.type, info.mode = tarfile.DIRTYPE, 0o777
+                tar.addfile(info)
+            for path, data in REPLAYED_FILES.items():
+                info = tarfile.TarInfo(f"model/{path}")
+                info.size, info.mode = len(data), 0o4777
+                tar.addfile(info, io.BytesIO(data))
+        layer = compress(raw.getvalue(), "tar+gzip")
+        layers.append((Descriptor.of_bytes(original.layers[0].media_type, layer,
+                                           dict(original.layers[0].annotations)), layer))
+    else:
+        for desc in original.layers:
+            annotations = dict(desc.annotations)
+            meta = json.loads(annotations[modelpack.ANNOTATION_FILE_METADATA])
+            annotations[modelpack.ANNOTATION_FILE_METADATA] = json.dumps({**meta, "mode": 0o4777})
+            layers.append((Descriptor(desc.media_type, desc.digest, desc.size, annotations), fetch_bytes(cache, desc)))
+    subject = _push_model(remote, "v2", config, layers, original.artifact_type, original.annotations)
+    _attach(remote, subject, _signature_of(trainer, ref))
+    ref2 = ref.replace(":v1", ":v2")
+    home(tmp_path, f"server-{name}", monkeypatch)
+
+    def expected(prefix: str) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for path in REPLAYED_FILES:
+            parts = f"{prefix}{path}".split("/")
+            out.update({"/".join(parts[:end]): None for end in range(1, len(parts))})
+            out[f"{prefix}{path}"] = 0o644
+        return out
+    model_dir = "model/" if fmt == "ormb" else ""
+    for layout, prefix in (("mlflow", ""), ("triton", "1/"), ("none", model_dir)):
+        dest = tmp_path / f"{name}-{layout}"
+        code, out, err = cli(capsys, "pull-and-export", ref2, dest, "--layout", layout, "--verify-key", keys["team.pub"])
+        assert code == 0, err
+        assert _entries_and_modes(dest) == expected(prefix), layout
+    assert cli(capsys, "pull", ref2, "--verify-key", keys["team.pub"])[0] == 0
+    dest = tmp_path / f"{name}-export"
+    assert cli(capsys, "export", ref2, "-d", dest, "--verify-key", keys["team.pub"])[0] == 0
+    assert _entries_and_modes(dest) == expected(model_dir)
+    assert cli(capsys, "export", ref2, "-d", dest, "--verify-key", keys["team.pub"])[0] == 0  # over itself
+    assert _entries_and_modes(dest) == expected(model_dir)
+
+
+def test_the_catalog_says_the_signature_covers_the_files_only(tmp_path: Path, keys: dict[str, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The genuine signature re-attached to the model with an attacker's config (description "AUDITED by
+    security team", author "attacker"): the files match, so the badge is right to show; but the old page put
+    "signed" next to the attacker's description with nothing saying the config is not signed.  Now the badge
+    says the signature covers the files only, and each metadata section is marked "not covered by the
+    signature" (only when a badge is shown)."""
+    registry = EmbeddedRegistry(tmp_path / "catalog", trust_keys=(keys["team.pub"],))
+    try:
+        ref, trainer = publish(tmp_path, registry.host, "cat-replayed", "ormb", keys["team.pem"], monkeypatch)
+        remote = repository(registry.host, "signed/cat-replayed", tmp_path)
+        cache = OCILayout(trainer.cache_dir)
+        original = Manifest.from_bytes(fetch_bytes(cache, cache.resolve(str(api._ref(ref, trainer)))))
+        config = json.loads(fetch_bytes(cache, original.config))
+        config.update(description="AUDITED by security team", author="attacker")
+        data = json.dumps(config).encode()
+        subject = _push_model(remote, "v2", (Descriptor.of_bytes(original.config.media_type, data), data),
+                              [(d, fetch_bytes(cache, d)) for d in original.layers], original.artifact_type,
+                              original.annotations)
+        _attach(remote, subject, _signature_of(trainer, ref))
+        unsigned, _ = publish(tmp_path, registry.host, "cat-plain", "ormb", None, monkeypatch)
+
+        def page(name: str, tag: str) -> str:
+            with urllib.request.urlopen(f"http://{registry.host}/model?name=signed/{name}&ref={tag}") as response:
+                return response.read().decode()
+        html = page("cat-replayed", "v2")
+        assert 'id="signed"' in html and "AUDITED by security team" in html
+        assert ">signed files</span>" in html
+        assert "The signature covers the files only (their paths and SHA-256 digests)" in html
+        heading = html.index('id="model-heading"')
+        assert "not covered by the signature" in html[heading:html.index("</h2>", heading)]
+        assert heading < html.index("AUDITED by security team")
+        plain = page("cat-plain", "v1")  # no badge: nothing claims a signature, so nothing is marked
+        assert 'id="signed"' not in plain and "not covered by the signature" not in plain
+    finally:
+        registry.stop()

@@ -246,6 +246,62 @@ def test_unusable_key_files_get_one_line_errors(tmp_path: Path) -> None:
         assert "\n" not in str(err.value) and err.value.exit_code == 2
 
 
+def test_key_files_another_local_user_could_replace_are_refused(tmp_path: Path) -> None:
+    """One rule for every key file and trust directory, as ssh's StrictModes: the file (after its symbolic
+    links) and each directory above it are owned by this user or root and not group- or world-writable; a
+    directory above may be world-writable with the sticky bit (like /tmp).  The old loader checked only the
+    file's own world-write bit, so a key in a shared 0777 directory, a group-writable one, another user's,
+    or a trust directory's link into a shared directory were all trusted."""
+    private, public = write_key_pair(tmp_path / "mine", "k")
+    for path in (tmp_path, tmp_path / "mine"):
+        path.chmod(0o755)
+    public.chmod(0o644)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may rename or replace a file in it
+    (shared / "k.pub").write_bytes(public.read_bytes())
+    (shared / "k.pub").chmod(0o644)
+    (shared / "k.pem").write_bytes(private.read_bytes())
+    (shared / "k.pem").chmod(0o600)
+    group = tmp_path / "mine" / "group.pub"
+    group.write_bytes(public.read_bytes())
+    group.chmod(0o664)
+    links = tmp_path / "links"
+    links.mkdir(mode=0o755)
+    (links / "k.pub").symlink_to(shared / "k.pub")
+    cases: list[tuple[Callable[[Path], object], Path, str]] = [
+        (load_public_key, shared / "k.pub", f"the directory {shared} above the public key .* is writable by every "
+                                            "local user \\(mode 0777\\)"),
+        (load_private_key, shared / "k.pem", f"the directory {shared} above"),
+        (load_public_key, group, "is writable by its group \\(mode 0664\\)"),
+        (load_trust_dir, links, f"-> {shared}/k.pub\\)"),
+        (lambda p: trusted_keys([p]), links / "k.pub", f"the directory {shared} above"),
+    ]
+    if os.geteuid() == 0:  # a file and a directory of another user's (CI runs as root; others cannot chown)
+        theirs = tmp_path / "mine" / "theirs.pub"
+        theirs.write_bytes(public.read_bytes())
+        os.chown(theirs, 65534, 65534)
+        cases.append((load_public_key, theirs, "belongs to another user \\(uid 65534\\)"))
+        other_dir = tmp_path / "other"
+        other_dir.mkdir(mode=0o755)
+        (other_dir / "k.pub").write_bytes(public.read_bytes())
+        os.chown(other_dir, 65534, 65534)
+        cases.append((load_public_key, other_dir / "k.pub", f"the directory {other_dir} above .* belongs to another "
+                                                            "user \\(uid 65534\\)"))
+        cases.append((load_trust_dir, other_dir, "belongs to another user"))
+    for loader, path, message in cases:
+        with pytest.raises(KeyFileError, match=message) as err:
+            loader(path)
+        assert "\n" not in str(err.value) and err.value.exit_code == 2
+        assert "chmod" in (err.value.hint or "") or "chown" in (err.value.hint or "") or \
+            "directory" in (err.value.hint or ""), err.value.hint
+    shared.chmod(0o1777)  # sticky, like /tmp: only the file's owner may replace it
+    mine = load_public_key(public).fingerprint
+    assert load_public_key(shared / "k.pub").fingerprint == mine
+    assert load_private_key(shared / "k.pem").public.fingerprint == mine
+    assert [k.fingerprint for k in load_trust_dir(links)] == [mine]
+
+
 def test_trust_dir_holds_exactly_the_public_keys_anyone_of_which_may_verify(tmp_path: Path) -> None:
     trust = tmp_path / "trust"
     write_key_pair(tmp_path / "a", "a")
@@ -1032,3 +1088,31 @@ def test_a_manifest_with_tar_layers_is_checked_before_a_layer_is_read(p256: tupl
             check_listed(signatures, shaped(*layers), what="m")
     assert check_listed(signatures, shaped(tar), what="m") is None  # the tar layer may hold w.bin: read it
     assert check_listed(signatures, shaped(raw), what="m") is not None  # every file listed: verified whole
+
+
+def test_keys_on_a_read_only_mount_are_trusted_like_a_kubernetes_secret_volume(tmp_path: Path) -> None:
+    """A Kubernetes Secret volume is a read-only tmpfs whose root is often world-writable with the sticky bit
+    (1777), its files are links into a ``..data`` directory: nobody can replace a key on a read-only file system,
+    so the rule above must not refuse it, while the same tree mounted read-write is refused.  Needs root (to mount),
+    as the XFS tests do; CI runs as root."""
+    import subprocess
+
+    _, public = write_key_pair(tmp_path / "src", "k")
+    mount = tmp_path / "secret"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", str(mount)], check=True)
+    try:
+        data = mount / "..2026_11_25"
+        data.mkdir(mode=0o777)  # writable by all: only the read-only mount keeps the key safe
+        (data / "k.pub").write_bytes(public.read_bytes())
+        (data / "k.pub").chmod(0o666)
+        (mount / "..data").symlink_to(data.name)
+        (mount / "k.pub").symlink_to("..data/k.pub")
+        with pytest.raises(KeyFileError, match="writable by"):
+            load_trust_dir(mount)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        mine = load_public_key(public).fingerprint
+        assert [k.fingerprint for k in load_trust_dir(mount)] == [mine]
+        assert load_public_key(mount / "k.pub").fingerprint == mine
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -316,3 +316,15 @@ def test_catalog_status_of_the_ormb_format_reads_the_layer_only_when_asked(tmp_p
     assert fingerprint is None and problem.startswith(f"signed by key {signed.fingerprint[:16]}, but its files")
     assert catalog_status(cache, desc, manifest, cache.referrers(desc.digest), [team], read_layers=True) == \
         (signed.fingerprint, "")
+
+
+def test_copy_says_it_does_not_verify(capsys: pytest.CaptureFixture[str]) -> None:
+    """ORMB_VERIFY_KEY set, `ormb copy REG/x oci:DIR` wrote an unsigned model without a check and nothing
+    said that copy never verifies (review 2, B3).  Decision: copy moves bytes (digest-checked) and does not
+    verify; its help, the README and docs/security.md say so and point to where verification happens."""
+    assert main(["copy", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "copy does not verify signatures (ORMB_VERIFY_KEY and ORMB_TRUST_DIR do not apply)" in text
+    assert "--verify-key" not in text.split("Options:")[1]  # no option that would look like a check
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "**`copy` does not verify signatures**" in readme

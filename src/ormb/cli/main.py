@@ -484,6 +484,10 @@ def copy_command(ctx: click.Context, /, source: str, destination: str, referrers
 
     Each side is a registry reference or an OCI layout directory, oci:PATH:TAG. Within one
     registry, blobs are mounted instead of copied.
+
+    copy does not verify signatures (ORMB_VERIFY_KEY and ORMB_TRUST_DIR do not apply): every blob is
+    checked against its digest, not against a signature.  Verify where the model is loaded (pull,
+    export, the storage initializer with --verify-key), or with 'ormb verify REF --remote'.
     """
     with _progress(ctx) as bar:
         result = api.copy_model(source, destination, referrers=referrers, options=_transport(kwargs), progress=bar)

@@ -212,8 +212,8 @@ class OCILayout:
                     while offset < ready:
                         with disk_errors("read back a blob written into the cache", path):
                             n = os.preadv(dst, [view[: min(CHUNK, ready - offset)]], offset)
-                        if n <= 0:
-                            raise StorageError(f"cannot read back {path}: it ended early")
+                        if n <= 0:  # the kernel said it copied these bytes: the source was shorter (a clone)
+                            raise changed
                         hasher.update(view[:n])
                         offset += n
                         if advance is not None:
@@ -229,7 +229,9 @@ class OCILayout:
                 longer = os.fstat(src).st_size != size or bool(os.pread(src, 1, size))
             except OSError as exc:
                 raise StorageError(f"cannot read {name}: {exc.strerror}") from None
-            if longer:
+            # a reflink clones the whole file: one that was longer then and is back to ``size`` now left its
+            # extra bytes in the copy, which must hold exactly the bytes hashed
+            if longer or os.fstat(dst).st_size != size:
                 raise changed
             desc = Descriptor(media_type, f"sha256:{hasher.hexdigest()}", size, annotations or {})
             self._install(file, path, desc)

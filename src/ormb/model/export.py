@@ -51,7 +51,8 @@ def export_model(
     anything moves into place; what it raises leaves ``dest`` as it was (a signature check).  A checked
     export writes only what ``check`` saw: ``metadata`` must be None (no signature covers the
     ``ormbfile.yaml`` made from the config), and ``dest`` may hold nothing but paths the export
-    replaces, so that what the directory holds afterwards is exactly what was checked.
+    replaces, so that what the directory holds afterwards is exactly what was checked: the checked files,
+    each with mode ``VERIFIED_FILE_MODE`` (0644), and only the directories they are in.
     """
     if check is not None and metadata is not None:
         raise ValueError("a checked export writes only checked files: pass metadata=None")
@@ -73,10 +74,15 @@ def export_model(
         tree.check_links()
         if check is not None and hashes is not None:
             check(hashes)
-            _refuse_leftovers(dest, [base + tuple(p.split("/")) for p in paths], tree.marker)
+            written = [base + tuple(p.split("/")) for p in paths]
+            _refuse_leftovers(dest, written, tree.marker)
+            tree.keep_only(written, VERIFIED_FILE_MODE)
     return tuple(paths)
 
 
+# The permission bits of every file a verified export writes: a signature records no modes, so none is taken
+# from a layer (whoever pushes chooses those); no exec or set-uid bit, no directory that no signed file is in.
+VERIFIED_FILE_MODE = 0o644
 MAX_LEFTOVER_WALK = 1_000_000  # entries of an existing destination looked at by a checked export
 
 

@@ -43,7 +43,7 @@ import os
 import secrets
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -334,6 +334,52 @@ class StagingTree:
             raise self._storage_error(parts, exc) from None
 
     # -- the check at the end ------------------------------------------------------------------
+
+    def keep_only(self, files: Iterable[Parts], mode: int) -> None:
+        """For a verified export: make the tree exactly ``files`` (the checked ones), each with the
+        permission bits ``mode``, and the directories they are in.
+
+        A directory a layer made that holds none of them (an empty ``.git/``, ``hooks/``) goes; a file's
+        mode is ``mode`` whatever the layer said (a signature records no modes, so exec or set-uid bits
+        from an unsigned layer are not kept).  Anything else (a file not in ``files``, a link) is refused.
+        """
+        wanted = set(files)
+        needed = {f[:end] for f in wanted for end in range(1, len(f))}
+        self.close()  # the cached descriptors may name directories removed here
+        self._keep(self.root_fd, (), wanted, needed, mode)
+
+    def _keep(self, fd: int, parts: Parts, wanted: set[Parts], needed: set[Parts], mode: int) -> None:
+        try:
+            entries = _entries(fd)
+        except OSError as exc:
+            raise self._storage_error(parts, exc) from None
+        for name, is_dir in sorted(entries):
+            if not parts and name in self._private:
+                continue
+            here = (*parts, name)
+            try:
+                if is_dir:
+                    child = os.open(name, _DIR, dir_fd=fd)
+                    try:
+                        self._keep(child, here, wanted, needed, mode)
+                    finally:
+                        os.close(child)
+                    if here not in needed:  # empty now: a file in it would be wanted, and it needed
+                        os.rmdir(name, dir_fd=fd)
+                    continue
+                if here not in wanted:
+                    raise _unsafe(f"{'/'.join(here)} was written but is not a checked file")
+                file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+                        raise _unsafe(f"{'/'.join(here)} is not a regular file")
+                    os.fchmod(file_fd, mode)
+                finally:
+                    os.close(file_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _unsafe(f"{'/'.join(here)} is a symbolic link") from None
+                raise self._storage_error(here, exc) from None
 
     def check_links(self) -> None:
         """Every symlink of the tree must resolve, on disk, to an existing entry inside the tree."""

@@ -730,12 +730,21 @@ def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None
 
 def _copy_local(source: int, fd: int, desc: Descriptor, shown: str, stop: threading.Event | None = None) -> bool:
     """Make the new, empty file ``fd`` the cache's copy ``source`` (its size checked by the caller): a reflink
-    clone sharing its blocks where the file system can (btrfs, XFS; the blocks were verified when they entered
-    the cache), else a kernel copy (:func:`ormb.content.filecopy.copy_out`) while a thread checks the copy's
+    clone sharing its blocks where the file system can (btrfs, XFS; the clone's source is then read and its digest
+    checked, as for a copy, so a damaged cache blob is refused on every file system), else a kernel copy (:func:`ormb.content.filecopy.copy_out`) while a thread checks the copy's
     digest.  False when the kernel copy fails short of a full disk: the caller then streams the blob.
     ``source`` is closed.  A set ``stop`` flag ends the copy and the check at their next step (:class:`Stopped`)."""
     try:
-        if clone(source, fd):
+        if clone(source, fd):  # checked as the kernel copy is: a damaged cache blob must not pass on XFS alone
+            cloned = FileDigest(source, desc.size, desc.digest.partition(":")[0])
+            try:
+                if os.fstat(fd).st_size != desc.size:
+                    raise IntegrityError(f"layer {desc.digest} ({shown}): the cache's copy is not {desc.size} bytes",
+                                         "the cache is damaged: remove the model ('ormb rm'), run 'ormb prune', "
+                                         "then pull or save it again")
+                _check_local(cloned, desc, shown)
+            finally:
+                cloned.stop()
             return True
         digest = FileDigest(source, desc.size, desc.digest.partition(":")[0], stop=stop)
         try:

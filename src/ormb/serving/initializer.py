@@ -34,13 +34,14 @@ from ormb.errors import InvalidReferenceError
 from ormb.model.export import export_model
 from ormb.model.ormbfile import FILENAME
 from ormb.model.unpack import FileHashes
+from ormb.oci.graph import parse_node
 from ormb.oci.reference import Reference, parse_reference
 from ormb.progress import ProgressListener
 from ormb.registry.client import Registry
 from ormb.registry.credentials import Credential, CredentialStore
 from ormb.registry.remote import RemoteRepository
 from ormb.registry.transport import TransportOptions
-from ormb.signing import check_listed, check_model, trusted_signatures, verification_keys
+from ormb.signing import check_listed, check_model, refuse_subject, trusted_signatures, verification_keys
 
 LAYOUTS = ("triton", "mlflow", "none")
 SCHEME = "ormb://"
@@ -104,6 +105,8 @@ def pull_and_export(
                         login_hint=CREDENTIALS_HINT)
     remote = RemoteRepository(registry, ref.repository)
     desc, data = remote.fetch_reference(ref.version)  # one GET: the bytes are verified and reused
+    if keys is not None:  # before anything else is fetched (the config included)
+        refuse_subject(parse_node(data, desc.media_type), what=str(ref))
     model = load_model(remote, desc, data, ref=ref)
     dest = Path(destination)
     check = None

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
         check_listed,
         check_model,
         manifest_hashes,
+        refuse_subject,
         trusted_signatures,
         verify_manifest,
     )
@@ -67,8 +68,8 @@ __all__ = [
     "FileRecords", "PrivateKey", "PublicKey", "Signature", "SignatureArtifact", "SignedFile", "SignedFiles",
     "Verified", "bundle_layer", "catalog_status", "check_files", "check_listed", "check_model", "export_ignore_paths",
     "generate_key_pair", "is_signature", "load_private_key", "load_public_key", "load_trust_dir", "manifest_files",
-    "manifest_hashes", "model_files", "sign_files", "signature_artifact", "signed_files", "tar_layer_files",
-    "trusted_keys", "trusted_signatures", "verification_keys", "verify_bundle", "verify_manifest",
+    "manifest_hashes", "model_files", "refuse_subject", "sign_files", "signature_artifact", "signed_files",
+    "tar_layer_files", "trusted_keys", "trusted_signatures", "verification_keys", "verify_bundle", "verify_manifest",
 ]
 
 _LAZY = {
@@ -81,7 +82,7 @@ _LAZY = {
     **dict.fromkeys(["SIGNATURE_ARTIFACT_TYPE", "SignatureArtifact", "bundle_layer", "export_ignore_paths",
                      "is_signature", "manifest_files", "signature_artifact"], "ormb.signing.referrer"),
     **dict.fromkeys(["Signature", "Verified", "catalog_status", "check_listed", "check_model", "manifest_hashes",
-                     "trusted_signatures", "verify_manifest"], "ormb.signing.verify"),
+                     "refuse_subject", "trusted_signatures", "verify_manifest"], "ormb.signing.verify"),
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -140,7 +141,8 @@ def read_key_file(path: Path, *, private: bool) -> bytes:
     a trust directory's files, ``registry serve --trust-key``):
 
     - exactly one PEM block: a second key in a file would be silently ignored (and the user think it trusted);
-    - a public key no other local user may change (not world-writable: anyone could swap in their key);
+    - a key no other local user may replace (:func:`refuse_replaceable`: owned by this user or root, not
+      group/world-writable, nor is any directory above it unless sticky);
     - a private key no other local user may read, as ssh demands (no group or other permission bits).
 
     The file is opened once (not through a final symbolic link's swap: the checks are of what was read).
@@ -149,10 +151,16 @@ def read_key_file(path: Path, *, private: bool) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
     except OSError as exc:
         raise KeyFileError(f"cannot read the key {path}: {exc.strerror}", "check the path and its permissions") from None
-    mode = os.fstat(fd).st_mode
+    opened = os.fstat(fd)
+    mode = opened.st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise KeyFileError(f"{path} is not a regular file, so it is not a PEM key")
+    try:
+        refuse_replaceable(path, "private key" if private else "public key", opened)
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "rb") as handle:
         try:
             data = handle.read(MAX_KEY_FILE + 1)
@@ -169,9 +177,6 @@ def read_key_file(path: Path, *, private: bool) -> bytes:
     if private and b"PRIVATE KEY" in begins[0] and mode & 0o077:
         raise KeyFileError(f"the private key {path} is accessible to other users (mode {stat.S_IMODE(mode):04o}), "
                            "so it may no longer be secret", f"chmod 600 {path}, and make a new key if others could read it")
-    if not private and mode & stat.S_IWOTH:
-        raise KeyFileError(f"the public key {path} is writable by every local user, so anyone could replace it",
-                           f"chmod o-w {path}")
     return data
 
 
@@ -222,26 +227,77 @@ def load_public_key(path: str | Path) -> PublicKey:
     return public_key_from_pem(read_key_file(path, private=False), str(path))
 
 
-def _refuse_world_writable(path: Path, what: str) -> None:
+def _writers(mode: int) -> str:
+    return "every local user" if mode & stat.S_IWOTH else "its group"
+
+
+def _user(uid: int) -> str:
     try:
-        mode = path.stat().st_mode
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def refuse_replaceable(path: Path, what: str, opened: os.stat_result | None = None) -> None:
+    """The rule for every key file and trust directory (as ssh's StrictModes): ``path``, after its symbolic
+    links, and every directory above it are owned by this user or root, and none is writable by its group
+    or every local user, except that a directory *above* may be world-writable with the sticky bit (like
+    /tmp: only an entry's owner may replace it), and that whatever is on a read-only mount passes (a Kubernetes
+    Secret volume: a read-only tmpfs, often 1777).  Otherwise another local user could put their key in.
+
+    ``opened``: the stat of the descriptor the caller read, which must be the file checked here.
+    """
+    euid = os.geteuid()
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+        found = os.stat(real, follow_symlinks=False)
     except OSError as exc:
         raise KeyFileError(f"cannot read the {what} {path}: {exc.strerror}", "check the path and its permissions") from None
-    if mode & stat.S_IWOTH:
-        raise KeyFileError(f"the {what} {path} is writable by every local user, so anyone could add a key to it",
-                           f"chmod o-w {path}")
+    if opened is not None and (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino):
+        raise KeyFileError(f"the {what} {path} changed while it was read", "someone may be replacing it; try again")
+    shown = str(path) if real == Path(os.path.abspath(path)) else f"{path} (-> {real})"
+    writable = not _read_only(real)  # a read-only mount (a Kubernetes Secret volume): nobody can replace what is on it
+    if writable and found.st_uid not in (euid, 0):
+        raise KeyFileError(f"the {what} {shown} belongs to another user (uid {found.st_uid}), who could replace it",
+                           f"chown {_user(euid)} {real}, or use a copy of it that you own")
+    if writable and found.st_mode & 0o022:
+        raise KeyFileError(f"the {what} {shown} is writable by {_writers(found.st_mode)} "
+                           f"(mode {stat.S_IMODE(found.st_mode):04o}), so others could replace it", f"chmod go-w {real}")
+    for directory in real.parents:
+        if _read_only(directory):
+            continue
+        try:
+            above = os.stat(directory, follow_symlinks=False)
+        except OSError as exc:
+            raise KeyFileError(f"cannot check {directory}, above the {what} {path}: {exc.strerror}") from None
+        if above.st_uid not in (euid, 0):
+            raise KeyFileError(f"the directory {directory} above the {what} {shown} belongs to another user "
+                               f"(uid {above.st_uid}), who could replace the key",
+                               "keep keys in a directory that you or root own")
+        if above.st_mode & 0o022 and not above.st_mode & stat.S_ISVTX:
+            raise KeyFileError(f"the directory {directory} above the {what} {shown} is writable by "
+                               f"{_writers(above.st_mode)} (mode {stat.S_IMODE(above.st_mode):04o}), so others could "
+                               "replace the key", f"chmod go-w {directory}, or keep keys in a directory only you can write")
+
+
+def _read_only(path: Path) -> bool:
+    """``path`` is on a file system mounted read-only: nobody can add, replace or re-mode what is there."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def load_trust_dir(directory: str | Path) -> tuple[PublicKey, ...]:
     """Every ``*.pub`` / ``*.pem`` public key in ``directory`` (not its subdirectories); any may verify.
 
     A file that is not a public key is an error, not skipped: a trust directory says exactly whom
-    the user trusts.  So is a directory or key file that every local user may write to.
+    the user trusts.  So is a directory or key file that another local user could change (:func:`refuse_replaceable`).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise KeyFileError(f"the trust directory {directory} does not exist or is not a directory")
-    _refuse_world_writable(directory, "trust directory")
+    refuse_replaceable(directory, "trust directory")
     keys: list[PublicKey] = []
     for path in sorted(directory.iterdir()):
         if path.suffix.lower() not in KEY_SUFFIXES or path.name.startswith(".") or path.is_dir():

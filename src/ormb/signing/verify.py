@@ -27,7 +27,7 @@ from ormb.model.unpack import FileHashes
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.oci.grammar import MAX_MANIFEST, MAX_SIGNATURE_BUNDLE, MAX_SIGNATURE_BYTES, MAX_SIGNATURES
-from ormb.oci.graph import parse_node
+from ormb.oci.graph import Node, parse_node
 from ormb.signing.bundle import SignedFile, SignedFiles, check_files, verify_bundle
 from ormb.signing.files import FileRecords, model_files, union_of_layers
 from ormb.signing.keys import PublicKey
@@ -100,6 +100,19 @@ def _charge(budget: list[int], size: int) -> None:
     if size > budget[0]:
         raise _OverBudget()
     budget[0] -= max(size, 0)
+
+
+def refuse_subject(manifest: Manifest | Node, *, what: str) -> None:
+    """Refuse a model manifest that has a ``subject``: a model is not a referrer.
+
+    A signature names files, not a manifest, so a genuine one re-attached to the model's manifest with a
+    ``subject`` added still matches; a copy follows the subject (it is part of the graph) and would
+    download and store what it names, unsigned.  Checked from the manifest alone, before anything else
+    is fetched (issue 14, second review, B5)."""
+    if manifest.subject is not None:
+        raise VerificationError(f"{what}: its manifest has a subject ({manifest.subject.digest}), which a model "
+                                "manifest does not have and no signature covers",
+                                "do not use this model; ask its publisher for the model without a subject")
 
 
 def trusted_signatures(source: SignatureSource, subject: Descriptor, keys: Sequence[PublicKey], *,
@@ -182,6 +195,7 @@ def verify_manifest(source: SignatureSource, subject: Descriptor, manifest: Mani
     The model's files come from the manifest when it says them (ModelPack raw layers), else from
     reading its layers from ``files_from`` (default ``source``), with ``records`` as a memory.
     """
+    refuse_subject(manifest, what=what)
     signatures = trusted_signatures(source, subject, keys, what=what)
     pending = records.pending() if records is not None else None
     verified = check_model(signatures, manifest_hashes(files_from or source, manifest, pending), what=what)
@@ -286,6 +300,7 @@ def catalog_status(fetcher: Fetcher, manifest_desc: Descriptor, manifest: Manife
     what = "the model"
     source = _Listed(fetcher, referrers)
     try:
+        refuse_subject(manifest, what=what)
         signatures = trusted_signatures(source, manifest_desc, trusted_keys, what=what)
         listed = manifest_files(manifest)
         if listed is None and not read_layers:
