@@ -736,7 +736,7 @@ def _copy_local(source: int, fd: int, desc: Descriptor, shown: str, stop: thread
     ``source`` is closed.  A set ``stop`` flag ends the copy and the check at their next step (:class:`Stopped`)."""
     try:
         if clone(source, fd):  # checked as the kernel copy is: a damaged cache blob must not pass on XFS alone
-            cloned = FileDigest(source, desc.size, desc.digest.partition(":")[0])
+            cloned = FileDigest(source, desc.size, desc.digest.partition(":")[0], stop=stop)
             try:
                 if os.fstat(fd).st_size != desc.size:
                     raise IntegrityError(f"layer {desc.digest} ({shown}): the cache's copy is not {desc.size} bytes",
