@@ -227,7 +227,8 @@ class FaultProxy:
 
     ``corrupt_blobs``: flip a byte in every blob GET body.  ``cut_blob_once``: send half of the next
     blob GET body over 1 MiB, then close the connection.  ``on_upload_bytes``: called with the running total of
-    upload bytes (PUT/PATCH bodies) as they arrive, so a test can stop the registry mid-push.
+    upload bytes (PUT/PATCH bodies) as they arrive, so a test can stop the registry mid-push.  ``slow_blobs``:
+    send every blob GET body at that many bytes per second (each connection); ``blob_bytes_sent`` counts them.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -235,6 +236,8 @@ class FaultProxy:
         self.port = free_port()
         self.corrupt_blobs = False
         self.cut_blob_once = False
+        self.slow_blobs = 0
+        self.blob_bytes_sent = 0
         self.on_upload_bytes: Callable[[int], bool] | None = None  # return False to cut the connection
         self.requests: list[tuple[str, str, int, str]] = []  # (method, path, body bytes, Range header)
         proxy = self
@@ -286,8 +289,21 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                if self.command != "HEAD":
+                if self.command == "HEAD":
+                    return
+                if not (is_blob and proxy.slow_blobs):
                     self.wfile.write(data)
+                    return
+                piece = 64 << 10
+                for start in range(0, len(data), piece):
+                    time.sleep(piece / proxy.slow_blobs)
+                    try:
+                        self.wfile.write(data[start:start + piece])
+                        self.wfile.flush()
+                    except OSError:  # the client went away
+                        self.close_connection = True
+                        return
+                    proxy.blob_bytes_sent += len(data[start:start + piece])
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
 

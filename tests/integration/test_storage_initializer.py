@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from ormb.serving.initializer import pull_and_export
 
 pytestmark = pytest.mark.integration
 INITIALIZER = str(Path(sys.executable).with_name("ormb-storage-initializer"))
+ORMB = str(Path(sys.executable).with_name("ormb"))
 WEIGHTS = os.urandom(20_000)
 
 
@@ -184,3 +187,50 @@ def test_a_layer_cannot_plant_a_link_that_the_metadata_is_written_through(
     assert (outside / "secret").read_text() == "original"
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
     assert not dest.exists()
+
+
+def test_ctrl_c_stops_a_concurrent_pull_and_export_at_once(tmp_path: Path, registry: Any) -> None:
+    """Ctrl-C (SIGINT) while ``ormb pull-and-export --concurrency 4`` writes three weight layers that a slow registry
+    sends at 1 MiB/s each (20 s a layer): the command ends within a few seconds with 130 and ``Error: interrupted``,
+    the destination as it was, no staging directory left.  (Before: it waited for every running download, 18 s
+    or more; for a model of 100 GB, Ctrl-C did nothing.)"""
+    from registries import FaultProxy
+
+    settings = Settings(home=tmp_path / "trainer", default_registry="localhost:5000")
+    ref = f"{registry.host}/serving/slow:v1"
+    files = {f"w{i}.bin": os.urandom(20 << 20) for i in range(3)}
+    api.save(make_model(tmp_path / "m", files), ref, settings=settings, artifact_format="modelpack",
+             read_model_signature=False)
+    api.push(ref, settings=settings)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("the user's")
+    proxy = FaultProxy(registry.port)
+    proxy.slow_blobs = 1 << 20
+    try:
+        process = subprocess.Popen([ORMB, "pull-and-export", f"{proxy.host}/serving/slow:v1", str(dest),
+                                    "--layout", "mlflow", "--concurrency", "4"],
+                                   env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while process.poll() is None and time.monotonic() < deadline and not (
+                    proxy.blob_bytes_sent >= 3 << 20
+                    and sum(method == "GET" and "/blobs/" in path for method, path, _, _ in proxy.requests) >= 3):
+                time.sleep(0.05)
+            assert process.poll() is None, process.communicate()
+            assert len(os.listdir(dest)) == 2  # the user's file and the staging directory the layers go to
+            interrupted = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=120)
+            took = time.monotonic() - interrupted
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        proxy.stop()
+    assert process.returncode == 130, err
+    assert "Error: interrupted" in err
+    assert took < 10, f"the command ended {took:.1f} s after Ctrl-C"
+    assert os.listdir(dest) == ["keep.txt"]  # nothing arrived, no staging directory left
+    assert (dest / "keep.txt").read_text() == "the user's"

@@ -5,6 +5,7 @@ out right, and a damaged cache blob of the right size exports nothing."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     copied: list[int] = []
     real = filecopy.copy_out
 
-    def spy(source: int, offset: int, dest: int, count: int) -> int:
-        n = real(source, offset, dest, count)
+    def spy(source: int, offset: int, dest: int, count: int, stop: threading.Event | None = None) -> int:
+        n = real(source, offset, dest, count, stop)
         copied.append(n)
         return n
 

@@ -21,6 +21,17 @@ from typing import IO, Any
 
 _DONE = None
 
+
+class Stopped(Exception):
+    """Work in a thread was told to stop (``threading.Event``): another piece of the same work failed, or the
+    user interrupted.  Not an error of its own: whoever set the flag raises the reason."""
+
+
+def check_stop(stop: threading.Event | None) -> None:
+    """Raise :class:`Stopped` if ``stop`` is set (called between chunks of a copy)."""
+    if stop is not None and stop.is_set():
+        raise Stopped()
+
 # The largest single write(). Measured on the benchmark machine (bench/README.md): writes of 1 MiB or more
 # into the page cache ran at 0.5-0.9 GB/s, writes of 64-512 KiB at 4-5 GB/s.
 WRITE_SLICE = 256 << 10
@@ -140,12 +151,14 @@ class BackgroundHasher:
 class FileDigest:
     """The digest of the first ``size`` bytes of the open file ``fd``, computed in a thread while the caller does
     something else with the file (the kernel copies it: see :mod:`ormb.model.unpack`).  The file is read with
-    ``pread`` into one reused buffer; ``fd`` must stay open until :meth:`result` or :meth:`stop` returned."""
+    ``pread`` into one reused buffer; ``fd`` must stay open until :meth:`result` or :meth:`stop` returned.  A set
+    ``stop`` flag (shared with other work) ends the reading at the next chunk."""
 
-    def __init__(self, fd: int, size: int, algorithm: str, chunk: int = 1 << 20) -> None:
+    def __init__(self, fd: int, size: int, algorithm: str, chunk: int = 1 << 20,
+                 stop: threading.Event | None = None) -> None:
         import hashlib
 
-        self._fd, self._size, self._chunk = fd, size, chunk
+        self._fd, self._size, self._chunk, self._told = fd, size, chunk, stop
         self._hasher = hashlib.new(algorithm)
         self._name = algorithm
         self._read = 0
@@ -160,7 +173,7 @@ class FileDigest:
         buffer = bytearray(self._chunk)
         view = memoryview(buffer)
         try:
-            while self._read < self._size and not self._stop:
+            while self._read < self._size and not self._stop and not (self._told and self._told.is_set()):
                 n = os.preadv(self._fd, [view[: min(self._chunk, self._size - self._read)]], self._read)
                 if n <= 0:
                     return
@@ -170,10 +183,13 @@ class FileDigest:
             self._error = exc
 
     def result(self) -> tuple[int, str]:
-        """(bytes read, ``algorithm:hex``) once the thread is done; its read error, if any."""
+        """(bytes read, ``algorithm:hex``) once the thread is done; its read error, if any; :class:`Stopped` if the
+        ``stop`` flag ended it early."""
         self._thread.join()
         if self._error is not None:
             raise self._error
+        if self._read < self._size:
+            check_stop(self._told)
         return self._read, f"{self._name}:{self._hasher.hexdigest()}"
 
     def stop(self) -> None:

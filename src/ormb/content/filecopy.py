@@ -17,7 +17,7 @@ import fcntl
 import os
 import threading
 
-from ormb.content.background import WRITEBACK_STEP, start_writeback
+from ormb.content.background import WRITEBACK_STEP, check_stop, start_writeback
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 STEP = 8 << 20  # bytes per copy_file_range call: what a reader of the copy waits for at most
@@ -74,13 +74,15 @@ def copy_range(source: int, dest: int, offset: int, count: int) -> int:
     return done
 
 
-def copy_out(source: int, offset: int, dest: int, count: int) -> int:
+def copy_out(source: int, offset: int, dest: int, count: int, stop: threading.Event | None = None) -> int:
     """Append ``count`` bytes at ``offset`` of ``source`` to ``dest`` at its file position (which moves on):
     copy_file_range, else sendfile (file to file, another file system too), else pread/write.  Returns what
-    was copied, less than ``count`` only when the source ends first."""
+    was copied, less than ``count`` only when the source ends first.  A set ``stop`` flag raises
+    :class:`~ormb.content.background.Stopped` before the next ``STEP``."""
     done = 0
     method = 0  # 0: copy_file_range, 1: sendfile, 2: by hand
     while done < count:
+        check_stop(stop)
         want = min(count - done, STEP)
         try:
             if method == 0:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -40,6 +39,7 @@ from ormb.model import classify as kinds
 from ormb.model import foreign
 from ormb.model.files import FileListing, ModelFile
 from ormb.model.formats import format_files
+from ormb.model.jobs import run_at_once
 from ormb.model.ormbfile import (
     MODELPACK_CONFIG_KEYS,
     MODELPACK_DESCRIPTOR_KEYS,
@@ -450,8 +450,9 @@ def write_files(
 
     Uncompressed raw layers (weights) are written ``concurrency`` at a time: their files are made in the
     manifest's order, then their bytes arrive (and are hashed) in threads, so that a model of several
-    weight files uses more than one core.  Tar and compressed layers, whose bytes the budget counts, are
-    written one at a time, in order."""
+    weight files uses more than one core; the first that fails, or Ctrl-C, stops the others at their next chunk
+    (:mod:`ormb.model.jobs`).  Tar and compressed layers, whose bytes the budget counts, are written one at a
+    time, in order."""
     written: list[str] = []
     batch: list[RawJob] = []
     try:
@@ -489,8 +490,9 @@ def _write_in_order(source: Fetcher, files: Sequence[LayerFile], tree: StagingTr
 
 
 def _run_jobs(jobs: list[RawJob], concurrency: int) -> None:
-    """Run the jobs, ``concurrency`` at a time; on the first failure the jobs not started are dropped (their
-    files closed), those under way finish, and the failure is raised.  ``jobs`` is emptied."""
+    """Run the jobs, ``concurrency`` at a time (:func:`ormb.model.jobs.run_at_once`: the first failure, or Ctrl-C,
+    stops those under way at their next chunk and drops those not started, their files closed); ``jobs`` is
+    emptied."""
     pending, jobs[:] = list(jobs), []
     if len(pending) <= 1 or concurrency <= 1:
         for i, job in enumerate(pending):
@@ -500,18 +502,7 @@ def _run_jobs(jobs: list[RawJob], concurrency: int) -> None:
                 _close_jobs(pending[i + 1:])
                 raise
         return
-    with ThreadPoolExecutor(max_workers=min(concurrency, len(pending)), thread_name_prefix="ormb-layer") as pool:
-        futures = [pool.submit(job.run) for job in pending]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        error = next((e for f in futures if f in done and (e := f.exception()) is not None), None)
-        if error is not None:
-            for job, future in zip(pending, futures, strict=True):
-                if future.cancel():
-                    job.close()
-            wait(futures)
-            raise error
-    for future in futures:
-        future.result()
+    run_at_once(pending, concurrency)
 
 
 def _close_jobs(jobs: list[RawJob]) -> None:

@@ -30,6 +30,7 @@ import hashlib
 import os
 import re
 import tarfile
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -39,7 +40,14 @@ from typing import IO, Any
 import zstandard
 from isal import igzip
 
-from ormb.content.background import BackgroundHasher, BackgroundWriter, FileDigest, write_sliced
+from ormb.content.background import (
+    BackgroundHasher,
+    BackgroundWriter,
+    FileDigest,
+    Stopped,
+    check_stop,
+    write_sliced,
+)
 from ormb.content.filecopy import WRITE_ERRORS, clone, copy_out
 from ormb.content.target import Readable
 from ormb.errors import IntegrityError, OrmbError, StorageError, UnsafeArchiveError
@@ -103,11 +111,14 @@ class _FileHasher:
 
 class _HashingReader:
     """Reads at most the declared size of ``raw``, hashing and counting every byte, reporting progress,
-    and crediting the budget (for layers whose unpacked bytes are charged)."""
+    and crediting the budget (for layers whose unpacked bytes are charged).  A set ``stop`` flag raises
+    :class:`~ormb.content.background.Stopped` before and after each read of ``raw`` (a read itself is not
+    interrupted: a stalled connection ends with the transport's read timeout)."""
 
     def __init__(self, raw: Readable, desc: Descriptor, progress: ProgressListener, task: str,
-                 budget: ExpansionBudget | None = None) -> None:
+                 budget: ExpansionBudget | None = None, stop: threading.Event | None = None) -> None:
         self._raw = raw
+        self._stop = stop
         self._desc = desc
         self._hasher = BackgroundHasher(hashlib.new(desc.digest.partition(":")[0]))
         self.size = 0
@@ -119,7 +130,9 @@ class _HashingReader:
         left = self._desc.size - self.size
         if left <= 0:
             return b""
+        check_stop(self._stop)
         data = self._raw.read(left if n < 0 else min(n, left))
+        check_stop(self._stop)
         self._hasher.update(data)
         self.size += len(data)
         self._progress.advance(self._task, len(data))
@@ -545,7 +558,9 @@ def write_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, part
 
 class RawJob:
     """The bytes of one raw layer into the file :func:`prepare_raw` made (see :func:`write_raw`).  ``run``
-    touches nothing of the tree but its own file: it may run in a thread while other jobs run."""
+    touches nothing of the tree but its own file: it may run in a thread while other jobs run.  Given a
+    ``stop`` flag (shared by the jobs run at once), ``run`` checks it between chunks of its copy, streamed or
+    from the cache's copy, and raises :class:`~ormb.content.background.Stopped` with its file closed."""
 
     def __init__(self, blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, fd: int,
                  clone_from: Path | None, compression: str | None, mode: int | None, progress: ProgressListener,
@@ -569,10 +584,13 @@ class RawJob:
             os.close(self._fd)
             self._fd = -1
 
-    def run(self) -> None:
+    def run(self, stop: threading.Event | None = None) -> None:
         desc, tree, parts, progress, compression, mode = (self.desc, self._tree, self._parts, self._progress,
                                                           self.compression, self._mode)
         fd, self._fd = self._fd, -1
+        if stop is not None and stop.is_set():
+            os.close(fd)
+            raise Stopped()
         budget = tree.budget
         shown = "/".join(parts)
         # a local copy serves unless the file's SHA-256 must be computed from bytes the kernel would copy unseen
@@ -606,7 +624,7 @@ class RawJob:
             progress.finish(desc.digest)
             return
         try:
-            copied = local_fd is not None and _copy_local(local_fd, fd, desc, tree.show(parts))
+            copied = local_fd is not None and _copy_local(local_fd, fd, desc, tree.show(parts), stop)
         except BaseException:
             os.close(fd)
             raise
@@ -626,17 +644,17 @@ class RawJob:
         try:
             with self._open() as blob:
                 handed = True
-                self._stream(blob, fd, shown)
+                self._stream(blob, fd, shown, stop)
         except BaseException:
             if not handed:
                 os.close(fd)
             raise
         progress.finish(desc.digest)
 
-    def _stream(self, blob: Readable, fd: int, shown: str) -> None:
+    def _stream(self, blob: Readable, fd: int, shown: str, stop: threading.Event | None) -> None:
         desc, tree, parts, compression = self.desc, self._tree, self._parts, self.compression
         budget = tree.budget
-        reader = _HashingReader(blob, desc, self._progress, desc.digest, budget if compression else None)
+        reader = _HashingReader(blob, desc, self._progress, desc.digest, budget if compression else None, stop)
         try:
             if compression is None:
                 counted = _FileHasher(reader) if self._hashes is not None and not self._known else None
@@ -710,15 +728,15 @@ def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None
     return hasher.hexdigest(), hasher.size
 
 
-def _copy_local(source: int, fd: int, desc: Descriptor, shown: str) -> bool:
+def _copy_local(source: int, fd: int, desc: Descriptor, shown: str, stop: threading.Event | None = None) -> bool:
     """Make the new, empty file ``fd`` the cache's copy ``source`` (its size checked by the caller): a reflink
     clone sharing its blocks where the file system can (btrfs, XFS; the clone's source is then read and its digest
     checked, as for a copy, so a damaged cache blob is refused on every file system), else a kernel copy (:func:`ormb.content.filecopy.copy_out`) while a thread checks the copy's
     digest.  False when the kernel copy fails short of a full disk: the caller then streams the blob.
-    ``source`` is closed."""
+    ``source`` is closed.  A set ``stop`` flag ends the copy and the check at their next step (:class:`Stopped`)."""
     try:
         if clone(source, fd):  # checked as the kernel copy is: a damaged cache blob must not pass on XFS alone
-            cloned = FileDigest(source, desc.size, desc.digest.partition(":")[0])
+            cloned = FileDigest(source, desc.size, desc.digest.partition(":")[0], stop=stop)
             try:
                 if os.fstat(fd).st_size != desc.size:
                     raise IntegrityError(f"layer {desc.digest} ({shown}): the cache's copy is not {desc.size} bytes",
@@ -728,10 +746,10 @@ def _copy_local(source: int, fd: int, desc: Descriptor, shown: str) -> bool:
             finally:
                 cloned.stop()
             return True
-        digest = FileDigest(source, desc.size, desc.digest.partition(":")[0])
+        digest = FileDigest(source, desc.size, desc.digest.partition(":")[0], stop=stop)
         try:
             try:
-                copied = copy_out(source, 0, fd, desc.size)
+                copied = copy_out(source, 0, fd, desc.size, stop)
             except OSError as exc:
                 if exc.errno in WRITE_ERRORS:
                     raise StorageError(f"cannot write {shown}: {exc.strerror}") from None
