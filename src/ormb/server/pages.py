@@ -103,13 +103,10 @@ def repository_page(ctx: Context, request: Request) -> Response:
 
 def model_page(ctx: Context, request: Request) -> Response:
     name, reference = request.query.get("name", ""), request.query.get("ref", "")
-    user = _authorised(ctx, request, name)
-    if user is False:
-        return _missing(ctx, request, f"repository {name}")
-    try:
-        record = resolve(ctx, name, reference)
-    except SpecError:
-        return _missing(ctx, request, f"{name}:{reference}")
+    found = _viewable(ctx, request, name, reference)
+    if isinstance(found, Response):
+        return found
+    user, record = found
     start = _start(request)
     model = describe_model(ctx, name, record, start)
     more = _more(request, start, model["more"])
@@ -121,13 +118,10 @@ def model_page(ctx: Context, request: Request) -> Response:
 def file_page(ctx: Context, request: Request) -> Response:
     """A model's card or licence as text: only those files, read as the model page reads them."""
     name, reference, path = (request.query.get(k, "") for k in ("name", "ref", "path"))
-    user = _authorised(ctx, request, name)
-    if user is False:
-        return _missing(ctx, request, f"repository {name}")
-    try:
-        record = resolve(ctx, name, reference)
-    except SpecError:
-        return _missing(ctx, request, f"{name}:{reference}")
+    found = _viewable(ctx, request, name, reference)
+    if isinstance(found, Response):
+        return found
+    user, record = found
     described = _described(ctx, name, record) if record.media_type in mediatypes.MANIFEST_TYPES else None
     if described is None:
         return _missing(ctx, request, f"{name}:{reference}")
@@ -149,6 +143,19 @@ def login_page(ctx: Context, request: Request) -> Response:
 
 PAGES: dict[str, Callable[[Context, Request], Response]] = {
     "/": index_page, "/repository": repository_page, "/model": model_page, "/file": file_page, "/login": login_page}
+
+
+def _viewable(ctx: Context, request: Request, name: str,
+              reference: str) -> tuple[str | None | bool, ManifestRecord] | Response:
+    """The viewer and the manifest ``name:reference`` names, if the viewer may pull it; else the page that says
+    it is not there (the same for a repository that is hidden and one that is missing)."""
+    user = _authorised(ctx, request, name)
+    if user is False:
+        return _missing(ctx, request, f"repository {name}")
+    try:
+        return user, resolve(ctx, name, reference)
+    except SpecError:
+        return _missing(ctx, request, f"{name}:{reference}")
 
 
 def _authorised(ctx: Context, request: Request, name: str) -> str | None | bool:
