@@ -35,7 +35,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import zstandard
 from isal import igzip
@@ -670,17 +670,23 @@ class RawJob:
                 made = _write_entry(fd, tree.show(parts), PayloadView(payload_pieces(streamed(reader.read), compression),
                                                                       budget), None, self._mode, hasher)
             except LayerError as wrapped:
-                reader.drain()  # hash the rest: a corrupt layer is the registry's fault, not the format's
-                if reader.digest() != desc.digest:
-                    raise IntegrityError(f"layer {desc.digest} ({shown}) does not match its digest") from None
-                cause = wrapped.__cause__ or wrapped
-                raise UnsafeArchiveError(f"layer {desc.digest} ({shown}) is not valid {compression}: "
-                                         f"{type(cause).__name__}: {cause}") from None
+                _refuse_layer(reader, desc, f"layer {desc.digest} ({shown})", compression, wrapped)
             reader.verify(blob, f"layer {desc.digest} ({shown})")
             if hasher is not None:
                 self._record(hasher.hexdigest(), made.st_size)
         finally:
             reader.close()
+
+
+def _refuse_layer(reader: _HashingReader, desc: Descriptor, what: str, compression: str | None,
+                  wrapped: LayerError) -> NoReturn:
+    """A raw layer whose bytes could not be undone: corrupt if its digest does not match once the rest is hashed
+    (the registry's fault, not the format's), else not valid ``compression``."""
+    reader.drain()
+    if reader.digest() != desc.digest:
+        raise IntegrityError(f"{what} does not match its digest") from None
+    cause = wrapped.__cause__ or wrapped
+    raise UnsafeArchiveError(f"{what} is not valid {compression}: {type(cause).__name__}: {cause}") from None
 
 
 def prepare_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, *,
@@ -716,12 +722,7 @@ def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None
             while hasher.read(CHUNK):
                 pass
         except LayerError as wrapped:
-            reader.drain()
-            if reader.digest() != desc.digest:
-                raise IntegrityError(f"layer {desc.digest} does not match its digest") from None
-            cause = wrapped.__cause__ or wrapped
-            raise UnsafeArchiveError(f"layer {desc.digest} is not valid {compression}: "
-                                     f"{type(cause).__name__}: {cause}") from None
+            _refuse_layer(reader, desc, f"layer {desc.digest}", compression, wrapped)
         reader.verify(blob, f"layer {desc.digest}")
     finally:
         reader.close()
