@@ -5,16 +5,15 @@ left exactly as it was.  Needs root (mounts, another uid); without it the tests 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from trees import snapshot
 
 from conftest import place_modelpack
 from ormb import api
@@ -25,20 +24,6 @@ from ormb.model import modelpack
 pytestmark = pytest.mark.integration
 FILEPATH = modelpack.ANNOTATION_FILEPATH
 VICTIM, OTHER = 12345, 65534
-
-
-def _tree(root: Path) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            key = str(path.relative_to(root))
-            if stat.S_ISDIR(st.st_mode):
-                out[key] = ("dir", st.st_ino, st.st_uid)
-            else:
-                out[key] = ("file", hashlib.sha256(path.read_bytes()).hexdigest(), st.st_ino, st.st_uid)
-    return out
 
 
 @contextlib.contextmanager
@@ -99,11 +84,11 @@ def test_another_users_file_in_a_sticky_destination_stops_the_export_before_anyt
         api.export("localhost:5000/m/m:v1", shared, metadata=False, settings=settings)
     with _as_user(OTHER):
         (shared / "n.txt").write_text("the other user's")
-    before = _tree(shared)
+    before = snapshot(shared)
     with _as_user(VICTIM), pytest.raises(StorageError, match="n.txt") as info:
         api.export("localhost:5000/m/m:v2", shared, metadata=False, settings=settings)
     assert "another user" in str(info.value)
-    assert _tree(shared) == before
+    assert snapshot(shared) == before
     assert not [p for p in shared.iterdir() if p.name.startswith(".ormb-export-")]
 
 
@@ -124,11 +109,11 @@ def test_a_file_system_mounted_inside_the_destination_stops_the_export_before_an
     dest, weights = _nested_mount_case(tmp_path, settings)
     with _mounted(["-t", "tmpfs", "-o", "size=1m", "tmpfs"], weights):
         (weights / "w.bin").write_bytes(b"old weights")
-        before = _tree(dest)
+        before = snapshot(dest)
         with pytest.raises(StorageError, match="weights") as info:
             api.export("localhost:5000/m/m:v1", dest, metadata=False, settings=settings)
         assert "mount" in str(info.value) or "file system" in str(info.value)
-        assert _tree(dest) == before
+        assert snapshot(dest) == before
 
 
 def test_a_bind_mount_inside_the_destination_is_undone_not_half_moved(tmp_path: Path, settings: Settings) -> None:
@@ -139,7 +124,7 @@ def test_a_bind_mount_inside_the_destination_is_undone_not_half_moved(tmp_path: 
     elsewhere.mkdir()
     (elsewhere / "w.bin").write_bytes(b"old weights")
     with _mounted(["--bind", str(elsewhere)], weights):
-        before = _tree(dest)
+        before = snapshot(dest)
         with pytest.raises(StorageError, match="weights"):
             api.export("localhost:5000/m/m:v1", dest, metadata=False, settings=settings)
-        assert _tree(dest) == before
+        assert snapshot(dest) == before

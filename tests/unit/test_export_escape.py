@@ -6,7 +6,6 @@ user who can write into the destination (links planted there).  docs/security.md
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from trees import snapshot
 
 from conftest import craft_layer, craft_tar, make_model, place_model, place_modelpack
 from ormb import api
@@ -34,23 +34,6 @@ def _outside(tmp_path: Path) -> Path:
     return outside
 
 
-def _tree(root: Path) -> dict[str, object]:
-    """Everything under ``root`` (not following links): kind, bytes or link target, inode."""
-    out: dict[str, object] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            if path.is_symlink():
-                out[str(path.relative_to(root))] = ("link", os.readlink(path))
-            elif path.is_dir():
-                out[str(path.relative_to(root))] = ("dir",)
-            else:
-                out[str(path.relative_to(root))] = ("file", hashlib.sha256(path.read_bytes()).hexdigest(),
-                                                    st.st_ino, st.st_nlink)
-    return out
-
-
 def _nothing_escapes(dest: Path) -> None:
     real = os.path.realpath(dest)
     for dirpath, dirnames, filenames in os.walk(dest):
@@ -65,31 +48,31 @@ def test_ormbfile_is_not_written_through_a_tmp_symlink_from_a_modelpack_tar_laye
     # a/b -> .. looks like "a/.." (inside) but is the root; the second entry lands at the root's
     # .ormbfile.yaml.tmp, a link to tmp_path/outside/secret, which the old write_metadata wrote through
     outside = _outside(tmp_path)
-    before = _tree(outside)
+    before = snapshot(outside)
     layer = craft_tar([("w.bin", "file", b"w"), ("a/b", "symlink", ".."),
                        ("a/b/.ormbfile.yaml.tmp", "symlink", "../outside/secret")])
     place_modelpack(settings.cache_dir, REF, [("tar", layer, {})])
     with pytest.raises(UnsafeArchiveError, match="symbolic link"):
         api.export(REF, tmp_path / "dest", settings=settings)
-    assert _tree(outside) == before
+    assert snapshot(outside) == before
     assert not (tmp_path / "dest").exists()
 
 
 def test_ormbfile_is_not_written_through_a_tmp_symlink_from_an_ormb_layer(tmp_path: Path, settings: Settings) -> None:
     outside = _outside(tmp_path)
-    before = _tree(outside)
+    before = snapshot(outside)
     layer = craft_layer([("model/w.bin", "file", b"w"), ("model/b", "symlink", ".."),
                          ("model/b/.ormbfile.yaml.tmp", "symlink", "../outside/secret")])
     place_model(settings.cache_dir, REF, layer)
     with pytest.raises(UnsafeArchiveError):
         api.export(REF, tmp_path / "dest", settings=settings)
-    assert _tree(outside) == before
+    assert snapshot(outside) == before
     assert not (tmp_path / "dest").exists()
 
 
 def test_links_planted_in_the_destination_by_a_local_user_are_not_followed(tmp_path: Path, settings: Settings) -> None:
     outside = _outside(tmp_path)
-    before = _tree(outside)
+    before = snapshot(outside)
     dest = tmp_path / "dest"
     dest.mkdir()
     os.symlink("../outside/secret", dest / ".ormbfile.yaml.tmp")  # the old temporary name
@@ -97,7 +80,7 @@ def test_links_planted_in_the_destination_by_a_local_user_are_not_followed(tmp_p
     os.symlink("../outside", dest / "model")
     api.save(make_model(tmp_path / "src", {"w.bin": b"weights", "sub/x.txt": b"x"}), "m:v1", settings=settings)
     api.export("m:v1", dest, settings=settings)
-    assert _tree(outside) == before
+    assert snapshot(outside) == before
     assert not (dest / "ormbfile.yaml").is_symlink() and "format: Others" in (dest / "ormbfile.yaml").read_text()
     assert not (dest / "model").is_symlink() and (dest / "model" / "w.bin").read_bytes() == b"weights"
     assert os.readlink(dest / ".ormbfile.yaml.tmp") == "../outside/secret"  # not ours: left alone
@@ -147,7 +130,7 @@ def test_a_raw_layer_path_through_an_earlier_tar_layers_symlink_creates_nothing_
     tmp_path: Path, settings: Settings, how: str, link: str,
 ) -> None:
     outside = _outside(tmp_path)
-    before = _tree(outside)
+    before = snapshot(outside)
     members: list[tuple[str, str, bytes | str]] = [("sub/", "dir", b"")]
     if how.startswith("hidden"):  # x/b -> .. is the root, so x/b/e is the root's e: lexically x/e -> ../../outside
         members += [("x/b", "symlink", ".."), ("x/b/e", "symlink", link)]
@@ -159,7 +142,7 @@ def test_a_raw_layer_path_through_an_earlier_tar_layers_symlink_creates_nothing_
     ])
     with pytest.raises(UnsafeArchiveError):
         api.export(REF, tmp_path / "dest", settings=settings)
-    assert _tree(outside) == before
+    assert snapshot(outside) == before
     assert not (tmp_path / "dest").exists()
 
 

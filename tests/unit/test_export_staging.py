@@ -6,17 +6,16 @@ notes on layers that claim one path; docs/security.md lists these tests.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import os
 import shutil
-import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from trees import snapshot
 
 from conftest import craft_layer, craft_tar, make_model, place_model, place_modelpack
 from ormb import api
@@ -29,24 +28,6 @@ from ormb.oci.descriptor import Descriptor
 
 REF = "localhost:5000/evil/model:v1"
 FILEPATH = modelpack.ANNOTATION_FILEPATH
-
-
-def _tree(root: Path) -> dict[str, object]:
-    """Everything under ``root`` (links not followed): kind, bytes or link target, inode, mode."""
-    out: dict[str, object] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            key = str(path.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[key] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[key] = ("dir", st.st_ino, stat.S_IMODE(st.st_mode))
-            else:
-                out[key] = ("file", hashlib.sha256(path.read_bytes()).hexdigest(), st.st_ino,
-                            stat.S_IMODE(st.st_mode))
-    return out
 
 
 # -- F6: names that cannot be encoded -----------------------------------------------------------
@@ -231,7 +212,7 @@ def test_a_rename_that_fails_anywhere_in_the_move_leaves_the_destination_as_it_w
     for fail_at in range(100):
         dest = tmp_path / f"dest{fail_at}"
         shutil.copytree(template, dest, symlinks=True)
-        before = _tree(dest)
+        before = snapshot(dest)
         calls = [0]
 
         def renameat(*args: object, calls: list[int] = calls, fail_at: int = fail_at) -> None:
@@ -244,7 +225,7 @@ def test_a_rename_that_fails_anywhere_in_the_move_leaves_the_destination_as_it_w
         try:
             api.export("m:v1", dest, settings=settings)
         except StorageError:
-            assert _tree(dest) == before, f"failing rename {fail_at + 1} left the destination changed"
+            assert snapshot(dest) == before, f"failing rename {fail_at + 1} left the destination changed"
             continue
         finally:
             monkeypatch.setattr(staging, "_renameat", real)
