@@ -89,6 +89,7 @@ def test_without_a_stamp_export_hashes_once_and_stamps_for_next_time(tmp_path: P
     weights = os.urandom(SIZE)
     _save(tmp_path, settings, artifact_format, {"w.bin": weights})
     shutil.rmtree(settings.cache_dir / stamps.STAMP_DIR)
+    monkeypatch.setattr(stamps, "RACY_NS", 0)  # the blob was written a moment ago (see the racy test below)
     counted = _Count(monkeypatch)
     api.export("team/m:v1", tmp_path / "out", settings=settings)
     (blob,) = _big_blobs(settings)
@@ -97,6 +98,25 @@ def test_without_a_stamp_export_hashes_once_and_stamps_for_next_time(tmp_path: P
     api.export("team/m:v1", tmp_path / "out", settings=settings)
     assert counted.hashed == [blob.stat().st_size]  # the first export's hash left a stamp
     assert _exported(tmp_path, artifact_format).read_bytes() == weights
+
+
+def test_a_blob_changed_within_the_racy_window_is_hashed_but_not_stamped(tmp_path: Path, settings: Settings,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """git's "racy" rule: a file whose ctime is less than RACY_NS old when its hash begins may still be written
+    in the same clock tick without its ctime moving (coarse timestamps): it is not stamped; later it is."""
+    _save(tmp_path, settings, "modelpack", {"w.bin": os.urandom(SIZE)})
+    cache = open_cache(settings)
+    assert cache.stamps is not None
+    (blob,) = _big_blobs(settings)
+    digest = f"sha256:{blob.name}"
+    os.chmod(blob, blob.stat().st_mode)  # a change now: ctime is fresh, the ingest stamp no longer matches
+    counted = _Count(monkeypatch)
+    api.export("team/m:v1", tmp_path / "out", settings=settings)
+    assert counted.hashed == [SIZE] and not cache.stamps.matches(digest, blob.stat())
+    monkeypatch.setattr(stamps.time, "time_ns", lambda: blob.stat().st_ctime_ns + stamps.RACY_NS)  # a second on
+    shutil.rmtree(tmp_path / "out")
+    api.export("team/m:v1", tmp_path / "out", settings=settings)
+    assert counted.hashed == [SIZE, SIZE] and cache.stamps.matches(digest, blob.stat())
 
 
 def test_stamps_are_private_to_the_user(tmp_path: Path, settings: Settings) -> None:
@@ -271,7 +291,7 @@ HOSTILE = [_garbage, _huge, _symlink, _directory, _wrong_types, _fifo]
 def test_a_hostile_stamp_is_no_stamp(tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch,
                                      plant: Callable[[Path, dict[str, object], Path], None]) -> None:
     """A planted stamp never vouches for a damaged blob (a symbolic link to a forged stamp, one too large, ...),
-    and never makes an export of a sound blob fail: it is hashed, and the stamp rewritten."""
+    and never makes an export of a sound blob fail: it is hashed."""
     weights = os.urandom(SIZE)
     _save(tmp_path, settings, "modelpack", {"w.bin": weights})
     cache = open_cache(settings)

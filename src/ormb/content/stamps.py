@@ -21,7 +21,10 @@ Nothing here raises on a bad stamp or a failed write: a stamp can only save work
 
 :class:`CheckedCopy` is the one place a reader decides between trusting a stamp and hashing
 (:class:`~ormb.content.background.FileDigest`); after a hash that matched it records a stamp from an fstat
-taken before the hash began, and only if an fstat after the hash is identical.
+taken before the hash began, only if an fstat after the hash is identical and the file's last change is
+older than :data:`RACY_NS` (git's rule for "racily clean" entries: a change in the same clock tick as the
+fstat could keep the same ctime where timestamps are coarse).  The stamp made at ingest is taken of the file
+just installed, by the process that wrote and hashed it (see docs/security.md for what that leaves).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -40,6 +44,9 @@ from ormb.oci.digest import split_digest
 from ormb.oci.grammar import is_digest
 
 MAX_STAMP = 512  # bytes: a stamp is about 180
+# A file whose ctime is this recent when its hash begins is hashed but not stamped ("racy git"): where the file
+# system's clock ticks coarsely, a write in the same tick as the last change would keep the same ctime.
+RACY_NS = 1_000_000_000
 STAMP_DIR = ".stamps"
 _FIELDS = ("dev", "ino", "size", "mtime_ns", "ctime_ns")
 
@@ -175,6 +182,7 @@ class CheckedCopy:
         self._fd, self._size, self._digest, self._stamps = fd, size, digest, stamps
         self._before: os.stat_result | None = None
         self._hash: FileDigest | None = None
+        self._now = time.time_ns()  # before the fstat: the file system's coarse clock is never ahead of it
         if stamps is not None:
             try:
                 self._before = os.fstat(fd)
@@ -190,8 +198,8 @@ class CheckedCopy:
         if self._hash is None:  # trusted: still so now the copy is done?
             return (self._size, self._digest) if self._unchanged() else (-1, "the stamped file changed")
         read, actual = self._hash.result()
-        if self._stamps is not None and read == self._size and actual == self._digest and self._unchanged():
-            assert self._before is not None
+        if self._stamps is not None and read == self._size and actual == self._digest and self._unchanged() \
+                and self._before is not None and self._now - self._before.st_ctime_ns >= RACY_NS:
             self._stamps.record(self._digest, self._before)
         return read, actual
 
