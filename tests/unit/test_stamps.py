@@ -126,6 +126,19 @@ def test_stamps_are_private_to_the_user(tmp_path: Path, settings: Settings) -> N
     assert {p.stat().st_mode & 0o777 for p in (root / "sha256").iterdir()} == {0o600}
 
 
+def test_a_stamp_directory_that_is_a_link_gets_no_stamp_written_through_it(tmp_path: Path, settings: Settings) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o777)
+    settings.cache_dir.mkdir(parents=True)
+    os.symlink(elsewhere, settings.cache_dir / stamps.STAMP_DIR)
+    _save(tmp_path, settings, "modelpack", {"w.bin": os.urandom(100)})  # saved all the same
+    assert list(elsewhere.iterdir()) == []
+    (elsewhere / "sha256").mkdir()
+    (elsewhere / "sha256" / "keep").write_text("someone's file")
+    api.prune(settings=settings)  # prune does not clear what the link points at
+    assert (elsewhere / "sha256" / "keep").read_text() == "someone's file"
+
+
 def test_a_signature_verified_export_trusts_no_stamp(tmp_path: Path, settings: Settings,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """export_model with a check (what --verify-key / --trust-dir pass) hashes the cache copy whatever its stamp."""

@@ -145,6 +145,8 @@ class StampStore:
 
     def _entries(self) -> Iterator[Path]:
         try:
+            if self.directory.is_symlink():  # not made by ormb: nothing it points at is judged or removed
+                return
             algorithms = sorted(self.directory.iterdir())
         except OSError:
             return
@@ -160,12 +162,17 @@ class StampStore:
 
 
 def _private_dir(path: Path) -> None:
-    """``path`` as a directory only its owner may enter (0700 whatever the umask)."""
+    """``path`` as a directory of this user only its owner may enter (0700 whatever the umask); an existing one
+    that is a symbolic link or another user's is an OSError (no stamp is written there)."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
-        return
-    os.chmod(path, 0o700)
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise OSError(f"{path} is not a directory of this user")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
 
 
 class CheckedCopy:
