@@ -218,8 +218,6 @@ def save(
                 listing, metadata_, cache, name=ref.repository.rsplit("/", 1)[-1], names=names, progress=progress)
         else:
             packed = ormbformat.pack(listing, metadata_, cache, compression=compression, progress=progress)
-        if packed.files is not None:  # computed while packing: 'ormb sign' will not read the layer again
-            file_records(settings).put(packed.layers[0], ORMB_PREFIX, "gzip", packed.files)
         cache.tag(packed.manifest, cache_key(ref))
     return SaveResult(
         ref, packed.manifest.digest, layers_size(packed.layers), format_name, guessed,
@@ -872,7 +870,7 @@ def sign(
     lays them out; for the ormb format, relative to ``model/``), stored as an OCI referrer of the
     model's manifest: in the local cache (``push`` then carries it), or with ``remote`` directly in
     the registry.  No weight byte is read for a ModelPack model (its manifest has the digests); the
-    ormb format's file digests were recorded while saving (else its layer is read once).
+    ormb format's layer is read once, the first time (its file digests are then kept in the cache).
     """
     settings = settings or load_settings()
     ref = _ref(reference, settings)

@@ -131,3 +131,26 @@ def test_gc_and_check_give_the_reserve_back(store: Store) -> None:
     store.gc(0)
     store.check(repair=True)
     assert (store.root / "reserve").stat().st_size > 0
+
+
+def test_gc_forgets_the_catalog_file_records_of_freed_layers(store: Store) -> None:
+    """The catalog (serve --trust-key) keeps each signed layer's file digests under the store; a layer gc frees
+    takes its record with it, a kept layer keeps its record, and a stray temporary file goes."""
+    from ormb.model.unpack import FileHashes
+    from ormb.oci.descriptor import Descriptor
+    from ormb.signing import FileRecords
+
+    kept, loose = upload(store, "r/a", b"kept layer"), upload(store, "r/a", b"loose layer")
+    record = ManifestRecord("r/a", sha(b"manifest"), "application/vnd.oci.image.manifest.v1+json", None, 8, None, {}, 0)
+    assert store.put_manifest(record, b"manifest", [], [kept], ["v1"]) == []
+    records = FileRecords(store.file_records_dir)
+    hashes = FileHashes()
+    hashes.file("w.bin", "0" * 64, 1)
+    for digest in (kept, loose):
+        records.put(Descriptor("application/vnd.oci.image.layer.v1.tar", digest, 10), "", None, hashes)
+    stray = store.file_records_dir / "sha256" / ".record-killed.tmp"
+    stray.write_text("{}")
+    age(store, 7200)
+    store.gc(3600)
+    left = {p.name.partition(".")[0] for p in (store.file_records_dir / "sha256").iterdir()}
+    assert left == {kept.partition(":")[2]}

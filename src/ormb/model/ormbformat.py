@@ -12,7 +12,6 @@ from ormb.model.gzipstream import gzip_writer
 from ormb.model.ormbfile import Metadata
 from ormb.model.packing import PackedModel
 from ormb.model.tarstream import write_tar
-from ormb.model.unpack import FileHashes
 from ormb.oci import mediatypes
 from ormb.oci.descriptor import Descriptor, Manifest
 from ormb.progress import NoProgress, ProgressListener
@@ -33,10 +32,9 @@ def pack(
         update={"directory_structure": [f"model/{f.relative}" for f in listing.files]}
     )
     progress.start("pack", "packing model/", listing.total_size)
-    hashes = FileHashes()  # each file's SHA-256 on its way through: a signature needs them (ormb sign)
     with open_blob_writer(target, spool_dir) as writer:
         stream = gzip_writer(writer, compression)
-        write_tar(listing.files, stream, progress=progress, task="pack", hashes=hashes)
+        write_tar(listing.files, stream, progress=progress, task="pack")
         stream.close()
         layer = writer.commit(mediatypes.ORMB_LAYER)
     progress.finish("pack")
@@ -47,7 +45,7 @@ def pack(
     manifest_bytes = manifest.to_bytes()
     manifest_desc = Descriptor.of_bytes(mediatypes.OCI_MANIFEST, manifest_bytes)
     push_bytes(target, manifest_desc, manifest_bytes)
-    return PackedModel(manifest_desc, config, (layer,), metadata, hashes)
+    return PackedModel(manifest_desc, config, (layer,), metadata)
 
 
 def model_layer(manifest: Manifest) -> Descriptor:

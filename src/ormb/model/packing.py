@@ -9,7 +9,6 @@ from ormb.content.target import FileIngester
 from ormb.errors import StorageError
 from ormb.model.files import ModelFile
 from ormb.model.ormbfile import Metadata
-from ormb.model.unpack import FileHashes
 from ormb.oci.descriptor import Descriptor
 from ormb.progress import ProgressListener
 
@@ -26,8 +25,6 @@ class PackedModel:
     config: Descriptor
     layers: tuple[Descriptor, ...]
     metadata: Metadata
-    # the ormb format: each file's SHA-256, computed while packing, by path below model/ (for signing)
-    files: FileHashes | None = None
 
 
 def copy_file(entry: ModelFile, target: FileIngester, media_type: str, annotations: dict[str, str],

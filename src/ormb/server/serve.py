@@ -150,7 +150,7 @@ def build_app(options: ServeOptions) -> tuple[Any, Any]:
                                      open_registry=access.anonymous_may_act)
     return create_app(store, access, auth_scheme=options.auth_scheme, ui=options.ui, guard=guard,
                       sparse=options.sparse_manifests, names=registry_names(options), trusted_keys=options.trusted(),
-                      file_records=store.root / "signed-files"), store
+                      file_records=store.file_records_dir), store
 
 
 def serve(options: ServeOptions, on_ready: Callable[[Listening], None], on_stop: Callable[[], None]) -> None:

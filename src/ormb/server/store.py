@@ -118,6 +118,7 @@ class Store:
             (self.root / sub).mkdir(mode=0o700, exist_ok=True)
             _private(self.root / sub)
         self.db_path = self.root / "registry.db"
+        self.file_records_dir = self.root / "signed-files"  # the catalog's file digests of signed layers (--trust-key)
         os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives -wal and -shm its mode
         for name in ("registry.db", "registry.db-wal", "registry.db-shm"):
             _private(self.root / name)
@@ -504,6 +505,7 @@ class Store:
             uploads = self._drop_stale_sessions(cutoff)
             removed, freed = self._sweep_blob_files()
             self._sweep_leftovers()
+            self._forget_file_records()
             return GcResult(removed, freed, links, uploads)
         finally:
             self.keep_reserve()
@@ -547,6 +549,14 @@ class Store:
         with self._store_lock():
             for leftover in (self.root / "tmp").iterdir():
                 leftover.unlink(missing_ok=True)
+
+    def _forget_file_records(self) -> None:
+        """The catalog's file records of layers no longer stored (a record of a layer stored again later is
+        computed again on its first view)."""
+        from ormb.signing import FileRecords  # only here: the store is used without signing otherwise
+
+        stored = {r[0] for r in self.db.execute("SELECT digest FROM blobs")}
+        FileRecords(self.file_records_dir).forget_all_but(stored)
 
     def _blob_files(self) -> Iterator[tuple[str, Path]]:
         for algorithm_dir in (self.root / "blobs").iterdir():
