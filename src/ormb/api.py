@@ -30,6 +30,7 @@ from ormb.content.layout import OCILayout
 from ormb.content.target import Fetcher, Target, fetch_bytes, push_bytes
 from ormb.errors import (
     AuthenticationError,
+    IntegrityError,
     InvalidArtifactError,
     InvalidReferenceError,
     KeyFileError,
@@ -315,7 +316,7 @@ def export(
     write_metadata = metadata and check is None
     paths = export_model(cache, model.manifest, dest, metadata=model.metadata if write_metadata else None, files=files,
                          local_copy=lambda d: cache.blob_path(d.digest), max_expand=max_expand, progress=progress,
-                         check=check)
+                         check=check, stamps=cache.stamps if check is None else None)
     if verified is not None:
         bundle = verified.signature.bundle
     if signature_file is not None:
@@ -523,6 +524,37 @@ def prune(*, settings: Settings | None = None) -> PruneResult:
                 removed += 1
         cache.clear_leftovers()
     return PruneResult(removed, freed)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    blobs: int  # blobs read and hashed
+    bytes: int
+
+
+def check(*, settings: Settings | None = None) -> CheckResult:
+    """Read every blob of the cache and hash it whole: the full check, which trusts no verified stamp
+    (:mod:`ormb.content.stamps`), so that what a stamp cannot see (a flipped bit on the disk, a write by root)
+    is found.  Blobs that do not match lose their stamps and are named in an :class:`IntegrityError` (exit 4)."""
+    settings = settings or load_settings()
+    cache = open_cache(settings)
+    blobs = total = 0
+    damaged: list[str] = []
+    for digest in list(cache.blob_digests()):
+        checked = cache.rehash_blob(digest)
+        if checked is None:  # pruned meanwhile
+            continue
+        size, ok = checked
+        blobs += 1
+        total += size
+        if not ok:
+            damaged.append(digest)
+    if damaged:
+        shown = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        raise IntegrityError(f"{len(damaged)} of {blobs} cached blobs do not match their digests: {shown}",
+                             "the cache is damaged: remove the models that use them ('ormb rm'), run 'ormb prune', "
+                             "then pull or save them again")
+    return CheckResult(blobs, total)
 
 
 def version() -> str:

@@ -33,7 +33,7 @@ from ormb.oci.reference import Reference, parse_reference
 
 
 def open_cache(settings: Settings) -> OCILayout:
-    return OCILayout(settings.cache_dir)
+    return OCILayout(settings.cache_dir, stamps=True)
 
 
 def cache_key(ref: Reference) -> str:

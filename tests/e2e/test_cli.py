@@ -128,3 +128,32 @@ def test_save_without_ormbfile_says_what_it_guessed(tmp_path: Path, ormb_home: P
 def test_python_dash_m_works(ormb_home: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "ormb", "version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("ormb ")
+
+
+def test_check_hashes_every_blob_and_finds_damage_a_forged_stamp_hides(tmp_path: Path, ormb_home: Path) -> None:
+    """``ormb check`` trusts no verified stamp: a blob damaged behind a stamp made to match (what a flipped bit
+    on the disk or root can do) is found, exit 4, one Error: line naming it."""
+    import hashlib
+
+    from ormb.cache import open_cache
+    from ormb.config import load_settings
+
+    weights = os.urandom(200_000)
+    saved = ormb("save", str(make_model(tmp_path / "m", {"w.bin": weights})), "team/m:v1", "--format", "modelpack")
+    assert saved.returncode == 0, saved.stderr
+    ok = ormb("check")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("Checked ") and "all match their digests" in ok.stdout
+    cache = open_cache(load_settings())
+    digest = f"sha256:{hashlib.sha256(weights).hexdigest()}"
+    blob = cache.blob_path(digest)
+    with open(blob, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00" * 8)
+    assert cache.stamps is not None
+    cache.stamps.record(digest, blob.stat())  # the forgery: the stamp now matches the damaged file
+    found = ormb("check")
+    assert found.returncode == 4
+    assert found.stderr.startswith("Error: 1 of ") and digest in found.stderr and len(found.stderr.splitlines()) == 1
+    refused = ormb("export", "team/m:v1", "-d", str(tmp_path / "out"))  # the check dropped the stamp
+    assert refused.returncode == 4 and "does not match its digest" in refused.stderr

@@ -9,6 +9,8 @@
                                  has a ``subject``: kept while its subject is (see ormb.cache)
       blobs/sha256/<hex>         content, written once, never modified
       .ingest/                   blobs being written (temporary files, never read by others)
+      .stamps/sha256/<hex>       (the cache only) each blob's verified stamp: its inode, size and times when its bytes
+                                 last matched the digest (see ormb.content.stamps; no stamp = hash it)
       .index.json.*.tmp          index.json being rewritten (renamed over it when complete)
       .lock                      exclusive while index.json is rewritten
       .gc.lock                   shared by writers, exclusive while unreferenced blobs are pruned
@@ -36,6 +38,7 @@ from ormb.content.atomic import install_file, staged_file
 from ormb.content.background import BackgroundHasher, BackgroundWriter
 from ormb.content.filecopy import WRITE_ERRORS, CopyEnded, KernelCopy
 from ormb.content.locking import file_lock
+from ormb.content.stamps import STAMP_DIR, StampStore
 from ormb.content.target import Readable
 from ormb.errors import IntegrityError, InvalidArtifactError, NotFoundError, OrmbError, StorageError
 from ormb.oci import mediatypes
@@ -101,10 +104,13 @@ class _IngestWriter:
 
 
 class OCILayout:
-    """Target over an OCI image layout directory; creates the layout on first write."""
+    """Target over an OCI image layout directory; creates the layout on first write.  With ``stamps`` (the
+    local cache) each blob installed gets a verified stamp in ``.stamps/`` (:mod:`ormb.content.stamps`);
+    other layouts (``ormb copy`` into a directory) hold only what the OCI layout spec names."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, stamps: bool = False) -> None:
         self.root = Path(root)
+        self.stamps = StampStore(self.root / STAMP_DIR) if stamps else None
 
     # -- paths -------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -267,10 +273,39 @@ class OCILayout:
             return
         with disk_errors(f"store {desc.digest} in the cache", path):
             install_file(file, path, target)
+            installed = os.fstat(file.fileno())  # the inode now at ``target``: its bytes were just verified
+        if self.stamps is not None:
+            self.stamps.record(desc.digest, installed)
 
     def delete_blob(self, digest: str) -> None:
+        if self.stamps is not None:
+            self.stamps.remove(digest)  # first: a crash in between leaves a blob without a stamp (hashed when read)
         with disk_errors("delete a blob", self.blob_path(digest)):
             self.blob_path(digest).unlink(missing_ok=True)
+
+    def rehash_blob(self, digest: str) -> tuple[int, bool] | None:
+        """(size, whether its bytes match ``digest``) of the blob on disk, read and hashed whole: never a stamp
+        (the full check, :func:`ormb.api.check`); None when it is missing.  A blob that does not match loses
+        its stamp, so that no export trusts it any more."""
+        algorithm, _ = split_digest(digest)
+        hasher = hashlib.new(algorithm)
+        size = 0
+        path = self.blob_path(digest)
+        try:
+            with open(path, "rb", buffering=0) as stream:
+                buffer = bytearray(CHUNK)
+                view = memoryview(buffer)
+                while n := stream.readinto(buffer):
+                    hasher.update(view[:n])
+                    size += n
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise storage_error("read a blob", path, exc) from None
+        ok = f"{algorithm}:{hasher.hexdigest()}" == digest
+        if not ok and self.stamps is not None:
+            self.stamps.remove(digest)
+        return size, ok
 
     def blob_digests(self) -> Iterator[str]:
         """The digests of the blobs on disk; files whose names are not digests are not blobs and are left alone."""
@@ -464,8 +499,8 @@ class OCILayout:
             yield
 
     def clear_leftovers(self) -> int:
-        """Remove what killed writers left (``.ingest/*``, ``.index.json.*.tmp``); call only inside
-        :meth:`collecting`.  Returns how many entries went."""
+        """Remove what killed writers left (``.ingest/*``, ``.index.json.*.tmp``) and every stamp whose blob is
+        gone; call only inside :meth:`collecting`.  Returns how many entries went."""
         removed = 0
         with disk_errors("clear the cache's temporary files", self._ingest_dir):
             for leftover in self._ingest_dir.iterdir():
@@ -478,6 +513,8 @@ class OCILayout:
                 for leftover in self.root.glob(".index.json.*.tmp"):
                     leftover.unlink(missing_ok=True)
                     removed += 1
+        if self.stamps is not None:
+            removed += self.stamps.clear_orphans(set(self.blob_digests()))
         return removed
 
     clear_ingest = clear_leftovers

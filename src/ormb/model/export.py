@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ormb.content.stamps import StampStore
 from ormb.content.target import Fetcher
 from ormb.errors import UsageError
 from ormb.model import modelpack, ormbformat
@@ -37,6 +38,7 @@ def export_model(
     progress: ProgressListener | None = None,
     concurrency: int = 2,
     check: Callable[[FileHashes], None] | None = None,
+    stamps: StampStore | None = None,
 ) -> tuple[str, ...]:
     """Write the model of ``manifest`` (blobs from ``source``) into ``dest``, all or nothing.
 
@@ -45,6 +47,9 @@ def export_model(
     ``files`` narrows a ModelPack model to some of its layers.  ``max_expand`` bounds what the layers may
     unpack to, in all (see :mod:`ormb.model.budget`).  ``concurrency``: ModelPack weight layers written at
     once (see :func:`ormb.model.modelpack.write_files`).  Returns the files' paths below ``dest/subdirectory``.
+    ``stamps``: the cache's verified stamps (:mod:`ormb.content.stamps`); a cache copy (``local_copy``) a stamp
+    vouches for is copied without being hashed again.  Ignored with ``check``: a signature-verified export
+    hashes every byte it writes.
 
     ``check``, if given, sees the SHA-256 of every file written (hashed while written; paths as a
     signature names them: below ``model/`` for the ormb format) once everything is staged and before
@@ -56,19 +61,21 @@ def export_model(
     """
     if check is not None and metadata is not None:
         raise ValueError("a checked export writes only checked files: pass metadata=None")
+    if check is not None:
+        stamps = None  # the user asked for verification: every cache copy is hashed, no stamp is trusted
     base = (subdirectory,) if subdirectory else ()
     hashes = FileHashes() if check is not None else None
     with staged_directory(dest, ExpansionBudget(max_expand)) as tree:
         if modelpack.is_modelpack(manifest):
             chosen = modelpack.layer_files(manifest) if files is None else files
             paths = modelpack.write_files(source, chosen, tree, base=base, local_copy=local_copy, progress=progress,
-                                          concurrency=concurrency, hashes=hashes)
+                                          concurrency=concurrency, hashes=hashes, stamps=stamps)
         else:
             layer = ormbformat.model_layer(manifest)
             with source.fetch(layer) as blob:
                 paths = extract_tar(blob, layer, tree, base=base, prefix="model/", strip_prefix=strip_prefix,
                                     progress=progress, local=local_copy(layer) if local_copy else None,
-                                    hashes=hashes)
+                                    hashes=hashes, stamps=stamps)
         if metadata is not None:
             tree.write_metadata((FILENAME,), metadata.to_yaml().encode("utf-8"))
         tree.check_links()

@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ormb.content.stamps import StampStore
 from ormb.content.target import Fetcher, FileIngester, Pusher, push_bytes
 from ormb.content.writer import open_blob_writer
 from ormb.errors import InvalidArtifactError, UnsafeArchiveError
@@ -441,12 +442,13 @@ def write_files(
     progress: ProgressListener | None = None,
     concurrency: int = 2,
     hashes: FileHashes | None = None,
+    stamps: StampStore | None = None,
 ) -> list[str]:
     """Write the layers of a per-file artifact into ``tree`` below ``base`` (see :mod:`ormb.model.staging`),
     verifying each and charging ``tree.budget``; ``local_copy`` names the cache's copy of a blob, which the
     kernel copies (a reflink where it can) instead of it streaming through Python.  Two layers that write one
     path are refused, whichever kind they are.  ``hashes`` collects every file's SHA-256 by its path below
-    ``base``.
+    ``base``.  ``stamps``: the cache's stamps, which may vouch for a cache copy instead of a hash.
 
     Uncompressed raw layers (weights) are written ``concurrency`` at a time: their files are made in the
     manifest's order, then their bytes arrive (and are hashed) in threads, so that a model of several
@@ -456,7 +458,7 @@ def write_files(
     written: list[str] = []
     batch: list[RawJob] = []
     try:
-        _write_in_order(source, files, tree, base, local_copy, progress, concurrency, hashes, written, batch)
+        _write_in_order(source, files, tree, base, local_copy, progress, concurrency, hashes, written, batch, stamps)
     except BaseException:
         _close_jobs(batch)  # a later layer failed before these ran: their files are closed, the tree goes
         raise
@@ -465,14 +467,15 @@ def write_files(
 
 def _write_in_order(source: Fetcher, files: Sequence[LayerFile], tree: StagingTree, base: Parts,
                     local_copy: Callable[[Descriptor], Path] | None, progress: ProgressListener | None,
-                    concurrency: int, hashes: FileHashes | None, written: list[str], batch: list[RawJob]) -> None:
+                    concurrency: int, hashes: FileHashes | None, written: list[str], batch: list[RawJob],
+                    stamps: StampStore | None = None) -> None:
     for item in files:
         local = local_copy(item.descriptor) if local_copy else None
         if item.packing.startswith("raw") and item.path is not None:
             compression = item.packing.partition("+")[2] or None
             job = prepare_raw(partial(source.fetch, item.descriptor), item.descriptor, tree, base + item.path.parts,
                               clone_from=local, compression=compression, mode=item.mode, progress=progress,
-                              hashes=hashes, key=str(item.path))
+                              hashes=hashes, key=str(item.path), stamps=stamps)
             written.append(str(item.path))
             if compression is None:
                 batch.append(job)
@@ -485,7 +488,7 @@ def _write_in_order(source: Fetcher, files: Sequence[LayerFile], tree: StagingTr
             compression = {"tar": None, "tar+gzip": "gzip", "tar+zstd": "zstd"}[item.packing]
             with source.fetch(item.descriptor) as blob:
                 written += extract_tar(blob, item.descriptor, tree, base=base, compression=compression,
-                                       progress=progress, local=local, hashes=hashes)
+                                       progress=progress, local=local, hashes=hashes, stamps=stamps)
     _run_jobs(batch, concurrency)
 
 

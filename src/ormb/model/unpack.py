@@ -43,12 +43,12 @@ from isal import igzip
 from ormb.content.background import (
     BackgroundHasher,
     BackgroundWriter,
-    FileDigest,
     Stopped,
     check_stop,
     write_sliced,
 )
 from ormb.content.filecopy import WRITE_ERRORS, clone, copy_out
+from ormb.content.stamps import CheckedCopy, StampStore
 from ormb.content.target import Readable
 from ormb.errors import IntegrityError, OrmbError, StorageError, UnsafeArchiveError
 from ormb.model.budget import ExpansionBudget
@@ -220,13 +220,15 @@ def extract_tar(
     progress: ProgressListener | None = None,
     local: Path | None = None,
     hashes: FileHashes | None = None,
+    stamps: StampStore | None = None,
 ) -> list[str]:
     """Extract a tar layer into ``tree`` below ``base``, checking every entry and the layer's digest;
     the bytes it unpacks to are charged to ``tree.budget``.
 
     ``local`` is the cache's copy of the blob: the file contents of a stored-gzip (ormb's) or plain layer are
     copied from it by the kernel (:class:`ormb.model.payload.Region`) instead of passing through Python, while a
-    thread checks its digest; nothing moves out of the staging tree unless it matches.  Without it (or when it
+    thread checks its digest (unless a stamp in ``stamps`` vouches for the copy: :mod:`ormb.content.stamps`);
+    nothing moves out of the staging tree unless it matches.  Without it (or when it
     is missing or not the declared size) ``blob`` streams and is hashed as it is read.
 
     Returns the entries' paths below ``base`` (after ``strip_prefix``), each once.  With ``hashes``,
@@ -242,7 +244,7 @@ def extract_tar(
     fd = _open_local(local, desc.size) if local is not None else None
     if fd is not None:
         try:
-            _walk_local(fd, desc, budget, prefix, strip_prefix, compression, progress, visit)
+            _walk_local(fd, desc, budget, prefix, strip_prefix, compression, progress, visit, stamps)
         finally:
             os.close(fd)
     else:
@@ -310,15 +312,17 @@ def _open_local(path: Path, size: int) -> int | None:
 
 
 def _walk_local(fd: int, desc: Descriptor, budget: ExpansionBudget, prefix: str, strip: bool,
-                compression: str | None, progress: ProgressListener, visit: _Visitor) -> None:
+                compression: str | None, progress: ProgressListener, visit: _Visitor,
+                stamps: StampStore | None = None) -> None:
     """:func:`_walk_tar` over the cache's copy ``fd``: file contents copied by the kernel, the blob's digest
-    computed meanwhile in a thread (:class:`~ormb.content.background.FileDigest`) and checked at the end."""
+    computed meanwhile in a thread and checked at the end, unless its stamp vouches for it
+    (:class:`~ormb.content.stamps.CheckedCopy`)."""
     def consumed(n: int) -> None:
         budget.read(n)
         progress.advance(desc.digest, n)
 
     source = local(fd, desc.size, consumed)
-    digest = FileDigest(fd, desc.size, desc.digest.partition(":")[0])
+    digest = CheckedCopy(fd, desc.size, desc.digest, stamps)
     try:
         try:
             view = PayloadView(payload_pieces(source, compression), budget)
@@ -338,7 +342,7 @@ def _walk_local(fd: int, desc: Descriptor, budget: ExpansionBudget, prefix: str,
         digest.stop()
 
 
-def _check_local(digest: FileDigest, desc: Descriptor, shown: str) -> None:
+def _check_local(digest: CheckedCopy, desc: Descriptor, shown: str) -> None:
     """The cache's copy read by ``digest`` is the blob ``desc`` names; else an :class:`IntegrityError`."""
     try:
         size, actual = digest.result()
@@ -535,7 +539,7 @@ Opener = Callable[[], AbstractContextManager[Readable]]
 def write_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, *,
               clone_from: Path | None = None, compression: str | None = None, mode: int | None = None,
               progress: ProgressListener | None = None, hashes: FileHashes | None = None,
-              key: str | None = None) -> None:
+              key: str | None = None, stamps: StampStore | None = None) -> None:
     """Write a raw (untarred) layer to ``parts`` of ``tree``: exactly its declared size, verified.
 
     ``clone_from`` is the cache's copy of the blob: where the file system can (btrfs, XFS), the file is a
@@ -546,14 +550,15 @@ def write_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, part
     undone after hashing, charged to the budget like a tar layer.  ``mode``: the file's permission bits (the
     file metadata's).  A path that already exists (another layer's) is refused.  With ``hashes`` the file's
     SHA-256 is recorded under ``key`` (default: ``parts`` joined): for an uncompressed SHA-256 layer it is
-    the layer's digest, verified here; otherwise it is computed while written.
+    the layer's digest, verified here; otherwise it is computed while written.  ``stamps``: the cache's
+    stamps, which may vouch for ``clone_from`` instead of a hash (:mod:`ormb.content.stamps`).
 
     Two steps, so that several raw layers can be written at once (:func:`prepare_raw` in the tree's order,
     then the returned job's ``run`` in threads): only uncompressed layers, whose bytes the budget does not
     count, may run at the same time.
     """
     prepare_raw(blob, desc, tree, parts, clone_from=clone_from, compression=compression, mode=mode,
-                progress=progress, hashes=hashes, key=key).run()
+                progress=progress, hashes=hashes, key=key, stamps=stamps).run()
 
 
 class RawJob:
@@ -564,7 +569,8 @@ class RawJob:
 
     def __init__(self, blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, fd: int,
                  clone_from: Path | None, compression: str | None, mode: int | None, progress: ProgressListener,
-                 hashes: FileHashes | None, key: str) -> None:
+                 hashes: FileHashes | None, key: str, stamps: StampStore | None = None) -> None:
+        self._stamps = stamps
         self._blob, self.desc, self._tree, self._parts, self._fd = blob, desc, tree, parts, fd
         self._clone_from, self.compression, self._mode, self._progress = clone_from, compression, mode, progress
         self._hashes, self._key = hashes, key
@@ -602,7 +608,7 @@ class RawJob:
                 progress.advance(desc.digest, n)
 
             source = local(local_fd, desc.size, consumed)
-            digest = FileDigest(local_fd, desc.size, desc.digest.partition(":")[0])
+            digest = CheckedCopy(local_fd, desc.size, desc.digest, self._stamps)
             hasher = hashlib.sha256() if self._hashes is not None else None
             try:
                 try:
@@ -624,7 +630,8 @@ class RawJob:
             progress.finish(desc.digest)
             return
         try:
-            copied = local_fd is not None and _copy_local(local_fd, fd, desc, tree.show(parts), stop)
+            copied = local_fd is not None and _copy_local(local_fd, fd, desc, tree.show(parts), stop,
+                                                                 self._stamps)
         except BaseException:
             os.close(fd)
             raise
@@ -692,7 +699,7 @@ def _refuse_layer(reader: _HashingReader, desc: Descriptor, what: str, compressi
 def prepare_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, parts: Parts, *,
                 clone_from: Path | None = None, compression: str | None = None, mode: int | None = None,
                 progress: ProgressListener | None = None, hashes: FileHashes | None = None,
-                key: str | None = None) -> RawJob:
+                key: str | None = None, stamps: StampStore | None = None) -> RawJob:
     """The first step of :func:`write_raw`: account for the layer and make its (empty) file, in the tree's
     order; the job that writes the bytes is returned."""
     progress = progress or NoProgress()
@@ -703,7 +710,7 @@ def prepare_raw(blob: Readable | Opener, desc: Descriptor, tree: StagingTree, pa
     tree.begin_layer(replaceable=False)
     budget.entry(shown)
     fd = tree.create_file(parts)
-    return RawJob(blob, desc, tree, parts, fd, clone_from, compression, mode, progress, hashes, key or shown)
+    return RawJob(blob, desc, tree, parts, fd, clone_from, compression, mode, progress, hashes, key or shown, stamps)
 
 
 def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None,
@@ -729,15 +736,17 @@ def hash_raw(blob: Readable, desc: Descriptor, *, compression: str | None = None
     return hasher.hexdigest(), hasher.size
 
 
-def _copy_local(source: int, fd: int, desc: Descriptor, shown: str, stop: threading.Event | None = None) -> bool:
+def _copy_local(source: int, fd: int, desc: Descriptor, shown: str, stop: threading.Event | None = None,
+                stamps: StampStore | None = None) -> bool:
     """Make the new, empty file ``fd`` the cache's copy ``source`` (its size checked by the caller): a reflink
     clone sharing its blocks where the file system can (btrfs, XFS; the clone's source is then read and its digest
     checked, as for a copy, so a damaged cache blob is refused on every file system), else a kernel copy (:func:`ormb.content.filecopy.copy_out`) while a thread checks the copy's
-    digest.  False when the kernel copy fails short of a full disk: the caller then streams the blob.
+    digest (either check is skipped when the blob's stamp in ``stamps`` vouches for it: :mod:`ormb.content.stamps`;
+    the size is checked all the same).  False when the kernel copy fails short of a full disk: the caller then streams the blob.
     ``source`` is closed.  A set ``stop`` flag ends the copy and the check at their next step (:class:`Stopped`)."""
     try:
         if clone(source, fd):  # checked as the kernel copy is: a damaged cache blob must not pass on XFS alone
-            cloned = FileDigest(source, desc.size, desc.digest.partition(":")[0], stop=stop)
+            cloned = CheckedCopy(source, desc.size, desc.digest, stamps, stop)
             try:
                 if os.fstat(fd).st_size != desc.size:
                     raise IntegrityError(f"layer {desc.digest} ({shown}): the cache's copy is not {desc.size} bytes",
@@ -747,7 +756,7 @@ def _copy_local(source: int, fd: int, desc: Descriptor, shown: str, stop: thread
             finally:
                 cloned.stop()
             return True
-        digest = FileDigest(source, desc.size, desc.digest.partition(":")[0], stop=stop)
+        digest = CheckedCopy(source, desc.size, desc.digest, stamps, stop)
         try:
             try:
                 copied = copy_out(source, 0, fd, desc.size, stop)
