@@ -500,3 +500,28 @@ def test_a_blob_written_while_a_signature_verified_export_copies_it_is_refused(
         export_model(cache, model.manifest, tmp_path / "out", metadata=None,
                      local_copy=lambda d: cache.blob_path(d.digest), check=lambda hashes: None, stamps=cache.stamps)
     assert not _exported(tmp_path, "modelpack").exists()
+
+
+def test_a_write_through_a_mapping_dirtied_before_the_stamp_is_refused(tmp_path: Path, settings: Settings,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write through a shared writable mapping to a page that is already dirty takes no page fault, so the
+    kernel does not move ctime (until writeback makes the page clean again).  A tool holding such a mapping of
+    a cache blob while an export hashes and stamps it could then change the blob unseen: the next export trusted
+    the stamp and wrote the damaged bytes.  The hash path now writes the blob's dirty pages back before the fstat
+    it stamps from, so every later write through a mapping faults and moves ctime."""
+    import mmap
+    import time
+
+    weights = os.urandom(SIZE)
+    _save(tmp_path, settings, "modelpack", {"w.bin": weights})
+    (blob,) = _big_blobs(settings)
+    monkeypatch.setattr(stamps, "RACY_NS", 0)  # instead of waiting a second before the first export
+    with open(blob, "r+b") as file, mmap.mmap(file.fileno(), 0) as mapping:
+        mapping[100] = mapping[100]  # the page is dirty and writable from now on; the ingest stamp is stale
+        time.sleep(0.05)  # past one tick of a coarse clock
+        api.export("team/m:v1", tmp_path / "out", settings=settings)  # hashed, matched: stamped
+        time.sleep(0.05)
+        mapping[100] ^= 0xFF
+    with pytest.raises(IntegrityError):
+        api.export("team/m:v1", tmp_path / "again", settings=settings)
+    assert not (tmp_path / "again" / "w.bin").exists()

@@ -201,6 +201,15 @@ class CheckedCopy:
             self.trusted = True
             return
         self.trusted = False
+        if stamps is not None:
+            # A page dirtied through a shared writable mapping takes further writes without a fault, and so without
+            # a new ctime, until it is written back: written back now (which write-protects it in every mapping),
+            # each later write faults and moves ctime, and the fstat the stamp is recorded from comes after.
+            try:
+                os.fdatasync(fd)
+                self._before = os.fstat(fd)
+            except OSError:
+                self._stamps = None  # hashed all the same, but not stamped
         self._hash = FileDigest(fd, size, digest.partition(":")[0], stop=stop)
 
     def result(self) -> tuple[int, str]:
