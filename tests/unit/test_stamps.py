@@ -434,3 +434,94 @@ def test_property_export_never_writes_bytes_that_differ_from_the_digest(ops: lis
                 exported = [p for p in out.rglob("w.bin")]
                 assert len(exported) == 1 and exported[0].read_bytes() == weights
                 assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest.partition(":")[2]
+
+
+# -- a write while export copies: the copy and the hash are two reads of the file ---------------------------------
+
+class _HashedFirst(FileDigest):
+    """A check thread that read the whole blob before the copy began (the hash ran ahead of the kernel copy)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._early = super().result()
+
+    def result(self) -> tuple[int, str]:
+        return self._early
+
+
+def _tamper_during_copy(monkeypatch: pytest.MonkeyPatch, blob: Path) -> None:
+    """Another process writes into the cache blob just before the kernel copy reads it, and puts the bytes back
+    right after: the copy holds bytes the hash never saw."""
+    from ormb.model import unpack
+
+    real_copy_out = unpack.copy_out
+    original = blob.read_bytes()
+
+    def copy_out(source: int, offset: int, fd: int, size: int, stop: object = None) -> int:
+        with open(blob, "r+b") as writer:
+            writer.seek(SIZE // 2)
+            writer.write(b"\xff" * 64)
+        try:
+            return real_copy_out(source, offset, fd, size, stop)  # type: ignore[arg-type]
+        finally:
+            blob.write_bytes(original)  # in place, same inode
+
+    monkeypatch.setattr(stamps, "FileDigest", _HashedFirst)
+    monkeypatch.setattr(unpack, "copy_out", copy_out)
+
+
+def test_a_blob_written_while_it_is_copied_is_refused_when_hashed(tmp_path: Path, settings: Settings,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No stamp (or one that no longer matches): the blob is hashed while copied.  A write between the copy's read
+    and the hash's read of the same bytes exported damaged bytes before (the hash matched); the blob's fstat is
+    now compared before and after, as for a stamped blob."""
+    weights = os.urandom(SIZE)
+    _save(tmp_path, settings, "modelpack", {"w.bin": weights})
+    shutil.rmtree(settings.cache_dir / stamps.STAMP_DIR)
+    (blob,) = _big_blobs(settings)
+    _tamper_during_copy(monkeypatch, blob)
+    with pytest.raises(IntegrityError):
+        api.export("team/m:v1", tmp_path / "out", settings=settings)
+    assert not _exported(tmp_path, "modelpack").exists()
+
+
+def test_a_blob_written_while_a_signature_verified_export_copies_it_is_refused(
+        tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race on the path that trusts no stamp at all (--verify-key / --trust-dir: stamps=None)."""
+    from ormb.model.export import export_model
+    from ormb.model.loaded import load_model
+
+    _save(tmp_path, settings, "modelpack", {"w.bin": os.urandom(SIZE)})
+    cache = open_cache(settings)
+    model = load_model(cache, cache.resolve("localhost:5000/team/m:v1"))
+    (blob,) = _big_blobs(settings)
+    _tamper_during_copy(monkeypatch, blob)
+    with pytest.raises(IntegrityError):
+        export_model(cache, model.manifest, tmp_path / "out", metadata=None,
+                     local_copy=lambda d: cache.blob_path(d.digest), check=lambda hashes: None, stamps=cache.stamps)
+    assert not _exported(tmp_path, "modelpack").exists()
+
+
+def test_a_write_through_a_mapping_dirtied_before_the_stamp_is_refused(tmp_path: Path, settings: Settings,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write through a shared writable mapping to a page that is already dirty takes no page fault, so the
+    kernel does not move ctime (until writeback makes the page clean again).  A tool holding such a mapping of
+    a cache blob while an export hashes and stamps it could then change the blob unseen: the next export trusted
+    the stamp and wrote the damaged bytes.  The hash path now writes the blob's dirty pages back before the fstat
+    it stamps from, so every later write through a mapping faults and moves ctime."""
+    import mmap
+    import time
+
+    weights = os.urandom(SIZE)
+    _save(tmp_path, settings, "modelpack", {"w.bin": weights})
+    (blob,) = _big_blobs(settings)
+    monkeypatch.setattr(stamps, "RACY_NS", 0)  # instead of waiting a second before the first export
+    with open(blob, "r+b") as file, mmap.mmap(file.fileno(), 0) as mapping:
+        mapping[100] = mapping[100]  # the page is dirty and writable from now on; the ingest stamp is stale
+        time.sleep(0.05)  # past one tick of a coarse clock
+        api.export("team/m:v1", tmp_path / "out", settings=settings)  # hashed, matched: stamped
+        time.sleep(0.05)
+        mapping[100] ^= 0xFF
+    with pytest.raises(IntegrityError):
+        api.export("team/m:v1", tmp_path / "again", settings=settings)
+    assert not (tmp_path / "again" / "w.bin").exists()

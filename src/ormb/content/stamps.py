@@ -181,8 +181,10 @@ class CheckedCopy:
     (:class:`~ormb.content.background.FileDigest`) and, if it matched and the file did not change meanwhile, a
     stamp is recorded.  ``stamps=None`` always hashes and records nothing (a signature-verified export).
 
-    :meth:`result` returns ``(size, digest)`` as :class:`FileDigest` does; a stamped file that changed while it
-    was copied reads as size -1 (a mismatch: the copy may hold the changed bytes)."""
+    :meth:`result` returns ``(size, digest)`` as :class:`FileDigest` does; a file that changed (its fstat) between
+    this object's creation and :meth:`result` reads as size -1, stamped or hashed: the caller's copy and the hash
+    are separate reads, and a write between them could leave the copy holding bytes the hash never saw.  Create
+    it before the copy begins (a reflink clone included)."""
 
     def __init__(self, fd: int, size: int, digest: str, stamps: StampStore | None,
                  stop: threading.Event | None = None) -> None:
@@ -190,22 +192,33 @@ class CheckedCopy:
         self._before: os.stat_result | None = None
         self._hash: FileDigest | None = None
         self._now = time.time_ns()  # before the fstat: the file system's coarse clock is never ahead of it
+        try:  # taken with or without stamps: the hash and the caller's copy are two reads of the file, and only
+            self._before = os.fstat(fd)  # an unchanged file guarantees that both saw the same bytes
+        except OSError:
+            self._before = None
+        if stamps is not None and self._before is not None and self._before.st_size == size \
+                and stamps.matches(digest, self._before):
+            self.trusted = True
+            return
+        self.trusted = False
         if stamps is not None:
+            # A page dirtied through a shared writable mapping takes further writes without a fault, and so without
+            # a new ctime, until it is written back: written back now (which write-protects it in every mapping),
+            # each later write faults and moves ctime, and the fstat the stamp is recorded from comes after.
             try:
+                os.fdatasync(fd)
                 self._before = os.fstat(fd)
             except OSError:
-                self._before = None
-            if self._before is not None and self._before.st_size == size and stamps.matches(digest, self._before):
-                self.trusted = True
-                return
-        self.trusted = False
+                self._stamps = None  # hashed all the same, but not stamped
         self._hash = FileDigest(fd, size, digest.partition(":")[0], stop=stop)
 
     def result(self) -> tuple[int, str]:
         if self._hash is None:  # trusted: still so now the copy is done?
             return (self._size, self._digest) if self._unchanged() else (-1, "the stamped file changed")
         read, actual = self._hash.result()
-        if self._stamps is not None and read == self._size and actual == self._digest and self._unchanged() \
+        if not self._unchanged():  # written while hashed and copied: the copy may hold bytes the hash never saw
+            return -1, "the cache's copy changed while it was read"
+        if self._stamps is not None and read == self._size and actual == self._digest \
                 and self._before is not None and self._now - self._before.st_ctime_ns >= RACY_NS:
             self._stamps.record(self._digest, self._before)
         return read, actual

@@ -745,19 +745,17 @@ def _copy_local(source: int, fd: int, desc: Descriptor, shown: str, stop: thread
     the size is checked all the same).  False when the kernel copy fails short of a full disk: the caller then streams the blob.
     ``source`` is closed.  A set ``stop`` flag ends the copy and the check at their next step (:class:`Stopped`)."""
     try:
-        if clone(source, fd):  # checked as the kernel copy is: a damaged cache blob must not pass on XFS alone
-            cloned = CheckedCopy(source, desc.size, desc.digest, stamps, stop)
-            try:
+        # created before the clone or copy: its fstat then covers the whole copy, and a write to the cache blob
+        # meanwhile (between the copy's read and the hash's read of the same bytes) refuses the export
+        digest = CheckedCopy(source, desc.size, desc.digest, stamps, stop)
+        try:
+            if clone(source, fd):  # checked as the kernel copy is: a damaged cache blob must not pass on XFS alone
                 if os.fstat(fd).st_size != desc.size:
                     raise IntegrityError(f"layer {desc.digest} ({shown}): the cache's copy is not {desc.size} bytes",
                                          "the cache is damaged: remove the model ('ormb rm'), run 'ormb prune', "
                                          "then pull or save it again")
-                _check_local(cloned, desc, shown)
-            finally:
-                cloned.stop()
-            return True
-        digest = CheckedCopy(source, desc.size, desc.digest, stamps, stop)
-        try:
+                _check_local(digest, desc, shown)
+                return True
             try:
                 copied = copy_out(source, 0, fd, desc.size, stop)
             except OSError as exc:
