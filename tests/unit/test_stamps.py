@@ -525,3 +525,41 @@ def test_a_write_through_a_mapping_dirtied_before_the_stamp_is_refused(tmp_path:
     with pytest.raises(IntegrityError):
         api.export("team/m:v1", tmp_path / "again", settings=settings)
     assert not (tmp_path / "again" / "w.bin").exists()
+
+
+@pytest.fixture
+def shm_home() -> Path:
+    """A directory on tmpfs (/dev/shm): pages there are never written back."""
+    assert Path("/dev/shm").is_dir(), "the tests need /dev/shm (tmpfs)"
+    directory = Path(tempfile.mkdtemp(prefix="ormb-stamps-", dir="/dev/shm"))
+    yield directory  # type: ignore[misc]
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_tmpfs_counts_as_not_writing_back_and_a_disk_does(tmp_path: Path, shm_home: Path) -> None:
+    assert not stamps.writes_back(os.stat(shm_home).st_dev)
+    assert stamps.writes_back(os.stat(tmp_path).st_dev)
+
+
+def test_on_tmpfs_a_write_through_a_mapping_dirtied_before_an_export_is_refused(
+        tmp_path: Path, shm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mapping attack on a cache kept on tmpfs, where fdatasync writes nothing back and so write-protects
+    nothing: an export that hashed the blob there must not stamp it, or the next export would trust the stamp
+    while writes through the still-dirty page move no ctime."""
+    import mmap
+    import time
+
+    settings = Settings(home=shm_home / "home", default_registry="localhost:5000")
+    weights = os.urandom(SIZE)
+    _save(tmp_path, settings, "modelpack", {"w.bin": weights})
+    (blob,) = _big_blobs(settings)
+    monkeypatch.setattr(stamps, "RACY_NS", 0)
+    with open(blob, "r+b") as file, mmap.mmap(file.fileno(), 0) as mapping:
+        mapping[100] = mapping[100]
+        time.sleep(0.05)
+        api.export("team/m:v1", tmp_path / "out", settings=settings)  # hashed, matched: not stamped on tmpfs
+        time.sleep(0.05)
+        mapping[100] ^= 0xFF
+    with pytest.raises(IntegrityError):
+        api.export("team/m:v1", tmp_path / "again", settings=settings)
+    assert not (tmp_path / "again" / "w.bin").exists()

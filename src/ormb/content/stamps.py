@@ -104,7 +104,7 @@ class StampStore:
     def record(self, digest: str, st: os.stat_result) -> None:
         """Record that the file ``st`` describes holds the bytes of ``digest`` (the caller verified them).
         Written whole or not at all; a failure (full disk, read-only cache) records nothing and is not an error."""
-        if not is_digest(digest) or not stat.S_ISREG(st.st_mode):
+        if not is_digest(digest) or not stat.S_ISREG(st.st_mode) or not writes_back(st.st_dev):
             return
         target = self.path(digest)
         data = json.dumps({"digest": digest, **dict(zip(_FIELDS, identity(st), strict=True))}).encode()
@@ -161,6 +161,35 @@ class StampStore:
                 continue
 
 
+# File systems whose pages are never written back (tmpfs: a cache under a RAM-backed /tmp or /dev/shm): a write
+# through a shared mapping there moves no ctime at all (no write fault is taken to track dirty pages), so no
+# stamp can vouch for a file on them: stamps are neither recorded nor trusted there, every export hashes.
+_NO_WRITEBACK = frozenset({"tmpfs", "ramfs", "hugetlbfs", "devtmpfs"})
+_writeback_by_device: dict[int, bool] = {}
+
+
+def writes_back(device: int) -> bool:
+    """Whether the file system of ``device`` (an ``st_dev``) writes dirty pages back (/proc/self/mountinfo's type
+    for the device; unknown counts as yes, as on a system without /proc)."""
+    known = _writeback_by_device.get(device)
+    if known is not None:
+        return known
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    answer = True
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
+            for line in mountinfo:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == wanted and "-" in fields:
+                    kind = fields[fields.index("-") + 1] if fields.index("-") + 1 < len(fields) else ""
+                    answer = kind not in _NO_WRITEBACK
+                    break
+    except OSError:
+        pass
+    _writeback_by_device[device] = answer
+    return answer
+
+
 def _private_dir(path: Path) -> None:
     """``path`` as a directory of this user only its owner may enter (0700 whatever the umask); an existing one
     that is a symbolic link or another user's is an OSError (no stamp is written there)."""
@@ -196,12 +225,14 @@ class CheckedCopy:
             self._before = os.fstat(fd)  # an unchanged file guarantees that both saw the same bytes
         except OSError:
             self._before = None
+        if stamps is not None and self._before is not None and not writes_back(self._before.st_dev):
+            stamps = self._stamps = None  # tmpfs: a stamp is neither trusted nor recorded (see writes_back)
         if stamps is not None and self._before is not None and self._before.st_size == size \
                 and stamps.matches(digest, self._before):
             self.trusted = True
             return
         self.trusted = False
-        if stamps is not None:
+        if self._stamps is not None:
             # A page dirtied through a shared writable mapping takes further writes without a fault, and so without
             # a new ctime, until it is written back: written back now (which write-protects it in every mapping),
             # each later write faults and moves ctime, and the fstat the stamp is recorded from comes after.
