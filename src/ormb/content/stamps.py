@@ -164,25 +164,28 @@ class StampStore:
 # File systems whose pages are never written back (tmpfs: a cache under a RAM-backed /tmp or /dev/shm): a write
 # through a shared mapping there moves no ctime at all (no write fault is taken to track dirty pages), so no
 # stamp can vouch for a file on them: stamps are neither recorded nor trusted there, every export hashes.
-_NO_WRITEBACK = frozenset({"tmpfs", "ramfs", "hugetlbfs", "devtmpfs"})
+# Only local disk file systems are trusted to keep ctime as this kernel sees every write: not tmpfs (above), not a
+# network or FUSE file system (another machine's write reaches this one's fstat only after its attribute cache).
+_LOCAL_DISK = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs", "jfs", "reiserfs", "zfs",
+                         "overlay"})
 _writeback_by_device: dict[int, bool] = {}
 
 
 def writes_back(device: int) -> bool:
-    """Whether the file system of ``device`` (an ``st_dev``) writes dirty pages back (/proc/self/mountinfo's type
-    for the device; unknown counts as yes, as on a system without /proc)."""
+    """Whether stamps hold on the file system of ``device`` (an ``st_dev``): a local disk file system, by
+    /proc/self/mountinfo's type for the device; anything else or unknown (no /proc) counts as no."""
     known = _writeback_by_device.get(device)
     if known is not None:
         return known
     wanted = f"{os.major(device)}:{os.minor(device)}"
-    answer = True
+    answer = False
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
             for line in mountinfo:
                 fields = line.split()
                 if len(fields) > 2 and fields[2] == wanted and "-" in fields:
                     kind = fields[fields.index("-") + 1] if fields.index("-") + 1 < len(fields) else ""
-                    answer = kind not in _NO_WRITEBACK
+                    answer = kind in _LOCAL_DISK
                     break
     except OSError:
         pass
@@ -226,7 +229,7 @@ class CheckedCopy:
         except OSError:
             self._before = None
         if stamps is not None and self._before is not None and not writes_back(self._before.st_dev):
-            stamps = self._stamps = None  # tmpfs: a stamp is neither trusted nor recorded (see writes_back)
+            stamps = self._stamps = None  # tmpfs, NFS, FUSE...: a stamp is neither trusted nor recorded (see writes_back)
         if stamps is not None and self._before is not None and self._before.st_size == size \
                 and stamps.matches(digest, self._before):
             self.trusted = True
