@@ -16,20 +16,34 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ormb.config import Settings
 from ormb.content.layout import OCILayout
 from ormb.errors import InvalidArtifactError, InvalidReferenceError
-
-# LoadedModel, load_model and index_error live in ormb.model.loaded (the registry's catalog uses them too);
-# re-exported here for the callers that import them from the cache
-from ormb.model.loaded import LoadedModel as LoadedModel
-from ormb.model.loaded import index_error as index_error
-from ormb.model.loaded import load_model as load_model
 from ormb.oci import graph, mediatypes
 from ormb.oci.descriptor import Descriptor
 from ormb.oci.graph import digests_mentioned
 from ormb.oci.reference import Reference, parse_reference
+
+# LoadedModel, load_model and index_error live in ormb.model.loaded (the registry's catalog uses them too);
+# re-exported here for the callers that import them from the cache
+if TYPE_CHECKING:
+    from ormb.model.loaded import LoadedModel as LoadedModel
+    from ormb.model.loaded import index_error as index_error
+    from ormb.model.loaded import load_model as load_model
+
+_FROM_LOADED = ("LoadedModel", "index_error", "load_model")
+
+
+def __getattr__(name: str) -> Any:
+    """The names re-exported from :mod:`ormb.model.loaded`, imported on first use: it brings pydantic and the
+    model layer, which ``ormb push`` does not need (:mod:`ormb.pushing`)."""
+    if name in _FROM_LOADED:
+        from ormb.model import loaded
+
+        return getattr(loaded, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_cache(settings: Settings) -> OCILayout:

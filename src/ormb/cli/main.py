@@ -426,8 +426,10 @@ def push(ctx: click.Context, /, reference: str, chunk_size: str | None, chunked_
     ref = _parse(reference)
     if not as_json:
         say(f"The push refers to repository [{ref.name}]")
+    from ormb import pushing  # not ormb.api: a push needs neither the model layer nor signing (ormb.pushing)
+
     with _progress(ctx) as bar:
-        result = api.push(ref, options=options, progress=bar)
+        result = pushing.push(ref, options=options, progress=bar)
     _render_transfer(result, "Pushed", as_json)
     if not as_json:
         if result.signatures:
