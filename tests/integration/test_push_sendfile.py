@@ -1,7 +1,5 @@
-"""A push sends cached blobs with sendfile(2) on plain HTTP to another machine, and reads them (preadv) over TLS and to
-a loopback peer, where sendfile makes the receiver work harder (issue 15; ``SENDFILE_TO_LOOPBACK`` stands in for
-a remote peer here): the bytes arrive whole, the registry checks the digest, a cached blob that ends early is
-refused, and progress is told."""
+"""A push sends cached blobs with sendfile(2) on plain HTTP and through pread + TLS otherwise (issue 15): the bytes
+arrive whole, the registry checks the digest, a cached blob that ends early is refused, and progress is told."""
 
 from __future__ import annotations
 
@@ -35,20 +33,20 @@ class _Spy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sendfile = self.pread = 0
-        real_sendfile, real_preadv = os.sendfile, os.preadv
+        real_sendfile, real_pread = os.sendfile, os.pread
 
         def sendfile(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
             n = real_sendfile(out_fd, in_fd, offset, count)
             self.sendfile += n
             return n
 
-        def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
-            n = real_preadv(fd, buffers, offset)
-            self.pread += n
-            return n
+        def pread(fd: int, n: int, offset: int) -> bytes:
+            data = real_pread(fd, n, offset)
+            self.pread += len(data)
+            return data
 
         monkeypatch.setattr(transport.os, "sendfile", sendfile)
-        monkeypatch.setattr(transport.os, "preadv", preadv)
+        monkeypatch.setattr(transport.os, "pread", pread)
 
 
 class _Progress:
@@ -76,22 +74,17 @@ def _layer(settings: Settings, ref: str) -> str:
     return str(digests[0]["digest"])
 
 
-@pytest.mark.parametrize("remote", [True, False], ids=["remote-peer-sendfile", "loopback-peer-read"])
-def test_a_cached_blob_arrives_whole(tmp_path: Path, registry: Distribution, monkeypatch: pytest.MonkeyPatch,
-                                     remote: bool) -> None:
-    monkeypatch.setattr(transport, "SENDFILE_TO_LOOPBACK", remote)
+def test_a_cached_blob_goes_by_sendfile_and_arrives_whole(tmp_path: Path, registry: Distribution,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = _home(tmp_path, "trainer")
-    ref = f"{registry.host}/sendfile/plain{int(remote)}:v1"
+    ref = f"{registry.host}/sendfile/plain:v1"
     weights = _save(tmp_path, trainer, ref)
     spy, progress = _Spy(monkeypatch), _Progress()
     api.push(ref, settings=trainer, progress=progress)
     layer = _layer(trainer, ref)
-    if remote:  # the blob (and the small config) went by sendfile
-        assert spy.sendfile >= SIZE and spy.pread == 0
-    else:
-        assert spy.pread >= SIZE and spy.sendfile == 0
+    assert spy.sendfile >= SIZE and spy.pread == 0  # the blob (and the small config) went by sendfile
     assert progress.advanced[layer] == SIZE
-    with urllib.request.urlopen(f"http://{registry.host}/v2/sendfile/plain{int(remote)}/blobs/{layer}") as response:
+    with urllib.request.urlopen(f"http://{registry.host}/v2/sendfile/plain/blobs/{layer}") as response:
         assert hashlib.sha256(response.read()).hexdigest() == layer.partition(":")[2]
     server = _home(tmp_path, "server")
     api.pull(ref, settings=server)
@@ -101,7 +94,6 @@ def test_a_cached_blob_arrives_whole(tmp_path: Path, registry: Distribution, mon
 
 def test_chunked_uploads_send_each_chunk_from_the_file(tmp_path: Path, registry: Distribution,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport, "SENDFILE_TO_LOOPBACK", True)
     trainer = _home(tmp_path, "trainer")
     ref = f"{registry.host}/sendfile/chunked:v1"
     weights = _save(tmp_path, trainer, ref)
@@ -114,21 +106,18 @@ def test_chunked_uploads_send_each_chunk_from_the_file(tmp_path: Path, registry:
     assert (tmp_path / "out" / "w.bin").read_bytes() == weights
 
 
-@pytest.mark.parametrize("remote", [True, False], ids=["sendfile", "read"])
 @pytest.mark.parametrize("cut", [1, SIZE // 2, SIZE])
 def test_a_cached_blob_that_ends_early_is_refused_and_not_stored(tmp_path: Path, registry: Distribution,
-                                                                 monkeypatch: pytest.MonkeyPatch, cut: int,
-                                                                 remote: bool) -> None:
-    monkeypatch.setattr(transport, "SENDFILE_TO_LOOPBACK", remote)
+                                                                 cut: int) -> None:
     trainer = _home(tmp_path, "trainer")
-    ref = f"{registry.host}/sendfile/short{cut}{int(remote)}:v1"
+    ref = f"{registry.host}/sendfile/short{cut}:v1"
     _save(tmp_path, trainer, ref)
     layer = _layer(trainer, ref)
     blob = open_cache(trainer).blob_path(layer)
     os.truncate(blob, SIZE - cut)
     with pytest.raises(IntegrityError, match=f"the local content ended {cut} bytes early"):
         api.push(ref, settings=trainer, options=TransportOptions(retries=0, concurrency=1))
-    request = urllib.request.Request(f"http://{registry.host}/v2/sendfile/short{cut}{int(remote)}/blobs/{layer}", method="HEAD")
+    request = urllib.request.Request(f"http://{registry.host}/v2/sendfile/short{cut}/blobs/{layer}", method="HEAD")
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(request)
     assert missing.value.code == 404
@@ -141,7 +130,6 @@ def test_over_tls_the_region_is_read_and_sent(tmp_path: Path, tls_registry: tupl
     ref = f"localhost:{registry.port}/sendfile/tls:v1"
     weights = _save(tmp_path, trainer, ref)
     options = TransportOptions(plain_http=False, ca_file=str(cert))
-    monkeypatch.setattr(transport, "SENDFILE_TO_LOOPBACK", True)  # even where sendfile would be chosen
     spy = _Spy(monkeypatch)
     api.push(ref, settings=trainer, options=options)
     assert spy.sendfile == 0 and spy.pread >= SIZE  # sendfile(2) cannot encrypt

@@ -1,5 +1,5 @@
 """The pieces of a push that go around Python: FileRegion over sendfile(2) and over a TLS-like socket
-(preadv + sendall), on a socketpair: bytes, waiting when the socket's buffer is full, the timeout, a file that
+(pread + sendall), on a socketpair: bytes, waiting when the socket's buffer is full, the timeout, a file that
 ends early, and which contents become a region at all."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from ormb.errors import IntegrityError
 from ormb.registry.remote import _file_region
-from ormb.registry.transport import FileRegion, _is_loopback_peer, _send_read, _sendfile
+from ormb.registry.transport import FileRegion, _send_read, _sendfile
 from ormb.transfer import _ProgressReader
 
 
@@ -81,30 +81,3 @@ def test_only_a_regular_file_from_where_it_stands_becomes_a_region(tmp_path: Pat
     read_end, write_end = os.pipe()
     with open(read_end, "rb") as pipe, open(write_end, "wb"):
         assert _file_region(pipe, 3) is None  # not seekable, not a regular file
-
-
-def test_sendfile_is_chosen_by_the_peer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A loopback peer gets read-and-send (sendfile makes a loopback receiver copy from 4 KiB pages: more CPU
-    for it, bench/README.md); any other address gets sendfile; a socket without an IP peer is not loopback."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        with socket.create_connection(listener.getsockname()) as client:
-            assert _is_loopback_peer(client)
-    a, b = socket.socketpair()
-    with a, b:
-        assert not _is_loopback_peer(a)
-
-
-class _FakeSock:
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-    def getpeername(self) -> tuple[str, int]:
-        return self.address, 443
-
-
-@pytest.mark.parametrize(("address", "loopback"), [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
-                                                   ("10.0.0.5", False), ("192.168.1.2", False), ("2001:db8::1", False)])
-def test_only_loopback_addresses_count_as_loopback(address: str, loopback: bool) -> None:
-    assert _is_loopback_peer(_FakeSock(address)) is loopback  # type: ignore[arg-type]

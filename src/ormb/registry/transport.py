@@ -8,7 +8,6 @@ for loopback hosts as Docker does; ``HTTPS_PROXY``/``NO_PROXY`` honoured.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import os
 import selectors
 import socket
@@ -70,23 +69,17 @@ class _FinalResponse(http.client.HTTPResponse):
 
 
 SENDFILE_PIECE = 8 << 20  # bytes per sendfile(2) call: the progress hook runs between pieces
-READ_PIECE = 1 << 20  # bytes read and sent at a time when a FileRegion is not sent by sendfile(2)
-# sendfile(2) to a loopback peer: off.  Measured (bench/README.md, "push"): CNCF distribution on 127.0.0.1
-# spent 4.0-5.4 CPU s/GiB receiving a 1 GiB blob sent by sendfile against 3.4-3.6 for the same bytes read
-# and sent in 1 MiB pieces, and the upload took longer, while the sender saved only 0.4 s/GiB: on loopback
-# the receiver copies out of the sender's 4 KiB page-cache pages instead of its large socket buffers.  Across
-# a network the receiver's cost does not depend on how the sender built its segments, so sendfile stays.
-SENDFILE_TO_LOOPBACK = False
+TLS_PIECE = 1 << 20  # bytes read and encrypted at a time when a FileRegion goes over TLS
 
 
 @dataclass(frozen=True)
 class FileRegion:
     """``count`` bytes of the open regular file ``fd`` from ``offset``, as one piece of a request body.
 
-    On plain HTTP to another machine the connection hands it to the kernel with ``sendfile(2)``: the bytes go
-    from the page cache to the socket without being copied into Python (a blob's digest is known, so nothing
-    needs to read them).  Over TLS, and to a loopback peer (see ``SENDFILE_TO_LOOPBACK``), they are read
-    with ``preadv`` into one buffer and sent in ``READ_PIECE`` blocks.  The file's own position is not moved.  ``sent`` is told of every piece that went (progress).  A file that ends
+    On plain HTTP the connection hands it to the kernel with ``sendfile(2)``: the bytes go from the page
+    cache to the socket without being copied into Python (a blob's digest is known, so nothing needs to
+    read them).  Over TLS they are read with ``pread`` and sent in ``TLS_PIECE`` blocks.  The file's own
+    position is not moved.  ``sent`` is told of every piece that went (progress).  A file that ends
     before ``count`` bytes raises :class:`~ormb.errors.IntegrityError` (the local content ended early).
     """
 
@@ -125,27 +118,17 @@ def _sendfile(sock: socket.socket, region: FileRegion) -> None:
 
 
 def _send_read(sock: socket.socket, region: FileRegion) -> None:
-    """Send ``region`` through Python (TLS, loopback): preadv into one buffer and sendall, a ``READ_PIECE`` at
-    a time."""
+    """Send ``region`` through Python (TLS): pread and sendall, one ``TLS_PIECE`` at a time."""
     offset, left = region.offset, region.count
-    buffer = memoryview(bytearray(min(left, READ_PIECE)))
     while left:
-        piece = buffer[:min(left, READ_PIECE)]
-        n = os.preadv(region.fd, [piece], offset)
-        if not n:
+        data = os.pread(region.fd, min(left, TLS_PIECE), offset)
+        if not data:
             raise _region_ended(region, offset - region.offset)
-        sock.sendall(piece[:n])
-        offset += n
-        left -= n
+        sock.sendall(data)
+        offset += len(data)
+        left -= len(data)
         if region.sent is not None:
-            region.sent(n)
-
-
-def _is_loopback_peer(sock: socket.socket) -> bool:
-    try:
-        return ipaddress.ip_address(sock.getpeername()[0]).is_loopback
-    except (OSError, ValueError, IndexError):  # not an IP socket (a test's socketpair), or already gone
-        return False
+            region.sent(len(data))
 
 
 class _Connection(urllib3.connection.HTTPConnection):
@@ -154,10 +137,7 @@ class _Connection(urllib3.connection.HTTPConnection):
     def send(self, data: Any) -> None:
         if isinstance(data, FileRegion):  # a piece of a body: see FileRegion
             assert self.sock is not None  # the headers went first
-            if SENDFILE_TO_LOOPBACK or not _is_loopback_peer(self.sock):
-                _sendfile(self.sock, data)
-            else:
-                _send_read(self.sock, data)
+            _sendfile(self.sock, data)
             return
         super().send(data)
 
